@@ -1,0 +1,435 @@
+//! The HTTP side of a connection: parse one request with `httparse`, decide what it is (a WebSocket
+//! upgrade, a long-poll, or a rejection) and write the responses. No allocation: requests are parsed
+//! in the caller's buffer and responses are formatted into a small stack buffer.
+
+use std::io::Write;
+
+/// Headers we look at; a request with more than this many is rejected (431).
+const MAX_HEADERS: usize = 32;
+/// A device id longer than this is rejected: ids are MACs, serials, UUIDs.
+pub const MAX_DEVICE_ID: usize = 128;
+
+/// What a complete request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// `GET /ws[?id=…]` with valid RFC 6455 §4.2.1 upgrade headers.
+    Upgrade {
+        key: &'a [u8],
+        device: Option<&'a [u8]>,
+    },
+    /// `GET /poll[?id=…]`: hold the request until a push or the hold timer.
+    Poll {
+        device: Option<&'a [u8]>,
+        keep_alive: bool,
+    },
+    /// Anything else, with the status we answer; the connection is then closed.
+    Reject(Reject),
+}
+
+/// Rejections, each a status line and a short reason for the body and the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    BadRequest(&'static str),
+    NotFound,
+    MethodNotAllowed,
+    /// §4.4: an unsupported `Sec-WebSocket-Version`, or a plain GET on the WebSocket path.
+    UpgradeRequired(&'static str),
+    HeadersTooLarge,
+    PipeliningNotSupported,
+}
+
+impl Reject {
+    fn status(self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) | Reject::PipeliningNotSupported => "400 Bad Request",
+            Reject::NotFound => "404 Not Found",
+            Reject::MethodNotAllowed => "405 Method Not Allowed",
+            Reject::UpgradeRequired(_) => "426 Upgrade Required",
+            Reject::HeadersTooLarge => "431 Request Header Fields Too Large",
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::BadRequest(why) | Reject::UpgradeRequired(why) => why,
+            Reject::NotFound => "no such path; WebSocket is at /ws, long-poll at /poll",
+            Reject::MethodNotAllowed => "only GET is served on this port",
+            Reject::HeadersTooLarge => "request head too large",
+            Reject::PipeliningNotSupported => "a request arrived while another was held",
+        }
+    }
+}
+
+/// Result of looking at the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// The request head is not complete yet.
+    Partial,
+    /// A complete request head of `len` bytes.
+    Complete { len: usize, request: Request<'a> },
+}
+
+/// Parse the request head at the start of `buf`. A GET body is not expected; bytes after the head
+/// (a client that sends frames right after its upgrade request) are left to the caller.
+pub fn parse(buf: &[u8]) -> Parsed<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Complete {
+                len: buf.len(),
+                request: Request::Reject(Reject::HeadersTooLarge),
+            }
+        }
+        Err(_) => {
+            return Parsed::Complete {
+                len: buf.len(),
+                request: Request::Reject(Reject::BadRequest("malformed HTTP request")),
+            }
+        }
+    };
+    Parsed::Complete {
+        len,
+        request: route(&req),
+    }
+}
+
+fn route<'a>(req: &httparse::Request<'_, 'a>) -> Request<'a> {
+    // httparse fills every field of a complete request.
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Request::Reject(Reject::BadRequest("incomplete request line"));
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if path != "/ws" && path != "/poll" {
+        return Request::Reject(Reject::NotFound);
+    }
+    if method != "GET" {
+        return Request::Reject(Reject::MethodNotAllowed);
+    }
+    let device = match device_id(query) {
+        Ok(d) => d,
+        Err(why) => return Request::Reject(Reject::BadRequest(why)),
+    };
+    if minor == 1 && header(req.headers, "host").is_none() {
+        return Request::Reject(Reject::BadRequest("HTTP/1.1 request without Host"));
+    }
+    if path == "/poll" {
+        let close = header_has_token(req.headers, "connection", "close");
+        let keep_alive =
+            minor == 1 && !close || header_has_token(req.headers, "connection", "keep-alive");
+        return Request::Poll { device, keep_alive };
+    }
+    upgrade(req.headers, minor, device)
+}
+
+fn upgrade<'a>(
+    headers: &[httparse::Header<'a>],
+    minor: u8,
+    device: Option<&'a [u8]>,
+) -> Request<'a> {
+    if !header_has_token(headers, "upgrade", "websocket") {
+        return Request::Reject(Reject::UpgradeRequired(
+            "this path needs a WebSocket upgrade",
+        ));
+    }
+    if minor != 1 {
+        return Request::Reject(Reject::BadRequest("WebSocket upgrade needs HTTP/1.1"));
+    }
+    if !header_has_token(headers, "connection", "upgrade") {
+        return Request::Reject(Reject::BadRequest(
+            "Connection header lacks the Upgrade token",
+        ));
+    }
+    match header(headers, "sec-websocket-version") {
+        Some(v) if v.trim_ascii() == b"13" => {}
+        Some(_) => {
+            return Request::Reject(Reject::UpgradeRequired(
+                "only Sec-WebSocket-Version 13 is supported",
+            ))
+        }
+        None => return Request::Reject(Reject::BadRequest("missing Sec-WebSocket-Version")),
+    }
+    let Some(key) = header(headers, "sec-websocket-key").map(<[u8]>::trim_ascii) else {
+        return Request::Reject(Reject::BadRequest("missing Sec-WebSocket-Key"));
+    };
+    if !is_base64_of_16_bytes(key) {
+        return Request::Reject(Reject::BadRequest(
+            "Sec-WebSocket-Key is not 16 bytes in base64",
+        ));
+    }
+    Request::Upgrade { key, device }
+}
+
+/// `id=<device>` from the query string: non-empty, at most 128 bytes of URL-safe characters (no
+/// percent-decoding, so the id is the exact bytes the client sent).
+fn device_id(query: Option<&str>) -> Result<Option<&[u8]>, &'static str> {
+    let Some(query) = query else { return Ok(None) };
+    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("id=")) else {
+        return Ok(None);
+    };
+    if value.is_empty() || value.len() > MAX_DEVICE_ID {
+        return Err("device id must be 1 to 128 characters");
+    }
+    let ok = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'~'));
+    if !ok {
+        return Err("device id may hold only letters, digits and - _ . : ~");
+    }
+    Ok(Some(value.as_bytes()))
+}
+
+fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// Whether any header `name` holds `token` in its comma-separated list (case-insensitive).
+fn header_has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// 16 random bytes in base64 are 24 characters ending in "==" (RFC 6455 §4.1).
+fn is_base64_of_16_bytes(key: &[u8]) -> bool {
+    key.len() == 24
+        && key[22..] == *b"=="
+        && key[..22].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        // The last data character carries 2 bits, so its low 4 bits are zero: A, Q, g or w.
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+}
+
+/// A formatted response head (plus short body) in a stack buffer.
+pub struct Response {
+    buf: [u8; 320],
+    len: usize,
+}
+
+impl Response {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn format(args: std::fmt::Arguments<'_>) -> Response {
+        let mut buf = [0u8; 320];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // Every caller formats fixed text plus short values: 320 bytes always suffice.
+        cursor
+            .write_fmt(args)
+            .expect("response head fits in 320 bytes");
+        let len = cursor.position() as usize;
+        Response { buf, len }
+    }
+
+    /// `101 Switching Protocols` with the accept key derived from the client's key.
+    pub fn switching_protocols(key: &[u8]) -> Response {
+        let accept = tungstenite::handshake::derive_accept_key(key);
+        Response::format(format_args!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        ))
+    }
+
+    /// An error status with a one-line body; the connection is closed after it.
+    pub fn reject(reject: Reject) -> Response {
+        let reason = reject.reason();
+        let version = match reject {
+            Reject::UpgradeRequired(_) => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
+            _ => "",
+        };
+        Response::format(format_args!(
+            "HTTP/1.1 {}\r\n{version}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
+            reject.status(),
+            reason.len() + 1
+        ))
+    }
+
+    /// The head of a `200 OK` carrying a long-poll answer of `body_len` bytes.
+    pub fn poll_answer_head(body_len: usize, keep_alive: bool) -> Response {
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        Response::format(format_args!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {body_len}\r\nConnection: {connection}\r\n\r\n"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade_request(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: 198.18.0.1:8080\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn request_of(raw: &str) -> Request<'_> {
+        match parse(raw.as_bytes()) {
+            Parsed::Complete { request, .. } => request,
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_browser_upgrade_with_device_id() {
+        let raw = upgrade_request(
+            "/ws?id=aa:bb:cc:dd:ee:ff&x=1",
+            "Origin: http://example\r\nUser-Agent: test\r\n",
+        );
+        match parse(raw.as_bytes()) {
+            Parsed::Complete {
+                len,
+                request: Request::Upgrade { key, device },
+            } => {
+                assert_eq!(len, raw.len());
+                assert_eq!(key, KEY.as_bytes());
+                assert_eq!(device, Some(&b"aa:bb:cc:dd:ee:ff"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        let r = Response::switching_protocols(KEY.as_bytes());
+        let text = std::str::from_utf8(r.as_bytes()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 101 "));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn partial_heads_wait() {
+        let raw = upgrade_request("/ws", "");
+        for cut in 0..raw.len() {
+            assert_eq!(parse(&raw.as_bytes()[..cut]), Parsed::Partial, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn rejects_each_missing_or_bad_upgrade_piece() {
+        let cases: [(String, &str); 8] = [
+            (
+                upgrade_request("/ws", "").replace("Upgrade: websocket\r\n", ""),
+                "426",
+            ),
+            (
+                upgrade_request("/ws", "").replace("keep-alive, Upgrade", "keep-alive"),
+                "400",
+            ),
+            (
+                upgrade_request("/ws", "").replace("Version: 13", "Version: 8"),
+                "426",
+            ),
+            (
+                upgrade_request("/ws", "").replace("Sec-WebSocket-Version: 13\r\n", ""),
+                "400",
+            ),
+            (upgrade_request("/ws", "").replace(KEY, "short=="), "400"),
+            (
+                upgrade_request("/ws", "")
+                    .replace("HTTP/1.1", "HTTP/1.0")
+                    .replace("Host: 198.18.0.1:8080\r\n", ""),
+                "400",
+            ),
+            (upgrade_request("/ws", "").replace("GET", "POST"), "405"),
+            (upgrade_request("/nope", ""), "404"),
+        ];
+        for (raw, status) in cases {
+            match request_of(&raw) {
+                Request::Reject(r) => {
+                    let resp = Response::reject(r);
+                    let text = std::str::from_utf8(resp.as_bytes()).unwrap();
+                    assert!(
+                        text.starts_with(&format!("HTTP/1.1 {status}")),
+                        "{raw:?} -> {text}"
+                    );
+                    assert!(text.contains("Connection: close"));
+                }
+                other => panic!("{raw:?} accepted as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn version_426_names_the_supported_version() {
+        let raw = upgrade_request("/ws", "").replace("Version: 13", "Version: 8");
+        let Request::Reject(r) = request_of(&raw) else {
+            panic!()
+        };
+        let resp = Response::reject(r);
+        assert!(std::str::from_utf8(resp.as_bytes())
+            .unwrap()
+            .contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn bad_device_ids_are_rejected() {
+        for id in ["", "a b", "%41", &"x".repeat(129)] {
+            let raw = upgrade_request(&format!("/ws?id={id}"), "");
+            assert!(
+                matches!(request_of(&raw), Request::Reject(Reject::BadRequest(_))),
+                "{id:?}"
+            );
+        }
+        let raw = upgrade_request(&format!("/ws?id={}", "x".repeat(128)), "");
+        assert!(matches!(request_of(&raw), Request::Upgrade { .. }));
+    }
+
+    #[test]
+    fn garbage_and_too_many_headers_are_rejected() {
+        let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n";
+        assert!(matches!(
+            parse(tls_hello),
+            Parsed::Complete {
+                request: Request::Reject(_),
+                ..
+            }
+        ));
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = upgrade_request("/ws", &many);
+        assert_eq!(request_of(&raw), Request::Reject(Reject::HeadersTooLarge));
+    }
+
+    #[test]
+    fn poll_requests_and_keep_alive() {
+        let r = request_of("GET /poll?id=dev-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            r,
+            Request::Poll {
+                device: Some(b"dev-1"),
+                keep_alive: true
+            }
+        );
+        let r = request_of("GET /poll HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            r,
+            Request::Poll {
+                device: None,
+                keep_alive: false
+            }
+        );
+        let r = request_of("GET /poll HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            r,
+            Request::Poll {
+                device: None,
+                keep_alive: false
+            }
+        );
+        let head = Response::poll_answer_head(12, true);
+        let text = std::str::from_utf8(head.as_bytes()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("Content-Length: 12\r\n"));
+    }
+}

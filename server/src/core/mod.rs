@@ -1,0 +1,705 @@
+//! The server core, sans-I/O: events in (a connection opened, bytes arrived, the peer went away, the
+//! clock moved, an admin asked for a push), actions out through [`Io`] (send these bytes, close this
+//! connection). It never touches a socket, so the same code runs over the kernel stack, the userspace
+//! stack and the unit tests, which drive it with byte slices and a fake clock.
+
+pub mod device;
+pub mod frame;
+pub mod http;
+pub mod message;
+pub mod ratelog;
+pub mod stats;
+pub mod wheel;
+
+use device::{DeviceHasher, DeviceMap};
+use frame::{close_code, FrameError, Op, Role, Utf8Carry, MAX_CONTROL_PAYLOAD, MAX_HEADER};
+use http::{Parsed, Reject, Request, Response};
+use ratelog::RateLimitedLog;
+use stats::CoreStats;
+use wheel::{Due, Entry, TimerWheel};
+
+/// A connection, as numbered by the transport (a file descriptor, a stack slot). The transport may
+/// reuse a number once it reported the connection gone or was told to close it.
+pub type ConnId = u32;
+
+/// Actions the core asks of its transport.
+pub trait Io {
+    /// Queue `parts` (in order) on the connection. Never fails here: a transport that cannot take
+    /// the bytes drops the connection and reports it with [`ServerCore::closed`] afterwards.
+    fn send(&mut self, id: ConnId, parts: &[&[u8]]);
+    /// Flush what is queued, then close. The core has already forgotten the connection.
+    fn close(&mut self, id: ConnId);
+    /// A device id (its hash) is now held by this core; a multi-process transport tells the others.
+    fn device_claimed(&mut self, _hash: u64) {}
+    /// This core no longer holds the device id.
+    fn device_released(&mut self, _hash: u64) {}
+}
+
+/// The core's clock ticks every 100 ms: fine enough for idle expiry and long-poll holds, and
+/// coarse enough that the timer wheel is idle nearly always.
+pub const TICK_MS: u64 = 100;
+/// Slots of the timer wheel: 4096 ticks = 409.6 s per revolution; longer timers go round again.
+const WHEEL_SLOTS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Close a connection that sent nothing for this long (0: never). Heartbeats reset it.
+    pub idle_timeout_ms: u64,
+    /// Hold a long-poll for a random time in this range (inclusive), unless a push answers it.
+    pub poll_hold_ms: (u64, u64),
+    /// Echo data frames back (seed 003's data rounds).
+    pub echo: bool,
+    /// Largest data frame payload accepted; the connection is closed with 1009 past it.
+    pub max_frame: usize,
+    /// Largest message (sum of its fragments).
+    pub max_message: usize,
+    /// Largest HTTP request head.
+    pub max_request: usize,
+    pub device_hasher: DeviceHasher,
+    /// Seed of the long-poll hold randomness.
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            idle_timeout_ms: 300_000,
+            poll_hold_ms: (30_000, 90_000),
+            echo: false,
+            max_frame: 16 * 1024,
+            max_message: 64 * 1024,
+            max_request: 4096,
+            device_hasher: DeviceHasher::random(),
+            seed: 0x5eed,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// No connection has this id.
+    Free,
+    /// Waiting for a request head (new connection, or a long-poll connection between requests).
+    Http,
+    /// Upgraded.
+    Ws,
+    /// A long-poll request is being held.
+    Poll,
+}
+
+/// Which data message is being received in fragments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Frag {
+    None,
+    Text,
+    Binary,
+}
+
+/// Per-connection state of the core: 32 bytes (asserted in a test). Buffers are not here: bytes
+/// of an incomplete frame stay in the transport's receive buffer until the frame is whole.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    /// Keyed hash of the device id, 0 for none: unregistering on close, checking targeted pushes.
+    device: u64,
+    /// Incarnation of this id; timer entries carry it so a reused id ignores old timers.
+    gen: u32,
+    /// Tick of the last byte received: the heartbeat clock that expiry reads.
+    last_active: u32,
+    /// Tick the held long-poll is answered at.
+    deadline: u32,
+    /// Payload bytes so far of the fragmented message in progress (limit: `max_message`).
+    msg_len: u32,
+    /// Unfinished UTF-8 sequence at the end of the last text fragment.
+    utf8: Utf8Carry,
+    phase: Phase,
+    frag: Frag,
+    /// Answer the held long-poll with keep-alive (HTTP/1.1 without `Connection: close`).
+    keep_alive: bool,
+}
+
+impl Conn {
+    const FREE: Conn = Conn {
+        device: 0,
+        gen: 0,
+        last_active: 0,
+        deadline: 0,
+        msg_len: 0,
+        utf8: Utf8Carry::EMPTY,
+        phase: Phase::Free,
+        frag: Frag::None,
+        keep_alive: false,
+    };
+}
+
+/// Timer kinds, in the low bit of an entry's tag; the generation is in the other 31 bits.
+const TIMER_IDLE: u32 = 0;
+const TIMER_DEADLINE: u32 = 1;
+const GEN_MASK: u32 = u32::MAX >> 1;
+
+fn tag(gen: u32, kind: u32) -> u32 {
+    (gen << 1) | kind
+}
+
+/// Why a connection ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Peer,
+    Client,
+    Server,
+    Expired,
+}
+
+/// What one broadcast reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fanout {
+    pub websockets: u64,
+    pub polls: u64,
+}
+
+pub struct ServerCore {
+    cfg: CoreConfig,
+    idle_ticks: u32,
+    conns: Vec<Conn>,
+    devices: DeviceMap,
+    wheel: TimerWheel,
+    /// Entries that came up in this tick; kept to reuse its capacity.
+    fired: Vec<Entry>,
+    stats: CoreStats,
+    rng: fastrand::Rng,
+    log: RateLimitedLog,
+    now_ms: u64,
+}
+
+impl ServerCore {
+    /// `capacity` is a hint: ids below it need no allocation later.
+    pub fn new(cfg: CoreConfig, capacity: usize, now_ms: u64) -> ServerCore {
+        let idle_ticks = cfg
+            .idle_timeout_ms
+            .div_ceil(TICK_MS)
+            .min(u64::from(u32::MAX / 4)) as u32;
+        ServerCore {
+            idle_ticks,
+            rng: fastrand::Rng::with_seed(cfg.seed),
+            cfg,
+            conns: Vec::with_capacity(capacity),
+            devices: DeviceMap::default(),
+            wheel: TimerWheel::new(WHEEL_SLOTS, tick_of(now_ms)),
+            fired: Vec::new(),
+            stats: CoreStats::default(),
+            log: RateLimitedLog::new(5),
+            now_ms,
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Heap bytes of the core's tables (connections, devices, timers), for the memory breakdown.
+    pub fn heap_bytes(&self) -> usize {
+        self.conns.capacity() * std::mem::size_of::<Conn>()
+            + self.devices.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self.wheel.heap_bytes()
+            + self.fired.capacity() * std::mem::size_of::<Entry>()
+    }
+
+    pub fn device_hash(&self, id: &[u8]) -> u64 {
+        self.cfg.device_hasher.hash(id)
+    }
+
+    /// Whether `id` is a live connection.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id as usize)
+            .is_some_and(|c| c.phase != Phase::Free)
+    }
+
+    /// The transport accepted a connection.
+    pub fn open(&mut self, id: ConnId, now_ms: u64, io: &mut impl Io) {
+        self.now_ms = now_ms;
+        let idx = id as usize;
+        if idx >= self.conns.len() {
+            self.conns.resize(idx + 1, Conn::FREE);
+        }
+        if self.conns[idx].phase != Phase::Free {
+            // The transport reused an id it never reported closed: end the old connection first.
+            log::error!("transport reopened live connection {id}; treating the old one as closed");
+            self.forget(id, Ended::Peer, io);
+        }
+        let now = tick_of(now_ms);
+        let c = &mut self.conns[idx];
+        let gen = (c.gen + 1) & GEN_MASK;
+        *c = Conn {
+            gen,
+            last_active: now,
+            phase: Phase::Http,
+            ..Conn::FREE
+        };
+        self.stats.accepted += 1;
+        self.stats.connections += 1;
+        if self.idle_ticks > 0 {
+            self.wheel.insert(
+                now.wrapping_add(self.idle_ticks),
+                Entry {
+                    id,
+                    tag: tag(gen, TIMER_IDLE),
+                },
+            );
+        }
+    }
+
+    /// Bytes arrived. Returns how many were consumed; the rest (an incomplete request head or
+    /// frame) must be presented again with more bytes behind it. Frames are unmasked in place.
+    pub fn data(&mut self, id: ConnId, buf: &mut [u8], now_ms: u64, io: &mut impl Io) -> usize {
+        self.now_ms = now_ms;
+        let consumed = self.data_inner(id, buf, io);
+        self.stats.bytes_in += consumed as u64;
+        consumed
+    }
+
+    fn data_inner(&mut self, id: ConnId, buf: &mut [u8], io: &mut impl Io) -> usize {
+        let Some(c) = self.conns.get_mut(id as usize) else {
+            return buf.len();
+        };
+        if c.phase == Phase::Free || buf.is_empty() {
+            return buf.len();
+        }
+        c.last_active = tick_of(self.now_ms);
+        let mut pos = 0;
+        loop {
+            match self.conns[id as usize].phase {
+                Phase::Free => return buf.len(),
+                Phase::Http => match http::parse(&buf[pos..]) {
+                    Parsed::Partial => {
+                        if buf.len() - pos > self.cfg.max_request {
+                            self.reject(id, Reject::HeadersTooLarge, io);
+                            return buf.len();
+                        }
+                        return pos;
+                    }
+                    Parsed::Complete { len, request } => {
+                        pos += len;
+                        self.request(id, request, io);
+                    }
+                },
+                Phase::Poll => {
+                    if pos < buf.len() {
+                        self.reject(id, Reject::PipeliningNotSupported, io);
+                        return buf.len();
+                    }
+                    return pos;
+                }
+                Phase::Ws => return self.frames(id, buf, pos, io),
+            }
+        }
+    }
+
+    fn request(&mut self, id: ConnId, request: Request<'_>, io: &mut impl Io) {
+        match request {
+            Request::Upgrade { key, device } => {
+                let response = Response::switching_protocols(key);
+                self.send(id, &[response.as_bytes()], io);
+                self.conns[id as usize].phase = Phase::Ws;
+                self.stats.upgrades += 1;
+                self.stats.websockets += 1;
+                if let Some(device) = device {
+                    self.register_device(id, device, io);
+                }
+            }
+            Request::Poll { device, keep_alive } => {
+                let (lo, hi) = self.cfg.poll_hold_ms;
+                let hold = self.rng.u64(lo.min(hi)..=hi.max(lo));
+                let deadline = tick_of(self.now_ms + hold);
+                let c = &mut self.conns[id as usize];
+                c.phase = Phase::Poll;
+                c.keep_alive = keep_alive;
+                c.deadline = deadline;
+                let gen = c.gen;
+                self.wheel.insert(
+                    deadline,
+                    Entry {
+                        id,
+                        tag: tag(gen, TIMER_DEADLINE),
+                    },
+                );
+                self.stats.polls += 1;
+                self.stats.polls_held += 1;
+                if let Some(device) = device {
+                    self.register_device(id, device, io);
+                }
+            }
+            Request::Reject(reject) => self.reject(id, reject, io),
+        }
+    }
+
+    fn reject(&mut self, id: ConnId, reject: Reject, io: &mut impl Io) {
+        self.stats.rejected_requests += 1;
+        self.log.warn(
+            self.now_ms,
+            format_args!("conn {id}: rejected request: {}", reject.reason()),
+        );
+        let response = Response::reject(reject);
+        self.send(id, &[response.as_bytes()], io);
+        self.close(id, Ended::Server, io);
+    }
+
+    fn register_device(&mut self, id: ConnId, device: &[u8], io: &mut impl Io) {
+        let hash = self.cfg.device_hasher.hash(device);
+        let held = self.conns[id as usize].device;
+        if held == hash {
+            return;
+        }
+        if held != 0 {
+            self.unregister_device(id, io);
+        }
+        match self.devices.insert(hash, id) {
+            Some(older) if older != id => {
+                // Seed 001: one connection per device; the newer one wins.
+                self.stats.devices_replaced += 1;
+                self.end_with_close_frame(
+                    older,
+                    close_code::REPLACED,
+                    "replaced by a newer connection",
+                    io,
+                );
+            }
+            _ => self.stats.devices += 1,
+        }
+        self.conns[id as usize].device = hash;
+        io.device_claimed(hash);
+    }
+
+    fn unregister_device(&mut self, id: ConnId, io: &mut impl Io) {
+        let c = &mut self.conns[id as usize];
+        let hash = std::mem::take(&mut c.device);
+        if hash != 0 && self.devices.get(&hash) == Some(&id) {
+            self.devices.remove(&hash);
+            self.stats.devices -= 1;
+            io.device_released(hash);
+        }
+    }
+
+    fn frames(&mut self, id: ConnId, buf: &mut [u8], mut pos: usize, io: &mut impl Io) -> usize {
+        loop {
+            let frame = match frame::decode(&mut buf[pos..], Role::Server, self.cfg.max_frame) {
+                Ok(None) => return pos,
+                Ok(Some(frame)) => frame,
+                Err(e) => {
+                    self.protocol_error(id, e, io);
+                    return buf.len();
+                }
+            };
+            pos += frame.wire_len;
+            if let Err(e) = self.frame(id, frame.fin, frame.op, frame.payload, io) {
+                self.protocol_error(id, e, io);
+                return buf.len();
+            }
+            if self.conns[id as usize].phase != Phase::Ws {
+                return buf.len();
+            }
+        }
+    }
+
+    fn frame(
+        &mut self,
+        id: ConnId,
+        fin: bool,
+        op: Op,
+        payload: &[u8],
+        io: &mut impl Io,
+    ) -> Result<(), FrameError> {
+        let max_message = self.cfg.max_message;
+        let c = &mut self.conns[id as usize];
+        match op {
+            Op::Text | Op::Binary => {
+                if c.frag != Frag::None {
+                    return Err(FrameError::Protocol(
+                        "new message before the fragmented one ended",
+                    ));
+                }
+                if op == Op::Text {
+                    c.utf8 = Utf8Carry::EMPTY;
+                    c.utf8.feed(payload, fin)?;
+                }
+                if !fin {
+                    c.frag = if op == Op::Text {
+                        Frag::Text
+                    } else {
+                        Frag::Binary
+                    };
+                    c.msg_len = payload.len() as u32;
+                }
+            }
+            Op::Continue => {
+                if c.frag == Frag::None {
+                    return Err(FrameError::Protocol("continuation frame without a message"));
+                }
+                c.msg_len = c.msg_len.saturating_add(payload.len() as u32);
+                if c.msg_len as usize > max_message {
+                    return Err(FrameError::TooBig);
+                }
+                if c.frag == Frag::Text {
+                    c.utf8.feed(payload, fin)?;
+                }
+                if fin {
+                    c.frag = Frag::None;
+                }
+            }
+            Op::Ping => {
+                self.stats.pings += 1;
+                self.send_frame(id, true, Op::Pong, payload, io);
+                return Ok(());
+            }
+            Op::Pong => return Ok(()),
+            Op::Close => {
+                let code = frame::parse_close(payload)?;
+                let mut reply = [0u8; MAX_CONTROL_PAYLOAD];
+                let n = match code {
+                    Some(code) => frame::close_payload(&mut reply, code, ""),
+                    None => 0,
+                };
+                self.send_frame(id, true, Op::Close, &reply[..n], io);
+                self.close(id, Ended::Client, io);
+                return Ok(());
+            }
+        }
+        // A data frame.
+        if fin {
+            self.stats.messages_in += 1;
+        }
+        if self.cfg.echo {
+            self.send_frame(id, fin, op, payload, io);
+            if fin {
+                self.stats.echoed += 1;
+                self.stats.messages_out += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn protocol_error(&mut self, id: ConnId, e: FrameError, io: &mut impl Io) {
+        self.stats.protocol_errors += 1;
+        self.log
+            .warn(self.now_ms, format_args!("conn {id}: closing on {e}"));
+        self.end_with_close_frame(id, e.close_code(), &e.to_string(), io);
+    }
+
+    /// Send a close frame (WebSocket connections only) and close.
+    fn end_with_close_frame(&mut self, id: ConnId, code: u16, reason: &str, io: &mut impl Io) {
+        if self.conns[id as usize].phase == Phase::Ws {
+            let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+            let n = frame::close_payload(&mut payload, code, reason);
+            self.send_frame(id, true, Op::Close, &payload[..n], io);
+        }
+        let ended = if code == close_code::IDLE_TIMEOUT {
+            Ended::Expired
+        } else {
+            Ended::Server
+        };
+        self.close(id, ended, io);
+    }
+
+    fn send_frame(&mut self, id: ConnId, fin: bool, op: Op, payload: &[u8], io: &mut impl Io) {
+        let mut header = [0u8; MAX_HEADER];
+        let n = frame::encode_header(&mut header, fin, op, payload.len(), None);
+        self.send(id, &[&header[..n], payload], io);
+    }
+
+    fn send(&mut self, id: ConnId, parts: &[&[u8]], io: &mut impl Io) {
+        self.stats.bytes_out += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        io.send(id, parts);
+    }
+
+    fn close(&mut self, id: ConnId, ended: Ended, io: &mut impl Io) {
+        self.forget(id, ended, io);
+        io.close(id);
+    }
+
+    /// Drop the core's state of a connection; its id may be reused by the transport afterwards.
+    fn forget(&mut self, id: ConnId, ended: Ended, io: &mut impl Io) {
+        self.unregister_device(id, io);
+        let c = &mut self.conns[id as usize];
+        match c.phase {
+            Phase::Ws => self.stats.websockets -= 1,
+            Phase::Poll => self.stats.polls_held -= 1,
+            Phase::Http | Phase::Free => {}
+        }
+        // Bumping the generation makes this connection's timer entries stale.
+        *c = Conn {
+            gen: (c.gen + 1) & GEN_MASK,
+            ..Conn::FREE
+        };
+        self.stats.connections -= 1;
+        self.stats.closed += 1;
+        match ended {
+            Ended::Peer => self.stats.closed_by_peer += 1,
+            Ended::Client => self.stats.closed_by_client += 1,
+            Ended::Server => self.stats.closed_by_server += 1,
+            Ended::Expired => self.stats.expired += 1,
+        }
+    }
+
+    /// The transport lost the connection (FIN, RST, error). Unknown ids are ignored.
+    pub fn closed(&mut self, id: ConnId, now_ms: u64, io: &mut impl Io) {
+        self.now_ms = now_ms;
+        if self.is_open(id) {
+            self.forget(id, Ended::Peer, io);
+        }
+    }
+
+    /// Run the timers due by `now_ms`: idle expiry and long-poll answers.
+    pub fn tick(&mut self, now_ms: u64, io: &mut impl Io) {
+        self.now_ms = now_ms;
+        let now = tick_of(now_ms);
+        let (conns, idle_ticks, fired) = (&self.conns, self.idle_ticks, &mut self.fired);
+        self.wheel.advance(now, |entry, now| {
+            let Some(c) = conns.get(entry.id as usize) else {
+                return Due::Drop;
+            };
+            if c.phase == Phase::Free || entry.tag >> 1 != c.gen {
+                return Due::Drop;
+            }
+            let due = match entry.tag & 1 {
+                TIMER_IDLE => c.last_active.wrapping_add(idle_ticks),
+                _ if c.phase == Phase::Poll => c.deadline,
+                _ => return Due::Drop,
+            };
+            if due.wrapping_sub(now) as i32 <= 0 {
+                fired.push(entry);
+                Due::Drop
+            } else {
+                Due::At(due)
+            }
+        });
+        let mut fired = std::mem::take(&mut self.fired);
+        for entry in fired.drain(..) {
+            if entry.tag & 1 == TIMER_IDLE {
+                self.end_with_close_frame(entry.id, close_code::IDLE_TIMEOUT, "idle timeout", io);
+            } else {
+                self.stats.polls_timed_out += 1;
+                self.answer_poll(entry.id, br#"{"kind":"timeout"}"#, io);
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn answer_poll(&mut self, id: ConnId, body: &[u8], io: &mut impl Io) {
+        let keep_alive = self.conns[id as usize].keep_alive;
+        let head = Response::poll_answer_head(body.len(), keep_alive);
+        self.send(id, &[head.as_bytes(), body], io);
+        self.stats.messages_out += 1;
+        self.stats.polls_held -= 1;
+        // Back to waiting for a request; without keep-alive the connection ends here.
+        self.conns[id as usize].phase = Phase::Http;
+        if !keep_alive {
+            self.close(id, Ended::Server, io);
+        }
+    }
+
+    /// Send a text message to every WebSocket and answer every held long-poll with it. The frame
+    /// header is built once; each connection gets the same two slices.
+    pub fn broadcast(&mut self, payload: &[u8], now_ms: u64, io: &mut impl Io) -> Fanout {
+        self.now_ms = now_ms;
+        self.stats.broadcasts += 1;
+        let mut header = [0u8; MAX_HEADER];
+        let n = frame::encode_header(&mut header, true, Op::Text, payload.len(), None);
+        let mut fanout = Fanout::default();
+        for idx in 0..self.conns.len() {
+            let id = idx as ConnId;
+            match self.conns[idx].phase {
+                Phase::Ws => {
+                    self.send(id, &[&header[..n], payload], io);
+                    self.stats.messages_out += 1;
+                    fanout.websockets += 1;
+                }
+                Phase::Poll => {
+                    self.stats.polls_answered_by_push += 1;
+                    self.answer_poll(id, payload, io);
+                    fanout.polls += 1;
+                }
+                Phase::Free | Phase::Http => {}
+            }
+        }
+        fanout
+    }
+
+    /// Send a text message to the connection of one device. Returns whether it was delivered.
+    pub fn push(&mut self, device: &[u8], payload: &[u8], now_ms: u64, io: &mut impl Io) -> bool {
+        let hash = self.cfg.device_hasher.hash(device);
+        self.push_hash(hash, payload, now_ms, io)
+    }
+
+    pub fn push_hash(&mut self, hash: u64, payload: &[u8], now_ms: u64, io: &mut impl Io) -> bool {
+        self.now_ms = now_ms;
+        let target = self
+            .devices
+            .get(&hash)
+            .copied()
+            .filter(|&id| self.conns[id as usize].device == hash);
+        let delivered = match target.map(|id| (id, self.conns[id as usize].phase)) {
+            Some((id, Phase::Ws)) => {
+                self.send_frame(id, true, Op::Text, payload, io);
+                self.stats.messages_out += 1;
+                true
+            }
+            Some((id, Phase::Poll)) => {
+                self.stats.polls_answered_by_push += 1;
+                self.answer_poll(id, payload, io);
+                true
+            }
+            _ => false,
+        };
+        if delivered {
+            self.stats.pushes_delivered += 1;
+        } else {
+            self.stats.pushes_missed += 1;
+        }
+        delivered
+    }
+
+    /// Another core registered this device more recently: close our connection for it.
+    pub fn evict_device(&mut self, hash: u64, now_ms: u64, io: &mut impl Io) -> bool {
+        self.now_ms = now_ms;
+        match self.devices.get(&hash).copied() {
+            Some(id) => {
+                self.stats.devices_replaced += 1;
+                self.end_with_close_frame(
+                    id,
+                    close_code::REPLACED,
+                    "replaced by a newer connection",
+                    io,
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Close every connection (1001 Going Away on WebSockets).
+    pub fn shutdown(&mut self, now_ms: u64, io: &mut impl Io) {
+        self.now_ms = now_ms;
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].phase != Phase::Free {
+                self.end_with_close_frame(
+                    idx as ConnId,
+                    close_code::GOING_AWAY,
+                    "server shutting down",
+                    io,
+                );
+            }
+        }
+    }
+}
+
+fn tick_of(now_ms: u64) -> u32 {
+    (now_ms / TICK_MS) as u32
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! Counters of one server core. Gauges (current values) and counters (since start); a driver with
+//! several cores (the kernel stack's worker processes) sums them.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStats {
+    /// Gauge: open connections, in any phase.
+    pub connections: u64,
+    /// Gauge: upgraded WebSocket connections.
+    pub websockets: u64,
+    /// Gauge: long-poll requests being held.
+    pub polls_held: u64,
+    /// Gauge: registered device ids.
+    pub devices: u64,
+
+    pub accepted: u64,
+    /// Every connection that ended, for any reason (= the sum of the `closed_*` and `expired`).
+    pub closed: u64,
+    /// The peer closed or reset the TCP connection, or the transport failed.
+    pub closed_by_peer: u64,
+    /// The client sent a WebSocket close frame.
+    pub closed_by_client: u64,
+    /// We closed: protocol error, rejected request, replaced device, shutdown.
+    pub closed_by_server: u64,
+    /// Silent for longer than the idle timeout.
+    pub expired: u64,
+
+    pub upgrades: u64,
+    pub rejected_requests: u64,
+    pub protocol_errors: u64,
+    pub devices_replaced: u64,
+
+    /// Complete data messages received.
+    pub messages_in: u64,
+    /// Data messages sent (pushes, echoes, long-poll answers).
+    pub messages_out: u64,
+    /// Bytes consumed from / handed to the transport.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub pings: u64,
+    pub echoed: u64,
+
+    pub broadcasts: u64,
+    pub pushes_delivered: u64,
+    pub pushes_missed: u64,
+    pub polls: u64,
+    pub polls_answered_by_push: u64,
+    pub polls_timed_out: u64,
+}
+
+impl CoreStats {
+    /// Add another core's counters (gauges add up too: each core holds its own connections).
+    pub fn add(&mut self, o: &CoreStats) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $( self.$f += o.$f; )* };
+        }
+        sum!(
+            connections,
+            websockets,
+            polls_held,
+            devices,
+            accepted,
+            closed,
+            closed_by_peer,
+            closed_by_client,
+            closed_by_server,
+            expired,
+            upgrades,
+            rejected_requests,
+            protocol_errors,
+            devices_replaced,
+            messages_in,
+            messages_out,
+            bytes_in,
+            bytes_out,
+            pings,
+            echoed,
+            broadcasts,
+            pushes_delivered,
+            pushes_missed,
+            polls,
+            polls_answered_by_push,
+            polls_timed_out
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! ws-server: a WebSocket push server for millions of long-lived connections.
+//!
+//! - [`core`]: the server logic, sans-I/O (upgrade, frames, push, devices, expiry, long-poll, stats).
+//! - [`kernel`]: the baseline transport: epoll over kernel sockets, sharded over worker processes.
+//! - [`admin`]: the admin/stats HTTP endpoint.
+
+pub mod core;
