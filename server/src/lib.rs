@@ -4,4 +4,7 @@
 //! - [`kernel`]: the baseline transport: epoll over kernel sockets, sharded over worker processes.
 //! - [`admin`]: the admin/stats HTTP endpoint.
 
+pub mod admin;
+pub mod cli;
 pub mod core;
+pub mod kernel;

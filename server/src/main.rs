@@ -1,1 +1,136 @@
-fn main() {}
+//! `ws-server`: the WebSocket push server. See `ws-server --help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+use ws_server::cli::{parse_duration, parse_duration_range, parse_size};
+use ws_server::kernel::{self, KernelConfig};
+
+/// Connections one worker process is planned for: the hard limit of 20,000 open files per process,
+/// less headroom because SO_REUSEPORT spreads connections by hash, not evenly.
+const CONNS_PER_WORKER_PLAN: usize = 15_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Stack {
+    /// Linux kernel TCP, epoll, several worker processes (SO_REUSEPORT).
+    Kernel,
+    /// Userspace TCP over AF_XDP (not built yet).
+    Xdp,
+}
+
+/// WebSocket push server for many long-lived connections (IoT devices, chat, live feeds).
+///
+/// Serves WebSocket upgrades at GET /ws[?id=DEVICE] and long-polls at GET /poll[?id=DEVICE] on
+/// --listen, and an admin endpoint on --admin: GET /stats, /conns, /metrics, POST /broadcast,
+/// POST /push?id=DEVICE. Every push message is JSON starting with {"ts":<unix ns>, ...} so clients
+/// can measure delivery latency. Stops cleanly on SIGINT/SIGTERM (close frame 1001 to everyone).
+/// Log level: RUST_LOG (default info).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Which TCP stack serves the WebSocket port.
+    #[arg(long, value_enum, default_value = "kernel")]
+    stack: Stack,
+    /// Address and port for WebSocket and long-poll clients.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Address and port of the admin/stats endpoint (keep it off the public interface).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    admin: SocketAddr,
+    /// Connections the server is sized for; with --stack kernel this picks the worker count.
+    #[arg(long, default_value_t = 100_000)]
+    max_conns: usize,
+    /// Worker processes (kernel stack). Default: one per 15,000 of --max-conns, since a process may
+    /// hold at most the hard open-file limit (20,000 here).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Broadcast the server time to every connection this often (seed 000 uses 60 s); 0 = never.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    push_interval: Duration,
+    /// Close connections that sent nothing (no data, no ping) for this long; 0 = never.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Hold each long-poll for a random time in MIN-MAX before answering 200 (seed 002: 30-90).
+    #[arg(long, default_value = "30-90", value_parser = parse_duration_range)]
+    poll_hold: (Duration, Duration),
+    /// Echo data frames back to the client (data-round benchmarks, seed 003).
+    #[arg(long)]
+    echo: bool,
+    /// Largest data frame accepted (bigger ones close the connection with 1009).
+    #[arg(long, default_value = "16K", value_parser = parse_size)]
+    max_frame: usize,
+    /// Largest message, all fragments together.
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    max_message: usize,
+    /// Unsent output allowed per connection before it is dropped as a slow consumer.
+    #[arg(long, default_value = "256K", value_parser = parse_size)]
+    max_pending: usize,
+    /// Internal: run as a worker process of a kernel-stack server.
+    #[arg(long, hide = true)]
+    worker: bool,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    if let Err(e) = run() {
+        eprintln!("ws-server: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.worker {
+        return kernel::worker::run();
+    }
+    if args.stack == Stack::Xdp {
+        bail!("--stack xdp is not available yet: the userspace TCP stack is still being built (use --stack kernel)");
+    }
+    if args.max_message < args.max_frame {
+        bail!(
+            "--max-message ({}) must be at least --max-frame ({})",
+            args.max_message,
+            args.max_frame
+        );
+    }
+    if args.max_frame < 125 {
+        bail!("--max-frame must be at least 125 bytes");
+    }
+    if args.max_conns == 0 {
+        bail!("--max-conns must be at least 1");
+    }
+    let fd_limit = kernel::hard_fd_limit();
+    let per_worker_capacity = fd_limit.saturating_sub(64).max(1);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| args.max_conns.div_ceil(CONNS_PER_WORKER_PLAN))
+        .max(1);
+    if args.max_conns > workers * per_worker_capacity {
+        bail!(
+            "--max-conns {} needs at least {} workers: one process may hold at most {} files here (pass --workers or leave it out)",
+            args.max_conns,
+            args.max_conns.div_ceil(per_worker_capacity),
+            fd_limit
+        );
+    }
+    if workers > 256 {
+        bail!("--workers {workers} is more than this tool supports (256)");
+    }
+    kernel::run(KernelConfig {
+        listen: args.listen,
+        admin: args.admin,
+        workers,
+        max_conns_per_worker: per_worker_capacity.min(args.max_conns),
+        max_pending_bytes: args.max_pending,
+        push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
+        idle_timeout: args.idle_timeout,
+        poll_hold: args.poll_hold,
+        echo: args.echo,
+        max_frame: args.max_frame,
+        max_message: args.max_message,
+    })
+}

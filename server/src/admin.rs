@@ -1,0 +1,400 @@
+//! The admin/stats endpoint, on its own address (it stays on the kernel stack whatever stack serves
+//! WebSockets): routing of admin requests and rendering of reports as JSON, seed 003's `/conns`, and
+//! Prometheus text. Independent of how the stats were gathered, so every stack uses it.
+
+use std::io::Read;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::core::stats::CoreStats;
+use crate::kernel::control::WorkerStats;
+
+/// Largest admin request body (a push message).
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsFormat {
+    Json,
+    Conns,
+    Prometheus,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    Stats(StatsFormat),
+    /// Broadcast `text` (or the server time when empty) to every connection.
+    Broadcast {
+        text: Option<String>,
+    },
+    /// Push `text` (or the server time) to the connection of device `id`.
+    Push {
+        id: String,
+        text: Option<String>,
+    },
+    Help,
+    Error {
+        status: u16,
+        message: String,
+    },
+}
+
+/// Route an admin request. `body` is read only for the POSTs.
+pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read) -> AdminRequest {
+    use tiny_http::Method::{Get, Head, Post};
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let err = |status: u16, message: &str| AdminRequest::Error {
+        status,
+        message: message.to_string(),
+    };
+    match (method, path) {
+        (Get | Head, "/stats") => AdminRequest::Stats(StatsFormat::Json),
+        (Get | Head, "/conns") => AdminRequest::Stats(StatsFormat::Conns),
+        (Get | Head, "/metrics") => AdminRequest::Stats(StatsFormat::Prometheus),
+        (Get | Head, "/") => AdminRequest::Help,
+        (Post, "/broadcast") => match read_text(body) {
+            Ok(text) => AdminRequest::Broadcast { text },
+            Err(e) => e,
+        },
+        (Post, "/push") => {
+            let Some(id) = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("id="))
+                .filter(|id| !id.is_empty())
+            else {
+                return err(400, "POST /push needs ?id=<device id>");
+            };
+            match read_text(body) {
+                Ok(text) => AdminRequest::Push {
+                    id: id.to_string(),
+                    text,
+                },
+                Err(e) => e,
+            }
+        }
+        (_, "/stats" | "/conns" | "/metrics" | "/broadcast" | "/push" | "/") => {
+            err(405, "method not allowed here")
+        }
+        _ => err(404, "no such admin endpoint; GET / lists them"),
+    }
+}
+
+fn read_text(body: &mut dyn Read) -> Result<Option<String>, AdminRequest> {
+    let mut text = String::new();
+    let mut limited = body.take(MAX_BODY as u64 + 1);
+    if limited.read_to_string(&mut text).is_err() {
+        return Err(AdminRequest::Error {
+            status: 400,
+            message: "body is not UTF-8 text".into(),
+        });
+    }
+    if text.len() > MAX_BODY {
+        return Err(AdminRequest::Error {
+            status: 413,
+            message: format!("body over {MAX_BODY} bytes"),
+        });
+    }
+    Ok(if text.is_empty() { None } else { Some(text) })
+}
+
+pub const HELP: &str = "ws-server admin endpoint
+GET  /stats            JSON: connections, accepted, closed, expired, messages, bytes, stack, per-worker
+GET  /conns            {\"closed\":N,\"conns\":M}
+GET  /metrics          Prometheus text format
+POST /broadcast        push the body (or the server time) to every connection
+POST /push?id=DEVICE   push the body (or the server time) to one device
+";
+
+/// The last broadcast, as the admin sees it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BroadcastResult {
+    pub seq: u64,
+    pub websockets: u64,
+    pub polls: u64,
+    /// Longest time one worker spent handing the message to all its connections.
+    pub fanout_ms: f64,
+    /// From the admin's command to the last worker's reply.
+    pub elapsed_ms: f64,
+}
+
+/// Everything `/stats` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub stack: &'static str,
+    pub uptime_s: f64,
+    #[serde(flatten)]
+    pub totals: CoreStats,
+    pub refused: u64,
+    pub slow_consumers_dropped: u64,
+    pub expiry: ExpiryReport,
+    pub last_broadcast: Option<BroadcastResult>,
+    pub memory: MemoryReport,
+    pub workers: usize,
+    pub per_worker: Vec<WorkerStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpiryReport {
+    pub expired: u64,
+    pub expired_last_10s: u64,
+    /// Removal rate over the last 10 seconds (seed 001's "expired connection removal rate").
+    pub removal_rate_per_s: f64,
+    /// Removals per second of time spent removing: what the server could sustain.
+    pub removal_capacity_per_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    /// RSS of every server process (supervisor and workers).
+    pub rss_bytes: u64,
+    pub supervisor_rss_bytes: u64,
+    /// The cores' tables (connection states, device registry, timer wheel).
+    pub core_heap_bytes: u64,
+}
+
+impl Report {
+    pub fn new(
+        stack: &'static str,
+        uptime_s: f64,
+        mut per_worker: Vec<WorkerStats>,
+        broadcasts: u64,
+        last_broadcast: Option<BroadcastResult>,
+        supervisor_rss_bytes: u64,
+    ) -> Report {
+        per_worker.sort_by_key(|w| w.index);
+        let mut totals = CoreStats::default();
+        per_worker.iter().for_each(|w| totals.add(&w.core));
+        // Each broadcast reaches every worker; count it once.
+        totals.broadcasts = broadcasts;
+        let sum = |f: fn(&WorkerStats) -> u64| per_worker.iter().map(f).sum::<u64>();
+        let busy_s = sum(|w| w.expiry_busy_ns) as f64 / 1e9;
+        let expired_last_10s = sum(|w| w.expired_last_10s);
+        Report {
+            stack,
+            uptime_s,
+            refused: sum(|w| w.refused),
+            slow_consumers_dropped: sum(|w| w.slow_consumers_dropped),
+            expiry: ExpiryReport {
+                expired: totals.expired,
+                expired_last_10s,
+                removal_rate_per_s: expired_last_10s as f64 / 10.0,
+                removal_capacity_per_s: (busy_s > 0.0).then(|| totals.expired as f64 / busy_s),
+            },
+            last_broadcast,
+            memory: MemoryReport {
+                rss_bytes: supervisor_rss_bytes + sum(|w| w.rss_bytes),
+                supervisor_rss_bytes,
+                core_heap_bytes: sum(|w| w.core_heap_bytes),
+            },
+            workers: per_worker.len(),
+            totals,
+            per_worker,
+        }
+    }
+
+    pub fn render(&self, format: StatsFormat) -> (String, &'static str) {
+        match format {
+            StatsFormat::Json => (
+                serde_json::to_string_pretty(self)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+                "application/json",
+            ),
+            StatsFormat::Conns => (
+                format!(
+                    "{{\"closed\":{},\"conns\":{}}}",
+                    self.totals.closed, self.totals.connections
+                ),
+                "application/json",
+            ),
+            StatsFormat::Prometheus => (
+                self.prometheus(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+        }
+    }
+
+    fn prometheus(&self) -> String {
+        let mut reg = Registry::with_prefix("wsserver");
+        let t = &self.totals;
+        let gauges: [(&str, &str, u64); 6] = [
+            ("connections", "Open connections", t.connections),
+            ("websockets", "Upgraded WebSocket connections", t.websockets),
+            ("polls_held", "Long-poll requests being held", t.polls_held),
+            ("devices", "Registered device ids", t.devices),
+            (
+                "rss_bytes",
+                "Resident memory of all server processes",
+                self.memory.rss_bytes,
+            ),
+            ("workers", "Worker processes", self.workers as u64),
+        ];
+        for (name, help, v) in gauges {
+            let g: Gauge = Gauge::default();
+            g.set(v as i64);
+            reg.register(name, help, g);
+        }
+        let counters: [(&str, &str, u64); 14] = [
+            ("accepted", "Connections accepted", t.accepted),
+            ("closed", "Connections ended, any reason", t.closed),
+            (
+                "expired",
+                "Connections expired by the idle timeout",
+                t.expired,
+            ),
+            (
+                "closed_by_peer",
+                "Connections the peer closed or reset",
+                t.closed_by_peer,
+            ),
+            (
+                "closed_by_client",
+                "Connections ended by a client close frame",
+                t.closed_by_client,
+            ),
+            (
+                "closed_by_server",
+                "Connections the server closed",
+                t.closed_by_server,
+            ),
+            (
+                "protocol_errors",
+                "Connections failed for a protocol violation",
+                t.protocol_errors,
+            ),
+            (
+                "rejected_requests",
+                "HTTP requests rejected",
+                t.rejected_requests,
+            ),
+            ("messages_in", "Data messages received", t.messages_in),
+            ("messages_out", "Data messages sent", t.messages_out),
+            ("bytes_in", "Bytes received", t.bytes_in),
+            ("bytes_out", "Bytes sent", t.bytes_out),
+            ("broadcasts", "Broadcasts", t.broadcasts),
+            ("refused", "Connections refused at capacity", self.refused),
+        ];
+        for (name, help, v) in counters {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            reg.register(name, help, c);
+        }
+        let per_worker = Family::<Vec<(String, String)>, Gauge>::default();
+        for w in &self.per_worker {
+            per_worker
+                .get_or_create(&vec![("worker".to_string(), w.index.to_string())])
+                .set(w.core.connections as i64);
+        }
+        reg.register(
+            "worker_connections",
+            "Open connections per worker",
+            per_worker,
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut out, &reg).expect("encoding metrics into a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(index: usize, connections: u64, expired: u64) -> WorkerStats {
+        WorkerStats {
+            index,
+            core: CoreStats {
+                connections,
+                expired,
+                closed: expired,
+                accepted: connections + expired,
+                ..Default::default()
+            },
+            expiry_busy_ns: 1_000_000,
+            expired_last_10s: expired,
+            rss_bytes: 1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn routes() {
+        use tiny_http::Method;
+        let mut empty: &[u8] = b"";
+        assert_eq!(
+            route(&Method::Get, "/stats", &mut empty),
+            AdminRequest::Stats(StatsFormat::Json)
+        );
+        assert_eq!(
+            route(&Method::Get, "/conns", &mut empty),
+            AdminRequest::Stats(StatsFormat::Conns)
+        );
+        let mut body: &[u8] = b"hello";
+        assert_eq!(
+            route(&Method::Post, "/push?id=dev-1", &mut body),
+            AdminRequest::Push {
+                id: "dev-1".into(),
+                text: Some("hello".into())
+            }
+        );
+        assert_eq!(
+            route(&Method::Post, "/broadcast", &mut empty),
+            AdminRequest::Broadcast { text: None }
+        );
+        assert!(matches!(
+            route(&Method::Post, "/push", &mut empty),
+            AdminRequest::Error { status: 400, .. }
+        ));
+        assert!(matches!(
+            route(&Method::Delete, "/stats", &mut empty),
+            AdminRequest::Error { status: 405, .. }
+        ));
+        assert!(matches!(
+            route(&Method::Get, "/nope", &mut empty),
+            AdminRequest::Error { status: 404, .. }
+        ));
+        let big = vec![b'a'; MAX_BODY + 1];
+        let mut big: &[u8] = &big;
+        assert!(matches!(
+            route(&Method::Post, "/broadcast", &mut big),
+            AdminRequest::Error { status: 413, .. }
+        ));
+    }
+
+    #[test]
+    fn report_sums_workers_and_renders_every_format() {
+        let r = Report::new(
+            "kernel",
+            2.0,
+            vec![worker(1, 10, 4), worker(0, 5, 6)],
+            3,
+            None,
+            500,
+        );
+        assert_eq!(r.totals.connections, 15);
+        assert_eq!(r.totals.broadcasts, 3);
+        assert_eq!(r.per_worker[0].index, 0);
+        assert_eq!(r.memory.rss_bytes, 2500);
+        assert_eq!(r.expiry.removal_rate_per_s, 1.0);
+        assert_eq!(r.expiry.removal_capacity_per_s, Some(5000.0));
+        let (conns, _) = r.render(StatsFormat::Conns);
+        assert_eq!(conns, r#"{"closed":10,"conns":15}"#);
+        let (json, _) = r.render(StatsFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["connections"], 15);
+        assert_eq!(v["stack"], "kernel");
+        assert_eq!(v["per_worker"].as_array().unwrap().len(), 2);
+        let (prom, _) = r.render(StatsFormat::Prometheus);
+        assert!(
+            prom.contains("# TYPE wsserver_connections gauge\nwsserver_connections 15\n"),
+            "{prom}"
+        );
+        assert!(prom.contains("wsserver_expired_total 10\n"));
+        assert!(prom.contains("wsserver_worker_connections{worker=\"1\"} 10\n"));
+        assert!(prom.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,83 @@
+//! Command-line helpers shared by the binaries of the workspace.
+
+use std::time::Duration;
+
+/// Parse a duration: a number with an optional unit `ms`, `s`, `m` or `h` (a bare number is
+/// seconds): `60`, `1.5s`, `500ms`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (try 30s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parse `MIN-MAX` durations, e.g. `30-90` or `1s-3s`.
+pub fn parse_duration_range(text: &str) -> Result<(Duration, Duration), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("'{text}' is not a range like 30-90 or 1s-3s"))?;
+    let (lo, hi) = (parse_duration(lo)?, parse_duration(hi)?);
+    if lo > hi {
+        return Err(format!("range '{text}' has its minimum above its maximum"));
+    }
+    Ok((lo, hi))
+}
+
+/// Parse a byte size: a number with an optional `K`, `M` or `G` (binary multiples).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (number, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (try 4096, 16K, 1M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert_eq!(
+            parse_duration_range("30-90"),
+            Ok((Duration::from_secs(30), Duration::from_secs(90)))
+        );
+        assert!(parse_duration_range("9-3").is_err());
+        assert_eq!(parse_size("16K"), Ok(16384));
+        assert!(parse_size("lots").is_err());
+    }
+}

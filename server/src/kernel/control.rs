@@ -1,0 +1,150 @@
+//! The supervisor ↔ worker protocol: one JSON object per line over a pair of Unix stream sockets
+//! (fd 3: supervisor → worker, fd 4: worker → supervisor). Control traffic is a few messages per
+//! admin request, so readable JSON costs nothing that matters and makes debugging easy.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::stats::CoreStats;
+
+/// The file descriptors a worker finds its control channel on.
+pub const FD_FROM_SUPERVISOR: i32 = 3;
+pub const FD_TO_SUPERVISOR: i32 = 4;
+
+/// What a worker needs to know to start; sent as the first line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    pub index: usize,
+    pub listen: std::net::SocketAddr,
+    /// Connections this worker holds at most; past it new connections are closed at once.
+    pub max_conns: usize,
+    /// Output bytes queued per connection before it counts as a slow consumer and is dropped.
+    pub max_pending_bytes: usize,
+    pub idle_timeout_ms: u64,
+    pub poll_hold_ms: (u64, u64),
+    pub echo: bool,
+    pub max_frame: usize,
+    pub max_message: usize,
+    pub device_key: [u64; 2],
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ToWorker {
+    Config(WorkerConfig),
+    Broadcast {
+        req: u64,
+        payload: String,
+    },
+    Push {
+        req: u64,
+        hash: u64,
+        payload: String,
+    },
+    /// Another worker holds a newer connection for this device.
+    Evict {
+        hash: u64,
+    },
+    Stats {
+        req: u64,
+    },
+    Shutdown,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum FromWorker {
+    Ready {
+        pid: u32,
+    },
+    Failed {
+        error: String,
+    },
+    Broadcast {
+        req: u64,
+        websockets: u64,
+        polls: u64,
+        fanout_us: u64,
+    },
+    Push {
+        req: u64,
+        delivered: bool,
+    },
+    Stats {
+        req: u64,
+        stats: Box<WorkerStats>,
+    },
+    /// The device registered here at `at_ns` (CLOCK_MONOTONIC, comparable across processes).
+    Claim {
+        hash: u64,
+        at_ns: u64,
+    },
+    Release {
+        hash: u64,
+    },
+}
+
+/// One worker's report for `/stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub index: usize,
+    pub pid: u32,
+    pub core: CoreStats,
+    /// Connections refused because this worker was at `max_conns` or out of file descriptors.
+    pub refused: u64,
+    /// Connections dropped because their unsent output passed `max_pending_bytes`.
+    pub slow_consumers_dropped: u64,
+    /// Bytes waiting in user space because the kernel socket buffer was full.
+    pub pending_output_bytes: u64,
+    /// Connections with a user-space buffer (pending output or a partial frame) right now.
+    pub buffered_conns: u64,
+    /// Closed by the core, still flushing or waiting for the peer's FIN.
+    pub lingering: u64,
+    /// Time spent in timer ticks that expired at least one connection.
+    pub expiry_busy_ns: u64,
+    /// Connections expired in the last 10 seconds.
+    pub expired_last_10s: u64,
+    /// Heap bytes of the core's tables.
+    pub core_heap_bytes: u64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub fd_limit: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for all processes on the machine.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_json_line() {
+        let m = ToWorker::Push {
+            req: 3,
+            hash: 9,
+            payload: "a\nb".into(),
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(!line.contains('\n'), "newlines inside strings are escaped");
+        assert!(matches!(
+            serde_json::from_str(&line).unwrap(),
+            ToWorker::Push {
+                req: 3,
+                hash: 9,
+                ..
+            }
+        ));
+        let back: FromWorker =
+            serde_json::from_str(r#"{"msg":"claim","hash":1,"at_ns":2}"#).unwrap();
+        assert!(matches!(back, FromWorker::Claim { hash: 1, at_ns: 2 }));
+    }
+}
