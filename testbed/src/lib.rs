@@ -1,1 +1,8 @@
+//! The testbed: the load generator (`ws-load`), the benchmark harness (`ws-bench`) and the
+//! measurements they share.
+//!
+//! - [`load`]: many WebSocket/long-poll clients over many source addresses and processes.
+//! - [`measure`]: memory (RSS, slab, socket buffers) and CPU from /proc, bytes per connection.
 
+pub mod load;
+pub mod measure;

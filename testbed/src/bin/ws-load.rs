@@ -1,1 +1,202 @@
-fn main() {}
+//! `ws-load`: WebSocket / long-poll load generator. See `ws-load --help`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use testbed::load::parent::{self, LoadConfig, ProgressMode, CONNS_PER_PROC};
+use testbed::load::sources::{self, CONNS_PER_SOURCE};
+use testbed::load::{kernel_child, ChildPlan, CHILD_PLAN_ENV};
+use ws_server::cli::{parse_duration, parse_size};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Stack {
+    /// Kernel TCP sockets, several processes (a process holds at most 20,000 files).
+    Kernel,
+    /// Userspace TCP over AF_XDP (not built yet).
+    Xdp,
+}
+
+/// Open many WebSocket (or long-poll) connections to a server, hold them, and measure.
+///
+/// Connections are spread over the client source addresses (default: every 198.19.0.0/16 address
+/// of this host, as netns-scripts/setup.sh makes them) and over processes. While holding, it
+/// records push latency from the {"ts":...} stamp of every server push (HDR histogram), optional
+/// heartbeat pings, optional data rounds (echo RTT when the server runs --echo). Prints a summary
+/// and writes it as JSON with --json. Every run is bounded: --duration caps it whatever happens.
+///
+/// Exit status: 0 when every connection was established, 2 when some were not, 1 on errors.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Client stack.
+    #[arg(long, value_enum, default_value = "kernel")]
+    stack: Stack,
+    /// Server address and port.
+    #[arg(long, default_value = "198.18.0.1:8080")]
+    server: SocketAddr,
+    /// Connections to open (at most 2,000,000).
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    conns: u64,
+    /// New connections per second, all processes together (0: as fast as possible).
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Handshakes in flight at most, all processes together.
+    #[arg(long, default_value_t = 2000)]
+    concurrency: usize,
+    /// Source addresses: a list or ranges, e.g. 198.19.0.1-198.19.0.17. Default: every address in
+    /// 198.19.0.0/16 on this host; without any, the kernel picks (≤ ~64K connections).
+    #[arg(long)]
+    src: Option<String>,
+    /// Load processes. Default: one per 18,000 connections.
+    #[arg(long)]
+    procs: Option<usize>,
+    /// Give up on a connection whose TCP connect + handshake takes longer than this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Hold the connections this long once connected (ends early with --expect-msgs).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Hard limit for the whole run, connecting included. Default: 2 minutes + --hold.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Send a WebSocket ping on every connection this often (heartbeat); 0 = never.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Send a data frame of --payload bytes on every connection this often (data rounds); 0 = never.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    send_interval: Duration,
+    /// Size of each data-round frame.
+    #[arg(long, default_value = "100", value_parser = parse_size)]
+    payload: usize,
+    /// Send a device id with every connection: ?id=<prefix><connection number>.
+    #[arg(long)]
+    ids: bool,
+    /// Device id prefix for --ids.
+    #[arg(long, default_value = "dev-")]
+    id_prefix: String,
+    /// Long-poll mode: GET /poll repeatedly instead of WebSocket.
+    #[arg(long)]
+    poll: bool,
+    /// WebSocket request path.
+    #[arg(long, default_value = "/ws")]
+    path: String,
+    /// Host header (default: the server address).
+    #[arg(long)]
+    host: Option<String>,
+    /// Stop holding once connections received this many pushes on average.
+    #[arg(long, default_value_t = 0)]
+    expect_msgs: u64,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Progress display.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Internal: run as one load process (the plan is in the environment).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ws-load: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run() -> anyhow::Result<i32> {
+    let args = Args::parse();
+    if args.child {
+        let plan: ChildPlan = serde_json::from_str(
+            &std::env::var(CHILD_PLAN_ENV).context("no plan for this load process")?,
+        )
+        .context("reading the load process plan")?;
+        kernel_child::run(plan)?;
+        return Ok(0);
+    }
+    if args.stack == Stack::Xdp {
+        bail!("--stack xdp is not available yet: the userspace TCP stack is still being built (use --stack kernel)");
+    }
+    if args.conns == 0 || args.conns > 2_000_000 {
+        bail!("--conns must be between 1 and 2,000,000");
+    }
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        bail!("--rate must be a number ≥ 0");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if !args.path.starts_with('/') {
+        bail!("--path must start with '/'");
+    }
+    let sources = match &args.src {
+        Some(list) => sources::parse_list(list).map_err(anyhow::Error::msg)?,
+        None => sources::local_addresses_in(Ipv4Addr::new(198, 19, 0, 0), 16),
+    };
+    let per_source = if sources.is_empty() {
+        args.conns
+    } else {
+        args.conns.div_ceil(sources.len() as u64)
+    };
+    if per_source > CONNS_PER_SOURCE as u64 + 4_000 {
+        bail!(
+            "{} connections over {} source address(es) is {per_source} per address, more than the ~64K ports one address has; add addresses (netns-scripts/setup.sh --conns {}) or pass --src",
+            args.conns,
+            sources.len().max(1),
+            args.conns
+        );
+    }
+    let fd_limit = ws_server::kernel::hard_fd_limit() as u64;
+    let procs = args
+        .procs
+        .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_PROC) as usize)
+        .max(1);
+    if args.conns.div_ceil(procs as u64) + 64 > fd_limit {
+        bail!("{} connections over {procs} processes is more than one process may hold ({fd_limit} files); raise --procs", args.conns);
+    }
+    if args.send_interval > Duration::ZERO && args.payload < 21 {
+        bail!("--payload must be at least 21 bytes (a marker and the send time) for data rounds");
+    }
+    let cfg = LoadConfig {
+        server: args.server,
+        host: args.host.clone().unwrap_or_else(|| args.server.to_string()),
+        path: args.path.clone(),
+        conns: args.conns,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        sources,
+        procs,
+        connect_timeout: args.connect_timeout,
+        hold: args.hold,
+        duration: args
+            .duration
+            .unwrap_or(args.hold + Duration::from_secs(120)),
+        ping_interval: args.ping_interval,
+        send_interval: args.send_interval,
+        payload: args.payload,
+        id_prefix: args.ids.then(|| args.id_prefix.clone()),
+        poll: args.poll,
+        expect_msgs: args.expect_msgs,
+        progress: args.progress,
+    };
+    let summary = parent::run(&cfg)?;
+    println!("ws-load summary\n{}", parent::render(&summary));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(
+        if summary.established < summary.conns_target || !summary.complete {
+            2
+        } else {
+            0
+        },
+    )
+}

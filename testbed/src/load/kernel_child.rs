@@ -1,0 +1,749 @@
+//! One load process on the kernel stack: opens its share of connections at its rate with bounded
+//! concurrency, holds them (pings, data rounds, long-polls), measures, and closes them cleanly.
+//! Reports progress and a final line as JSON on stdout.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use ws_server::core::frame::{self, close_code, Op, Role};
+use ws_server::core::message;
+use ws_server::kernel::control::monotonic_ns;
+
+use super::client::{self, Handshake, PollAnswer};
+use super::{hist, ChildCounters, ChildFinal, ChildLine, ChildPlan};
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Largest server frame we accept (pushes are small; echoes are at most the payload size).
+const MAX_SERVER_FRAME: usize = 16 << 20;
+const TICK: Duration = Duration::from_millis(100);
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long closing may take before the process reports and exits anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Targeted-push receivers listed by number in the final report, at most.
+const MAX_LISTED_TARGETS: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Handshake,
+    Open,
+    Polling,
+    /// We sent our close frame (or FIN); waiting for the server's close or EOF.
+    Closing,
+    /// Ended and counted; only waiting to be dropped.
+    Done,
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Global connection number: picks the device id, the source address and the handshake key.
+    n: u64,
+    state: State,
+    /// CLOCK_MONOTONIC ns when the connect started (connect latency) or the last poll was sent.
+    since_ns: u64,
+    /// Bytes received and not yet consumed (a partial frame or response).
+    inp: Vec<u8>,
+    /// Bytes the kernel did not take yet.
+    out: Vec<u8>,
+    writable: bool,
+}
+
+/// What the connection handlers share.
+struct Shared {
+    plan: ChildPlan,
+    seed: u64,
+    c: ChildCounters,
+    connect_us: Histogram<u64>,
+    push_latency_us: Histogram<u64>,
+    echo_rtt_us: Histogram<u64>,
+    targeted_devices: Vec<u64>,
+    frame_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
+    rng: fastrand::Rng,
+    closing: bool,
+}
+
+/// What a handler decided about its connection.
+#[derive(PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Drop,
+}
+
+pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
+    ws_server::kernel::raise_fd_limit();
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let mut slab: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut inflight: VecDeque<(usize, u64, u64)> = VecDeque::new();
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let mut sh = Shared {
+        seed: fastrand::u64(..),
+        c: ChildCounters::default(),
+        connect_us: hist::new_histogram(),
+        push_latency_us: hist::new_histogram(),
+        echo_rtt_us: hist::new_histogram(),
+        targeted_devices: Vec::new(),
+        frame_buf: Vec::with_capacity(1024),
+        payload_buf: Vec::new(),
+        rng: fastrand::Rng::new(),
+        closing: false,
+        plan,
+    };
+    let start = Instant::now();
+    let end_n = sh.plan.first + sh.plan.count;
+    let mut next_n = sh.plan.first;
+    let mut hold_started: Option<Instant> = None;
+    let mut closing_started: Option<Instant> = None;
+    let mut next_tick = start;
+    let mut tick_no: u64 = 0;
+    let mut next_progress = start;
+    let mut stdout = io::stdout().lock();
+    let connect_timeout_ns = sh.plan.connect_timeout_ms * 1_000_000;
+    let duration = Duration::from_millis(sh.plan.duration_ms);
+
+    loop {
+        let now = Instant::now();
+        // Open new connections within the rate and the concurrency bound.
+        if closing_started.is_none() && next_n < end_n {
+            let allowed = if sh.plan.rate > 0.0 {
+                ((now - start).as_secs_f64() * sh.plan.rate).floor() as u64 + 1
+            } else {
+                u64::MAX
+            };
+            while next_n < end_n
+                && inflight.len() < sh.plan.concurrency
+                && next_n - sh.plan.first < allowed
+            {
+                let n = next_n;
+                next_n += 1;
+                sh.c.attempted += 1;
+                if sh.c.first_attempt_ns == 0 {
+                    sh.c.first_attempt_ns = monotonic_ns();
+                }
+                match open(&sh.plan, n) {
+                    Ok(stream) => {
+                        let slot = free.pop().unwrap_or_else(|| {
+                            slab.push(None);
+                            slab.len() - 1
+                        });
+                        let mut conn = Conn {
+                            stream,
+                            n,
+                            state: State::Connecting,
+                            since_ns: monotonic_ns(),
+                            inp: Vec::new(),
+                            out: Vec::new(),
+                            writable: true,
+                        };
+                        if let Err(e) = poll.registry().register(
+                            &mut conn.stream,
+                            Token(slot),
+                            Interest::READABLE | Interest::WRITABLE,
+                        ) {
+                            fail(&mut sh.c, &format!("register: {e}"));
+                            free.push(slot);
+                            continue;
+                        }
+                        inflight.push_back((slot, n, conn.since_ns + connect_timeout_ns));
+                        slab[slot] = Some(conn);
+                    }
+                    Err(cause) => fail(&mut sh.c, cause),
+                }
+            }
+        }
+        if !sh.c.done_connecting && next_n >= end_n && inflight.is_empty() {
+            sh.c.done_connecting = true;
+            hold_started = Some(now);
+        }
+
+        let wait = if next_n < end_n && closing_started.is_none() {
+            Duration::from_millis(5)
+        } else {
+            TICK
+        };
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e).context("epoll_wait");
+            }
+        }
+        for event in events.iter() {
+            let slot = event.token().0;
+            let Some(conn) = slab.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let mut fate = Fate::Keep;
+            if event.is_writable() {
+                fate = writable(conn, &mut sh);
+            }
+            if fate == Fate::Keep
+                && (event.is_readable() || event.is_read_closed() || event.is_error())
+            {
+                fate = readable(conn, &mut sh, &mut scratch);
+            }
+            if fate == Fate::Keep
+                && conn.writable != (!conn.out.is_empty() || conn.state == State::Connecting)
+            {
+                let want = !conn.writable;
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if poll
+                    .registry()
+                    .reregister(&mut conn.stream, Token(slot), interest)
+                    .is_ok()
+                {
+                    conn.writable = want;
+                }
+            }
+            if fate == Fate::Drop {
+                if let Some(mut conn) = slab[slot].take() {
+                    // Handlers account for what they end; anything still open failed on a write.
+                    ended(&mut conn, &mut sh, "write_error");
+                    let _ = poll.registry().deregister(&mut conn.stream);
+                }
+                free.push(slot);
+            }
+        }
+
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            tick_no += 1;
+            // Handshake timeouts, oldest first.
+            let now_ns = monotonic_ns();
+            while let Some(&(slot, n, deadline)) = inflight.front() {
+                let pending = slab.get(slot).and_then(Option::as_ref).filter(|c| c.n == n);
+                match pending {
+                    Some(c) if matches!(c.state, State::Connecting | State::Handshake) => {
+                        if deadline > now_ns {
+                            break;
+                        }
+                        fail(
+                            &mut sh.c,
+                            if c.state == State::Connecting {
+                                "connect_timeout"
+                            } else {
+                                "handshake_timeout"
+                            },
+                        );
+                        if let Some(mut conn) = slab[slot].take() {
+                            let _ = poll.registry().deregister(&mut conn.stream);
+                        }
+                        free.push(slot);
+                        inflight.pop_front();
+                    }
+                    _ => {
+                        inflight.pop_front();
+                    }
+                }
+            }
+            if closing_started.is_none() {
+                periodic(&mut slab, &mut sh, tick_no, &poll);
+            }
+        }
+
+        // When to stop holding.
+        let stop_now = stop.load(Ordering::Relaxed);
+        if closing_started.is_none() {
+            let held =
+                hold_started.is_some_and(|t| t.elapsed() >= Duration::from_millis(sh.plan.hold_ms));
+            let got_all = sh.plan.expect_msgs > 0
+                && sh.c.open > 0
+                && sh.c.done_connecting
+                && sh.c.pushes >= sh.plan.expect_msgs * sh.c.open;
+            if held || got_all || stop_now || start.elapsed() >= duration {
+                closing_started = Some(Instant::now());
+                sh.closing = true;
+                begin_close(&mut slab, &mut sh);
+            }
+        }
+        let live = slab.iter().filter(|s| s.is_some()).count();
+        if let Some(t) = closing_started {
+            if live == 0 || t.elapsed() >= CLOSE_GRACE {
+                break;
+            }
+        }
+        if Instant::now() >= next_progress {
+            next_progress += PROGRESS_EVERY;
+            emit(&mut stdout, &ChildLine::Progress(sh.c.clone()))?;
+        }
+    }
+
+    let usage = rusage();
+    let final_line = ChildFinal {
+        counters: sh.c.clone(),
+        targeted_devices: sh.targeted_devices.clone(),
+        connect_us: hist::encode(&sh.connect_us),
+        push_latency_us: hist::encode(&sh.push_latency_us),
+        echo_rtt_us: hist::encode(&sh.echo_rtt_us),
+        cpu_user_s: usage.0,
+        cpu_sys_s: usage.1,
+        max_rss_bytes: usage.2,
+    };
+    emit(&mut stdout, &ChildLine::Final(Box::new(final_line)))?;
+    Ok(())
+}
+
+fn emit(out: &mut impl Write, line: &ChildLine) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn fail(c: &mut ChildCounters, cause: &str) {
+    *c.failed.entry(cause.to_string()).or_default() += 1;
+}
+
+/// A non-blocking connect from this connection's source address.
+fn open(plan: &ChildPlan, n: u64) -> Result<TcpStream, &'static str> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
+    .map_err(errno_cause)?;
+    if !plan.sources.is_empty() {
+        let src = plan.sources[(n % plan.sources.len() as u64) as usize];
+        // Let connect() pick the port for the full 4-tuple, so every source address has its own
+        // 64K ports instead of all addresses sharing one port space at bind time.
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int we own for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        socket
+            .bind(&SocketAddr::from((src, 0)).into())
+            .map_err(errno_cause)?;
+    }
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&plan.server.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(errno_cause(e)),
+    }
+    // SAFETY: the fd comes from a socket we own and hand over whole.
+    Ok(TcpStream::from_std(unsafe {
+        std::net::TcpStream::from_raw_fd(socket.into_raw_fd())
+    }))
+}
+
+/// A short, stable name for why a connection failed.
+fn errno_cause(e: io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused",
+        Some(libc::ETIMEDOUT) => "connect_timeout",
+        Some(libc::ECONNRESET) => "reset",
+        Some(libc::EADDRNOTAVAIL) => "no_free_port",
+        Some(libc::EADDRINUSE) => "address_in_use",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "fd_limit",
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => "unreachable",
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) => "out_of_memory",
+        _ => "other_error",
+    }
+}
+
+fn send(conn: &mut Conn, bytes: &[u8]) -> Fate {
+    if !conn.out.is_empty() {
+        conn.out.extend_from_slice(bytes);
+        return Fate::Keep;
+    }
+    match conn.stream.write(bytes) {
+        Ok(n) if n == bytes.len() => Fate::Keep,
+        Ok(n) => {
+            conn.out.extend_from_slice(&bytes[n..]);
+            Fate::Keep
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            conn.out.extend_from_slice(bytes);
+            Fate::Keep
+        }
+        Err(_) => Fate::Drop,
+    }
+}
+
+fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
+    if conn.state == State::Connecting {
+        match conn.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => {
+                fail(&mut sh.c, errno_cause(e));
+                conn.state = State::Done;
+                return Fate::Drop;
+            }
+        }
+        if conn.stream.peer_addr().is_err() {
+            return Fate::Keep; // not connected yet (spurious wakeup)
+        }
+        let mut req = Vec::with_capacity(256);
+        if sh.plan.poll {
+            client::poll_request(
+                &mut req,
+                &sh.plan.host,
+                sh.plan.id_prefix.as_deref(),
+                conn.n,
+            );
+            conn.state = State::Polling;
+            sh.c.polls_sent += 1;
+            established(conn, sh);
+        } else {
+            let key = client::key_for(conn.n, sh.seed);
+            client::upgrade_request(
+                &mut req,
+                &sh.plan.host,
+                &sh.plan.path,
+                sh.plan.id_prefix.as_deref(),
+                conn.n,
+                &key,
+            );
+            conn.state = State::Handshake;
+        }
+        return send(conn, &req);
+    }
+    let mut written = 0;
+    while written < conn.out.len() {
+        match conn.stream.write(&conn.out[written..]) {
+            Ok(0) => return Fate::Drop,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Fate::Drop,
+        }
+    }
+    conn.out.drain(..written);
+    Fate::Keep
+}
+
+fn established(conn: &Conn, sh: &mut Shared) {
+    let now = monotonic_ns();
+    sh.c.established += 1;
+    sh.c.open += 1;
+    sh.c.last_established_ns = now;
+    sh.connect_us
+        .saturating_record(((now - conn.since_ns) / 1000).max(1));
+}
+
+fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
+    loop {
+        match conn.stream.read(scratch) {
+            Ok(0) => return eof(conn, sh, "eof"),
+            Ok(n) => {
+                sh.c.bytes_in += n as u64;
+                let fate = if conn.inp.is_empty() {
+                    let (fate, used) = consume(conn, sh, &mut scratch[..n]);
+                    if fate == Fate::Keep {
+                        conn.inp.extend_from_slice(&scratch[used..n]);
+                    }
+                    fate
+                } else {
+                    conn.inp.extend_from_slice(&scratch[..n]);
+                    let mut inp = std::mem::take(&mut conn.inp);
+                    let (fate, used) = consume(conn, sh, &mut inp);
+                    inp.drain(..used);
+                    conn.inp = inp;
+                    fate
+                };
+                if fate == Fate::Drop {
+                    return Fate::Drop;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Fate::Keep,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let cause = if e.raw_os_error() == Some(libc::ECONNRESET) {
+                    "reset"
+                } else {
+                    "error"
+                };
+                return eof(conn, sh, cause);
+            }
+        }
+    }
+}
+
+/// The connection stops counting as open (every path out of Open/Polling comes through here once).
+fn leave_open(conn: &mut Conn, sh: &mut Shared) {
+    if matches!(conn.state, State::Open | State::Polling) {
+        sh.c.open -= 1;
+        conn.state = State::Closing;
+    }
+}
+
+/// The connection ended without our close handshake finishing: count why, once.
+fn ended(conn: &mut Conn, sh: &mut Shared, how: &str) {
+    match conn.state {
+        State::Connecting | State::Handshake => fail(&mut sh.c, &format!("{how}_in_handshake")),
+        State::Open | State::Polling => {
+            *sh.c.closed_by_server.entry(how.to_string()).or_default() += 1;
+            leave_open(conn, sh);
+        }
+        State::Closing | State::Done => {}
+    }
+    conn.state = State::Done;
+}
+
+/// The server closed the TCP connection (or reset it).
+fn eof(conn: &mut Conn, sh: &mut Shared, how: &str) -> Fate {
+    ended(conn, sh, how);
+    Fate::Drop
+}
+
+/// Consume what `buf` holds; returns the fate and the bytes used.
+fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
+    let mut pos = 0;
+    loop {
+        match conn.state {
+            State::Connecting | State::Done => return (Fate::Keep, pos),
+            State::Handshake => {
+                let key = client::key_for(conn.n, sh.seed);
+                match client::check_upgrade_response(&buf[pos..], &key) {
+                    Handshake::Partial => return (Fate::Keep, pos),
+                    Handshake::Accepted { len } => {
+                        pos += len;
+                        conn.state = State::Open;
+                        established(conn, sh);
+                    }
+                    Handshake::Rejected(code) => {
+                        fail(&mut sh.c, &format!("http_{code}"));
+                        conn.state = State::Done;
+                        return (Fate::Drop, buf.len());
+                    }
+                    Handshake::Invalid(_) => {
+                        fail(&mut sh.c, "bad_handshake");
+                        conn.state = State::Done;
+                        return (Fate::Drop, buf.len());
+                    }
+                }
+            }
+            State::Polling => match client::parse_poll_answer(&buf[pos..]) {
+                PollAnswer::Partial => return (Fate::Keep, pos),
+                PollAnswer::Complete { len, status, body } => {
+                    let body = &buf[pos + body.start..pos + body.end];
+                    pos += len;
+                    sh.c.polls_answered += 1;
+                    if status == 200 && body == br#"{"kind":"timeout"}"# {
+                        sh.c.poll_timeouts += 1;
+                    } else {
+                        sh.c.messages += 1;
+                        record_push(conn.n, body, sh);
+                    }
+                    if sh.closing {
+                        leave_open(conn, sh);
+                        return (Fate::Drop, buf.len());
+                    }
+                    let mut req = Vec::with_capacity(128);
+                    client::poll_request(
+                        &mut req,
+                        &sh.plan.host,
+                        sh.plan.id_prefix.as_deref(),
+                        conn.n,
+                    );
+                    sh.c.polls_sent += 1;
+                    if send(conn, &req) == Fate::Drop {
+                        return (eof(conn, sh, "error"), buf.len());
+                    }
+                }
+                PollAnswer::Invalid(_) => {
+                    fail(&mut sh.c, "bad_poll_answer");
+                    leave_open(conn, sh);
+                    return (Fate::Drop, buf.len());
+                }
+            },
+            State::Open | State::Closing => {
+                let f = match frame::decode(&mut buf[pos..], Role::Client, MAX_SERVER_FRAME) {
+                    Ok(None) => return (Fate::Keep, pos),
+                    Ok(Some(f)) => f,
+                    Err(_) => {
+                        fail(&mut sh.c, "bad_server_frame");
+                        leave_open(conn, sh);
+                        return (Fate::Drop, buf.len());
+                    }
+                };
+                pos += f.wire_len;
+                match f.op {
+                    Op::Text | Op::Binary | Op::Continue => {
+                        sh.c.messages += 1;
+                        if let Some(sent) = client::parse_echo(f.payload) {
+                            sh.c.echoes += 1;
+                            sh.echo_rtt_us.saturating_record(
+                                (monotonic_ns().saturating_sub(sent) / 1000).max(1),
+                            );
+                        } else {
+                            let payload = f.payload.to_vec();
+                            record_push(conn.n, &payload, sh);
+                        }
+                    }
+                    Op::Ping => {
+                        let payload = f.payload.to_vec();
+                        sh.frame_buf.clear();
+                        client::masked_frame(
+                            &mut sh.frame_buf,
+                            Op::Pong,
+                            &payload,
+                            sh.rng.u32(..).to_ne_bytes(),
+                        );
+                        let bytes = std::mem::take(&mut sh.frame_buf);
+                        let fate = send(conn, &bytes);
+                        sh.frame_buf = bytes;
+                        if fate == Fate::Drop {
+                            return (eof(conn, sh, "error"), buf.len());
+                        }
+                    }
+                    Op::Pong => sh.c.pongs += 1,
+                    Op::Close => {
+                        if conn.state == State::Open {
+                            let code = frame::parse_close(f.payload).ok().flatten();
+                            let key = code.map_or("no_code".to_string(), |c| c.to_string());
+                            *sh.c.closed_by_server.entry(key).or_default() += 1;
+                            leave_open(conn, sh);
+                            // Answer the close handshake, then we are done with this one.
+                            let mut reply = Vec::with_capacity(8);
+                            let echo = code.unwrap_or(close_code::NORMAL).to_be_bytes();
+                            client::masked_frame(
+                                &mut reply,
+                                Op::Close,
+                                &echo,
+                                sh.rng.u32(..).to_ne_bytes(),
+                            );
+                            let _ = send(conn, &reply);
+                        }
+                        return (Fate::Drop, buf.len());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn record_push(n: u64, payload: &[u8], sh: &mut Shared) {
+    if let Some(ts) = message::parse_ts(payload) {
+        sh.c.pushes += 1;
+        let now = message::unix_ns();
+        sh.push_latency_us
+            .saturating_record((now.saturating_sub(ts) / 1000).max(1));
+        if message::is_targeted(payload) {
+            sh.c.targeted += 1;
+            if sh.targeted_devices.len() < MAX_LISTED_TARGETS {
+                sh.targeted_devices.push(n);
+            }
+        }
+    }
+}
+
+/// Pings and data rounds, spread evenly: on each tick only every k-th slot is visited, so each
+/// connection is served once per interval and no tick touches every connection.
+fn periodic(slab: &mut [Option<Conn>], sh: &mut Shared, tick_no: u64, poll: &Poll) {
+    let tick_ms = TICK.as_millis() as u64;
+    let jobs = [
+        (sh.plan.ping_interval_ms, true),
+        (sh.plan.send_interval_ms, false),
+    ];
+    for (interval_ms, is_ping) in jobs {
+        if interval_ms == 0 || slab.is_empty() {
+            continue;
+        }
+        let k = (interval_ms / tick_ms).max(1) as usize;
+        let phase = (tick_no % k as u64) as usize;
+        for slot in (phase..slab.len()).step_by(k) {
+            let Some(conn) = slab[slot].as_mut() else {
+                continue;
+            };
+            if conn.state != State::Open {
+                continue;
+            }
+            sh.frame_buf.clear();
+            let mask = sh.rng.u32(..).to_ne_bytes();
+            if is_ping {
+                client::masked_frame(&mut sh.frame_buf, Op::Ping, b"hb", mask);
+                sh.c.pings_sent += 1;
+            } else {
+                client::echo_payload(&mut sh.payload_buf, monotonic_ns(), sh.plan.payload);
+                client::masked_frame(&mut sh.frame_buf, Op::Binary, &sh.payload_buf, mask);
+                sh.c.sent_frames += 1;
+            }
+            let bytes = std::mem::take(&mut sh.frame_buf);
+            let _ = send(conn, &bytes);
+            sh.frame_buf = bytes;
+            if !conn.out.is_empty() && !conn.writable {
+                let _ = poll.registry().reregister(
+                    &mut conn.stream,
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                conn.writable = true;
+            }
+        }
+    }
+}
+
+/// Start the close handshake on every open connection; drop the others.
+fn begin_close(slab: &mut [Option<Conn>], sh: &mut Shared) {
+    for entry in slab.iter_mut() {
+        let Some(conn) = entry.as_mut() else { continue };
+        match conn.state {
+            State::Open => {
+                sh.frame_buf.clear();
+                client::masked_frame(
+                    &mut sh.frame_buf,
+                    Op::Close,
+                    &close_code::NORMAL.to_be_bytes(),
+                    sh.rng.u32(..).to_ne_bytes(),
+                );
+                let bytes = std::mem::take(&mut sh.frame_buf);
+                let fate = send(conn, &bytes);
+                sh.frame_buf = bytes;
+                leave_open(conn, sh);
+                if fate == Fate::Drop {
+                    *entry = None;
+                }
+            }
+            State::Polling => {
+                leave_open(conn, sh);
+                *entry = None;
+            }
+            State::Connecting | State::Handshake => *entry = None,
+            State::Closing | State::Done => {}
+        }
+    }
+}
+
+/// (user seconds, system seconds, max RSS bytes) of this process.
+fn rusage() -> (f64, f64, u64) {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (
+        secs(ru.ru_utime),
+        secs(ru.ru_stime),
+        ru.ru_maxrss as u64 * 1024,
+    )
+}

@@ -1,0 +1,142 @@
+//! The load generator: many WebSocket (or long-poll) clients spread over source addresses and
+//! processes, each process an epoll loop over kernel sockets (one process may hold at most 20,000
+//! files here). The parent process plans the shards, shows progress, merges what the child
+//! processes report (counters and HDR histograms) and writes the summary.
+
+pub mod client;
+pub mod hist;
+pub mod kernel_child;
+pub mod parent;
+pub mod sources;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// What one child process does; the parent sends it as JSON in an environment variable.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChildPlan {
+    pub index: usize,
+    pub server: SocketAddr,
+    /// Host header and request path.
+    pub host: String,
+    pub path: String,
+    /// Global connection numbers `first .. first + count` (they pick device ids and sources).
+    pub first: u64,
+    pub count: u64,
+    /// Source addresses; connection `n` binds `sources[n % len]` (empty: the kernel picks).
+    pub sources: Vec<Ipv4Addr>,
+    /// New connections per second for this child (0: as fast as possible).
+    pub rate: f64,
+    /// Handshakes in flight at most.
+    pub concurrency: usize,
+    pub connect_timeout_ms: u64,
+    /// Hold the connections this long after this child finished connecting.
+    pub hold_ms: u64,
+    /// Give up on everything after this long.
+    pub duration_ms: u64,
+    /// Ping every connection this often (0: never).
+    pub ping_interval_ms: u64,
+    /// Send a data frame of `payload` bytes on every connection this often (0: never).
+    pub send_interval_ms: u64,
+    pub payload: usize,
+    /// `?id=<prefix><n>` on every request.
+    pub id_prefix: Option<String>,
+    /// Long-poll (`GET /poll`) instead of WebSocket.
+    pub poll: bool,
+    /// End the hold once the connections received this many pushes on average (0: hold it all).
+    pub expect_msgs: u64,
+}
+
+/// Why connections failed, by cause.
+pub type Failures = BTreeMap<String, u64>;
+
+/// Counters a child reports (progress lines and its final line).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChildCounters {
+    pub attempted: u64,
+    /// Connections that completed their handshake (WebSocket 101, or the first long-poll sent).
+    pub established: u64,
+    /// Established and still open.
+    pub open: u64,
+    pub failed: Failures,
+    /// Open connections the server closed, by close code (`eof` when it just closed the TCP).
+    pub closed_by_server: BTreeMap<String, u64>,
+    pub messages: u64,
+    pub pushes: u64,
+    pub targeted: u64,
+    pub bytes_in: u64,
+    pub pings_sent: u64,
+    pub pongs: u64,
+    pub sent_frames: u64,
+    pub echoes: u64,
+    pub polls_sent: u64,
+    pub polls_answered: u64,
+    pub poll_timeouts: u64,
+    /// CLOCK_MONOTONIC ns of the first attempt and the last established connection.
+    pub first_attempt_ns: u64,
+    pub last_established_ns: u64,
+    pub done_connecting: bool,
+}
+
+/// A child's last line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChildFinal {
+    pub counters: ChildCounters,
+    /// Device numbers that received a targeted push (at most 1,000 listed).
+    pub targeted_devices: Vec<u64>,
+    /// base64 HDR histograms, microseconds.
+    pub connect_us: String,
+    pub push_latency_us: String,
+    pub echo_rtt_us: String,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    pub max_rss_bytes: u64,
+}
+
+/// One line a child writes on stdout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ChildLine {
+    Progress(ChildCounters),
+    Final(Box<ChildFinal>),
+}
+
+/// The environment variable that carries a child's plan.
+pub const CHILD_PLAN_ENV: &str = "WS_LOAD_CHILD_PLAN";
+
+impl ChildCounters {
+    pub fn add(&mut self, o: &ChildCounters) {
+        self.attempted += o.attempted;
+        self.established += o.established;
+        self.open += o.open;
+        for (k, v) in &o.failed {
+            *self.failed.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.closed_by_server {
+            *self.closed_by_server.entry(k.clone()).or_default() += v;
+        }
+        self.messages += o.messages;
+        self.pushes += o.pushes;
+        self.targeted += o.targeted;
+        self.bytes_in += o.bytes_in;
+        self.pings_sent += o.pings_sent;
+        self.pongs += o.pongs;
+        self.sent_frames += o.sent_frames;
+        self.echoes += o.echoes;
+        self.polls_sent += o.polls_sent;
+        self.polls_answered += o.polls_answered;
+        self.poll_timeouts += o.poll_timeouts;
+        self.first_attempt_ns = match (self.first_attempt_ns, o.first_attempt_ns) {
+            (0, x) | (x, 0) => x,
+            (a, b) => a.min(b),
+        };
+        self.last_established_ns = self.last_established_ns.max(o.last_established_ns);
+        self.done_connecting &= o.done_connecting;
+    }
+
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+}

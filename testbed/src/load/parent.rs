@@ -1,0 +1,496 @@
+//! The parent of a load run: splits the connections over child processes, shows progress, merges
+//! their reports, prints the summary and writes it as JSON.
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::hist::{self, LatencySummary};
+use super::{ChildCounters, ChildFinal, ChildLine, ChildPlan, CHILD_PLAN_ENV};
+
+/// Connections one child process is planned for (the hard limit is 20,000 open files).
+pub const CONNS_PER_PROC: u64 = 18_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A progress bar on a terminal, plain lines otherwise.
+    Auto,
+    Bar,
+    Lines,
+    Off,
+}
+
+/// Everything a run needs (the CLI fills it).
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub server: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub conns: u64,
+    pub rate: f64,
+    pub concurrency: usize,
+    pub sources: Vec<Ipv4Addr>,
+    pub procs: usize,
+    pub connect_timeout: Duration,
+    pub hold: Duration,
+    pub duration: Duration,
+    pub ping_interval: Duration,
+    pub send_interval: Duration,
+    pub payload: usize,
+    pub id_prefix: Option<String>,
+    pub poll: bool,
+    pub expect_msgs: u64,
+    pub progress: ProgressMode,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub stack: &'static str,
+    pub server: String,
+    pub mode: &'static str,
+    pub conns_target: u64,
+    pub procs: usize,
+    pub sources: usize,
+    pub established: u64,
+    pub failed: u64,
+    /// Established connections per second, first attempt to last established.
+    pub connect_rate_per_s: f64,
+    pub connect_wall_s: f64,
+    pub counters: ChildCounters,
+    pub connect_latency: LatencySummary,
+    pub push_latency: LatencySummary,
+    pub echo_rtt: LatencySummary,
+    /// Device ids (or connection numbers without --ids) that got a targeted push; at most 1,000
+    /// per process are listed.
+    pub targeted_devices: Vec<String>,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    pub max_proc_rss_bytes: u64,
+    pub wall_s: f64,
+    /// Every child process reported its final line.
+    pub complete: bool,
+}
+
+enum Msg {
+    Line(usize, ChildLine),
+    Exit,
+}
+
+/// Split `conns` over processes: contiguous ranges of connection numbers.
+pub fn plan(cfg: &LoadConfig) -> Vec<ChildPlan> {
+    let procs = cfg.procs.max(1) as u64;
+    let base = cfg.conns / procs;
+    let extra = cfg.conns % procs;
+    let mut first = 0;
+    (0..procs)
+        .map(|i| {
+            let count = base + u64::from(i < extra);
+            let p = ChildPlan {
+                index: i as usize,
+                server: cfg.server,
+                host: cfg.host.clone(),
+                path: cfg.path.clone(),
+                first,
+                count,
+                sources: cfg.sources.clone(),
+                rate: cfg.rate / procs as f64,
+                concurrency: (cfg.concurrency / procs as usize).max(1),
+                connect_timeout_ms: cfg.connect_timeout.as_millis() as u64,
+                hold_ms: cfg.hold.as_millis() as u64,
+                duration_ms: cfg.duration.as_millis() as u64,
+                ping_interval_ms: cfg.ping_interval.as_millis() as u64,
+                send_interval_ms: cfg.send_interval.as_millis() as u64,
+                payload: cfg.payload,
+                id_prefix: cfg.id_prefix.clone(),
+                poll: cfg.poll,
+                expect_msgs: cfg.expect_msgs,
+            };
+            first += count;
+            p
+        })
+        .collect()
+}
+
+pub fn run(cfg: &LoadConfig) -> anyhow::Result<Summary> {
+    let plans = plan(cfg);
+    let exe =
+        std::env::current_exe().context("finding our own executable to start load processes")?;
+    let (tx, rx) = mpsc::channel();
+    let mut children: Vec<Child> = Vec::new();
+    for plan in &plans {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--child")
+            .env(CHILD_PLAN_ENV, serde_json::to_string(plan)?)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; a child must not outlive a killed parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                stop_children(&mut children);
+                return Err(e).context("starting a load process");
+            }
+        };
+        let stdout = child.stdout.take().context("child stdout")?;
+        let tx = tx.clone();
+        let index = plan.index;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<ChildLine>(&line) {
+                    Ok(l) => {
+                        if tx.send(Msg::Line(index, l)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => log::warn!("load process {index}: unreadable report line: {e}"),
+                }
+            }
+            let _ = tx.send(Msg::Exit);
+        });
+        children.push(child);
+    }
+    drop(tx);
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&interrupted))?;
+    let mut forwarded = false;
+
+    let started = Instant::now();
+    let hard_deadline = started + cfg.duration + Duration::from_secs(30);
+    let mut progress: Vec<ChildCounters> = vec![ChildCounters::default(); plans.len()];
+    let mut finals: Vec<Option<ChildFinal>> = vec![None; plans.len()];
+    let mut exited = 0;
+    let mut display = Display::new(cfg);
+    while exited < plans.len() {
+        if interrupted.load(Ordering::Relaxed) && !forwarded {
+            forwarded = true;
+            eprintln!("ws-load: interrupted; closing connections and collecting reports");
+            for c in &children {
+                // SAFETY: kill on the pid of a child we started and have not reaped.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
+        if Instant::now() > hard_deadline {
+            eprintln!("ws-load: load processes did not finish in time; stopping them");
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Msg::Line(i, ChildLine::Progress(c))) => progress[i] = c,
+            Ok(Msg::Line(i, ChildLine::Final(f))) => {
+                progress[i] = f.counters.clone();
+                finals[i] = Some(*f);
+            }
+            Ok(Msg::Exit) => exited += 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        display.update(&total(&progress), started.elapsed());
+    }
+    display.finish();
+    stop_children(&mut children);
+    summarize(cfg, &plans, &finals, started.elapsed())
+}
+
+fn total(counters: &[ChildCounters]) -> ChildCounters {
+    let mut sum = ChildCounters {
+        done_connecting: true,
+        ..Default::default()
+    };
+    counters.iter().for_each(|c| sum.add(c));
+    sum
+}
+
+fn stop_children(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        if matches!(c.try_wait(), Ok(None)) {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+    }
+}
+
+fn summarize(
+    cfg: &LoadConfig,
+    plans: &[ChildPlan],
+    finals: &[Option<ChildFinal>],
+    wall: Duration,
+) -> anyhow::Result<Summary> {
+    let complete = finals.iter().all(Option::is_some);
+    let reported: Vec<&ChildFinal> = finals.iter().flatten().collect();
+    if reported.is_empty() {
+        bail!("no load process reported (see the errors above)");
+    }
+    let counters = total(
+        &reported
+            .iter()
+            .map(|f| f.counters.clone())
+            .collect::<Vec<_>>(),
+    );
+    let mut connect = hist::new_histogram();
+    let mut push = hist::new_histogram();
+    let mut echo = hist::new_histogram();
+    for f in &reported {
+        for (into, text) in [
+            (&mut connect, &f.connect_us),
+            (&mut push, &f.push_latency_us),
+            (&mut echo, &f.echo_rtt_us),
+        ] {
+            let h = hist::decode(text).map_err(anyhow::Error::msg)?;
+            into.add(h)
+                .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+        }
+    }
+    let connect_wall_s = counters
+        .last_established_ns
+        .saturating_sub(counters.first_attempt_ns) as f64
+        / 1e9;
+    let name = |n: u64| match &cfg.id_prefix {
+        Some(p) => format!("{p}{n}"),
+        None => n.to_string(),
+    };
+    Ok(Summary {
+        stack: "kernel",
+        server: cfg.server.to_string(),
+        mode: if cfg.poll { "long-poll" } else { "websocket" },
+        conns_target: cfg.conns,
+        procs: plans.len(),
+        sources: cfg.sources.len(),
+        established: counters.established,
+        failed: counters.failed_total(),
+        connect_rate_per_s: if connect_wall_s > 0.0 {
+            counters.established as f64 / connect_wall_s
+        } else {
+            0.0
+        },
+        connect_wall_s,
+        connect_latency: hist::summarize(&connect),
+        push_latency: hist::summarize(&push),
+        echo_rtt: hist::summarize(&echo),
+        targeted_devices: reported
+            .iter()
+            .flat_map(|f| f.targeted_devices.iter().map(|&n| name(n)))
+            .collect(),
+        cpu_user_s: reported.iter().map(|f| f.cpu_user_s).sum(),
+        cpu_sys_s: reported.iter().map(|f| f.cpu_sys_s).sum(),
+        max_proc_rss_bytes: reported.iter().map(|f| f.max_rss_bytes).max().unwrap_or(0),
+        wall_s: wall.as_secs_f64(),
+        counters,
+        complete,
+    })
+}
+
+/// Live progress: an indicatif bar on a terminal, plain periodic lines otherwise.
+struct Display {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    next_line: Duration,
+}
+
+impl Display {
+    fn new(cfg: &LoadConfig) -> Display {
+        let terminal = std::io::stderr().is_terminal();
+        let (bar, lines) = match cfg.progress {
+            ProgressMode::Off => (false, false),
+            ProgressMode::Bar => (true, false),
+            ProgressMode::Lines => (false, true),
+            ProgressMode::Auto => (terminal, !terminal),
+        };
+        let bar = bar.then(|| {
+            let b = indicatif::ProgressBar::new(cfg.conns);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            b
+        });
+        Display {
+            bar,
+            lines,
+            next_line: Duration::ZERO,
+        }
+    }
+
+    fn update(&mut self, c: &ChildCounters, elapsed: Duration) {
+        let msg = format!(
+            "open {} failed {} pushes {} closed-by-server {}",
+            c.open,
+            c.failed_total(),
+            c.pushes,
+            c.closed_by_server.values().sum::<u64>()
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_position(c.established + c.failed_total());
+            bar.set_message(msg);
+        } else if self.lines && elapsed >= self.next_line {
+            self.next_line = elapsed + Duration::from_secs(2);
+            eprintln!(
+                "[{:7.1}s] attempted {} established {} {msg}",
+                elapsed.as_secs_f64(),
+                c.attempted,
+                c.established
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// The human-readable summary.
+pub fn render(s: &Summary) -> String {
+    let c = &s.counters;
+    let lat = |l: &LatencySummary| {
+        if l.count == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (n={})",
+                l.p50_ms, l.p99_ms, l.max_ms, l.count
+            )
+        }
+    };
+    let failed: Vec<String> = c.failed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let closed: Vec<String> = c
+        .closed_by_server
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<22} {v}\n"));
+    row(
+        "server",
+        format!(
+            "{} ({}, {} processes, {} source addresses)",
+            s.server, s.mode, s.procs, s.sources
+        ),
+    );
+    row(
+        "established",
+        format!("{} of {}", s.established, s.conns_target),
+    );
+    row(
+        "failed",
+        if failed.is_empty() {
+            "0".into()
+        } else {
+            failed.join(" ")
+        },
+    );
+    row(
+        "connect rate",
+        format!(
+            "{:.0}/s over {:.2} s",
+            s.connect_rate_per_s, s.connect_wall_s
+        ),
+    );
+    row("connect latency", lat(&s.connect_latency));
+    row(
+        "pushes received",
+        format!(
+            "{} (targeted {}), messages {}",
+            c.pushes, c.targeted, c.messages
+        ),
+    );
+    row("push latency", lat(&s.push_latency));
+    if c.sent_frames > 0 {
+        row(
+            "data rounds",
+            format!("sent {} echoed {}", c.sent_frames, c.echoes),
+        );
+        row("echo rtt", lat(&s.echo_rtt));
+    }
+    if c.pings_sent > 0 {
+        row("pings", format!("sent {} pongs {}", c.pings_sent, c.pongs));
+    }
+    if c.polls_sent > 0 {
+        row(
+            "long-polls",
+            format!(
+                "sent {} answered {} timeouts {}",
+                c.polls_sent, c.polls_answered, c.poll_timeouts
+            ),
+        );
+    }
+    row(
+        "closed by server",
+        if closed.is_empty() {
+            "0".into()
+        } else {
+            closed.join(" ")
+        },
+    );
+    row(
+        "load cpu",
+        format!(
+            "user {:.2} s  sys {:.2} s  (wall {:.1} s)",
+            s.cpu_user_s, s.cpu_sys_s, s.wall_s
+        ),
+    );
+    if !s.complete {
+        row(
+            "WARNING",
+            "some load processes did not report; numbers are partial".into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(conns: u64, procs: usize) -> LoadConfig {
+        LoadConfig {
+            server: "198.18.0.1:8080".parse().unwrap(),
+            host: "h".into(),
+            path: "/ws".into(),
+            conns,
+            rate: 1000.0,
+            concurrency: 100,
+            sources: vec![],
+            procs,
+            connect_timeout: Duration::from_secs(1),
+            hold: Duration::from_secs(1),
+            duration: Duration::from_secs(5),
+            ping_interval: Duration::ZERO,
+            send_interval: Duration::ZERO,
+            payload: 0,
+            id_prefix: None,
+            poll: false,
+            expect_msgs: 0,
+            progress: ProgressMode::Off,
+        }
+    }
+
+    #[test]
+    fn plans_cover_every_connection_once() {
+        let plans = plan(&cfg(100_003, 6));
+        assert_eq!(plans.iter().map(|p| p.count).sum::<u64>(), 100_003);
+        for w in plans.windows(2) {
+            assert_eq!(w[0].first + w[0].count, w[1].first);
+        }
+        assert!((plans[0].rate - 1000.0 / 6.0).abs() < 1e-9);
+        assert_eq!(plans[0].concurrency, 16);
+    }
+}
