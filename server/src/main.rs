@@ -40,8 +40,9 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:9001")]
     admin: SocketAddr,
     /// Connections the server is sized for; with --stack kernel this picks the worker count.
-    #[arg(long, default_value_t = 100_000)]
-    max_conns: usize,
+    /// Default: 100,000, or what --workers can hold when only that is given.
+    #[arg(long)]
+    max_conns: Option<usize>,
     /// Worker processes (kernel stack). Default: one per 15,000 of --max-conns, since a process may
     /// hold at most the hard open-file limit (20,000 here).
     #[arg(long)]
@@ -100,21 +101,24 @@ fn run() -> anyhow::Result<()> {
     if args.max_frame < 125 {
         bail!("--max-frame must be at least 125 bytes");
     }
-    if args.max_conns == 0 {
-        bail!("--max-conns must be at least 1");
-    }
     let fd_limit = kernel::hard_fd_limit();
     let per_worker_capacity = fd_limit.saturating_sub(64).max(1);
-    let workers = args
-        .workers
-        .unwrap_or_else(|| args.max_conns.div_ceil(CONNS_PER_WORKER_PLAN))
-        .max(1);
-    if args.max_conns > workers * per_worker_capacity {
+    let (workers, max_conns) = match (args.workers, args.max_conns) {
+        (_, Some(0)) | (Some(0), _) => bail!("--max-conns and --workers must be at least 1"),
+        (Some(w), None) => (w, w * per_worker_capacity),
+        (w, m) => {
+            let m = m.unwrap_or(100_000);
+            (
+                w.unwrap_or_else(|| m.div_ceil(CONNS_PER_WORKER_PLAN))
+                    .max(1),
+                m,
+            )
+        }
+    };
+    if max_conns > workers * per_worker_capacity {
         bail!(
-            "--max-conns {} needs at least {} workers: one process may hold at most {} files here (pass --workers or leave it out)",
-            args.max_conns,
-            args.max_conns.div_ceil(per_worker_capacity),
-            fd_limit
+            "--max-conns {max_conns} needs at least {} workers: one process may hold at most {fd_limit} files here (pass more --workers, or leave it out)",
+            max_conns.div_ceil(per_worker_capacity),
         );
     }
     if workers > 256 {
@@ -124,7 +128,7 @@ fn run() -> anyhow::Result<()> {
         listen: args.listen,
         admin: args.admin,
         workers,
-        max_conns_per_worker: per_worker_capacity.min(args.max_conns),
+        max_conns_per_worker: per_worker_capacity.min(max_conns),
         max_pending_bytes: args.max_pending,
         push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
         idle_timeout: args.idle_timeout,

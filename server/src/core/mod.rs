@@ -558,27 +558,25 @@ impl ServerCore {
         self.now_ms = now_ms;
         let now = tick_of(now_ms);
         let (conns, idle_ticks, fired) = (&self.conns, self.idle_ticks, &mut self.fired);
-        self.wheel.advance(now, |entry, now| {
-            let Some(c) = conns.get(entry.id as usize) else {
-                return Due::Drop;
-            };
-            if c.phase == Phase::Free || entry.tag >> 1 != c.gen {
-                return Due::Drop;
-            }
-            let due = match entry.tag & 1 {
-                TIMER_IDLE => c.last_active.wrapping_add(idle_ticks),
-                _ if c.phase == Phase::Poll => c.deadline,
-                _ => return Due::Drop,
-            };
-            if due.wrapping_sub(now) as i32 <= 0 {
-                fired.push(entry);
-                Due::Drop
-            } else {
-                Due::At(due)
-            }
-        });
+        self.wheel
+            .advance(now, |entry, now| match due_of(conns, idle_ticks, entry) {
+                None => Due::Drop,
+                Some(due) if due.wrapping_sub(now) as i32 <= 0 => {
+                    fired.push(entry);
+                    Due::Drop
+                }
+                Some(due) => Due::At(due),
+            });
         let mut fired = std::mem::take(&mut self.fired);
         for entry in fired.drain(..) {
+            // Firing one entry can end or change its connection, and two entries of one connection
+            // can come due in the same tick (a stale long-poll entry beside a fresh one, or expiry
+            // beside a poll deadline): decide again, on the state as it is now.
+            if due_of(&self.conns, self.idle_ticks, entry)
+                .is_none_or(|due| due.wrapping_sub(now) as i32 > 0)
+            {
+                continue;
+            }
             if entry.tag & 1 == TIMER_IDLE {
                 self.end_with_close_frame(entry.id, close_code::IDLE_TIMEOUT, "idle timeout", io);
             } else {
@@ -694,6 +692,20 @@ impl ServerCore {
                 );
             }
         }
+    }
+}
+
+/// When a timer entry is due, from its connection's state; `None` if the entry is stale (the id was
+/// reused, the connection ended, or the long-poll it was for was answered).
+fn due_of(conns: &[Conn], idle_ticks: u32, entry: Entry) -> Option<u32> {
+    let c = conns.get(entry.id as usize)?;
+    if c.phase == Phase::Free || entry.tag >> 1 != c.gen {
+        return None;
+    }
+    match entry.tag & 1 {
+        TIMER_IDLE => Some(c.last_active.wrapping_add(idle_ticks)),
+        _ if c.phase == Phase::Poll => Some(c.deadline),
+        _ => None,
     }
 }
 

@@ -605,3 +605,58 @@ fn hostile_bytes_never_panic() {
     core.tick(1_000_000, &mut io);
     assert_eq!(core.stats().connections, 0);
 }
+
+/// A poll answered early and re-polled in the same tick leaves two timer entries with one
+/// deadline: exactly one answer may come of them.
+#[test]
+fn two_timer_entries_due_in_one_tick_answer_a_poll_once() {
+    let mut core = ServerCore::new(
+        CoreConfig {
+            idle_timeout_ms: 0,
+            ..cfg()
+        },
+        4,
+        0,
+    );
+    let mut io = Recorder::default();
+    core.open(1, 0, &mut io);
+    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    core.data(1, &mut req, 0, &mut io);
+    core.broadcast(b"{\"ts\":1}", 10, &mut io);
+    io.take(1);
+    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    core.data(1, &mut req, 50, &mut io);
+    core.tick(2_000, &mut io);
+    let answers = io.text(1);
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 1, "{answers}");
+    assert_eq!(core.stats().polls_held, 0);
+    assert_eq!(core.stats().polls_timed_out, 1);
+    core.closed(1, 2_100, &mut io);
+    assert_eq!(core.stats().connections, 0);
+}
+
+/// Idle expiry and a long-poll deadline in the same tick: the expired connection is not answered.
+#[test]
+fn expiry_and_poll_deadline_in_one_tick() {
+    let mut core = ServerCore::new(
+        CoreConfig {
+            idle_timeout_ms: 2_000,
+            ..cfg()
+        },
+        4,
+        0,
+    );
+    let mut io = Recorder::default();
+    core.open(1, 0, &mut io);
+    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    core.data(1, &mut req, 0, &mut io);
+    core.tick(2_000, &mut io);
+    assert_eq!(io.closed, vec![1]);
+    let s = core.stats();
+    assert_eq!((s.polls_held, s.connections, s.closed), (0, 0, 1));
+    assert_eq!(
+        s.expired + s.polls_timed_out,
+        1,
+        "one of the two timers acted, not both"
+    );
+}

@@ -1,1 +1,94 @@
-fn main() {}
+//! `ws-bench`: the side-by-side benchmark. See `ws-bench --help`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use testbed::bench::{self, BenchConfig};
+use ws_server::cli::parse_duration;
+
+/// Benchmark ws-server on each stack at N concurrent WebSocket connections, side by side.
+///
+/// For each stack it makes a server and a client network namespace (netns-scripts/setup.sh, always
+/// removed afterwards, also on Ctrl-C), starts ws-server in the server namespace and ws-load in the
+/// client namespace, waits until the server holds N connections, lets them settle, measures
+/// memory, sends --broadcasts broadcasts and collects delivery latency. It prints connections held,
+/// connect rate, broadcast fan-out time, latency p50/p99/max, CPU seconds and bytes per connection
+/// (all-in and broken down: server RSS Δ / N plus the server's share of kernel slab and socket
+/// buffer memory, DESIGN.md §5), and writes everything as JSON. Needs root.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Concurrent connections to hold.
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    conns: u64,
+    /// Stacks to run, side by side (kernel; xdp when it exists).
+    #[arg(long, value_delimiter = ',', default_value = "kernel")]
+    stacks: Vec<String>,
+    /// New connections per second.
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    /// Broadcasts to send once every connection is held.
+    #[arg(long, default_value_t = 3)]
+    broadcasts: u32,
+    /// Pause between "all connected" and the memory measurement.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Server worker processes (default: ws-server decides from N).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Load generator processes (default: ws-load decides from N).
+    #[arg(long)]
+    load_procs: Option<usize>,
+    /// Namespace name prefix (1-8 lowercase letters/digits).
+    #[arg(long, default_value = "wsbb")]
+    prefix: String,
+    /// Directory for the JSON report and the logs.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Err(e) = run() {
+        eprintln!("ws-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.conns == 0 || args.conns > 2_000_000 {
+        bail!("--conns must be between 1 and 2,000,000");
+    }
+    if !args.rate.is_finite() || args.rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    if args.broadcasts == 0 {
+        bail!("--broadcasts must be at least 1 (latency is measured on broadcasts)");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    let cfg = BenchConfig {
+        stacks: args.stacks.clone(),
+        conns: args.conns,
+        rate: args.rate,
+        broadcasts: args.broadcasts,
+        settle: args.settle,
+        prefix: args.prefix.clone(),
+        out_dir: args.out.clone(),
+        workers: args.workers,
+        load_procs: args.load_procs,
+    };
+    let report = bench::run(&cfg, &stop)?;
+    print!("{}", bench::render(&report));
+    let path = args.out.join(format!("bench-{}.json", args.conns));
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nJSON report: {}", path.display());
+    Ok(())
+}

@@ -56,7 +56,7 @@ struct Args {
     /// Give up on a connection whose TCP connect + handshake takes longer than this.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
-    /// Hold the connections this long once connected (ends early with --expect-msgs).
+    /// Hold the connections this long once connected (ends early with --expect-broadcasts).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     hold: Duration,
     /// Hard limit for the whole run, connecting included. Default: 2 minutes + --hold.
@@ -86,9 +86,9 @@ struct Args {
     /// Host header (default: the server address).
     #[arg(long)]
     host: Option<String>,
-    /// Stop holding once connections received this many pushes on average.
+    /// Stop holding once every open connection received this many broadcasts.
     #[arg(long, default_value_t = 0)]
-    expect_msgs: u64,
+    expect_broadcasts: u64,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -183,7 +183,7 @@ fn run() -> anyhow::Result<i32> {
         payload: args.payload,
         id_prefix: args.ids.then(|| args.id_prefix.clone()),
         poll: args.poll,
-        expect_msgs: args.expect_msgs,
+        expect_broadcasts: args.expect_broadcasts,
         progress: args.progress,
     };
     let summary = parent::run(&cfg)?;

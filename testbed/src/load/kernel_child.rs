@@ -55,6 +55,8 @@ struct Conn {
     /// Bytes the kernel did not take yet.
     out: Vec<u8>,
     writable: bool,
+    /// Broadcasts received (for --expect-broadcasts).
+    broadcasts: u32,
 }
 
 /// What the connection handlers share.
@@ -148,6 +150,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
                             inp: Vec::new(),
                             out: Vec::new(),
                             writable: true,
+                            broadcasts: 0,
                         };
                         if let Err(e) = poll.registry().register(
                             &mut conn.stream,
@@ -263,10 +266,9 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
         if closing_started.is_none() {
             let held =
                 hold_started.is_some_and(|t| t.elapsed() >= Duration::from_millis(sh.plan.hold_ms));
-            let got_all = sh.plan.expect_msgs > 0
-                && sh.c.open > 0
+            let got_all = sh.plan.expect_broadcasts > 0
                 && sh.c.done_connecting
-                && sh.c.pushes >= sh.plan.expect_msgs * sh.c.open;
+                && sh.c.reached_expected >= sh.c.open;
             if held || got_all || stop_now || start.elapsed() >= duration {
                 closing_started = Some(Instant::now());
                 sh.closing = true;
@@ -281,7 +283,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
         }
         if Instant::now() >= next_progress {
             next_progress += PROGRESS_EVERY;
-            emit(&mut stdout, &ChildLine::Progress(sh.c.clone()))?;
+            emit(&mut stdout, &ChildLine::Progress(Box::new(sh.c.clone())))?;
         }
     }
 
@@ -493,6 +495,10 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
 fn leave_open(conn: &mut Conn, sh: &mut Shared) {
     if matches!(conn.state, State::Open | State::Polling) {
         sh.c.open -= 1;
+        if sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) >= sh.plan.expect_broadcasts
+        {
+            sh.c.reached_expected -= 1;
+        }
         conn.state = State::Closing;
     }
 }
@@ -553,7 +559,7 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                         sh.c.poll_timeouts += 1;
                     } else {
                         sh.c.messages += 1;
-                        record_push(conn.n, body, sh);
+                        record_push(conn, body, sh);
                     }
                     if sh.closing {
                         leave_open(conn, sh);
@@ -597,8 +603,7 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                                 (monotonic_ns().saturating_sub(sent) / 1000).max(1),
                             );
                         } else {
-                            let payload = f.payload.to_vec();
-                            record_push(conn.n, &payload, sh);
+                            record_push(conn, f.payload, sh);
                         }
                     }
                     Op::Ping => {
@@ -643,17 +648,25 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
     }
 }
 
-fn record_push(n: u64, payload: &[u8], sh: &mut Shared) {
-    if let Some(ts) = message::parse_ts(payload) {
-        sh.c.pushes += 1;
-        let now = message::unix_ns();
-        sh.push_latency_us
-            .saturating_record((now.saturating_sub(ts) / 1000).max(1));
-        if message::is_targeted(payload) {
-            sh.c.targeted += 1;
-            if sh.targeted_devices.len() < MAX_LISTED_TARGETS {
-                sh.targeted_devices.push(n);
-            }
+fn record_push(conn: &mut Conn, payload: &[u8], sh: &mut Shared) {
+    let Some(ts) = message::parse_ts(payload) else {
+        return;
+    };
+    sh.c.pushes += 1;
+    let now = message::unix_ns();
+    sh.push_latency_us
+        .saturating_record((now.saturating_sub(ts) / 1000).max(1));
+    if message::is_targeted(payload) {
+        sh.c.targeted += 1;
+        if sh.targeted_devices.len() < MAX_LISTED_TARGETS {
+            sh.targeted_devices.push(conn.n);
+        }
+    } else {
+        sh.c.broadcasts += 1;
+        conn.broadcasts += 1;
+        if sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) == sh.plan.expect_broadcasts
+        {
+            sh.c.reached_expected += 1;
         }
     }
 }

@@ -45,8 +45,8 @@ pub struct ChildPlan {
     pub id_prefix: Option<String>,
     /// Long-poll (`GET /poll`) instead of WebSocket.
     pub poll: bool,
-    /// End the hold once the connections received this many pushes on average (0: hold it all).
-    pub expect_msgs: u64,
+    /// End the hold once every open connection received this many broadcasts (0: hold it all).
+    pub expect_broadcasts: u64,
 }
 
 /// Why connections failed, by cause.
@@ -64,8 +64,12 @@ pub struct ChildCounters {
     /// Open connections the server closed, by close code (`eof` when it just closed the TCP).
     pub closed_by_server: BTreeMap<String, u64>,
     pub messages: u64,
+    /// Server pushes (messages with a timestamp): broadcasts plus targeted pushes.
     pub pushes: u64,
+    pub broadcasts: u64,
     pub targeted: u64,
+    /// Open connections that received --expect-broadcasts broadcasts.
+    pub reached_expected: u64,
     pub bytes_in: u64,
     pub pings_sent: u64,
     pub pongs: u64,
@@ -99,7 +103,7 @@ pub struct ChildFinal {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum ChildLine {
-    Progress(ChildCounters),
+    Progress(Box<ChildCounters>),
     Final(Box<ChildFinal>),
 }
 
@@ -119,7 +123,9 @@ impl ChildCounters {
         }
         self.messages += o.messages;
         self.pushes += o.pushes;
+        self.broadcasts += o.broadcasts;
         self.targeted += o.targeted;
+        self.reached_expected += o.reached_expected;
         self.bytes_in += o.bytes_in;
         self.pings_sent += o.pings_sent;
         self.pongs += o.pongs;

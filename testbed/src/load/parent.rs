@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::hist::{self, LatencySummary};
 use super::{ChildCounters, ChildFinal, ChildLine, ChildPlan, CHILD_PLAN_ENV};
@@ -46,15 +46,15 @@ pub struct LoadConfig {
     pub payload: usize,
     pub id_prefix: Option<String>,
     pub poll: bool,
-    pub expect_msgs: u64,
+    pub expect_broadcasts: u64,
     pub progress: ProgressMode,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
-    pub stack: &'static str,
+    pub stack: String,
     pub server: String,
-    pub mode: &'static str,
+    pub mode: String,
     pub conns_target: u64,
     pub procs: usize,
     pub sources: usize,
@@ -110,7 +110,7 @@ pub fn plan(cfg: &LoadConfig) -> Vec<ChildPlan> {
                 payload: cfg.payload,
                 id_prefix: cfg.id_prefix.clone(),
                 poll: cfg.poll,
-                expect_msgs: cfg.expect_msgs,
+                expect_broadcasts: cfg.expect_broadcasts,
             };
             first += count;
             p
@@ -190,7 +190,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<Summary> {
             break;
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Msg::Line(i, ChildLine::Progress(c))) => progress[i] = c,
+            Ok(Msg::Line(i, ChildLine::Progress(c))) => progress[i] = *c,
             Ok(Msg::Line(i, ChildLine::Final(f))) => {
                 progress[i] = f.counters.clone();
                 finals[i] = Some(*f);
@@ -264,9 +264,9 @@ fn summarize(
         None => n.to_string(),
     };
     Ok(Summary {
-        stack: "kernel",
+        stack: "kernel".into(),
         server: cfg.server.to_string(),
-        mode: if cfg.poll { "long-poll" } else { "websocket" },
+        mode: if cfg.poll { "long-poll" } else { "websocket" }.into(),
         conns_target: cfg.conns,
         procs: plans.len(),
         sources: cfg.sources.len(),
@@ -478,7 +478,7 @@ mod tests {
             payload: 0,
             id_prefix: None,
             poll: false,
-            expect_msgs: 0,
+            expect_broadcasts: 0,
             progress: ProgressMode::Off,
         }
     }

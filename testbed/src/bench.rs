@@ -1,0 +1,471 @@
+//! The side-by-side benchmark: for each stack, make the namespaces, start the server, open N
+//! connections with the load generator, measure memory while they are held and idle, broadcast,
+//! and report connections held, connect rate, fan-out time, delivery latency, CPU seconds and bytes
+//! per connection (DESIGN.md §5), as a table and as JSON.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::harness::{self, ChildGuard, Netns};
+use crate::load::hist::LatencySummary;
+use crate::load::parent::Summary;
+use crate::load::sources::CONNS_PER_SOURCE;
+use crate::measure::{self, process_tree, MemInput, MemReport, Snapshot, SystemCpu};
+
+const SERVER: &str = "198.18.0.1:8080";
+const ADMIN: &str = "127.0.0.1:9001";
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub stacks: Vec<String>,
+    pub conns: u64,
+    pub rate: f64,
+    pub broadcasts: u32,
+    pub settle: Duration,
+    pub prefix: String,
+    pub out_dir: PathBuf,
+    pub workers: Option<usize>,
+    pub load_procs: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BroadcastRun {
+    pub seq: u64,
+    pub websockets: u64,
+    /// Slowest worker's time to hand the frame to every connection.
+    pub fanout_ms: f64,
+    /// Admin command to the last worker's reply.
+    pub elapsed_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuReport {
+    pub server_user_s: f64,
+    pub server_sys_s: f64,
+    pub load_user_s: f64,
+    pub load_sys_s: f64,
+    /// Whole machine, during the run (includes softirq network processing no process is billed for).
+    pub system_busy_s: f64,
+    pub system_softirq_s: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StackResult {
+    pub stack: String,
+    pub conns_target: u64,
+    /// Connections the server held when memory was measured.
+    pub held: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub connect_rate_per_s: f64,
+    pub connect_wall_s: f64,
+    pub server_workers: usize,
+    pub load_procs: usize,
+    pub broadcasts: Vec<BroadcastRun>,
+    pub fanout_ms_median: f64,
+    pub deliveries_expected: u64,
+    pub deliveries: u64,
+    pub push_latency: LatencySummary,
+    pub cpu: CpuReport,
+    pub memory: MemReport,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub mem_total_bytes: u64,
+    pub kernel: String,
+    pub fd_hard_limit: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub conns: u64,
+    pub rate: f64,
+    pub results: Vec<StackResult>,
+    pub unavailable: Vec<String>,
+}
+
+pub fn machine() -> Machine {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mem_total_bytes: measure::MemInfo::read().map_or(0, |m| m.mem_total),
+        kernel,
+        fd_hard_limit: ws_server::kernel::hard_fd_limit(),
+    }
+}
+
+pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchReport> {
+    if !harness::is_root() {
+        bail!("ws-bench needs root: it makes network namespaces and reads /proc/slabinfo");
+    }
+    let mut report = BenchReport {
+        machine: machine(),
+        conns: cfg.conns,
+        rate: cfg.rate,
+        results: vec![],
+        unavailable: vec![],
+    };
+    for stack in &cfg.stacks {
+        match stack.as_str() {
+            "kernel" => report.results.push(run_kernel(cfg, stop)?),
+            "xdp" => report
+                .unavailable
+                .push("xdp: the userspace stack is not built yet".into()),
+            other => bail!("unknown stack '{other}' (kernel, xdp)"),
+        }
+    }
+    Ok(report)
+}
+
+fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<StackResult> {
+    let started = Instant::now();
+    let server_bin = harness::sibling_binary("ws-server")?;
+    let load_bin = harness::sibling_binary("ws-load")?;
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    let admin: SocketAddr = ADMIN.parse()?;
+    let clients = (cfg.conns as usize).div_ceil(CONNS_PER_SOURCE).max(1);
+    eprintln!(
+        "[kernel] namespaces {}-srv/{}-cli with {clients} client address(es)",
+        cfg.prefix, cfg.prefix
+    );
+    let netns = Netns::setup(&cfg.prefix, clients)?;
+
+    let server_log = std::fs::File::create(cfg.out_dir.join("kernel-server.log"))?;
+    let mut cmd = netns.command(&netns.srv, &server_bin);
+    cmd.args([
+        "--stack",
+        "kernel",
+        "--listen",
+        SERVER,
+        "--admin",
+        ADMIN,
+        "--max-conns",
+        &cfg.conns.to_string(),
+    ])
+    .args(["--push-interval", "0", "--idle-timeout", "0"])
+    .stdin(Stdio::null())
+    .stdout(server_log.try_clone()?)
+    .stderr(server_log);
+    if let Some(w) = cfg.workers {
+        cmd.args(["--workers", &w.to_string()]);
+    }
+    let mut server = ChildGuard::spawn("ws-server", cmd)?;
+    let stats = |path: &str| -> Option<serde_json::Value> {
+        let (status, body) = harness::http_in_netns(&netns.srv, "GET", admin, path, b"").ok()?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    };
+    if harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        stats("/stats")
+    })
+    .is_none()
+    {
+        bail!(
+            "the server did not come up; see {}",
+            cfg.out_dir.join("kernel-server.log").display()
+        );
+    }
+    let workers = stats("/stats")
+        .and_then(|s| s["workers"].as_u64())
+        .unwrap_or(0) as usize;
+    // A process in the client namespace, so its socket counts can be read before the load starts.
+    let mut anchor_cmd = netns.command(&netns.cli, std::path::Path::new("sleep"));
+    anchor_cmd.arg("3600").stdin(Stdio::null());
+    let anchor = ChildGuard::spawn("namespace anchor", anchor_cmd)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = Snapshot::take(
+        &process_tree(server.pid()),
+        server.pid(),
+        Some(anchor.pid()),
+    )?;
+
+    let load_json = cfg.out_dir.join("kernel-load.json");
+    let _ = std::fs::remove_file(&load_json);
+    let mut cmd = netns.command(&netns.cli, &load_bin);
+    cmd.args([
+        "--stack",
+        "kernel",
+        "--server",
+        SERVER,
+        "--conns",
+        &cfg.conns.to_string(),
+        "--rate",
+        &cfg.rate.to_string(),
+    ])
+    .args([
+        "--hold",
+        "600s",
+        "--expect-broadcasts",
+        &cfg.broadcasts.to_string(),
+        "--progress",
+        "lines",
+    ])
+    .arg("--json")
+    .arg(&load_json)
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(cfg.out_dir.join("kernel-load.log"))?);
+    if let Some(p) = cfg.load_procs {
+        cmd.args(["--procs", &p.to_string()]);
+    }
+    eprintln!(
+        "[kernel] opening {} connections at {}/s",
+        cfg.conns, cfg.rate
+    );
+    let mut load = ChildGuard::spawn("ws-load", cmd)?;
+
+    // Wait until the server holds every connection (or the load generator gave up).
+    let connect_budget =
+        Duration::from_secs_f64(60.0 + 3.0 * cfg.conns as f64 / cfg.rate.max(1000.0));
+    let deadline = Instant::now() + connect_budget;
+    let mut held = 0;
+    while Instant::now() < deadline {
+        check_stop(stop)?;
+        held = stats("/conns")
+            .and_then(|v| v["conns"].as_u64())
+            .unwrap_or(held);
+        if held >= cfg.conns || !load.running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut notes = Vec::new();
+    if held < cfg.conns {
+        notes.push(format!(
+            "the server held {held} of {} connections when measured",
+            cfg.conns
+        ));
+    }
+    eprintln!(
+        "[kernel] {held} connections held; settling {:?} before measuring memory",
+        cfg.settle
+    );
+    std::thread::sleep(cfg.settle);
+    check_stop(stop)?;
+    let held = stats("/conns")
+        .and_then(|v| v["conns"].as_u64())
+        .unwrap_or(held);
+    let after = Snapshot::take(
+        &process_tree(server.pid()),
+        server.pid(),
+        Some(anchor.pid()),
+    )?;
+
+    let mut broadcasts = Vec::new();
+    for i in 0..cfg.broadcasts {
+        check_stop(stop)?;
+        let (status, body) = harness::http_in_netns(&netns.srv, "POST", admin, "/broadcast", b"")?;
+        if status != 200 {
+            bail!("broadcast {i} failed: {status} {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let run = BroadcastRun {
+            seq: v["seq"].as_u64().unwrap_or(0),
+            websockets: v["websockets"].as_u64().unwrap_or(0),
+            fanout_ms: v["fanout_ms"].as_f64().unwrap_or(0.0),
+            elapsed_ms: v["elapsed_ms"].as_f64().unwrap_or(0.0),
+        };
+        eprintln!(
+            "[kernel] broadcast {}: {} connections, fan-out {:.1} ms",
+            i + 1,
+            run.websockets,
+            run.fanout_ms
+        );
+        // Let the clients drain before the next one, so each broadcast is measured on its own.
+        std::thread::sleep(Duration::from_millis((run.elapsed_ms * 3.0) as u64 + 1000));
+        broadcasts.push(run);
+    }
+    if load.wait_timeout(Duration::from_secs(60)).is_none() {
+        notes.push("the load generator did not finish on its own; it was stopped".into());
+        load.stop(Duration::from_secs(10));
+    }
+    let end_cpu = measure::cpu_seconds_sum(&process_tree(server.pid()))?;
+    let end_system = SystemCpu::read()?;
+    server.stop(Duration::from_secs(10));
+    drop(anchor);
+    drop(netns);
+
+    let summary: Summary = serde_json::from_str(
+        &std::fs::read_to_string(&load_json)
+            .with_context(|| format!("reading the load summary {}", load_json.display()))?,
+    )?;
+    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &before, &after, true));
+    let server_cpu = before.server_cpu.delta(&end_cpu);
+    let system = before.system_cpu.delta(&end_system);
+    let mut fanouts: Vec<f64> = broadcasts.iter().map(|b| b.fanout_ms).collect();
+    fanouts.sort_by(f64::total_cmp);
+    Ok(StackResult {
+        stack: "kernel".into(),
+        conns_target: cfg.conns,
+        held,
+        established: summary.established,
+        failed: summary.failed,
+        connect_rate_per_s: summary.connect_rate_per_s,
+        connect_wall_s: summary.connect_wall_s,
+        server_workers: workers,
+        load_procs: summary.procs,
+        fanout_ms_median: fanouts.get(fanouts.len() / 2).copied().unwrap_or(0.0),
+        deliveries_expected: broadcasts.iter().map(|b| b.websockets).sum(),
+        deliveries: summary.counters.pushes,
+        broadcasts,
+        push_latency: summary.push_latency.clone(),
+        cpu: CpuReport {
+            server_user_s: server_cpu.user_secs,
+            server_sys_s: server_cpu.system_secs,
+            load_user_s: summary.cpu_user_s,
+            load_sys_s: summary.cpu_sys_s,
+            system_busy_s: system.busy_secs,
+            system_softirq_s: system.softirq_secs,
+            wall_s: started.elapsed().as_secs_f64(),
+        },
+        memory,
+        notes,
+    })
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// The side-by-side table: one column per stack.
+pub fn render(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "\nws-bench: N = {} connections; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
+        thousands(r.conns as f64),
+        m.cpus,
+        m.mem_total_bytes as f64 / (1u64 << 30) as f64,
+        m.kernel,
+        m.fd_hard_limit
+    );
+    let cols: Vec<&StackResult> = r.results.iter().collect();
+    let mut row = |label: &str, f: &dyn Fn(&StackResult) -> String| {
+        let _ = write!(out, "  {label:<34}");
+        for c in &cols {
+            let _ = write!(out, "{:>26}", f(c));
+        }
+        out.push('\n');
+    };
+    row("stack", &|c| c.stack.clone());
+    row("connections held / target", &|c| {
+        format!(
+            "{} / {}",
+            thousands(c.held as f64),
+            thousands(c.conns_target as f64)
+        )
+    });
+    row("connect failures", &|c| thousands(c.failed as f64));
+    row("connect rate (established/s)", &|c| {
+        thousands(c.connect_rate_per_s)
+    });
+    row("server processes", &|c| c.server_workers.to_string());
+    row("broadcast fan-out, median (ms)", &|c| {
+        format!("{:.1}", c.fanout_ms_median)
+    });
+    row("deliveries / expected", &|c| {
+        format!(
+            "{} / {}",
+            thousands(c.deliveries as f64),
+            thousands(c.deliveries_expected as f64)
+        )
+    });
+    row("delivery latency p50 (ms)", &|c| {
+        format!("{:.1}", c.push_latency.p50_ms)
+    });
+    row("delivery latency p99 (ms)", &|c| {
+        format!("{:.1}", c.push_latency.p99_ms)
+    });
+    row("delivery latency max (ms)", &|c| {
+        format!("{:.1}", c.push_latency.max_ms)
+    });
+    row("CPU s: server user+sys", &|c| {
+        format!("{:.2}+{:.2}", c.cpu.server_user_s, c.cpu.server_sys_s)
+    });
+    row("CPU s: load generator user+sys", &|c| {
+        format!("{:.2}+{:.2}", c.cpu.load_user_s, c.cpu.load_sys_s)
+    });
+    row("CPU s: whole machine busy (softirq)", &|c| {
+        format!("{:.2} ({:.2})", c.cpu.system_busy_s, c.cpu.system_softirq_s)
+    });
+    row("bytes/conn ALL-IN", &|c| {
+        thousands(c.memory.all_in_bytes_per_conn)
+    });
+    row("  user space (server RSS Δ / N)", &|c| {
+        thousands(c.memory.user_bytes_per_conn)
+    });
+    row("  kernel slab (server share)", &|c| {
+        thousands(c.memory.kernel_slab_bytes_per_conn)
+    });
+    row("  kernel socket buffers", &|c| {
+        thousands(c.memory.kernel_sockbuf_bytes_per_conn)
+    });
+    row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
+    for u in &r.unavailable {
+        let _ = writeln!(out, "  (not measured) {u}");
+    }
+    for c in &r.results {
+        let _ = writeln!(
+            out,
+            "\n--- {} stack: memory breakdown ---\n{}",
+            c.stack,
+            measure::render_table(&c.memory)
+        );
+        for n in &c.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(thousands(-1000.0), "-1,000");
+    }
+}

@@ -1,0 +1,128 @@
+//! Helpers of the privileged end-to-end tests: they run as root in network namespaces (CI is
+//! root). Without root they skip, saying why — unless WSB_REQUIRE_PRIVILEGED=1, which CI sets so
+//! that a skip is a failure.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testbed::harness::{self, ChildGuard, Netns};
+
+pub const SERVER: &str = "198.18.0.1:8080";
+pub const ADMIN: &str = "127.0.0.1:9001";
+
+/// Whether privileged tests can run; panics if they must and cannot.
+pub fn privileged(test: &str) -> bool {
+    if harness::is_root() {
+        return true;
+    }
+    let why = "needs root (network namespaces, veth, /proc/slabinfo)";
+    if std::env::var("WSB_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: {why}, and WSB_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+pub fn server_bin() -> PathBuf {
+    harness::sibling_binary("ws-server")
+        .expect("ws-server binary (run: cargo build --workspace --bins)")
+}
+
+pub fn load_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ws-load"))
+}
+
+pub fn admin() -> SocketAddr {
+    ADMIN.parse().unwrap()
+}
+
+/// Start ws-server in the server namespace with `args` and wait until its admin answers.
+pub fn start_server(ns: &Netns, args: &[&str], log: &Path) -> ChildGuard {
+    let log = std::fs::File::create(log).unwrap();
+    let mut cmd = ns.command(&ns.srv, &server_bin());
+    cmd.args(["--listen", SERVER, "--admin", ADMIN, "--push-interval", "0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let server = ChildGuard::spawn("ws-server", cmd).unwrap();
+    let up = harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        harness::http_in_netns(&ns.srv, "GET", admin(), "/conns", b"").ok()
+    });
+    assert!(up.is_some(), "server did not come up");
+    server
+}
+
+/// GET an admin path as JSON.
+pub fn admin_json(ns: &Netns, path: &str) -> serde_json::Value {
+    let (status, body) = harness::http_in_netns(&ns.srv, "GET", admin(), path, b"").unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+pub fn admin_post(ns: &Netns, path: &str, body: &[u8]) -> serde_json::Value {
+    let (status, text) = harness::http_in_netns(&ns.srv, "POST", admin(), path, body).unwrap();
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Start ws-load in the client namespace; its JSON summary goes to `json`.
+pub fn start_load(ns: &Netns, args: &[&str], json: &Path) -> ChildGuard {
+    let mut cmd = ns.command(&ns.cli, &load_bin());
+    cmd.args(["--server", SERVER, "--progress", "off", "--json"])
+        .arg(json)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    ChildGuard::spawn("ws-load", cmd).unwrap()
+}
+
+/// Wait for a load run to end and read its summary.
+pub fn finish_load(mut load: ChildGuard, json: &Path, timeout: Duration) -> serde_json::Value {
+    let status = load
+        .wait_timeout(timeout)
+        .expect("ws-load did not finish in time");
+    let text = std::fs::read_to_string(json)
+        .unwrap_or_else(|e| panic!("no ws-load summary ({status:?}): {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Wait until the server holds `n` connections.
+pub fn wait_conns(ns: &Netns, n: u64, timeout: Duration) {
+    let got = harness::wait_for(timeout, Duration::from_millis(200), || {
+        let v = admin_json(ns, "/conns");
+        (v["conns"].as_u64() == Some(n)).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "server never held {n} connections: {}",
+        admin_json(ns, "/conns")
+    );
+}
+
+/// A scratch directory for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsb-test-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run `program args` inside namespace `ns`, returning (success, stdout+stderr).
+pub fn run_in(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

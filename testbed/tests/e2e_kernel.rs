@@ -1,0 +1,491 @@
+//! End to end, as root, in network namespaces: ws-server --stack kernel with the ws-load load
+//! generator, a standard WebSocket client library (Python `websockets`), curl, and hostile bytes.
+//! Each test has its own namespace prefix, so they can run in parallel.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use testbed::harness::{self, ChildGuard, Netns};
+
+/// 2,400 connections from 4 client addresses: every connection gets both broadcasts, a targeted
+/// push reaches exactly its device, and /stats agrees with what the clients saw.
+#[test]
+fn broadcast_targeted_push_and_stats_agree() {
+    if !privileged("broadcast_targeted_push_and_stats_agree") {
+        return;
+    }
+    let dir = scratch("bcast");
+    let ns = Netns::setup("wsbt1", 4).unwrap();
+    let _server = start_server(
+        &ns,
+        &["--workers", "2", "--idle-timeout", "0"],
+        &dir.join("server.log"),
+    );
+    let json = dir.join("load.json");
+    let load = start_load(
+        &ns,
+        &[
+            "--conns",
+            "2400",
+            "--rate",
+            "0",
+            "--ids",
+            "--src",
+            "198.19.0.1-198.19.0.4",
+            "--hold",
+            "60s",
+            "--expect-broadcasts",
+            "2",
+        ],
+        &json,
+    );
+    wait_conns(&ns, 2400, Duration::from_secs(60));
+
+    // The server sees connections from all four client addresses.
+    let (ok, ss) = run_in(
+        &ns.srv,
+        "ss",
+        &["-Htn", "state", "established", "( sport = :8080 )"],
+    );
+    assert!(ok, "{ss}");
+    let peers: BTreeSet<String> = ss
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter_map(|p| p.rsplit_once(':').map(|(a, _)| a.to_string()))
+        .collect();
+    assert_eq!(peers.len(), 4, "{peers:?}");
+
+    let pushed = admin_post(&ns, "/push?id=dev-17", b"only for dev-17");
+    assert_eq!(pushed["delivered"], true);
+    let missed = admin_post(&ns, "/push?id=nobody", b"x");
+    assert_eq!(missed["delivered"], false);
+    for _ in 0..2 {
+        let b = admin_post(&ns, "/broadcast", b"");
+        assert_eq!(b["websockets"], 2400, "{b}");
+    }
+    let summary = finish_load(load, &json, Duration::from_secs(60));
+    assert_eq!(summary["established"], 2400, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let c = &summary["counters"];
+    assert_eq!(
+        c["broadcasts"], 4800,
+        "every connection got both broadcasts: {summary}"
+    );
+    assert_eq!(c["targeted"], 1, "{summary}");
+    assert_eq!(summary["targeted_devices"], serde_json::json!(["dev-17"]));
+    assert_eq!(summary["push_latency"]["count"], 4801);
+
+    // The clients closed with a close handshake; the server's counters agree.
+    wait_conns(&ns, 0, Duration::from_secs(20));
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["accepted"], 2400, "{stats}");
+    assert_eq!(stats["upgrades"], 2400);
+    assert_eq!(stats["closed"], 2400);
+    assert_eq!(stats["closed_by_client"], 2400);
+    assert_eq!(stats["messages_out"], 4801);
+    assert_eq!(stats["pushes_delivered"], 1);
+    assert_eq!(stats["broadcasts"], 2);
+    assert_eq!(stats["devices"], 0, "device ids are released on close");
+    assert_eq!(stats["workers"], 2);
+    let per_worker: u64 = stats["per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["core"]["accepted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_worker, 2400);
+    assert_eq!(
+        admin_json(&ns, "/conns"),
+        serde_json::json!({"closed": 2400, "conns": 0})
+    );
+    let (status, metrics) =
+        harness::http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("wsserver_accepted_total 2400\n"),
+        "{metrics}"
+    );
+}
+
+/// Silent connections expire after the idle timeout; heartbeating ones do not.
+#[test]
+fn silent_connections_expire_heartbeating_ones_stay() {
+    if !privileged("silent_connections_expire_heartbeating_ones_stay") {
+        return;
+    }
+    let dir = scratch("expiry");
+    let ns = Netns::setup("wsbt2", 2).unwrap();
+    let _server = start_server(
+        &ns,
+        &["--workers", "2", "--idle-timeout", "3s"],
+        &dir.join("server.log"),
+    );
+    let (ja, jb) = (dir.join("pinging.json"), dir.join("silent.json"));
+    let pinging = start_load(
+        &ns,
+        &[
+            "--conns",
+            "300",
+            "--src",
+            "198.19.0.1",
+            "--ping-interval",
+            "1s",
+            "--hold",
+            "8s",
+        ],
+        &ja,
+    );
+    let silent = start_load(
+        &ns,
+        &["--conns", "300", "--src", "198.19.0.2", "--hold", "8s"],
+        &jb,
+    );
+    let a = finish_load(pinging, &ja, Duration::from_secs(60));
+    let b = finish_load(silent, &jb, Duration::from_secs(60));
+    assert_eq!(a["established"], 300, "{a}");
+    assert_eq!(b["established"], 300, "{b}");
+    assert_eq!(
+        a["counters"]["closed_by_server"],
+        serde_json::json!({}),
+        "no pinging connection expired: {a}"
+    );
+    assert!(a["counters"]["pongs"].as_u64().unwrap() >= 300, "{a}");
+    assert_eq!(
+        b["counters"]["closed_by_server"],
+        serde_json::json!({"4001": 300}),
+        "every silent one got 4001: {b}"
+    );
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["expired"], 300, "{stats}");
+    assert_eq!(stats["expiry"]["expired"], 300);
+    assert!(
+        stats["expiry"]["removal_capacity_per_s"].as_f64().unwrap() > 0.0,
+        "{stats}"
+    );
+    wait_conns(&ns, 0, Duration::from_secs(20));
+}
+
+/// Long-poll holds are answered (by timeout, or early by a push), and data frames are echoed.
+#[test]
+fn long_poll_and_echo_rounds() {
+    if !privileged("long_poll_and_echo_rounds") {
+        return;
+    }
+    let dir = scratch("poll");
+    let ns = Netns::setup("wsbt4", 2).unwrap();
+    let _server = start_server(
+        &ns,
+        &["--workers", "1", "--echo", "--poll-hold", "1-2"],
+        &dir.join("server.log"),
+    );
+    let (jp, je) = (dir.join("poll.json"), dir.join("echo.json"));
+    let polls = start_load(
+        &ns,
+        &[
+            "--conns",
+            "200",
+            "--poll",
+            "--ids",
+            "--src",
+            "198.19.0.1",
+            "--hold",
+            "5s",
+        ],
+        &jp,
+    );
+    let echo = start_load(
+        &ns,
+        &[
+            "--conns",
+            "200",
+            "--src",
+            "198.19.0.2",
+            "--send-interval",
+            "500ms",
+            "--payload",
+            "100",
+            "--hold",
+            "4s",
+        ],
+        &je,
+    );
+    wait_conns(&ns, 400, Duration::from_secs(30));
+    let pushed = admin_post(&ns, "/push?id=dev-5", b"early");
+    assert_eq!(
+        pushed["delivered"], true,
+        "a held poll is answered by a targeted push"
+    );
+    let p = finish_load(polls, &jp, Duration::from_secs(60));
+    let e = finish_load(echo, &je, Duration::from_secs(60));
+    let pc = &p["counters"];
+    // In 5 s with 1-2 s holds every connection is answered at least twice.
+    assert!(pc["polls_answered"].as_u64().unwrap() >= 400, "{p}");
+    assert!(pc["poll_timeouts"].as_u64().unwrap() >= 390, "{p}");
+    assert_eq!(pc["targeted"], 1, "{p}");
+    assert_eq!(p["targeted_devices"], serde_json::json!(["dev-5"]));
+    let ec = &e["counters"];
+    let sent = ec["sent_frames"].as_u64().unwrap();
+    assert!(sent >= 1200, "200 connections × ~7 rounds: {e}");
+    // Rounds still in flight when the hold ended may be unanswered, never more than one each.
+    assert!(ec["echoes"].as_u64().unwrap() + 200 >= sent, "{e}");
+    assert_eq!(e["echo_rtt"]["count"], ec["echoes"]);
+    let stats = admin_json(&ns, "/stats");
+    assert!(stats["polls_timed_out"].as_u64().unwrap() >= 390, "{stats}");
+    assert_eq!(stats["polls_answered_by_push"], 1);
+    assert_eq!(stats["echoed"], ec["echoes"], "{stats}");
+}
+
+/// A standard client library (Python `websockets`) connects, pings, receives a targeted push and a
+/// broadcast, and closes cleanly; curl's upgrade request gets 101.
+#[test]
+fn standard_clients_python_websockets_and_curl() {
+    if !privileged("standard_clients_python_websockets_and_curl") {
+        return;
+    }
+    let dir = scratch("py");
+    let ns = Netns::setup("wsbt3", 1).unwrap();
+    let _server = start_server(&ns, &["--workers", "2"], &dir.join("server.log"));
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_client_check.py");
+    let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
+    cmd.arg(&script)
+        .arg(format!("ws://{SERVER}/ws?id=py-1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut py = ChildGuard::spawn("python websockets client", cmd).unwrap();
+    let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next(), "connected");
+    assert_eq!(next(), "pong");
+    assert_eq!(
+        admin_post(&ns, "/push?id=py-1", b"hello python")["delivered"],
+        true
+    );
+    let push: serde_json::Value =
+        serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
+    assert_eq!(push["kind"], "push");
+    assert_eq!(push["data"], "hello python");
+    assert!(push["ts"].as_u64().unwrap() > 0);
+    assert_eq!(
+        admin_post(&ns, "/broadcast", b"to everyone")["websockets"],
+        1
+    );
+    let b: serde_json::Value =
+        serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
+    assert_eq!(b["kind"], "broadcast");
+    assert_eq!(next(), "closed 1000");
+    let status = py
+        .wait_timeout(Duration::from_secs(10))
+        .expect("python client exits");
+    if !status.success() {
+        let mut err = String::new();
+        py.child
+            .as_mut()
+            .unwrap()
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("python client failed: {err}");
+    }
+
+    let (_, curl) = run_in(
+        &ns.cli,
+        "curl",
+        &[
+            "-si",
+            "--max-time",
+            "1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            &format!("http://{SERVER}/ws"),
+        ],
+    );
+    assert!(
+        curl.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{curl}"
+    );
+    assert!(
+        curl.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{curl}"
+    );
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(
+        stats["closed_by_client"], 1,
+        "the python client closed with a close frame: {stats}"
+    );
+}
+
+/// Bytes sent from inside the client namespace over a raw TCP socket.
+fn raw_exchange(ns: &str, request: Vec<u8>) -> Vec<u8> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        // SAFETY: setns on an fd we own, for this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut s = TcpStream::connect(SERVER).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&request).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+/// Hostile bytes get a clean close with the right status or close code, and the server keeps
+/// serving everyone else.
+#[test]
+fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
+    if !privileged("hostile_bytes_get_a_clean_close_and_the_server_keeps_serving") {
+        return;
+    }
+    let dir = scratch("hostile");
+    let ns = Netns::setup("wsbt5", 1).unwrap();
+    let _server = start_server(
+        &ns,
+        &["--workers", "1", "--max-frame", "1K", "--max-message", "1K"],
+        &dir.join("server.log"),
+    );
+    let json = dir.join("bystanders.json");
+    let bystanders = start_load(
+        &ns,
+        &[
+            "--conns",
+            "100",
+            "--hold",
+            "30s",
+            "--expect-broadcasts",
+            "1",
+        ],
+        &json,
+    );
+    wait_conns(&ns, 100, Duration::from_secs(30));
+
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let close_code_of = |reply: &[u8]| -> Option<u16> {
+        let head = reply.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let frame = &reply[head..];
+        (frame.first() == Some(&0x88)).then(|| u16::from_be_bytes([frame[2], frame[3]]))
+    };
+
+    let reply = raw_exchange(
+        &ns.cli,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+    );
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400 "),
+        "malformed upgrade: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    let reply = raw_exchange(
+        &ns.cli,
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n".to_vec(),
+    );
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400 "),
+        "TLS hello on a plain port"
+    );
+
+    let mut unmasked = upgrade.to_vec();
+    unmasked.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    assert_eq!(
+        close_code_of(&raw_exchange(&ns.cli, unmasked)),
+        Some(1002),
+        "unmasked frame"
+    );
+
+    let mut oversize = upgrade.to_vec();
+    oversize.extend_from_slice(&[0x82, 0xfe, 0x10, 0x00, 1, 2, 3, 4]); // 4096 bytes > 1K
+    assert_eq!(
+        close_code_of(&raw_exchange(&ns.cli, oversize)),
+        Some(1009),
+        "oversize frame"
+    );
+
+    let mut junk = upgrade.to_vec();
+    junk.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let reply = raw_exchange(&ns.cli, junk);
+    assert!(
+        close_code_of(&reply).is_some(),
+        "random frame bytes end in a close frame"
+    );
+
+    // Everyone else is still served.
+    assert_eq!(
+        admin_post(&ns, "/broadcast", b"still here")["websockets"],
+        100
+    );
+    let summary = finish_load(bystanders, &json, Duration::from_secs(30));
+    assert_eq!(summary["counters"]["broadcasts"], 100, "{summary}");
+    assert_eq!(
+        summary["counters"]["closed_by_server"],
+        serde_json::json!({})
+    );
+    let stats = admin_json(&ns, "/stats");
+    assert!(stats["protocol_errors"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(stats["rejected_requests"].as_u64().unwrap() >= 2, "{stats}");
+}
+
+/// Bad flags and busy ports give a clear error and a non-zero exit, not a panic.
+#[test]
+fn clear_errors_for_bad_flags_and_busy_ports() {
+    if !privileged("clear_errors_for_bad_flags_and_busy_ports") {
+        return;
+    }
+    let dir = scratch("errors");
+    let ns = Netns::setup("wsbt6", 1).unwrap();
+    let server = server_bin();
+    let run = |args: &[&str]| {
+        let out = ns
+            .command(&ns.srv, &server)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["--listen", "198.18.0.1:8080", "--max-frame", "lots"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a size"), "{err}");
+    let (code, err) = run(&["--listen", "10.9.9.9:8080"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not an address of this host"), "{err}");
+    let (code, err) = run(&["--stack", "xdp"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not available yet"), "{err}");
+    let (code, err) = run(&["--max-conns", "9000000", "--workers", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("needs at least"), "{err}");
+
+    let _first = start_server(&ns, &["--workers", "1"], &dir.join("first.log"));
+    let (code, err) = run(&["--listen", "198.18.0.1:8080", "--admin", "127.0.0.1:9002"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already in use"), "{err}");
+    let (code, err) = run(&["--listen", "198.18.0.1:8081", "--admin", ADMIN]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("admin endpoint") && err.contains("already in use"),
+        "{err}"
+    );
+}
