@@ -76,9 +76,7 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read) -> Admi
                 Err(e) => e,
             }
         }
-        (_, "/stats" | "/conns" | "/metrics" | "/broadcast" | "/push" | "/") => {
-            err(405, "method not allowed here")
-        }
+        (_, "/stats" | "/conns" | "/metrics" | "/broadcast" | "/push" | "/") => err(405, "method not allowed here"),
         _ => err(404, "no such admin endpoint; GET / lists them"),
     }
 }
@@ -199,8 +197,7 @@ impl Report {
     pub fn render(&self, format: StatsFormat) -> (String, &'static str) {
         match format {
             StatsFormat::Json => (
-                serde_json::to_string_pretty(self)
-                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+                serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
                 "application/json",
             ),
             StatsFormat::Conns => (
@@ -210,10 +207,7 @@ impl Report {
                 ),
                 "application/json",
             ),
-            StatsFormat::Prometheus => (
-                self.prometheus(),
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
+            StatsFormat::Prometheus => (self.prometheus(), "text/plain; version=0.0.4; charset=utf-8"),
         }
     }
 
@@ -240,11 +234,7 @@ impl Report {
         let counters: [(&str, &str, u64); 14] = [
             ("accepted", "Connections accepted", t.accepted),
             ("closed", "Connections ended, any reason", t.closed),
-            (
-                "expired",
-                "Connections expired by the idle timeout",
-                t.expired,
-            ),
+            ("expired", "Connections expired by the idle timeout", t.expired),
             (
                 "closed_by_peer",
                 "Connections the peer closed or reset",
@@ -255,21 +245,13 @@ impl Report {
                 "Connections ended by a client close frame",
                 t.closed_by_client,
             ),
-            (
-                "closed_by_server",
-                "Connections the server closed",
-                t.closed_by_server,
-            ),
+            ("closed_by_server", "Connections the server closed", t.closed_by_server),
             (
                 "protocol_errors",
                 "Connections failed for a protocol violation",
                 t.protocol_errors,
             ),
-            (
-                "rejected_requests",
-                "HTTP requests rejected",
-                t.rejected_requests,
-            ),
+            ("rejected_requests", "HTTP requests rejected", t.rejected_requests),
             ("messages_in", "Data messages received", t.messages_in),
             ("messages_out", "Data messages sent", t.messages_out),
             ("bytes_in", "Bytes received", t.bytes_in),
@@ -288,11 +270,7 @@ impl Report {
                 .get_or_create(&vec![("worker".to_string(), w.index.to_string())])
                 .set(w.core.connections as i64);
         }
-        reg.register(
-            "worker_connections",
-            "Open connections per worker",
-            per_worker,
-        );
+        reg.register("worker_connections", "Open connections per worker", per_worker);
         let mut out = String::new();
         // Writing into a String cannot fail.
         encode(&mut out, &reg).expect("encoding metrics into a String");
@@ -367,14 +345,7 @@ mod tests {
 
     #[test]
     fn report_sums_workers_and_renders_every_format() {
-        let r = Report::new(
-            "kernel",
-            2.0,
-            vec![worker(1, 10, 4), worker(0, 5, 6)],
-            3,
-            None,
-            500,
-        );
+        let r = Report::new("kernel", 2.0, vec![worker(1, 10, 4), worker(0, 5, 6)], 3, None, 500);
         assert_eq!(r.totals.connections, 15);
         assert_eq!(r.totals.broadcasts, 3);
         assert_eq!(r.per_worker[0].index, 0);

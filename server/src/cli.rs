@@ -18,11 +18,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
-            ))
-        }
+        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s, m or h)")),
     };
     if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         return Err(format!("'{text}' is out of range"));
@@ -55,8 +51,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{text}' is not a size (try 4096, 16K, 1M)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[cfg(test)]

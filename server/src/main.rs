@@ -108,11 +108,7 @@ fn run() -> anyhow::Result<()> {
         (Some(w), None) => (w, w * per_worker_capacity),
         (w, m) => {
             let m = m.unwrap_or(100_000);
-            (
-                w.unwrap_or_else(|| m.div_ceil(CONNS_PER_WORKER_PLAN))
-                    .max(1),
-                m,
-            )
+            (w.unwrap_or_else(|| m.div_ceil(CONNS_PER_WORKER_PLAN)).max(1), m)
         }
     };
     if max_conns > workers * per_worker_capacity {

@@ -77,6 +77,9 @@ pub struct StackResult {
     pub push_latency: LatencySummary,
     pub cpu: CpuReport,
     pub memory: MemReport,
+    /// The server's whole RSS while holding the connections, divided by them: includes what it
+    /// allocated at start (tables sized for its capacity), which the Δ figure leaves out.
+    pub server_rss_total_per_conn: f64,
     pub notes: Vec<String>,
 }
 
@@ -144,8 +147,7 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
     let started = Instant::now();
     let server_bin = harness::sibling_binary("ws-server")?;
     let load_bin = harness::sibling_binary("ws-load")?;
-    std::fs::create_dir_all(&cfg.out_dir)
-        .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
     let admin: SocketAddr = ADMIN.parse()?;
     let clients = (cfg.conns as usize).div_ceil(CONNS_PER_SOURCE).max(1);
     eprintln!(
@@ -181,29 +183,19 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
         }
         serde_json::from_str(&body).ok()
     };
-    if harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-        stats("/stats")
-    })
-    .is_none()
-    {
+    if harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || stats("/stats")).is_none() {
         bail!(
             "the server did not come up; see {}",
             cfg.out_dir.join("kernel-server.log").display()
         );
     }
-    let workers = stats("/stats")
-        .and_then(|s| s["workers"].as_u64())
-        .unwrap_or(0) as usize;
+    let workers = stats("/stats").and_then(|s| s["workers"].as_u64()).unwrap_or(0) as usize;
     // A process in the client namespace, so its socket counts can be read before the load starts.
     let mut anchor_cmd = netns.command(&netns.cli, std::path::Path::new("sleep"));
     anchor_cmd.arg("3600").stdin(Stdio::null());
     let anchor = ChildGuard::spawn("namespace anchor", anchor_cmd)?;
     std::thread::sleep(Duration::from_millis(200));
-    let before = Snapshot::take(
-        &process_tree(server.pid()),
-        server.pid(),
-        Some(anchor.pid()),
-    )?;
+    let before = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
 
     let load_json = cfg.out_dir.join("kernel-load.json");
     let _ = std::fs::remove_file(&load_json);
@@ -233,22 +225,16 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
     if let Some(p) = cfg.load_procs {
         cmd.args(["--procs", &p.to_string()]);
     }
-    eprintln!(
-        "[kernel] opening {} connections at {}/s",
-        cfg.conns, cfg.rate
-    );
+    eprintln!("[kernel] opening {} connections at {}/s", cfg.conns, cfg.rate);
     let mut load = ChildGuard::spawn("ws-load", cmd)?;
 
     // Wait until the server holds every connection (or the load generator gave up).
-    let connect_budget =
-        Duration::from_secs_f64(60.0 + 3.0 * cfg.conns as f64 / cfg.rate.max(1000.0));
+    let connect_budget = Duration::from_secs_f64(60.0 + 3.0 * cfg.conns as f64 / cfg.rate.max(1000.0));
     let deadline = Instant::now() + connect_budget;
     let mut held = 0;
     while Instant::now() < deadline {
         check_stop(stop)?;
-        held = stats("/conns")
-            .and_then(|v| v["conns"].as_u64())
-            .unwrap_or(held);
+        held = stats("/conns").and_then(|v| v["conns"].as_u64()).unwrap_or(held);
         if held >= cfg.conns || !load.running() {
             break;
         }
@@ -267,14 +253,8 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
     );
     std::thread::sleep(cfg.settle);
     check_stop(stop)?;
-    let held = stats("/conns")
-        .and_then(|v| v["conns"].as_u64())
-        .unwrap_or(held);
-    let after = Snapshot::take(
-        &process_tree(server.pid()),
-        server.pid(),
-        Some(anchor.pid()),
-    )?;
+    let held = stats("/conns").and_then(|v| v["conns"].as_u64()).unwrap_or(held);
+    let after = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
 
     let mut broadcasts = Vec::new();
     for i in 0..cfg.broadcasts {
@@ -344,6 +324,7 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
             wall_s: started.elapsed().as_secs_f64(),
         },
         memory,
+        server_rss_total_per_conn: after.server_mem.rss as f64 / held.max(1) as f64,
         notes,
     })
 }
@@ -388,16 +369,10 @@ pub fn render(r: &BenchReport) -> String {
     };
     row("stack", &|c| c.stack.clone());
     row("connections held / target", &|c| {
-        format!(
-            "{} / {}",
-            thousands(c.held as f64),
-            thousands(c.conns_target as f64)
-        )
+        format!("{} / {}", thousands(c.held as f64), thousands(c.conns_target as f64))
     });
     row("connect failures", &|c| thousands(c.failed as f64));
-    row("connect rate (established/s)", &|c| {
-        thousands(c.connect_rate_per_s)
-    });
+    row("connect rate (established/s)", &|c| thousands(c.connect_rate_per_s));
     row("server processes", &|c| c.server_workers.to_string());
     row("broadcast fan-out, median (ms)", &|c| {
         format!("{:.1}", c.fanout_ms_median)
@@ -427,9 +402,7 @@ pub fn render(r: &BenchReport) -> String {
     row("CPU s: whole machine busy (softirq)", &|c| {
         format!("{:.2} ({:.2})", c.cpu.system_busy_s, c.cpu.system_softirq_s)
     });
-    row("bytes/conn ALL-IN", &|c| {
-        thousands(c.memory.all_in_bytes_per_conn)
-    });
+    row("bytes/conn ALL-IN", &|c| thousands(c.memory.all_in_bytes_per_conn));
     row("  user space (server RSS Δ / N)", &|c| {
         thousands(c.memory.user_bytes_per_conn)
     });
@@ -438,6 +411,9 @@ pub fn render(r: &BenchReport) -> String {
     });
     row("  kernel socket buffers", &|c| {
         thousands(c.memory.kernel_sockbuf_bytes_per_conn)
+    });
+    row("server RSS total / N (incl. start-up)", &|c| {
+        thousands(c.server_rss_total_per_conn)
     });
     row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
     for u in &r.unavailable {

@@ -39,7 +39,10 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("cannot find the {name} binary next to {}; build the workspace first (cargo build --workspace)", exe.display())
+    bail!(
+        "cannot find the {name} binary next to {}; build the workspace first (cargo build --workspace)",
+        exe.display()
+    )
 }
 
 pub fn is_root() -> bool {
@@ -98,7 +101,10 @@ impl Drop for Netns {
             .stdout(Stdio::null())
             .status();
         if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: teardown of namespaces {}-* failed; run netns-scripts/teardown.sh --prefix {}", self.prefix, self.prefix);
+            eprintln!(
+                "warning: teardown of namespaces {}-* failed; run netns-scripts/teardown.sh --prefix {}",
+                self.prefix, self.prefix
+            );
         }
     }
 }
@@ -124,9 +130,7 @@ impl ChildGuard {
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Wait for it to exit by itself, at most `timeout`.
@@ -136,9 +140,7 @@ impl ChildGuard {
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                 _ => return None,
             }
         }
@@ -178,12 +180,7 @@ pub fn http_in_netns(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
-    let (netns, method, path, body) = (
-        netns.to_string(),
-        method.to_string(),
-        path.to_string(),
-        body.to_vec(),
-    );
+    let (netns, method, path, body) = (netns.to_string(), method.to_string(), path.to_string(), body.to_vec());
     std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
         let ns = std::fs::File::open(format!("/var/run/netns/{netns}"))
             .with_context(|| format!("opening namespace {netns}"))?;
@@ -198,24 +195,21 @@ pub fn http_in_netns(
 }
 
 /// A plain HTTP/1.1 request in this thread's namespace.
-pub fn http(
-    method: &str,
-    addr: SocketAddr,
-    path: &str,
-    body: &[u8],
-) -> anyhow::Result<(u16, String)> {
+pub fn http(method: &str, addr: SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
     let timeout = Duration::from_secs(60);
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("HTTP response without a head")?;
+    let (head, body) = text.split_once("\r\n\r\n").context("HTTP response without a head")?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -225,11 +219,7 @@ pub fn http(
 }
 
 /// Poll `check` every `every` until it returns `Some`, at most `timeout`.
-pub fn wait_for<T>(
-    timeout: Duration,
-    every: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> Option<T> {
+pub fn wait_for<T>(timeout: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {

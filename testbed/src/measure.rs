@@ -33,9 +33,7 @@ pub mod slab;
 pub mod snapshot;
 pub mod sys;
 
-pub use proc::{
-    cpu_seconds, cpu_seconds_sum, process_tree, CpuTimes, ProcMem, SystemCpu, SystemCpuDelta,
-};
+pub use proc::{cpu_seconds, cpu_seconds_sum, process_tree, CpuTimes, ProcMem, SystemCpu, SystemCpuDelta};
 pub use render::render_table;
 pub use report::{bytes_per_conn, BreakdownRow, MemInput, MemReport};
 pub use slab::{CacheDelta, SlabCache, SlabDelta, SlabInfo, OTHER_SLAB_PREFIX, SOCKET_CACHES};
@@ -59,11 +57,7 @@ pub enum MeasureError {
     /// The file was read but a required value is missing or malformed.
     /// `line` is 1-based; 0 means "the file as a whole".
     #[error("cannot parse {} (line {line}): {what}", path.display())]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        what: String,
-    },
+    Parse { path: PathBuf, line: usize, what: String },
 }
 
 impl MeasureError {
@@ -72,8 +66,7 @@ impl MeasureError {
     pub fn is_vanished(&self) -> bool {
         match self {
             MeasureError::Io { source, .. } => {
-                source.kind() == io::ErrorKind::NotFound
-                    || source.raw_os_error() == Some(libc::ESRCH)
+                source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH)
             }
             MeasureError::Parse { .. } => false,
         }
@@ -132,10 +125,7 @@ mod tests {
     #[test]
     fn kb_lines() {
         assert_eq!(parse_kb_line("Rss:   1752 kB"), Some(("Rss", 1752 * 1024)));
-        assert_eq!(
-            parse_kb_line("HugePages_Total:       0"),
-            Some(("HugePages_Total", 0))
-        );
+        assert_eq!(parse_kb_line("HugePages_Total:       0"), Some(("HugePages_Total", 0)));
         assert_eq!(
             parse_kb_line("55d1049ca000-7ffea978a000 ---p 00000000 00:00 0 [rollup]"),
             None

@@ -23,11 +23,7 @@ fn broadcast_targeted_push_and_stats_agree() {
     }
     let dir = scratch("bcast");
     let ns = Netns::setup("wsbt1", 4).unwrap();
-    let _server = start_server(
-        &ns,
-        &["--workers", "2", "--idle-timeout", "0"],
-        &dir.join("server.log"),
-    );
+    let _server = start_server(&ns, &["--workers", "2", "--idle-timeout", "0"], &dir.join("server.log"));
     let json = dir.join("load.json");
     let load = start_load(
         &ns,
@@ -49,11 +45,7 @@ fn broadcast_targeted_push_and_stats_agree() {
     wait_conns(&ns, 2400, Duration::from_secs(60));
 
     // The server sees connections from all four client addresses.
-    let (ok, ss) = run_in(
-        &ns.srv,
-        "ss",
-        &["-Htn", "state", "established", "( sport = :8080 )"],
-    );
+    let (ok, ss) = run_in(&ns.srv, "ss", &["-Htn", "state", "established", "( sport = :8080 )"]);
     assert!(ok, "{ss}");
     let peers: BTreeSet<String> = ss
         .lines()
@@ -74,10 +66,7 @@ fn broadcast_targeted_push_and_stats_agree() {
     assert_eq!(summary["established"], 2400, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     let c = &summary["counters"];
-    assert_eq!(
-        c["broadcasts"], 4800,
-        "every connection got both broadcasts: {summary}"
-    );
+    assert_eq!(c["broadcasts"], 4800, "every connection got both broadcasts: {summary}");
     assert_eq!(c["targeted"], 1, "{summary}");
     assert_eq!(summary["targeted_devices"], serde_json::json!(["dev-17"]));
     assert_eq!(summary["push_latency"]["count"], 4801);
@@ -105,13 +94,9 @@ fn broadcast_targeted_push_and_stats_agree() {
         admin_json(&ns, "/conns"),
         serde_json::json!({"closed": 2400, "conns": 0})
     );
-    let (status, metrics) =
-        harness::http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
+    let (status, metrics) = harness::http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("wsserver_accepted_total 2400\n"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("wsserver_accepted_total 2400\n"), "{metrics}");
 }
 
 /// Silent connections expire after the idle timeout; heartbeating ones do not.
@@ -142,11 +127,7 @@ fn silent_connections_expire_heartbeating_ones_stay() {
         ],
         &ja,
     );
-    let silent = start_load(
-        &ns,
-        &["--conns", "300", "--src", "198.19.0.2", "--hold", "8s"],
-        &jb,
-    );
+    let silent = start_load(&ns, &["--conns", "300", "--src", "198.19.0.2", "--hold", "8s"], &jb);
     let a = finish_load(pinging, &ja, Duration::from_secs(60));
     let b = finish_load(silent, &jb, Duration::from_secs(60));
     assert_eq!(a["established"], 300, "{a}");
@@ -218,10 +199,7 @@ fn long_poll_and_echo_rounds() {
     );
     wait_conns(&ns, 400, Duration::from_secs(30));
     let pushed = admin_post(&ns, "/push?id=dev-5", b"early");
-    assert_eq!(
-        pushed["delivered"], true,
-        "a held poll is answered by a targeted push"
-    );
+    assert_eq!(pushed["delivered"], true, "a held poll is answered by a targeted push");
     let p = finish_load(polls, &jp, Duration::from_secs(60));
     let e = finish_load(echo, &je, Duration::from_secs(60));
     let pc = &p["counters"];
@@ -252,8 +230,7 @@ fn standard_clients_python_websockets_and_curl() {
     let dir = scratch("py");
     let ns = Netns::setup("wsbt3", 1).unwrap();
     let _server = start_server(&ns, &["--workers", "2"], &dir.join("server.log"));
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_client_check.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_client_check.py");
     let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
     cmd.arg(&script)
         .arg(format!("ws://{SERVER}/ws?id=py-1"))
@@ -266,26 +243,17 @@ fn standard_clients_python_websockets_and_curl() {
     let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(next(), "connected");
     assert_eq!(next(), "pong");
-    assert_eq!(
-        admin_post(&ns, "/push?id=py-1", b"hello python")["delivered"],
-        true
-    );
+    assert_eq!(admin_post(&ns, "/push?id=py-1", b"hello python")["delivered"], true);
     let push: serde_json::Value =
         serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
     assert_eq!(push["kind"], "push");
     assert_eq!(push["data"], "hello python");
     assert!(push["ts"].as_u64().unwrap() > 0);
-    assert_eq!(
-        admin_post(&ns, "/broadcast", b"to everyone")["websockets"],
-        1
-    );
-    let b: serde_json::Value =
-        serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
+    assert_eq!(admin_post(&ns, "/broadcast", b"to everyone")["websockets"], 1);
+    let b: serde_json::Value = serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
     assert_eq!(b["kind"], "broadcast");
     assert_eq!(next(), "closed 1000");
-    let status = py
-        .wait_timeout(Duration::from_secs(10))
-        .expect("python client exits");
+    let status = py.wait_timeout(Duration::from_secs(10)).expect("python client exits");
     if !status.success() {
         let mut err = String::new();
         py.child
@@ -317,10 +285,7 @@ fn standard_clients_python_websockets_and_curl() {
             &format!("http://{SERVER}/ws"),
         ],
     );
-    assert!(
-        curl.starts_with("HTTP/1.1 101 Switching Protocols"),
-        "{curl}"
-    );
+    assert!(curl.starts_with("HTTP/1.1 101 Switching Protocols"), "{curl}");
     assert!(
         curl.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         "{curl}"
@@ -367,14 +332,7 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
     let json = dir.join("bystanders.json");
     let bystanders = start_load(
         &ns,
-        &[
-            "--conns",
-            "100",
-            "--hold",
-            "30s",
-            "--expect-broadcasts",
-            "1",
-        ],
+        &["--conns", "100", "--hold", "30s", "--expect-broadcasts", "1"],
         &json,
     );
     wait_conns(&ns, 100, Duration::from_secs(30));
@@ -399,10 +357,7 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
         &ns.cli,
         b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n".to_vec(),
     );
-    assert!(
-        reply.starts_with(b"HTTP/1.1 400 "),
-        "TLS hello on a plain port"
-    );
+    assert!(reply.starts_with(b"HTTP/1.1 400 "), "TLS hello on a plain port");
 
     let mut unmasked = upgrade.to_vec();
     unmasked.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
@@ -429,16 +384,10 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
     );
 
     // Everyone else is still served.
-    assert_eq!(
-        admin_post(&ns, "/broadcast", b"still here")["websockets"],
-        100
-    );
+    assert_eq!(admin_post(&ns, "/broadcast", b"still here")["websockets"], 100);
     let summary = finish_load(bystanders, &json, Duration::from_secs(30));
     assert_eq!(summary["counters"]["broadcasts"], 100, "{summary}");
-    assert_eq!(
-        summary["counters"]["closed_by_server"],
-        serde_json::json!({})
-    );
+    assert_eq!(summary["counters"]["closed_by_server"], serde_json::json!({}));
     let stats = admin_json(&ns, "/stats");
     assert!(stats["protocol_errors"].as_u64().unwrap() >= 3, "{stats}");
     assert!(stats["rejected_requests"].as_u64().unwrap() >= 2, "{stats}");
@@ -460,10 +409,7 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (code, err) = run(&["--listen", "198.18.0.1:8080", "--max-frame", "lots"]);
     assert_eq!(code, Some(2), "{err}");

@@ -96,11 +96,7 @@ pub struct Frame<'a> {
 
 /// Decode the first frame of `buf`. `Ok(None)`: not all of it is here yet (nothing is consumed).
 /// `max_payload` bounds data frames; control frames are bounded by the RFC.
-pub fn decode(
-    buf: &mut [u8],
-    role: Role,
-    max_payload: usize,
-) -> Result<Option<Frame<'_>>, FrameError> {
+pub fn decode(buf: &mut [u8], role: Role, max_payload: usize) -> Result<Option<Frame<'_>>, FrameError> {
     let mut cursor = Cursor::new(&buf[..]);
     let (header, len) = match FrameHeader::parse(&mut cursor) {
         Ok(Some(parsed)) => parsed,
@@ -110,9 +106,7 @@ pub fn decode(
     };
     let header_len = cursor.position() as usize;
     if header.rsv1 || header.rsv2 || header.rsv3 {
-        return Err(FrameError::Protocol(
-            "reserved bits set without an extension",
-        ));
+        return Err(FrameError::Protocol("reserved bits set without an extension"));
     }
     let op = match header.opcode {
         OpCode::Data(Data::Continue) => Op::Continue,
@@ -157,13 +151,7 @@ pub fn decode(
 }
 
 /// Write a frame header for a payload of `len` bytes into `out`; returns the header length.
-pub fn encode_header(
-    out: &mut [u8; MAX_HEADER],
-    fin: bool,
-    op: Op,
-    len: usize,
-    mask: Option<[u8; 4]>,
-) -> usize {
+pub fn encode_header(out: &mut [u8; MAX_HEADER], fin: bool, op: Op, len: usize, mask: Option<[u8; 4]>) -> usize {
     let header = FrameHeader {
         is_final: fin,
         rsv1: false,
@@ -182,9 +170,7 @@ pub fn encode_header(
 
 /// XOR `data` with the 4-byte masking key (RFC 6455 §5.3), eight bytes at a time where it can.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -236,10 +222,7 @@ pub struct Utf8Carry {
 }
 
 impl Utf8Carry {
-    pub const EMPTY: Utf8Carry = Utf8Carry {
-        bytes: [0; 3],
-        len: 0,
-    };
+    pub const EMPTY: Utf8Carry = Utf8Carry { bytes: [0; 3], len: 0 };
 
     /// Validate the next piece of a text message; `fin` says it is the last piece.
     pub fn feed(&mut self, mut data: &[u8], fin: bool) -> Result<(), FrameError> {
@@ -315,14 +298,7 @@ mod tests {
 
     #[test]
     fn length_encoding_boundaries_125_126_127() {
-        for (len, header_len) in [
-            (0, 6),
-            (125, 6),
-            (126, 8),
-            (65535, 8),
-            (65536, 14),
-            (70000, 14),
-        ] {
+        for (len, header_len) in [(0, 6), (125, 6), (126, 8), (65535, 8), (65536, 14), (70000, 14)] {
             let payload = vec![b'a'; len];
             let mut wire = client_frame(true, Op::Binary, &payload);
             assert_eq!(wire.len(), header_len + len, "len {len}");
@@ -338,10 +314,7 @@ mod tests {
         let wire = client_frame(true, Op::Binary, &[7u8; 300]);
         for cut in 0..wire.len() {
             let mut part = wire[..cut].to_vec();
-            assert!(
-                decode(&mut part, Role::Server, 1024).unwrap().is_none(),
-                "cut at {cut}"
-            );
+            assert!(decode(&mut part, Role::Server, 1024).unwrap().is_none(), "cut at {cut}");
         }
     }
 
@@ -368,18 +341,12 @@ mod tests {
     fn control_frame_rules() {
         let mut long_ping = client_frame(true, Op::Ping, &[0u8; 126]);
         assert_eq!(
-            decode(&mut long_ping, Role::Server, 1 << 20)
-                .unwrap_err()
-                .close_code(),
+            decode(&mut long_ping, Role::Server, 1 << 20).unwrap_err().close_code(),
             1002
         );
         let mut max_ping = client_frame(true, Op::Ping, &[0u8; 125]);
         assert_eq!(
-            decode(&mut max_ping, Role::Server, 1)
-                .unwrap()
-                .unwrap()
-                .payload
-                .len(),
+            decode(&mut max_ping, Role::Server, 1).unwrap().unwrap().payload.len(),
             125
         );
         let mut fragmented_ping = client_frame(false, Op::Ping, b"p");
@@ -403,10 +370,7 @@ mod tests {
             let mut bad = client_frame(true, Op::Text, b"x");
             bad[0] = 0x80 | opcode;
             assert!(
-                matches!(
-                    decode(&mut bad, Role::Server, 1024),
-                    Err(FrameError::Protocol(_))
-                ),
+                matches!(decode(&mut bad, Role::Server, 1024), Err(FrameError::Protocol(_))),
                 "{opcode}"
             );
         }
@@ -422,10 +386,7 @@ mod tests {
         );
         // A 64-bit length with the top bit set is also too big, not an overflow.
         let mut huge = vec![0x82, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
-        assert_eq!(
-            decode(&mut huge, Role::Server, 1000).unwrap_err(),
-            FrameError::TooBig
-        );
+        assert_eq!(decode(&mut huge, Role::Server, 1000).unwrap_err(), FrameError::TooBig);
     }
 
     #[test]

@@ -13,15 +13,9 @@ pub const MAX_DEVICE_ID: usize = 128;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     /// `GET /ws[?id=…]` with valid RFC 6455 §4.2.1 upgrade headers.
-    Upgrade {
-        key: &'a [u8],
-        device: Option<&'a [u8]>,
-    },
+    Upgrade { key: &'a [u8], device: Option<&'a [u8]> },
     /// `GET /poll[?id=…]`: hold the request until a push or the hold timer.
-    Poll {
-        device: Option<&'a [u8]>,
-        keep_alive: bool,
-    },
+    Poll { device: Option<&'a [u8]>, keep_alive: bool },
     /// Anything else, with the status we answer; the connection is then closed.
     Reject(Reject),
 }
@@ -120,47 +114,32 @@ fn route<'a>(req: &httparse::Request<'_, 'a>) -> Request<'a> {
     }
     if path == "/poll" {
         let close = header_has_token(req.headers, "connection", "close");
-        let keep_alive =
-            minor == 1 && !close || header_has_token(req.headers, "connection", "keep-alive");
+        let keep_alive = minor == 1 && !close || header_has_token(req.headers, "connection", "keep-alive");
         return Request::Poll { device, keep_alive };
     }
     upgrade(req.headers, minor, device)
 }
 
-fn upgrade<'a>(
-    headers: &[httparse::Header<'a>],
-    minor: u8,
-    device: Option<&'a [u8]>,
-) -> Request<'a> {
+fn upgrade<'a>(headers: &[httparse::Header<'a>], minor: u8, device: Option<&'a [u8]>) -> Request<'a> {
     if !header_has_token(headers, "upgrade", "websocket") {
-        return Request::Reject(Reject::UpgradeRequired(
-            "this path needs a WebSocket upgrade",
-        ));
+        return Request::Reject(Reject::UpgradeRequired("this path needs a WebSocket upgrade"));
     }
     if minor != 1 {
         return Request::Reject(Reject::BadRequest("WebSocket upgrade needs HTTP/1.1"));
     }
     if !header_has_token(headers, "connection", "upgrade") {
-        return Request::Reject(Reject::BadRequest(
-            "Connection header lacks the Upgrade token",
-        ));
+        return Request::Reject(Reject::BadRequest("Connection header lacks the Upgrade token"));
     }
     match header(headers, "sec-websocket-version") {
         Some(v) if v.trim_ascii() == b"13" => {}
-        Some(_) => {
-            return Request::Reject(Reject::UpgradeRequired(
-                "only Sec-WebSocket-Version 13 is supported",
-            ))
-        }
+        Some(_) => return Request::Reject(Reject::UpgradeRequired("only Sec-WebSocket-Version 13 is supported")),
         None => return Request::Reject(Reject::BadRequest("missing Sec-WebSocket-Version")),
     }
     let Some(key) = header(headers, "sec-websocket-key").map(<[u8]>::trim_ascii) else {
         return Request::Reject(Reject::BadRequest("missing Sec-WebSocket-Key"));
     };
     if !is_base64_of_16_bytes(key) {
-        return Request::Reject(Reject::BadRequest(
-            "Sec-WebSocket-Key is not 16 bytes in base64",
-        ));
+        return Request::Reject(Reject::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
     }
     Request::Upgrade { key, device }
 }
@@ -224,9 +203,7 @@ impl Response {
         let mut buf = [0u8; 320];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
         // Every caller formats fixed text plus short values: 320 bytes always suffice.
-        cursor
-            .write_fmt(args)
-            .expect("response head fits in 320 bytes");
+        cursor.write_fmt(args).expect("response head fits in 320 bytes");
         let len = cursor.position() as usize;
         Response { buf, len }
     }
@@ -320,18 +297,12 @@ mod tests {
     #[test]
     fn rejects_each_missing_or_bad_upgrade_piece() {
         let cases: [(String, &str); 8] = [
-            (
-                upgrade_request("/ws", "").replace("Upgrade: websocket\r\n", ""),
-                "426",
-            ),
+            (upgrade_request("/ws", "").replace("Upgrade: websocket\r\n", ""), "426"),
             (
                 upgrade_request("/ws", "").replace("keep-alive, Upgrade", "keep-alive"),
                 "400",
             ),
-            (
-                upgrade_request("/ws", "").replace("Version: 13", "Version: 8"),
-                "426",
-            ),
+            (upgrade_request("/ws", "").replace("Version: 13", "Version: 8"), "426"),
             (
                 upgrade_request("/ws", "").replace("Sec-WebSocket-Version: 13\r\n", ""),
                 "400",
@@ -351,10 +322,7 @@ mod tests {
                 Request::Reject(r) => {
                     let resp = Response::reject(r);
                     let text = std::str::from_utf8(resp.as_bytes()).unwrap();
-                    assert!(
-                        text.starts_with(&format!("HTTP/1.1 {status}")),
-                        "{raw:?} -> {text}"
-                    );
+                    assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{raw:?} -> {text}");
                     assert!(text.contains("Connection: close"));
                 }
                 other => panic!("{raw:?} accepted as {other:?}"),
@@ -365,9 +333,7 @@ mod tests {
     #[test]
     fn version_426_names_the_supported_version() {
         let raw = upgrade_request("/ws", "").replace("Version: 13", "Version: 8");
-        let Request::Reject(r) = request_of(&raw) else {
-            panic!()
-        };
+        let Request::Reject(r) = request_of(&raw) else { panic!() };
         let resp = Response::reject(r);
         assert!(std::str::from_utf8(resp.as_bytes())
             .unwrap()

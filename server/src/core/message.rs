@@ -40,11 +40,7 @@ pub fn format_push(ts_ns: u64, seq: u64, kind: Kind, data: Option<&str>) -> Stri
     let data = match data {
         Some(d) => d,
         None => {
-            now_text = format!(
-                "server time {}.{:09}",
-                ts_ns / 1_000_000_000,
-                ts_ns % 1_000_000_000
-            );
+            now_text = format!("server time {}.{:09}", ts_ns / 1_000_000_000, ts_ns % 1_000_000_000);
             &now_text
         }
     };

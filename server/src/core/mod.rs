@@ -175,10 +175,7 @@ pub struct ServerCore {
 impl ServerCore {
     /// `capacity` is a hint: ids below it need no allocation later.
     pub fn new(cfg: CoreConfig, capacity: usize, now_ms: u64) -> ServerCore {
-        let idle_ticks = cfg
-            .idle_timeout_ms
-            .div_ceil(TICK_MS)
-            .min(u64::from(u32::MAX / 4)) as u32;
+        let idle_ticks = cfg.idle_timeout_ms.div_ceil(TICK_MS).min(u64::from(u32::MAX / 4)) as u32;
         ServerCore {
             idle_ticks,
             rng: fastrand::Rng::with_seed(cfg.seed),
@@ -215,9 +212,7 @@ impl ServerCore {
 
     /// Whether `id` is a live connection.
     pub fn is_open(&self, id: ConnId) -> bool {
-        self.conns
-            .get(id as usize)
-            .is_some_and(|c| c.phase != Phase::Free)
+        self.conns.get(id as usize).is_some_and(|c| c.phase != Phase::Free)
     }
 
     /// The transport accepted a connection.
@@ -362,12 +357,7 @@ impl ServerCore {
             Some(older) if older != id => {
                 // Seed 001: one connection per device; the newer one wins.
                 self.stats.devices_replaced += 1;
-                self.end_with_close_frame(
-                    older,
-                    close_code::REPLACED,
-                    "replaced by a newer connection",
-                    io,
-                );
+                self.end_with_close_frame(older, close_code::REPLACED, "replaced by a newer connection", io);
             }
             _ => self.stats.devices += 1,
         }
@@ -406,33 +396,20 @@ impl ServerCore {
         }
     }
 
-    fn frame(
-        &mut self,
-        id: ConnId,
-        fin: bool,
-        op: Op,
-        payload: &[u8],
-        io: &mut impl Io,
-    ) -> Result<(), FrameError> {
+    fn frame(&mut self, id: ConnId, fin: bool, op: Op, payload: &[u8], io: &mut impl Io) -> Result<(), FrameError> {
         let max_message = self.cfg.max_message;
         let c = &mut self.conns[id as usize];
         match op {
             Op::Text | Op::Binary => {
                 if c.frag != Frag::None {
-                    return Err(FrameError::Protocol(
-                        "new message before the fragmented one ended",
-                    ));
+                    return Err(FrameError::Protocol("new message before the fragmented one ended"));
                 }
                 if op == Op::Text {
                     c.utf8 = Utf8Carry::EMPTY;
                     c.utf8.feed(payload, fin)?;
                 }
                 if !fin {
-                    c.frag = if op == Op::Text {
-                        Frag::Text
-                    } else {
-                        Frag::Binary
-                    };
+                    c.frag = if op == Op::Text { Frag::Text } else { Frag::Binary };
                     c.msg_len = payload.len() as u32;
                 }
             }
@@ -485,8 +462,7 @@ impl ServerCore {
 
     fn protocol_error(&mut self, id: ConnId, e: FrameError, io: &mut impl Io) {
         self.stats.protocol_errors += 1;
-        self.log
-            .warn(self.now_ms, format_args!("conn {id}: closing on {e}"));
+        self.log.warn(self.now_ms, format_args!("conn {id}: closing on {e}"));
         self.end_with_close_frame(id, e.close_code(), &e.to_string(), io);
     }
 
@@ -572,9 +548,7 @@ impl ServerCore {
             // Firing one entry can end or change its connection, and two entries of one connection
             // can come due in the same tick (a stale long-poll entry beside a fresh one, or expiry
             // beside a poll deadline): decide again, on the state as it is now.
-            if due_of(&self.conns, self.idle_ticks, entry)
-                .is_none_or(|due| due.wrapping_sub(now) as i32 > 0)
-            {
+            if due_of(&self.conns, self.idle_ticks, entry).is_none_or(|due| due.wrapping_sub(now) as i32 > 0) {
                 continue;
             }
             if entry.tag & 1 == TIMER_IDLE {
@@ -667,12 +641,7 @@ impl ServerCore {
         match self.devices.get(&hash).copied() {
             Some(id) => {
                 self.stats.devices_replaced += 1;
-                self.end_with_close_frame(
-                    id,
-                    close_code::REPLACED,
-                    "replaced by a newer connection",
-                    io,
-                );
+                self.end_with_close_frame(id, close_code::REPLACED, "replaced by a newer connection", io);
                 true
             }
             None => false,
@@ -684,12 +653,7 @@ impl ServerCore {
         self.now_ms = now_ms;
         for idx in 0..self.conns.len() {
             if self.conns[idx].phase != Phase::Free {
-                self.end_with_close_frame(
-                    idx as ConnId,
-                    close_code::GOING_AWAY,
-                    "server shutting down",
-                    io,
-                );
+                self.end_with_close_frame(idx as ConnId, close_code::GOING_AWAY, "server shutting down", io);
             }
         }
     }

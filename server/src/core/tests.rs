@@ -102,33 +102,20 @@ fn upgraded(cfg: CoreConfig, ids: &[ConnId]) -> (ServerCore, Recorder) {
         core.open(id, 0, &mut io);
         let mut req = upgrade(None);
         assert_eq!(core.data(id, &mut req, 0, &mut io), req.len());
-        assert!(io
-            .text(id)
-            .starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(io.text(id).starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
     }
     (core, io)
 }
 
 /// Feed bytes as a transport would: what is not consumed is presented again with what follows.
-fn feed_in_pieces(
-    core: &mut ServerCore,
-    io: &mut Recorder,
-    id: ConnId,
-    bytes: &[u8],
-    piece: usize,
-    now: u64,
-) {
+fn feed_in_pieces(core: &mut ServerCore, io: &mut Recorder, id: ConnId, bytes: &[u8], piece: usize, now: u64) {
     let mut pending = Vec::new();
     for chunk in bytes.chunks(piece) {
         pending.extend_from_slice(chunk);
         let used = core.data(id, &mut pending, now, io);
         pending.drain(..used);
     }
-    assert!(
-        pending.is_empty(),
-        "{} bytes left unconsumed",
-        pending.len()
-    );
+    assert!(pending.is_empty(), "{} bytes left unconsumed", pending.len());
 }
 
 #[test]
@@ -151,23 +138,13 @@ fn upgrade_ping_pong_and_client_close() {
     assert_eq!(io.frames(3), vec![(Op::Close, vec![0x03, 0xe8])]);
     assert_eq!(io.closed, vec![3]);
     let s = core.stats();
-    assert_eq!(
-        (s.connections, s.websockets, s.closed_by_client, s.pings),
-        (0, 0, 1, 1)
-    );
+    assert_eq!((s.connections, s.websockets, s.closed_by_client, s.pings), (0, 0, 1, 1));
     assert!(!core.is_open(3));
 }
 
 #[test]
 fn upgrade_and_frames_split_at_every_byte() {
-    let mut core = ServerCore::new(
-        CoreConfig {
-            echo: true,
-            ..cfg()
-        },
-        4,
-        0,
-    );
+    let mut core = ServerCore::new(CoreConfig { echo: true, ..cfg() }, 4, 0);
     let mut io = Recorder::default();
     core.open(1, 0, &mut io);
     let mut wire = upgrade(None);
@@ -194,21 +171,12 @@ fn frames_in_the_same_segment_as_the_upgrade_are_processed() {
     wire.extend(masked(true, Op::Ping, b"now"));
     assert_eq!(core.data(0, &mut wire, 0, &mut io), wire.len());
     let out = io.take(0);
-    assert!(
-        out.ends_with(&[0x8a, 3, b'n', b'o', b'w']),
-        "pong follows the 101"
-    );
+    assert!(out.ends_with(&[0x8a, 3, b'n', b'o', b'w']), "pong follows the 101");
 }
 
 #[test]
 fn fragmented_text_with_interleaved_ping_is_echoed_fragment_by_fragment() {
-    let (mut core, mut io) = upgraded(
-        CoreConfig {
-            echo: true,
-            ..cfg()
-        },
-        &[1],
-    );
+    let (mut core, mut io) = upgraded(CoreConfig { echo: true, ..cfg() }, &[1]);
     let mut wire = masked(false, Op::Text, "ñ".as_bytes().split_at(1).0);
     wire.extend(masked(true, Op::Ping, b"p"));
     wire.extend(masked(false, Op::Continue, "ñ".as_bytes().split_at(1).1));
@@ -242,28 +210,14 @@ fn protocol_violations_close_with_the_right_code() {
             [masked(false, Op::Text, b"a"), masked(true, Op::Text, b"b")].concat(),
             1002,
         ),
-        (
-            "oversize",
-            masked(true, Op::Binary, &vec![0; 16 * 1024 + 1]),
-            1009,
-        ),
+        ("oversize", masked(true, Op::Binary, &vec![0; 16 * 1024 + 1]), 1009),
         ("bad utf8", masked(true, Op::Text, &[0xc3, 0x28]), 1007),
-        (
-            "bad close code",
-            masked(true, Op::Close, &1005u16.to_be_bytes()),
-            1002,
-        ),
+        ("bad close code", masked(true, Op::Close, &1005u16.to_be_bytes()), 1002),
         ("long ping", masked(true, Op::Ping, &[0; 126]), 1002),
         (
             "message over max_message",
             (0..5)
-                .map(|i| {
-                    masked(
-                        i == 4,
-                        if i == 0 { Op::Binary } else { Op::Continue },
-                        &[0; 16 * 1024],
-                    )
-                })
+                .map(|i| masked(i == 4, if i == 0 { Op::Binary } else { Op::Continue }, &[0; 16 * 1024]))
                 .collect::<Vec<_>>()
                 .concat(),
             1009,
@@ -273,9 +227,7 @@ fn protocol_violations_close_with_the_right_code() {
         let (mut core, mut io) = upgraded(cfg(), &[5]);
         core.data(5, &mut wire, 0, &mut io);
         let frames = io.frames(5);
-        let (op, payload) = frames
-            .last()
-            .unwrap_or_else(|| panic!("{name}: nothing sent"));
+        let (op, payload) = frames.last().unwrap_or_else(|| panic!("{name}: nothing sent"));
         assert_eq!(*op, Op::Close, "{name}");
         assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code, "{name}");
         assert_eq!(io.closed, vec![5], "{name}");
@@ -340,10 +292,7 @@ fn a_reused_id_does_not_inherit_old_timers() {
     core.tick(10_500, &mut io);
     assert!(core.is_open(4));
     core.tick(19_000, &mut io);
-    assert!(
-        !core.is_open(4),
-        "the new incarnation expires 10 s after it opened"
-    );
+    assert!(!core.is_open(4), "the new incarnation expires 10 s after it opened");
     assert_eq!(core.stats().expired, 1);
     assert_eq!(core.stats().closed_by_peer, 1);
 }
@@ -373,9 +322,7 @@ fn long_poll_is_held_then_answered_at_its_deadline() {
     assert!(io.take(1).is_empty(), "still held at 1.9 s");
     core.tick(2_000, &mut io);
     let answer = io.text(1);
-    assert!(
-        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("{\"kind\":\"timeout\"}")
-    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("{\"kind\":\"timeout\"}"));
     assert_eq!(core.stats().polls_timed_out, 1);
     assert!(
         io.closed.is_empty(),
@@ -423,11 +370,7 @@ fn long_poll_random_hold_stays_in_range_and_close_means_close() {
     core.tick(900, &mut io);
     assert!(io.closed.is_empty());
     core.tick(3_000, &mut io);
-    assert_eq!(
-        io.closed.len(),
-        50,
-        "HTTP/1.0 polls are answered and closed by 3 s"
-    );
+    assert_eq!(io.closed.len(), 50, "HTTP/1.0 polls are answered and closed by 3 s");
     let mut answered_times = std::collections::HashSet::new();
     let mut core = ServerCore::new(
         CoreConfig {
@@ -453,10 +396,7 @@ fn long_poll_random_hold_stays_in_range_and_close_means_close() {
         }
     }
     assert!(answered_times.iter().all(|t| (1_000..=3_000).contains(t)));
-    assert!(
-        answered_times.len() > 3,
-        "holds are spread out: {answered_times:?}"
-    );
+    assert!(answered_times.len() > 3, "holds are spread out: {answered_times:?}");
 }
 
 #[test]
@@ -513,10 +453,7 @@ fn one_connection_per_device_and_targeted_push() {
     assert_eq!(io.frames(3), vec![(Op::Text, b"for a".to_vec())]);
     assert_eq!(io.frames(2), vec![(Op::Text, b"for b".to_vec())]);
     assert!(io.take(1).is_empty());
-    assert_eq!(
-        (core.stats().pushes_delivered, core.stats().pushes_missed),
-        (2, 1)
-    );
+    assert_eq!((core.stats().pushes_delivered, core.stats().pushes_missed), (2, 1));
 
     // Closing releases the id; a push then misses.
     core.closed(3, 2, &mut io);
@@ -573,14 +510,7 @@ fn counters_add_up() {
 #[test]
 fn hostile_bytes_never_panic() {
     let mut rng = fastrand::Rng::with_seed(99);
-    let mut core = ServerCore::new(
-        CoreConfig {
-            echo: true,
-            ..cfg()
-        },
-        256,
-        0,
-    );
+    let mut core = ServerCore::new(CoreConfig { echo: true, ..cfg() }, 256, 0);
     let mut io = Recorder::default();
     for round in 0..2_000u32 {
         let id = round % 200;

@@ -131,11 +131,7 @@ mod tests {
                 }
             });
         }
-        let expected: Vec<(u32, u32)> = deadlines
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (i as u32, *d))
-            .collect();
+        let expected: Vec<(u32, u32)> = deadlines.iter().enumerate().map(|(i, d)| (i as u32, *d)).collect();
         assert_eq!(fired, expected);
         assert!(wheel.is_empty());
     }

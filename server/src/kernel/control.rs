@@ -113,10 +113,7 @@ pub struct WorkerStats {
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for all processes on the machine.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -137,14 +134,9 @@ mod tests {
         assert!(!line.contains('\n'), "newlines inside strings are escaped");
         assert!(matches!(
             serde_json::from_str(&line).unwrap(),
-            ToWorker::Push {
-                req: 3,
-                hash: 9,
-                ..
-            }
+            ToWorker::Push { req: 3, hash: 9, .. }
         ));
-        let back: FromWorker =
-            serde_json::from_str(r#"{"msg":"claim","hash":1,"at_ns":2}"#).unwrap();
+        let back: FromWorker = serde_json::from_str(r#"{"msg":"claim","hash":1,"at_ns":2}"#).unwrap();
         assert!(matches!(back, FromWorker::Claim { hash: 1, at_ns: 2 }));
     }
 }

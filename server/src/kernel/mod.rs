@@ -107,17 +107,10 @@ pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener>
 /// Turn a bind error into a sentence that says what to do.
 pub fn explain_bind_error(what: &str, addr: SocketAddr, e: &io::Error) -> anyhow::Error {
     let hint = match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            "the port is already in use (another ws-server, or another service?)".to_string()
-        }
-        io::ErrorKind::PermissionDenied => {
-            "ports below 1024 need root or CAP_NET_BIND_SERVICE".to_string()
-        }
+        io::ErrorKind::AddrInUse => "the port is already in use (another ws-server, or another service?)".to_string(),
+        io::ErrorKind::PermissionDenied => "ports below 1024 need root or CAP_NET_BIND_SERVICE".to_string(),
         io::ErrorKind::AddrNotAvailable => {
-            format!(
-                "{} is not an address of this host or network namespace",
-                addr.ip()
-            )
+            format!("{} is not an address of this host or network namespace", addr.ip())
         }
         _ => e.to_string(),
     };
@@ -174,12 +167,9 @@ struct Supervisor {
 /// Run a kernel-stack server until SIGINT/SIGTERM.
 pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
     // Fail early and clearly if the port is taken by something that is not ours.
-    drop(
-        std::net::TcpListener::bind(cfg.listen)
-            .map_err(|e| explain_bind_error("WebSocket port", cfg.listen, &e))?,
-    );
-    let admin_listener = std::net::TcpListener::bind(cfg.admin)
-        .map_err(|e| explain_bind_error("admin endpoint", cfg.admin, &e))?;
+    drop(std::net::TcpListener::bind(cfg.listen).map_err(|e| explain_bind_error("WebSocket port", cfg.listen, &e))?);
+    let admin_listener =
+        std::net::TcpListener::bind(cfg.admin).map_err(|e| explain_bind_error("admin endpoint", cfg.admin, &e))?;
     let admin_server = std::sync::Arc::new(
         tiny_http::Server::from_listener(admin_listener, None)
             .map_err(|e| anyhow::anyhow!("starting the admin endpoint: {e}"))?,
@@ -196,20 +186,14 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
             max_conns: cfg.max_conns_per_worker,
             max_pending_bytes: cfg.max_pending_bytes,
             idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
-            poll_hold_ms: (
-                cfg.poll_hold.0.as_millis() as u64,
-                cfg.poll_hold.1.as_millis() as u64,
-            ),
+            poll_hold_ms: (cfg.poll_hold.0.as_millis() as u64, cfg.poll_hold.1.as_millis() as u64),
             echo: cfg.echo,
             max_frame: cfg.max_frame,
             max_message: cfg.max_message,
             device_key: hasher.key(),
             seed,
         };
-        workers.push(
-            spawn_worker(&exe, wcfg, tx.clone())
-                .with_context(|| format!("starting worker {index}"))?,
-        );
+        workers.push(spawn_worker(&exe, wcfg, tx.clone()).with_context(|| format!("starting worker {index}"))?);
     }
     let mut sup = Supervisor {
         cfg,
@@ -241,10 +225,8 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
         });
     }
     {
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
         std::thread::spawn(move || {
             if signals.forever().next().is_some() {
                 let _ = tx.send(Event::Signal);
@@ -257,7 +239,11 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
         sup.cfg.listen,
         sup.cfg.admin,
         sup.cfg.push_interval.map_or("never".to_string(), |d| format!("{d:?}")),
-        if sup.cfg.idle_timeout.is_zero() { "off".to_string() } else { format!("{:?}", sup.cfg.idle_timeout) },
+        if sup.cfg.idle_timeout.is_zero() {
+            "off".to_string()
+        } else {
+            format!("{:?}", sup.cfg.idle_timeout)
+        },
     );
     let result = sup.run();
     admin_server.unblock();
@@ -265,11 +251,7 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
     result
 }
 
-fn spawn_worker(
-    exe: &std::path::Path,
-    cfg: WorkerConfig,
-    events: mpsc::Sender<Event>,
-) -> anyhow::Result<WorkerHandle> {
+fn spawn_worker(exe: &std::path::Path, cfg: WorkerConfig, events: mpsc::Sender<Event>) -> anyhow::Result<WorkerHandle> {
     let index = cfg.index;
     let (mut to_worker, worker_in) = UnixStream::pair()?;
     let (worker_out, from_worker) = UnixStream::pair()?;
@@ -355,9 +337,7 @@ impl Supervisor {
             }
             self.expire_pending();
             let wait = next_push
-                .map_or(Duration::from_secs(1), |at| {
-                    at.saturating_duration_since(now)
-                })
+                .map_or(Duration::from_secs(1), |at| at.saturating_duration_since(now))
                 .min(Duration::from_secs(1));
             match self.events.recv_timeout(wait) {
                 Ok(Event::FromWorker(i, msg)) => self.worker_message(i, msg),
@@ -392,12 +372,7 @@ impl Supervisor {
         }
     }
 
-    fn new_pending(
-        &mut self,
-        kind: PendingKind,
-        remaining: usize,
-        request: Option<tiny_http::Request>,
-    ) -> u64 {
+    fn new_pending(&mut self, kind: PendingKind, remaining: usize, request: Option<tiny_http::Request>) -> u64 {
         let req = self.next_req;
         self.next_req += 1;
         self.pending.insert(
@@ -418,11 +393,7 @@ impl Supervisor {
         let url = request.url().to_string();
         match admin::route(&method, &url, request.as_reader()) {
             AdminRequest::Stats(format) => {
-                let req = self.new_pending(
-                    PendingKind::Stats(format),
-                    self.workers.len(),
-                    Some(request),
-                );
+                let req = self.new_pending(PendingKind::Stats(format), self.workers.len(), Some(request));
                 for w in 0..self.workers.len() {
                     self.send(w, &ToWorker::Stats { req });
                 }
@@ -430,37 +401,25 @@ impl Supervisor {
             AdminRequest::Broadcast { text } => self.start_broadcast(text, Some(request)),
             AdminRequest::Push { id, text } => {
                 self.push_seq += 1;
-                let payload = message::format_push(
-                    message::unix_ns(),
-                    self.push_seq,
-                    Kind::Push,
-                    text.as_deref(),
-                );
+                let payload = message::format_push(message::unix_ns(), self.push_seq, Kind::Push, text.as_deref());
                 let hash = self.hasher.hash(id.as_bytes());
                 match self.directory.get(&hash) {
                     Some(&(worker, _)) => {
                         let req = self.new_pending(PendingKind::Push { id }, 1, Some(request));
                         self.send(worker, &ToWorker::Push { req, hash, payload });
                     }
-                    None => respond_json(
-                        request,
-                        200,
-                        &serde_json::json!({"id": id, "delivered": false}),
-                    ),
+                    None => respond_json(request, 200, &serde_json::json!({"id": id, "delivered": false})),
                 }
             }
             AdminRequest::Help => respond(request, 200, admin::HELP.to_string(), "text/plain"),
-            AdminRequest::Error { status, message } => {
-                respond(request, status, format!("{message}\n"), "text/plain")
-            }
+            AdminRequest::Error { status, message } => respond(request, status, format!("{message}\n"), "text/plain"),
         }
     }
 
     fn start_broadcast(&mut self, text: Option<String>, request: Option<tiny_http::Request>) {
         self.push_seq += 1;
         let seq = self.push_seq;
-        let payload =
-            message::format_push(message::unix_ns(), seq, Kind::Broadcast, text.as_deref());
+        let payload = message::format_push(message::unix_ns(), seq, Kind::Broadcast, text.as_deref());
         let req = self.new_pending(PendingKind::Broadcast { seq }, self.workers.len(), request);
         for w in 0..self.workers.len() {
             self.send(
@@ -491,18 +450,12 @@ impl Supervisor {
                 }
             },
             FromWorker::Release { hash } => {
-                if self
-                    .directory
-                    .get(&hash)
-                    .is_some_and(|&(holder, _)| holder == worker)
-                {
+                if self.directory.get(&hash).is_some_and(|&(holder, _)| holder == worker) {
                     self.directory.remove(&hash);
                 }
             }
             FromWorker::Ready { .. } | FromWorker::Failed { .. } => {}
-            FromWorker::Broadcast { req, .. }
-            | FromWorker::Push { req, .. }
-            | FromWorker::Stats { req, .. } => {
+            FromWorker::Broadcast { req, .. } | FromWorker::Push { req, .. } | FromWorker::Stats { req, .. } => {
                 let done = match self.pending.get_mut(&req) {
                     Some(p) => {
                         p.replies.push(msg);
@@ -600,15 +553,10 @@ impl Supervisor {
                 }
             }
             PendingKind::Push { id } => {
-                let delivered = p.replies.iter().any(|m| {
-                    matches!(
-                        m,
-                        FromWorker::Push {
-                            delivered: true,
-                            ..
-                        }
-                    )
-                });
+                let delivered = p
+                    .replies
+                    .iter()
+                    .any(|m| matches!(m, FromWorker::Push { delivered: true, .. }));
                 if let Some(request) = p.request {
                     respond_json(
                         request,
@@ -644,11 +592,9 @@ impl Supervisor {
 }
 
 fn respond(request: tiny_http::Request, status: u16, body: String, content_type: &str) {
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-        .unwrap_or_else(|_| {
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain"[..])
-                .expect("static header")
-        });
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).unwrap_or_else(|_| {
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain"[..]).expect("static header")
+    });
     let response = tiny_http::Response::from_string(body)
         .with_status_code(status)
         .with_header(header);

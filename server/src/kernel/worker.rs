@@ -134,11 +134,7 @@ impl Transport {
         } else {
             Interest::READABLE
         };
-        if self
-            .registry
-            .reregister(stream, Token(id as usize), interest)
-            .is_ok()
-        {
+        if self.registry.reregister(stream, Token(id as usize), interest).is_ok() {
             slot.writable = on;
         }
     }
@@ -154,8 +150,7 @@ impl Transport {
         }
         slot.bufs = None;
         let epoch = slot.epoch;
-        self.lingering
-            .push_back((id, epoch, Instant::now() + LINGER));
+        self.lingering.push_back((id, epoch, Instant::now() + LINGER));
     }
 
     /// Write queued output; returns false if the connection failed.
@@ -198,10 +193,7 @@ impl Transport {
         if slot.state != SlotState::Live || bytes.is_empty() {
             return;
         }
-        slot.bufs
-            .get_or_insert_with(Box::default)
-            .inp
-            .extend_from_slice(bytes);
+        slot.bufs.get_or_insert_with(Box::default).inp.extend_from_slice(bytes);
     }
 }
 
@@ -232,14 +224,7 @@ impl Io for Transport {
         }
         let sent = match stream.write_vectored(&slices[..n_parts]) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                0
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(_) => {
                 self.doom(id);
                 return;
@@ -340,10 +325,8 @@ pub fn run() -> anyhow::Result<()> {
         )
     };
     let mut first = String::new();
-    io::BufRead::read_line(&mut io::BufReader::new(&control_in), &mut first)
-        .context("reading worker config")?;
-    let ToWorker::Config(cfg) = serde_json::from_str(&first).context("parsing worker config")?
-    else {
+    io::BufRead::read_line(&mut io::BufReader::new(&control_in), &mut first).context("reading worker config")?;
+    let ToWorker::Config(cfg) = serde_json::from_str(&first).context("parsing worker config")? else {
         anyhow::bail!("the first control message was not the config");
     };
     let mut out = control_out;
@@ -388,10 +371,8 @@ impl Worker {
         control_in.set_nonblocking(true)?;
         let mut control_in = UnixStream::from_std(control_in);
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        poll.registry()
-            .register(&mut control_in, CONTROL, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut control_in, CONTROL, Interest::READABLE)?;
         let max_conns = cfg.max_conns.min(fd_limit.saturating_sub(RESERVED_FDS));
         let core_cfg = CoreConfig {
             idle_timeout_ms: cfg.idle_timeout_ms,
@@ -445,10 +426,7 @@ impl Worker {
         // (also sent if the supervisor dies) stops this worker.
         let terminated = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminated))?;
-        signal_hook::flag::register(
-            signal_hook::consts::SIGINT,
-            Arc::new(AtomicBool::new(false)),
-        )?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::new(AtomicBool::new(false)))?;
         let mut events = Events::with_capacity(1024);
         let mut next_tick = 0u64;
         while !self.stop && !terminated.load(Ordering::Relaxed) {
@@ -496,11 +474,7 @@ impl Worker {
                     }
                     // Pushes are small and latency matters more than segment count.
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) =
-                        self.t
-                            .registry
-                            .register(&mut stream, Token(id), Interest::READABLE)
-                    {
+                    if let Err(e) = self.t.registry.register(&mut stream, Token(id), Interest::READABLE) {
                         self.t
                             .log
                             .warn(self.t.now_ms(), format_args!("epoll register failed: {e}"));
@@ -529,19 +503,16 @@ impl Worker {
                     ) =>
                 {
                     // Out of descriptors: the backlog keeps the connections; retry on the next tick.
-                    self.t.log.warn(
-                        self.t.now_ms(),
-                        format_args!("accept: {e}; retrying on the next tick"),
-                    );
+                    self.t
+                        .log
+                        .warn(self.t.now_ms(), format_args!("accept: {e}; retrying on the next tick"));
                     self.accept_paused = true;
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ECONNABORTED and friends: that one connection is gone, the listener is fine.
-                    self.t
-                        .log
-                        .warn(self.t.now_ms(), format_args!("accept: {e}"));
+                    self.t.log.warn(self.t.now_ms(), format_args!("accept: {e}"));
                 }
             }
         }
@@ -616,19 +587,10 @@ impl Worker {
         }
         match slot.bufs.as_mut() {
             Some(bufs) => bufs.inp = inp,
-            None if !inp.is_empty() => {
-                slot.bufs = Some(Box::new(Bufs {
-                    out: Vec::new(),
-                    inp,
-                }))
-            }
+            None if !inp.is_empty() => slot.bufs = Some(Box::new(Bufs { out: Vec::new(), inp })),
             None => {}
         }
-        if slot
-            .bufs
-            .as_ref()
-            .is_some_and(|b| b.inp.is_empty() && b.out.is_empty())
-        {
+        if slot.bufs.as_ref().is_some_and(|b| b.inp.is_empty() && b.out.is_empty()) {
             slot.bufs = None;
         }
     }
@@ -689,10 +651,7 @@ impl Worker {
         loop {
             match self.control_in.read(&mut buf) {
                 Ok(0) => {
-                    log::info!(
-                        "worker {}: supervisor went away; shutting down",
-                        self.cfg.index
-                    );
+                    log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
                     self.stop = true;
                     return Ok(());
                 }
@@ -729,9 +688,7 @@ impl Worker {
                 })
             }
             ToWorker::Push { req, hash, payload } => {
-                let delivered = self
-                    .core
-                    .push_hash(hash, payload.as_bytes(), now, &mut self.t);
+                let delivered = self.core.push_hash(hash, payload.as_bytes(), now, &mut self.t);
                 self.settle();
                 Some(FromWorker::Push { req, delivered })
             }
@@ -796,11 +753,7 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut events = Events::with_capacity(1024);
         while self.t.live > 0 && Instant::now() < deadline {
-            if self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(50)))
-                .is_err()
-            {
+            if self.poll.poll(&mut events, Some(Duration::from_millis(50))).is_err() {
                 break;
             }
             for event in events.iter() {

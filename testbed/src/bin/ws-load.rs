@@ -114,10 +114,9 @@ fn main() {
 fn run() -> anyhow::Result<i32> {
     let args = Args::parse();
     if args.child {
-        let plan: ChildPlan = serde_json::from_str(
-            &std::env::var(CHILD_PLAN_ENV).context("no plan for this load process")?,
-        )
-        .context("reading the load process plan")?;
+        let plan: ChildPlan =
+            serde_json::from_str(&std::env::var(CHILD_PLAN_ENV).context("no plan for this load process")?)
+                .context("reading the load process plan")?;
         kernel_child::run(plan)?;
         return Ok(0);
     }
@@ -159,7 +158,10 @@ fn run() -> anyhow::Result<i32> {
         .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_PROC) as usize)
         .max(1);
     if args.conns.div_ceil(procs as u64) + 64 > fd_limit {
-        bail!("{} connections over {procs} processes is more than one process may hold ({fd_limit} files); raise --procs", args.conns);
+        bail!(
+            "{} connections over {procs} processes is more than one process may hold ({fd_limit} files); raise --procs",
+            args.conns
+        );
     }
     if args.send_interval > Duration::ZERO && args.payload < 21 {
         bail!("--payload must be at least 21 bytes (a marker and the send time) for data rounds");
@@ -175,9 +177,7 @@ fn run() -> anyhow::Result<i32> {
         procs,
         connect_timeout: args.connect_timeout,
         hold: args.hold,
-        duration: args
-            .duration
-            .unwrap_or(args.hold + Duration::from_secs(120)),
+        duration: args.duration.unwrap_or(args.hold + Duration::from_secs(120)),
         ping_interval: args.ping_interval,
         send_interval: args.send_interval,
         payload: args.payload,
@@ -192,11 +192,9 @@ fn run() -> anyhow::Result<i32> {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(
-        if summary.established < summary.conns_target || !summary.complete {
-            2
-        } else {
-            0
-        },
-    )
+    Ok(if summary.established < summary.conns_target || !summary.complete {
+        2
+    } else {
+        0
+    })
 }

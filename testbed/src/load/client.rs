@@ -16,14 +16,7 @@ pub fn key_for(n: u64, seed: u64) -> String {
 }
 
 /// Append the upgrade request of connection `n` to `out`.
-pub fn upgrade_request(
-    out: &mut Vec<u8>,
-    host: &str,
-    path: &str,
-    id: Option<&str>,
-    n: u64,
-    key: &str,
-) {
+pub fn upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, id: Option<&str>, n: u64, key: &str) {
     let _ = write!(out, "GET {path}");
     if let Some(prefix) = id {
         let _ = write!(out, "?id={prefix}{n}");
@@ -108,13 +101,7 @@ pub fn parse_poll_answer(buf: &[u8]) -> PollAnswer {
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
     let Some(length) = length.filter(|&l| l <= 1 << 20) else {
         return PollAnswer::Invalid("missing or huge Content-Length");
     };
@@ -185,14 +172,8 @@ mod tests {
         let mut wire = response.as_bytes().to_vec();
         let head = wire.len();
         wire.extend_from_slice(&[0x81, 0x01, b'x']);
-        assert_eq!(
-            check_upgrade_response(&wire, &key),
-            Handshake::Accepted { len: head }
-        );
-        assert_eq!(
-            check_upgrade_response(&wire[..10], &key),
-            Handshake::Partial
-        );
+        assert_eq!(check_upgrade_response(&wire, &key), Handshake::Accepted { len: head });
+        assert_eq!(check_upgrade_response(&wire[..10], &key), Handshake::Partial);
         assert_eq!(
             check_upgrade_response(&wire, &key_for(8, 1)),
             Handshake::Invalid("wrong Sec-WebSocket-Accept")

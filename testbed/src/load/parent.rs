@@ -120,8 +120,7 @@ pub fn plan(cfg: &LoadConfig) -> Vec<ChildPlan> {
 
 pub fn run(cfg: &LoadConfig) -> anyhow::Result<Summary> {
     let plans = plan(cfg);
-    let exe =
-        std::env::current_exe().context("finding our own executable to start load processes")?;
+    let exe = std::env::current_exe().context("finding our own executable to start load processes")?;
     let (tx, rx) = mpsc::channel();
     let mut children: Vec<Child> = Vec::new();
     for plan in &plans {
@@ -235,12 +234,7 @@ fn summarize(
     if reported.is_empty() {
         bail!("no load process reported (see the errors above)");
     }
-    let counters = total(
-        &reported
-            .iter()
-            .map(|f| f.counters.clone())
-            .collect::<Vec<_>>(),
-    );
+    let counters = total(&reported.iter().map(|f| f.counters.clone()).collect::<Vec<_>>());
     let mut connect = hist::new_histogram();
     let mut push = hist::new_histogram();
     let mut echo = hist::new_histogram();
@@ -251,14 +245,10 @@ fn summarize(
             (&mut echo, &f.echo_rtt_us),
         ] {
             let h = hist::decode(text).map_err(anyhow::Error::msg)?;
-            into.add(h)
-                .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+            into.add(h).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
         }
     }
-    let connect_wall_s = counters
-        .last_established_ns
-        .saturating_sub(counters.first_attempt_ns) as f64
-        / 1e9;
+    let connect_wall_s = counters.last_established_ns.saturating_sub(counters.first_attempt_ns) as f64 / 1e9;
     let name = |n: u64| match &cfg.id_prefix {
         Some(p) => format!("{p}{n}"),
         None => n.to_string(),
@@ -313,11 +303,9 @@ impl Display {
         let bar = bar.then(|| {
             let b = indicatif::ProgressBar::new(cfg.conns);
             b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
             );
             b
         });
@@ -371,11 +359,7 @@ pub fn render(s: &Summary) -> String {
         }
     };
     let failed: Vec<String> = c.failed.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let closed: Vec<String> = c
-        .closed_by_server
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let closed: Vec<String> = c.closed_by_server.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut out = String::new();
     let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<22} {v}\n"));
     row(
@@ -385,10 +369,7 @@ pub fn render(s: &Summary) -> String {
             s.server, s.mode, s.procs, s.sources
         ),
     );
-    row(
-        "established",
-        format!("{} of {}", s.established, s.conns_target),
-    );
+    row("established", format!("{} of {}", s.established, s.conns_target));
     row(
         "failed",
         if failed.is_empty() {
@@ -399,25 +380,16 @@ pub fn render(s: &Summary) -> String {
     );
     row(
         "connect rate",
-        format!(
-            "{:.0}/s over {:.2} s",
-            s.connect_rate_per_s, s.connect_wall_s
-        ),
+        format!("{:.0}/s over {:.2} s", s.connect_rate_per_s, s.connect_wall_s),
     );
     row("connect latency", lat(&s.connect_latency));
     row(
         "pushes received",
-        format!(
-            "{} (targeted {}), messages {}",
-            c.pushes, c.targeted, c.messages
-        ),
+        format!("{} (targeted {}), messages {}", c.pushes, c.targeted, c.messages),
     );
     row("push latency", lat(&s.push_latency));
     if c.sent_frames > 0 {
-        row(
-            "data rounds",
-            format!("sent {} echoed {}", c.sent_frames, c.echoes),
-        );
+        row("data rounds", format!("sent {} echoed {}", c.sent_frames, c.echoes));
         row("echo rtt", lat(&s.echo_rtt));
     }
     if c.pings_sent > 0 {

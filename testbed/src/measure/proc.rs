@@ -143,10 +143,7 @@ fn children_of(pid: u32) -> Option<Vec<u32>> {
     for entry in entries.flatten() {
         let task = entry.path();
         match std::fs::read_to_string(task.join("children")) {
-            Ok(text) => kids.extend(
-                text.split_whitespace()
-                    .filter_map(|s| s.parse::<u32>().ok()),
-            ),
+            Ok(text) => kids.extend(text.split_whitespace().filter_map(|s| s.parse::<u32>().ok())),
             // Thread exited between readdir and open: fine. Task still there
             // but no file: the kernel does not support it.
             Err(_) if task.exists() && !task.join("children").exists() => return None,
@@ -163,11 +160,7 @@ fn ppid_map() -> HashMap<u32, Vec<u32>> {
         return map;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -222,20 +215,13 @@ impl CpuTimes {
 
 /// `(utime, stime)` in clock ticks from a `/proc/PID/stat` text (fields 14, 15).
 pub fn parse_stat_ticks(text: &str, path: &Path) -> Result<(u64, u64)> {
-    let fields =
-        stat_fields(text).ok_or_else(|| MeasureError::parse(path, 1, "no ')' after comm"))?;
+    let fields = stat_fields(text).ok_or_else(|| MeasureError::parse(path, 1, "no ')' after comm"))?;
     // Field N is at index N - 3 once comm (field 2) and pid (field 1) are cut.
     let get = |n: usize, name: &str| -> Result<u64> {
         fields
             .get(n - 3)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                MeasureError::parse(
-                    path,
-                    1,
-                    format!("field {n} ({name}) missing or not a number"),
-                )
-            })
+            .ok_or_else(|| MeasureError::parse(path, 1, format!("field {n} ({name}) missing or not a number")))
     };
     Ok((get(14, "utime")?, get(15, "stime")?))
 }
@@ -311,17 +297,9 @@ impl SystemCpu {
             .enumerate()
             .find(|(_, l)| l.starts_with("cpu "))
             .ok_or_else(|| MeasureError::parse(path, 0, "no aggregate 'cpu ' line"))?;
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map_while(|s| s.parse().ok())
-            .collect();
+        let v: Vec<u64> = line.split_whitespace().skip(1).map_while(|s| s.parse().ok()).collect();
         if v.len() < 4 {
-            return Err(MeasureError::parse(
-                path,
-                idx + 1,
-                "fewer than 4 cpu counters",
-            ));
+            return Err(MeasureError::parse(path, idx + 1, "fewer than 4 cpu counters"));
         }
         let at = |i: usize| v.get(i).copied().unwrap_or(0);
         Ok(SystemCpu {
@@ -473,15 +451,8 @@ Locked:                0 kB
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(tree[0], me);
-        assert!(
-            tree.contains(&child.id()),
-            "child {} not in {tree:?}",
-            child.id()
-        );
+        assert!(tree.contains(&child.id()), "child {} not in {tree:?}", child.id());
         // The fallback path (ppid scan) sees the same child.
-        assert!(
-            via_ppid.contains(&child.id()),
-            "ppid scan missed child: {via_ppid:?}"
-        );
+        assert!(via_ppid.contains(&child.id()), "ppid scan missed child: {via_ppid:?}");
     }
 }

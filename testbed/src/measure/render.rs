@@ -46,20 +46,10 @@ pub fn render_table(r: &MemReport) -> String {
         total_bytes: r.other_slab_delta_bytes as f64,
         objects_per_conn: None,
     };
-    let all_rows = r
-        .breakdown
-        .iter()
-        .chain(&r.system_breakdown)
-        .chain([&other_row]);
-    let w = all_rows
-        .map(|row| row.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(24);
+    let all_rows = r.breakdown.iter().chain(&r.system_breakdown).chain([&other_row]);
+    let w = all_rows.map(|row| row.name.chars().count()).max().unwrap_or(0).max(24);
     let line = |row: &BreakdownRow| {
-        let objs = row
-            .objects_per_conn
-            .map_or(String::new(), |o| format!("{o:.2}"));
+        let objs = row.objects_per_conn.map_or(String::new(), |o| format!("{o:.2}"));
         format!(
             "  {:<w$}  {:>12}  {:>16}  {:>9}\n",
             row.name,
@@ -153,11 +143,7 @@ mod tests {
                     .any(|p| l.starts_with(p))
             })
             .collect();
-        assert_eq!(
-            rows.len(),
-            r.breakdown.len() + 1 + r.system_breakdown.len() + 1,
-            "{t}"
-        );
+        assert_eq!(rows.len(), r.breakdown.len() + 1 + r.system_breakdown.len() + 1, "{t}");
         let width = rows[0].chars().count();
         assert!(rows.iter().all(|l| l.chars().count() == width), "{t}");
         print!("{t}");

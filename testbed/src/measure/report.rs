@@ -120,12 +120,7 @@ fn server_share(input: &MemInput, warnings: &mut Vec<String>) -> (f64, i64, Opti
         }
     }
     if !input.client_kernel_sockets {
-        return (
-            1.0,
-            ds,
-            dc,
-            "1.0: the load generator holds no kernel sockets".into(),
-        );
+        return (1.0, ds, dc, "1.0: the load generator holds no kernel sockets".into());
     }
     if input.same_netns {
         warnings.push(
@@ -133,28 +128,15 @@ fn server_share(input: &MemInput, warnings: &mut Vec<String>) -> (f64, i64, Opti
              share 0.5 assumes one client socket per server socket"
                 .into(),
         );
-        return (
-            0.5,
-            ds,
-            dc,
-            format!("0.5: same namespace, Δinuse {ds} split evenly"),
-        );
+        return (0.5, ds, dc, format!("0.5: same namespace, Δinuse {ds} split evenly"));
     }
     let Some(dc) = dc else {
-        warnings.push(
-            "client netns sockstat not given: all kernel memory attributed to the server (upper bound)".into(),
-        );
-        return (
-            1.0,
-            ds,
-            None,
-            "1.0 (unknown: no client sockstat; upper bound)".into(),
-        );
+        warnings
+            .push("client netns sockstat not given: all kernel memory attributed to the server (upper bound)".into());
+        return (1.0, ds, None, "1.0 (unknown: no client sockstat; upper bound)".into());
     };
     if ds < 0 || dc < 0 {
-        warnings.push(format!(
-            "negative Δ TCP inuse (server {ds}, client {dc}) clamped to 0"
-        ));
+        warnings.push(format!("negative Δ TCP inuse (server {ds}, client {dc}) clamped to 0"));
     }
     let (s, c) = (ds.max(0) as f64, dc.max(0) as f64);
     if s + c == 0.0 {
@@ -208,9 +190,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
     pb.sort_unstable();
     pa.sort_unstable();
     if pb != pa {
-        warnings.push(format!(
-            "server process set changed between readings: {pb:?} -> {pa:?}"
-        ));
+        warnings.push(format!("server process set changed between readings: {pb:?} -> {pa:?}"));
     }
 
     let mut breakdown = vec![BreakdownRow {
@@ -241,10 +221,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
         });
     }
     if !clamped.is_empty() {
-        warnings.push(format!(
-            "slab caches that shrank, clamped to 0: {}",
-            clamped.join(", ")
-        ));
+        warnings.push(format!("slab caches that shrank, clamped to 0: {}", clamped.join(", ")));
     }
     slab_ipv6_check(&slab, n, &mut warnings);
     merge_warnings(&input.slab_after, &mut warnings);
@@ -262,9 +239,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
         total_bytes: sockbuf,
         objects_per_conn: None,
     });
-    let skb_heads = slab
-        .get("skbuff_head_cache")
-        .map_or(0, |c| c.bytes_delta.max(0));
+    let skb_heads = slab.get("skbuff_head_cache").map_or(0, |c| c.bytes_delta.max(0));
     if per(sockbuf) > 1.0 && per(skb_heads as f64 * share) > 1.0 {
         warnings.push(
             "both sockstat mem and skbuff_head_cache grew: heads of queued skbs are in both, \
@@ -296,11 +271,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
         sys_row("system: Δ AnonPages", ib.anon_pages, ia.anon_pages),
     ];
 
-    let present: Vec<&str> = slab
-        .socket_caches()
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let present: Vec<&str> = slab.socket_caches().iter().map(|c| c.name.as_str()).collect();
     let method = format!(
         "bytes/conn = (Δ server RSS [smaps_rollup Rss summed over {np} pid(s)] \
          + share × Σ Δ(active_objs × objsize) over slab caches [{caches}] \
@@ -329,11 +300,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
         kernel_sockbuf_bytes_per_conn: ksock,
         all_in_bytes_per_conn: user + kslab + ksock,
         breakdown,
-        absent_caches: slab
-            .absent_socket_caches()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        absent_caches: slab.absent_socket_caches().iter().map(|s| s.to_string()).collect(),
         merged_caches: input.slab_after.merged.clone(),
         other_slab_delta_bytes: other,
         other_slab_delta_per_conn: per(other as f64),
@@ -398,11 +365,9 @@ pub(crate) mod tests {
             ..Default::default()
         };
         s.caches.insert("TCP".into(), cache(tcp, 2368, 13, 8));
-        s.caches
-            .insert("sock_inode_cache".into(), cache(inode, 832, 19, 4));
+        s.caches.insert("sock_inode_cache".into(), cache(inode, 832, 19, 4));
         s.caches.insert("filp".into(), cache(500, 192, 21, 1));
-        s.caches
-            .insert("kmalloc-64".into(), cache(kmalloc, 64, 64, 1));
+        s.caches.insert("kmalloc-64".into(), cache(kmalloc, 64, 64, 1));
         s
     }
 
@@ -463,18 +428,12 @@ pub(crate) mod tests {
         let r = bytes_per_conn(&input());
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         assert_eq!(r.server_share, 0.5);
-        assert_eq!(
-            (r.server_tcp_inuse_delta, r.client_tcp_inuse_delta),
-            (1000, Some(1000))
-        );
+        assert_eq!((r.server_tcp_inuse_delta, r.client_tcp_inuse_delta), (1000, Some(1000)));
         // 2000 TCP objects × 2368 B, half of them the server's, over 1000 conns.
         let tcp = row(&r, "kernel slab: TCP");
         assert_eq!(tcp.bytes_per_conn, 2368.0);
         assert_eq!(tcp.objects_per_conn, Some(1.0));
-        assert_eq!(
-            row(&r, "kernel slab: sock_inode_cache").bytes_per_conn,
-            832.0
-        );
+        assert_eq!(row(&r, "kernel slab: sock_inode_cache").bytes_per_conn, 832.0);
         assert_eq!(row(&r, "kernel slab: filp").bytes_per_conn, 0.0);
         assert_eq!(r.kernel_slab_bytes_per_conn, 2368.0 + 832.0);
         assert_eq!(r.user_bytes_per_conn, 1500.0);
@@ -506,10 +465,7 @@ pub(crate) mod tests {
         i.sockstat_client_after = None;
         let r = bytes_per_conn(&i);
         assert_eq!(r.server_share, 1.0);
-        assert_eq!(
-            row(&r, "kernel slab: TCP").bytes_per_conn,
-            (2 * 2368) as f64
-        );
+        assert_eq!(row(&r, "kernel slab: TCP").bytes_per_conn, (2 * 2368) as f64);
         assert_eq!(r.kernel_sockbuf_bytes_per_conn, 2048.0);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
@@ -560,13 +516,10 @@ pub(crate) mod tests {
         i.slab_after
             .caches
             .insert("anon_vma_chain".into(), cache(650, 64, 64, 1));
-        i.slab_after.merged.insert(
-            "eventpoll_pwq".into(),
-            vec!["anon_vma_chain".into(), "fs_cache".into()],
-        );
         i.slab_after
             .merged
-            .insert("TCP".into(), vec!["some_other".into()]);
+            .insert("eventpoll_pwq".into(), vec!["anon_vma_chain".into(), "fs_cache".into()]);
+        i.slab_after.merged.insert("TCP".into(), vec!["some_other".into()]);
         let r = bytes_per_conn(&i);
         assert!(
             r.warnings
@@ -584,9 +537,6 @@ pub(crate) mod tests {
         );
         assert_eq!(r.merged_caches.len(), 2);
         // Merging changes the warnings, not the numbers.
-        assert_eq!(
-            r.all_in_bytes_per_conn,
-            bytes_per_conn(&input()).all_in_bytes_per_conn
-        );
+        assert_eq!(r.all_in_bytes_per_conn, bytes_per_conn(&input()).all_in_bytes_per_conn);
     }
 }

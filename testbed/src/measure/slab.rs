@@ -137,11 +137,7 @@ impl SlabInfo {
             let Some(name) = toks.next() else { continue };
             let nums: Vec<u64> = toks.take(5).map_while(|t| t.parse().ok()).collect();
             let [active_objs, num_objs, objsize, objperslab, pagesperslab] = nums[..] else {
-                log::debug!(
-                    "{}:{}: skipping unparseable slabinfo line",
-                    path.display(),
-                    idx + 1
-                );
+                log::debug!("{}:{}: skipping unparseable slabinfo line", path.display(), idx + 1);
                 continue;
             };
             caches.insert(
@@ -217,10 +213,7 @@ pub fn merge_groups(sysfs_slab: &Path, names: &[&str]) -> BTreeMap<String, Vec<S
         };
         let name = entry.file_name().to_string_lossy().into_owned();
         let target = target.to_string_lossy().into_owned();
-        by_target
-            .entry(target.clone())
-            .or_default()
-            .push(name.clone());
+        by_target.entry(target.clone()).or_default().push(name.clone());
         target_of.insert(name, target);
     }
     let mut out = BTreeMap::new();
@@ -228,11 +221,7 @@ pub fn merge_groups(sysfs_slab: &Path, names: &[&str]) -> BTreeMap<String, Vec<S
         let Some(target) = target_of.get(name) else {
             continue;
         };
-        let mut others: Vec<String> = by_target[target]
-            .iter()
-            .filter(|n| *n != name)
-            .cloned()
-            .collect();
+        let mut others: Vec<String> = by_target[target].iter().filter(|n| *n != name).cloned().collect();
         others.sort();
         if !others.is_empty() {
             out.insert(name.to_string(), others);
@@ -352,10 +341,7 @@ broken_line  12 x
         assert!(!n.present_before && n.present_after);
         assert_eq!(n.bytes_delta, 300);
         assert_eq!(d.socket_caches().len(), 8);
-        assert_eq!(
-            d.absent_socket_caches(),
-            vec!["eventpoll_pwq", "skbuff_fclone_cache"]
-        );
+        assert_eq!(d.absent_socket_caches(), vec!["eventpoll_pwq", "skbuff_fclone_cache"]);
     }
 
     #[test]
@@ -371,10 +357,7 @@ broken_line  12 x
         let m = merge_groups(&dir, SOCKET_CACHES);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(m.len(), 1, "{m:?}");
-        assert_eq!(
-            m["eventpoll_epi"],
-            vec!["tcp_bind2_bucket", "tcp_bind_bucket"]
-        );
+        assert_eq!(m["eventpoll_epi"], vec!["tcp_bind2_bucket", "tcp_bind_bucket"]);
         assert!(merge_groups(Path::new("/nonexistent"), SOCKET_CACHES).is_empty());
     }
 
@@ -391,11 +374,7 @@ broken_line  12 x
         };
         assert!(s.caches.len() > 20);
         if let Some(tcp) = s.get("TCP") {
-            assert!(
-                (1000..5000).contains(&tcp.objsize),
-                "TCP objsize {}",
-                tcp.objsize
-            );
+            assert!((1000..5000).contains(&tcp.objsize), "TCP objsize {}", tcp.objsize);
         }
         assert!(s.caches.values().all(|c| c.active_objs <= c.num_objs));
         let d = SlabInfo::delta(&s, &s);

@@ -52,11 +52,7 @@ impl Snapshot {
     ///
     /// `client_netns_pid` is any process inside the load generator's
     /// namespace; pass None when it holds no kernel sockets.
-    pub fn take(
-        server_pids: &[u32],
-        server_netns_pid: u32,
-        client_netns_pid: Option<u32>,
-    ) -> Result<Snapshot> {
+    pub fn take(server_pids: &[u32], server_netns_pid: u32, client_netns_pid: Option<u32>) -> Result<Snapshot> {
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -91,12 +87,7 @@ impl Snapshot {
 impl MemInput {
     /// Pairs two snapshots for [`bytes_per_conn`](super::bytes_per_conn).
     /// `n` is the number of connections held at `after`.
-    pub fn from_snapshots(
-        n: u64,
-        before: &Snapshot,
-        after: &Snapshot,
-        client_kernel_sockets: bool,
-    ) -> MemInput {
+    pub fn from_snapshots(n: u64, before: &Snapshot, after: &Snapshot, client_kernel_sockets: bool) -> MemInput {
         let same_netns = match (&after.server_netns, &after.client_netns) {
             (Some(s), Some(c)) => s == c,
             _ => false,

@@ -87,11 +87,7 @@ impl SockStat {
             }
         }
         if !(seen_inuse && seen_mem) {
-            return Err(MeasureError::parse(
-                path,
-                0,
-                "no 'TCP: inuse N ... mem N' line",
-            ));
+            return Err(MeasureError::parse(path, 0, "no 'TCP: inuse N ... mem N' line"));
         }
         Ok(s)
     }
@@ -141,11 +137,7 @@ impl MemInfo {
             }
         }
         if !(total && avail) {
-            return Err(MeasureError::parse(
-                path,
-                0,
-                "MemTotal or MemAvailable missing",
-            ));
+            return Err(MeasureError::parse(path, 0, "MemTotal or MemAvailable missing"));
         }
         Ok(m)
     }
@@ -198,8 +190,7 @@ Hugepagesize:       2048 kB
                 tcp_mem_pages: 4321,
             }
         );
-        let e =
-            SockStat::parse("sockets: used 3\nUDP: inuse 0 mem 0\n", Path::new("/x")).unwrap_err();
+        let e = SockStat::parse("sockets: used 3\nUDP: inuse 0 mem 0\n", Path::new("/x")).unwrap_err();
         assert!(matches!(e, MeasureError::Parse { .. }), "{e}");
     }
 

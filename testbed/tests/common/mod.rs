@@ -28,8 +28,7 @@ pub fn privileged(test: &str) -> bool {
 }
 
 pub fn server_bin() -> PathBuf {
-    harness::sibling_binary("ws-server")
-        .expect("ws-server binary (run: cargo build --workspace --bins)")
+    harness::sibling_binary("ws-server").expect("ws-server binary (run: cargo build --workspace --bins)")
 }
 
 pub fn load_bin() -> PathBuf {
@@ -83,11 +82,8 @@ pub fn start_load(ns: &Netns, args: &[&str], json: &Path) -> ChildGuard {
 
 /// Wait for a load run to end and read its summary.
 pub fn finish_load(mut load: ChildGuard, json: &Path, timeout: Duration) -> serde_json::Value {
-    let status = load
-        .wait_timeout(timeout)
-        .expect("ws-load did not finish in time");
-    let text = std::fs::read_to_string(json)
-        .unwrap_or_else(|e| panic!("no ws-load summary ({status:?}): {e}"));
+    let status = load.wait_timeout(timeout).expect("ws-load did not finish in time");
+    let text = std::fs::read_to_string(json).unwrap_or_else(|e| panic!("no ws-load summary ({status:?}): {e}"));
     serde_json::from_str(&text).unwrap()
 }
 

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what the tests and the demo need on a fresh Debian machine of this kind (idempotent,
+# quick when everything is there). Needs root for apt-get; says what is missing otherwise.
+set -euo pipefail
+
+say() { printf 'install-deps: %s\n' "$*" >&2; }
+
+# command -> Debian package
+declare -A need=(
+    [ip]=iproute2 [ss]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping
+    [ps]=procps [python3]=python3
+)
+missing=()
+for cmd in "${!need[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if ((${#missing[@]})); then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    if [[ $(id -u) -ne 0 ]]; then
+        say "missing packages: ${missing[*]} (run as root, or: apt-get install ${missing[*]})"
+        exit 1
+    fi
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The standard-client test uses Python's `websockets` library.
+if ! python3 -c 'import websockets' 2>/dev/null; then
+    say "installing the Python 'websockets' package"
+    if ! python3 -m pip install --quiet --disable-pip-version-check websockets 2>/dev/null; then
+        [[ $(id -u) -eq 0 ]] || { say "need root to install python3-websockets"; exit 1; }
+        apt-get install -y -qq python3-websockets >/dev/null
+    fi
+    python3 -c 'import websockets' || { say "could not install the Python websockets package"; exit 1; }
+fi
+
+command -v cargo >/dev/null 2>&1 || { say "cargo (Rust) is required: https://rustup.rs"; exit 1; }
+say "ok"
