@@ -412,7 +412,7 @@ pub fn render(r: &BenchReport) -> String {
     row("  kernel socket buffers", &|c| {
         thousands(c.memory.kernel_sockbuf_bytes_per_conn)
     });
-    row("server RSS total / N (incl. start-up)", &|c| {
+    row("  RSS total / N (with start-up)", &|c| {
         thousands(c.server_rss_total_per_conn)
     });
     row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
