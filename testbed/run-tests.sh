@@ -9,4 +9,15 @@ cd "$(dirname "$0")/.."
 bash testbed/install-deps.sh
 # The end-to-end tests start the ws-server and ws-load binaries: build them first.
 cargo build --workspace --bins --quiet
-cargo test --workspace --no-fail-fast "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+
+# One closing line for the whole suite (cargo prints one per test binary).
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+skipped=$(grep -c '^SKIP ' "$log" || true)
+echo
+echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$status"

@@ -777,3 +777,30 @@ impl Worker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transport's per-connection budget (the fd-indexed slot table).
+    #[test]
+    fn a_slot_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    }
+
+    #[test]
+    fn recent_expiries_cover_ten_seconds() {
+        let mut r = RecentExpiries {
+            buckets: [0; 10],
+            second: 0,
+            last_total: 0,
+        };
+        r.record(500, 3);
+        r.record(5_000, 10);
+        assert_eq!(r.sum(), 10);
+        r.record(12_000, 10);
+        assert_eq!(r.sum(), 7, "the first second's 3 fell out of the window");
+        r.record(60_000, 11);
+        assert_eq!(r.sum(), 1);
+    }
+}

@@ -547,7 +547,7 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                     if status == 200 && body == br#"{"kind":"timeout"}"# {
                         sh.c.poll_timeouts += 1;
                     } else {
-                        sh.c.messages += 1;
+                        message_seen(sh);
                         record_push(conn, body, sh);
                     }
                     if sh.closing {
@@ -580,7 +580,7 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                 pos += f.wire_len;
                 match f.op {
                     Op::Text | Op::Binary | Op::Continue => {
-                        sh.c.messages += 1;
+                        message_seen(sh);
                         if let Some(sent) = client::parse_echo(f.payload) {
                             sh.c.echoes += 1;
                             sh.echo_rtt_us
@@ -619,6 +619,16 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
             }
         }
     }
+}
+
+/// Count a server message and when it came (messages per second over the receiving span).
+fn message_seen(sh: &mut Shared) {
+    let now = monotonic_ns();
+    sh.c.messages += 1;
+    if sh.c.first_message_ns == 0 {
+        sh.c.first_message_ns = now;
+    }
+    sh.c.last_message_ns = now;
 }
 
 fn record_push(conn: &mut Conn, payload: &[u8], sh: &mut Shared) {

@@ -81,6 +81,9 @@ pub struct ChildCounters {
     /// CLOCK_MONOTONIC ns of the first attempt and the last established connection.
     pub first_attempt_ns: u64,
     pub last_established_ns: u64,
+    /// CLOCK_MONOTONIC ns of the first and the last server message received.
+    pub first_message_ns: u64,
+    pub last_message_ns: u64,
     pub done_connecting: bool,
 }
 
@@ -139,6 +142,11 @@ impl ChildCounters {
             (a, b) => a.min(b),
         };
         self.last_established_ns = self.last_established_ns.max(o.last_established_ns);
+        self.first_message_ns = match (self.first_message_ns, o.first_message_ns) {
+            (0, x) | (x, 0) => x,
+            (a, b) => a.min(b),
+        };
+        self.last_message_ns = self.last_message_ns.max(o.last_message_ns);
         self.done_connecting &= o.done_connecting;
     }
 

@@ -63,6 +63,8 @@ pub struct Summary {
     /// Established connections per second, first attempt to last established.
     pub connect_rate_per_s: f64,
     pub connect_wall_s: f64,
+    /// Server messages received per second, from the first to the last one.
+    pub messages_per_s: f64,
     pub counters: ChildCounters,
     pub connect_latency: LatencySummary,
     pub push_latency: LatencySummary,
@@ -268,6 +270,14 @@ fn summarize(
             0.0
         },
         connect_wall_s,
+        messages_per_s: {
+            let span = counters.last_message_ns.saturating_sub(counters.first_message_ns) as f64 / 1e9;
+            if span > 0.0 {
+                counters.messages as f64 / span
+            } else {
+                0.0
+            }
+        },
         connect_latency: hist::summarize(&connect),
         push_latency: hist::summarize(&push),
         echo_rtt: hist::summarize(&echo),
@@ -385,7 +395,10 @@ pub fn render(s: &Summary) -> String {
     row("connect latency", lat(&s.connect_latency));
     row(
         "pushes received",
-        format!("{} (targeted {}), messages {}", c.pushes, c.targeted, c.messages),
+        format!(
+            "{} (broadcast {}, targeted {}); messages {} at {:.0}/s",
+            c.pushes, c.broadcasts, c.targeted, c.messages, s.messages_per_s
+        ),
     );
     row("push latency", lat(&s.push_latency));
     if c.sent_frames > 0 {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,7 +24,8 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var("WSB_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
         panic!("{test}: {why}, and WSB_REQUIRE_PRIVILEGED=1 forbids skipping");
     }
-    eprintln!("SKIP {test}: {why}");
+    // Straight to stderr: libtest captures eprintln! of passing tests, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
     false
 }
 
