@@ -2,6 +2,15 @@
 
 use std::time::Duration;
 
+/// The TCP stack a binary runs on (`--stack`), shared by the server and the load generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stack {
+    /// Linux kernel TCP and epoll, sharded over processes (a process holds at most 20,000 files).
+    Kernel,
+    /// Userspace TCP over AF_XDP (not built yet).
+    Xdp,
+}
+
 /// Parse a duration: a number with an optional unit `ms`, `s`, `m` or `h` (a bare number is
 /// seconds): `60`, `1.5s`, `500ms`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -4,21 +4,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Parser, ValueEnum};
-use ws_server::cli::{parse_duration, parse_duration_range, parse_size};
+use clap::Parser;
+use ws_server::cli::{parse_duration, parse_duration_range, parse_size, Stack};
 use ws_server::kernel::{self, KernelConfig};
 
 /// Connections one worker process is planned for: the hard limit of 20,000 open files per process,
 /// less headroom because SO_REUSEPORT spreads connections by hash, not evenly.
 const CONNS_PER_WORKER_PLAN: usize = 15_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Stack {
-    /// Linux kernel TCP, epoll, several worker processes (SO_REUSEPORT).
-    Kernel,
-    /// Userspace TCP over AF_XDP (not built yet).
-    Xdp,
-}
 
 /// WebSocket push server for many long-lived connections (IoT devices, chat, live feeds).
 ///

@@ -5,19 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use testbed::load::parent::{self, LoadConfig, ProgressMode, CONNS_PER_PROC};
 use testbed::load::sources::{self, CONNS_PER_SOURCE};
 use testbed::load::{kernel_child, ChildPlan, CHILD_PLAN_ENV};
-use ws_server::cli::{parse_duration, parse_size};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Stack {
-    /// Kernel TCP sockets, several processes (a process holds at most 20,000 files).
-    Kernel,
-    /// Userspace TCP over AF_XDP (not built yet).
-    Xdp,
-}
+use ws_server::cli::{parse_duration, parse_size, Stack};
 
 /// Open many WebSocket (or long-poll) connections to a server, hold them, and measure.
 ///
