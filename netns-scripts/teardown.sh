@@ -68,6 +68,14 @@ for ns in "$PREFIX-cli" "$PREFIX-srv"; do
     fi
 done
 
+# XDP steering pins of this prefix (testbed/attach.sh): the attachment went with the veth, but
+# pinned maps and program live on in the bpffs until removed.
+pins=/run/wsb/bpffs/$PREFIX
+if [[ -d $pins ]]; then
+    rm -f -- "$pins"/prog "$pins"/xsks "$pins"/endpoints "$pins"/counters "$pins"/config
+    rmdir -- "$pins" 2>/dev/null && info "removed XDP pins $pins" && removed=$((removed + 1))
+fi
+
 # A veth end left in the root namespace (only possible if someone created it
 # there by hand or an old version of setup crashed); delete only if it is a veth.
 for dev in "$PREFIX-s0" "$PREFIX-c0"; do

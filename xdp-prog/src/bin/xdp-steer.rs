@@ -1,0 +1,239 @@
+//! `xdp-steer`: attach, inspect and detach the steering XDP program. See `xdp-steer --help`.
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use xdp_prog::{attached_program, netns, Mode, Steering, PROGRAM_NAME};
+
+/// Steer TCP segments for WebSocket endpoints into AF_XDP sockets; everything else goes to the
+/// kernel (ARP, ICMP, other ports, the admin endpoint).
+///
+/// `attach` loads the program (printing the verifier's log if the kernel refuses it) and attaches
+/// it. With --pin DIR (a directory on a bpffs) the program and its maps are pinned there and stay
+/// attached after xdp-steer exits, so a server can register its sockets from any process;
+/// without --pin, xdp-steer stays in the foreground and detaches on Ctrl-C. Needs root.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Load and attach the program to IFACE, steering the given endpoints.
+    Attach {
+        /// Network interface (in --netns, if given).
+        iface: String,
+        /// An endpoint ADDR:PORT to steer (repeat for several; 0.0.0.0:PORT matches any address).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<SocketAddrV4>,
+        /// Network namespace (as made by `ip netns add`) that holds IFACE.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Attach mode.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: Mode,
+        /// Steer ARP requests for the endpoints' addresses to the sockets too.
+        #[arg(long)]
+        steer_arp: bool,
+        /// Pin the program and maps in this bpffs directory and exit, leaving it attached.
+        #[arg(long)]
+        pin: Option<PathBuf>,
+    },
+    /// Detach the program from IFACE (only if it is ours) and remove its pins.
+    Detach {
+        iface: String,
+        #[arg(long)]
+        netns: Option<String>,
+        /// The pin directory given to attach.
+        #[arg(long)]
+        pin: Option<PathBuf>,
+    },
+    /// Show what runs on IFACE, and (with --pin) endpoints and counters.
+    Status {
+        iface: String,
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        pin: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = run() {
+        eprintln!("xdp-steer: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn enter(ns: &Option<String>) -> anyhow::Result<()> {
+    if let Some(ns) = ns {
+        netns::enter(ns).with_context(|| format!("entering network namespace {ns}"))?;
+    }
+    Ok(())
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !xdp_prog::is_root() {
+        bail!("xdp-steer needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs)");
+    }
+    match args.cmd {
+        Cmd::Attach {
+            iface,
+            endpoints,
+            netns,
+            mode,
+            steer_arp,
+            pin,
+        } => {
+            enter(&netns)?;
+            let mut steering = Steering::attach(&iface, mode)?;
+            steering.set_endpoints(&endpoints, steer_arp)?;
+            let (_, how) = steering.attachment().context("attached")?;
+            let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+            println!(
+                "attached program {} to {iface} ({how:?} mode), steering {}",
+                steering.program_id(),
+                list.join(", ")
+            );
+            match pin {
+                Some(dir) => {
+                    if let Err(e) = steering.pin(&dir) {
+                        // Do not leave an attachment nobody can find.
+                        let _ = Steering::unpin(&dir);
+                        return Err(e.into());
+                    }
+                    println!(
+                        "pinned under {}; it stays attached (xdp-steer detach {iface} --pin {})",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                None => {
+                    println!("no --pin: staying in the foreground; Ctrl-C detaches");
+                    let stop = Arc::new(AtomicBool::new(false));
+                    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+                    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    steering.detach()?;
+                    println!("detached; counters: {:?}", steering.counters()?);
+                }
+            }
+        }
+        Cmd::Detach { iface, netns, pin } => {
+            enter(&netns)?;
+            match pin.as_deref().filter(|d| d.join("prog").exists()) {
+                Some(dir) => {
+                    let mut steering = Steering::open_pinned(dir)?;
+                    steering.detach()?;
+                    Steering::unpin(dir)?;
+                    println!("detached from {iface}; pins under {} removed", dir.display());
+                }
+                None => match attached_program(&iface)? {
+                    None => println!("nothing attached on {iface}"),
+                    Some((id, name, mode)) if name == PROGRAM_NAME => {
+                        let flags = match mode {
+                            Some(xdp_prog::Attached::Generic) => libbpf_rs::XdpFlags::SKB_MODE,
+                            _ => libbpf_rs::XdpFlags::DRV_MODE,
+                        };
+                        // SAFETY: returns a new fd for the program id, or an error.
+                        let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+                        if fd < 0 {
+                            bail!("cannot open program {id}: {}", std::io::Error::from_raw_os_error(-fd));
+                        }
+                        // SAFETY: a fresh fd we own from here.
+                        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                        libbpf_rs::Xdp::new(std::os::fd::AsFd::as_fd(&fd))
+                            .detach(xdp_prog::ifindex(&iface)? as i32, flags)?;
+                        println!("detached program {id} from {iface}");
+                        if let Some(dir) = pin {
+                            Steering::unpin(&dir)?;
+                        }
+                    }
+                    Some((id, name, _)) => {
+                        bail!("{iface} runs another XDP program (id {id}, '{name}'); not touching it")
+                    }
+                },
+            }
+        }
+        Cmd::Status {
+            iface,
+            netns,
+            pin,
+            json,
+        } => {
+            enter(&netns)?;
+            let attached = attached_program(&iface)?;
+            let pinned = match &pin {
+                Some(dir) if dir.join("prog").exists() => Some(Steering::open_pinned(dir)?),
+                _ => None,
+            };
+            let (endpoints, arp) = match &pinned {
+                Some(s) => s.endpoints()?,
+                None => (vec![], false),
+            };
+            let counters = pinned.as_ref().map(Steering::counters).transpose()?;
+            let ours = matches!((&attached, &pinned), (Some((id, _, _)), Some(s)) if *id == s.program_id());
+            if json {
+                let v = serde_json::json!({
+                    "iface": iface,
+                    "attached": attached.as_ref().map(|(id, name, mode)| serde_json::json!({"id": id, "name": name, "mode": mode})),
+                    "pinned": pin.as_ref().filter(|_| pinned.is_some()).map(|p| p.display().to_string()),
+                    "ours": ours,
+                    "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "steer_arp": arp,
+                    "counters": counters,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match &attached {
+                    None => println!("{iface}: no XDP program attached"),
+                    Some((id, name, mode)) => println!("{iface}: XDP program {id} '{name}' attached ({mode:?})"),
+                }
+                match &pinned {
+                    None => println!(
+                        "no pinned steering state{}",
+                        pin.map(|p| format!(" under {}", p.display())).unwrap_or_default()
+                    ),
+                    Some(s) => {
+                        let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+                        println!(
+                            "pinned program {}{}",
+                            s.program_id(),
+                            if ours {
+                                " (the one attached)"
+                            } else {
+                                " (NOT the one attached)"
+                            }
+                        );
+                        println!(
+                            "endpoints: {}{}",
+                            list.join(", "),
+                            if arp { "; ARP steered too" } else { "" }
+                        );
+                        if let Some(c) = counters {
+                            println!(
+                                "counters: redirected {}  passed {}  no-socket {}  malformed {}  arp-redirected {}",
+                                c.redirected, c.passed, c.no_socket, c.malformed, c.arp_redirected
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

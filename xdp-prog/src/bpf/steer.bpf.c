@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0
+//
+// XDP steering: TCP segments for one of the configured endpoints (address, port) go to the
+// AF_XDP socket of the receive queue they arrived on (XSKMAP[rx_queue_index]); everything else
+// (ARP, ICMP, other ports, the admin endpoint, ssh) goes to the kernel. With no socket bound on
+// a queue, bpf_redirect_map falls back to XDP_PASS, so the kernel still answers.
+//
+// Every access is bounds-checked against data_end, as the verifier requires.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "steer.h"
+
+// AF_XDP sockets by receive queue.
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, STEER_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+// Steered endpoints. Address 0 matches any address on that port; with STEER_ARP set, an entry
+// with port 0 marks an address whose ARP requests go to the sockets too.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STEER_MAX_ENDPOINTS);
+	__type(key, struct steer_endpoint);
+	__type(value, __u8);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STEER_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct steer_config);
+} config SEC(".maps");
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+// The ARP payload for IPv4 over Ethernet (RFC 826).
+struct arp_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 oper;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int pass(__u32 why)
+{
+	count(why);
+	return XDP_PASS;
+}
+
+static __always_inline int to_socket(struct xdp_md *ctx, __u32 ok_counter)
+{
+	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	count(action == XDP_REDIRECT ? ok_counter : STEER_NO_SOCKET);
+	return action;
+}
+
+static __always_inline int endpoint_known(__be32 addr, __be16 port)
+{
+	struct steer_endpoint key = { .addr = addr, .port = port, .pad = 0 };
+	if (bpf_map_lookup_elem(&endpoints, &key))
+		return 1;
+	key.addr = 0;
+	return bpf_map_lookup_elem(&endpoints, &key) != 0;
+}
+
+SEC("xdp")
+int steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return pass(STEER_MALFORMED);
+
+	__be16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+	// Up to two VLAN tags (802.1Q, or 802.1ad outside 802.1Q).
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_hdr *vlan = l3;
+		if ((void *)(vlan + 1) > end)
+			return pass(STEER_MALFORMED);
+		proto = vlan->proto;
+		l3 = vlan + 1;
+	}
+
+	if (proto == bpf_htons(ETH_P_ARP)) {
+		__u32 zero = 0;
+		struct steer_config *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (!cfg || !(cfg->flags & STEER_FLAG_ARP))
+			return pass(STEER_PASSED);
+		struct arp_ipv4 *arp = l3;
+		if ((void *)(arp + 1) > end)
+			return pass(STEER_MALFORMED);
+		struct steer_endpoint key = { .addr = arp->tpa, .port = 0, .pad = 0 };
+		if (arp->ptype != bpf_htons(ETH_P_IP) || !bpf_map_lookup_elem(&endpoints, &key))
+			return pass(STEER_PASSED);
+		return to_socket(ctx, STEER_ARP_REDIRECTED);
+	}
+	if (proto != bpf_htons(ETH_P_IP))
+		return pass(STEER_PASSED);
+
+	struct iphdr *ip = l3;
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return pass(STEER_MALFORMED);
+	if (ip->protocol != IPPROTO_TCP)
+		return pass(STEER_PASSED);
+	// A fragment other than the first has no TCP header: the kernel reassembles those.
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return pass(STEER_PASSED);
+	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+	if ((void *)(tcp + 1) > end)
+		return pass(STEER_MALFORMED);
+	if (!endpoint_known(ip->daddr, tcp->dest))
+		return pass(STEER_PASSED);
+	return to_socket(ctx, STEER_REDIRECTED);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

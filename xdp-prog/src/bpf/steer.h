@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0
+// Shared between the XDP program and its loader (src/maps.rs mirrors these with bytemuck).
+#ifndef STEER_H
+#define STEER_H
+
+#define STEER_MAX_QUEUES 64
+#define STEER_MAX_ENDPOINTS 64
+
+// Per-CPU counters, by index.
+enum steer_counter {
+	STEER_REDIRECTED = 0,     // TCP segments handed to an AF_XDP socket
+	STEER_PASSED = 1,         // frames for the kernel (not ours)
+	STEER_NO_SOCKET = 2,      // ours, but no socket on that queue: passed to the kernel
+	STEER_MALFORMED = 3,      // too short for its headers: passed to the kernel
+	STEER_ARP_REDIRECTED = 4, // ARP for a steered address handed to a socket
+	STEER_COUNTERS = 5,
+};
+
+// A steered endpoint, in network byte order.
+struct steer_endpoint {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+#define STEER_FLAG_ARP 1
+
+// The one entry of the config map. The program reads `flags`; the loader keeps where it attached
+// here too, so a pinned attachment describes itself.
+struct steer_config {
+	__u32 flags;
+	__u32 ifindex;
+	__u32 attach_mode; // 1 native, 2 generic
+};
+
+#endif

@@ -1,0 +1,21 @@
+//! The XDP steering program and its loader.
+//!
+//! `src/bpf/steer.bpf.c` sends TCP segments for the configured endpoints to the AF_XDP socket of
+//! the queue they arrived on and passes everything else to the kernel. [`Steering`] loads it
+//! (printing the verifier log if the kernel refuses it), attaches it, registers sockets, sets the
+//! endpoints and reads the counters; the `xdp-steer` CLI and `testbed/attach.sh` are built on it.
+
+mod skel {
+    #![allow(clippy::all, missing_docs, unused_imports)]
+    include!(concat!(env!("OUT_DIR"), "/steer.skel.rs"));
+}
+
+pub mod maps;
+pub mod netns;
+mod steering;
+pub mod xsk;
+
+pub use maps::Counters;
+pub use steering::{
+    attached_program, default_pin_dir, ifindex, is_root, Attached, Mode, SteerError, Steering, PROGRAM_NAME,
+};

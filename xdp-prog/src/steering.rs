@@ -1,0 +1,548 @@
+//! Loading, attaching and driving the steering program.
+//!
+//! A [`Steering`] holds the program and its maps by file descriptor (not the libbpf object), so the
+//! same handle works whether this process loaded the program or opened what another process
+//! pinned. The attachment is made over netlink (`bpf_xdp_attach` with `UPDATE_IF_NOEXIST`): it
+//! outlives the process, and an interface that already runs someone else's XDP program is refused,
+//! not silently taken over. Dropping a handle detaches, unless the handle was pinned.
+
+use std::ffi::{CStr, CString};
+use std::mem::MaybeUninit;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
+
+use crate::maps::{Config, Counters, EndpointKey, FLAG_ARP, MAX_QUEUES};
+use crate::skel::SteerSkelBuilder;
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Native (driver) mode, falling back to generic with a warning.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower, no AF_XDP zero-copy.
+    Generic,
+}
+
+/// How the program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attached {
+    Native,
+    Generic,
+}
+
+impl Attached {
+    fn flags(self) -> XdpFlags {
+        match self {
+            Attached::Native => XdpFlags::DRV_MODE,
+            Attached::Generic => XdpFlags::SKB_MODE,
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            Attached::Native => 1,
+            Attached::Generic => 2,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Attached> {
+        match code {
+            1 => Some(Attached::Native),
+            2 => Some(Attached::Generic),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("not running as root: loading and attaching XDP programs needs CAP_BPF and CAP_NET_ADMIN")]
+    NotRoot,
+    #[error("no network interface named '{0}' in this network namespace")]
+    NoSuchInterface(String),
+    #[error(
+        "{iface} already runs an XDP program (id {id}, '{name}') that is not ours: not replacing it; detach it first"
+    )]
+    AttachedBySomeoneElse { iface: String, id: u32, name: String },
+    #[error("{iface} already runs our steering program (id {id}); detach it first (xdp-steer detach {iface})")]
+    AlreadyAttached { iface: String, id: u32 },
+    #[error("the kernel's verifier rejected the XDP program:\n{log}")]
+    Verifier { log: String },
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no steering program is attached on {0}")]
+    NotAttached(String),
+    #[error("queue {0} is out of range: the program has sockets for queues 0 to {max}", max = MAX_QUEUES - 1)]
+    BadQueue(u32),
+    #[error("too many endpoints: the program holds at most 64")]
+    TooManyEndpoints,
+}
+
+type Result<T> = std::result::Result<T, SteerError>;
+
+fn bpf(what: &str) -> impl FnOnce(libbpf_rs::Error) -> SteerError + '_ {
+    move |source| SteerError::Bpf {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> SteerError {
+    move |source| SteerError::Io { what, source }
+}
+
+/// Pinned objects under a pin directory.
+const PINS: [&str; 5] = ["prog", "xsks", "endpoints", "counters", "config"];
+
+/// libbpf's log lines while a program loads (the verifier log, on failure).
+static LOAD_LOG: Mutex<String> = Mutex::new(String::new());
+
+fn capture_libbpf_log(_level: libbpf_rs::PrintLevel, line: String) {
+    if let Ok(mut log) = LOAD_LOG.lock() {
+        log.push_str(&line);
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The interface index of `iface` in the calling thread's network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = CString::new(iface).map_err(|_| SteerError::NoSuchInterface(iface.to_string()))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(SteerError::NoSuchInterface(iface.to_string())),
+        index => Ok(index),
+    }
+}
+
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("ifindex {index}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// Id and name of a loaded program.
+fn prog_info(fd: BorrowedFd<'_>) -> Result<(u32, String)> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(SteerError::Io {
+            what: "reading program info".into(),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    // SAFETY: `name` is a fixed array the kernel NUL-terminates.
+    let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    Ok((info.id, name))
+}
+
+/// What runs on an interface now: (program id, name, mode), if anything.
+pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attached>)>> {
+    let index = ifindex(iface)?;
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: bpf_xdp_query fills the opts struct we own, whose size field is set.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
+    if rc != 0 {
+        return Err(SteerError::Io {
+            what: format!("querying XDP on {iface}"),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    if opts.prog_id == 0 {
+        return Ok(None);
+    }
+    let mode = match u32::from(opts.attach_mode) {
+        libbpf_sys::XDP_ATTACHED_DRV => Some(Attached::Native),
+        libbpf_sys::XDP_ATTACHED_SKB => Some(Attached::Generic),
+        _ => None,
+    };
+    // SAFETY: returns a new fd for the program id (or an error).
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(opts.prog_id) };
+    let name = if fd >= 0 {
+        // SAFETY: a fresh fd that we own from here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        prog_info(fd.as_fd()).map(|(_, n)| n).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Some((opts.prog_id, name, mode)))
+}
+
+/// The program's name as the kernel knows it (first 15 bytes of the function name).
+pub const PROGRAM_NAME: &str = "steer";
+
+pub struct Steering {
+    prog: OwnedFd,
+    prog_id: u32,
+    xsks: MapHandle,
+    endpoints: MapHandle,
+    counters: MapHandle,
+    config: MapHandle,
+    /// Where it is attached, if it is.
+    attachment: Option<(u32, Attached)>,
+    detach_on_drop: bool,
+}
+
+impl Steering {
+    /// Load the program (the verifier checks it) without attaching it anywhere.
+    pub fn load() -> Result<Steering> {
+        if !is_root() {
+            return Err(SteerError::NotRoot);
+        }
+        if let Ok(mut log) = LOAD_LOG.lock() {
+            log.clear();
+        }
+        let previous = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, capture_libbpf_log)));
+        let mut storage = MaybeUninit::uninit();
+        let loaded = SteerSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(bpf("opening the XDP object"))
+            .and_then(|open| open.load().map_err(|e| SteerError::Verifier { log: verifier_log(&e) }));
+        libbpf_rs::set_print(previous);
+        let skel = loaded?;
+        let prog = skel
+            .progs
+            .steer
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io("duplicating the program fd".into()))?;
+        let (prog_id, _) = prog_info(prog.as_fd())?;
+        let handle =
+            |m: &dyn Fn() -> std::result::Result<MapHandle, libbpf_rs::Error>, what: &str| m().map_err(bpf(what));
+        Ok(Steering {
+            prog_id,
+            xsks: handle(&|| MapHandle::try_from(&skel.maps.xsks), "xsks map")?,
+            endpoints: handle(&|| MapHandle::try_from(&skel.maps.endpoints), "endpoints map")?,
+            counters: handle(&|| MapHandle::try_from(&skel.maps.counters), "counters map")?,
+            config: handle(&|| MapHandle::try_from(&skel.maps.config), "config map")?,
+            prog,
+            attachment: None,
+            detach_on_drop: true,
+        })
+    }
+
+    /// Load the program and attach it to `iface` (in the calling thread's network namespace).
+    pub fn attach(iface: &str, mode: Mode) -> Result<Steering> {
+        if !is_root() {
+            return Err(SteerError::NotRoot);
+        }
+        let index = ifindex(iface)?;
+        let mut steering = Steering::load()?;
+        if let Some((id, name, _)) = attached_program(iface)? {
+            return Err(if name == PROGRAM_NAME {
+                SteerError::AlreadyAttached {
+                    iface: iface.to_string(),
+                    id,
+                }
+            } else {
+                SteerError::AttachedBySomeoneElse {
+                    iface: iface.to_string(),
+                    id,
+                    name,
+                }
+            });
+        }
+        let xdp = Xdp::new(steering.prog.as_fd());
+        let try_mode = |m: Attached| {
+            xdp.attach(index as i32, m.flags() | XdpFlags::UPDATE_IF_NOEXIST)
+                .map(|()| m)
+        };
+        let attached = match mode {
+            Mode::Native => try_mode(Attached::Native).map_err(bpf(&format!("attaching in native mode to {iface}")))?,
+            Mode::Generic => {
+                try_mode(Attached::Generic).map_err(bpf(&format!("attaching in generic mode to {iface}")))?
+            }
+            Mode::Auto => match try_mode(Attached::Native) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("{iface}: native XDP failed ({e}); falling back to generic (skb) mode, which is slower");
+                    try_mode(Attached::Generic).map_err(bpf(&format!("attaching in generic mode to {iface}")))?
+                }
+            },
+        };
+        steering.attachment = Some((index, attached));
+        let mut cfg = steering.config()?;
+        cfg.ifindex = index;
+        cfg.attach_mode = attached.code();
+        steering.set_config(cfg)?;
+        Ok(steering)
+    }
+
+    /// Open what `pin` made in `dir` (from any process, any network namespace).
+    pub fn open_pinned(dir: &Path) -> Result<Steering> {
+        let map = |name: &str| {
+            MapHandle::from_pinned_path(dir.join(name)).map_err(bpf(&format!("opening {}", dir.join(name).display())))
+        };
+        let prog = libbpf_rs::Program::fd_from_pinned_path(dir.join("prog"))
+            .map_err(bpf(&format!("opening {}", dir.join("prog").display())))?;
+        let (prog_id, _) = prog_info(prog.as_fd())?;
+        let mut s = Steering {
+            prog,
+            prog_id,
+            xsks: map("xsks")?,
+            endpoints: map("endpoints")?,
+            counters: map("counters")?,
+            config: map("config")?,
+            attachment: None,
+            detach_on_drop: false,
+        };
+        let cfg = s.config()?;
+        s.attachment = Attached::from_code(cfg.attach_mode).map(|m| (cfg.ifindex, m));
+        Ok(s)
+    }
+
+    /// Pin the program and its maps under `dir` (on a bpffs); from now on dropping this handle
+    /// leaves the program attached. `dir` is created if needed.
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let path = CString::new(dir.join("prog").as_os_str().as_encoded_bytes()).map_err(|_| SteerError::Io {
+            what: "pin path".into(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        // SAFETY: pins the program fd we own at a NUL-terminated path.
+        let rc = unsafe { libbpf_sys::bpf_obj_pin(self.prog.as_raw_fd(), path.as_ptr()) };
+        if rc != 0 {
+            return Err(SteerError::Io {
+                what: format!(
+                    "pinning the program at {} (is {} on a bpffs?)",
+                    dir.join("prog").display(),
+                    dir.display()
+                ),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        for (name, map) in [
+            ("xsks", &mut self.xsks),
+            ("endpoints", &mut self.endpoints),
+            ("counters", &mut self.counters),
+            ("config", &mut self.config),
+        ] {
+            map.pin(dir.join(name))
+                .map_err(bpf(&format!("pinning {}", dir.join(name).display())))?;
+        }
+        self.detach_on_drop = false;
+        Ok(())
+    }
+
+    /// Remove the pins under `dir` (the directory too, if it is then empty). Missing pins are fine.
+    pub fn unpin(dir: &Path) -> Result<()> {
+        for name in PINS {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SteerError::Io {
+                        what: format!("removing {}", dir.join(name).display()),
+                        source: e,
+                    })
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+        Ok(())
+    }
+
+    pub fn program_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    pub fn program_fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
+    /// Interface name and mode, if attached.
+    pub fn attachment(&self) -> Option<(String, Attached)> {
+        self.attachment.map(|(index, mode)| (ifname(index), mode))
+    }
+
+    /// Detach from the interface, if our program is what runs there.
+    pub fn detach(&mut self) -> Result<()> {
+        let Some((index, mode)) = self.attachment else {
+            return Ok(());
+        };
+        let iface = ifname(index);
+        match attached_program(&iface) {
+            Ok(Some((id, _, _))) if id == self.prog_id => {
+                Xdp::new(self.prog.as_fd())
+                    .detach(index as i32, mode.flags())
+                    .map_err(bpf(&format!("detaching from {iface}")))?;
+            }
+            // Gone already (the interface was deleted, or someone detached it).
+            Ok(_) | Err(SteerError::NoSuchInterface(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.attachment = None;
+        let mut cfg = self.config()?;
+        cfg.ifindex = 0;
+        cfg.attach_mode = 0;
+        self.set_config(cfg)
+    }
+
+    fn config(&self) -> Result<Config> {
+        let v = self
+            .config
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf("reading the config map"))?;
+        Ok(v.and_then(|v| bytemuck::try_pod_read_unaligned(&v).ok())
+            .unwrap_or_default())
+    }
+
+    fn set_config(&self, cfg: Config) -> Result<()> {
+        self.config
+            .update(&0u32.to_ne_bytes(), bytemuck::bytes_of(&cfg), MapFlags::ANY)
+            .map_err(bpf("writing the config map"))
+    }
+
+    /// Replace the steered endpoints. With `arp`, ARP requests for their addresses are steered too
+    /// (for a stack that owns its address; the default leaves ARP to the kernel).
+    pub fn set_endpoints(&self, endpoints: &[SocketAddrV4], arp: bool) -> Result<()> {
+        let mut wanted: Vec<EndpointKey> = endpoints.iter().map(|&e| EndpointKey::new(e)).collect();
+        if arp {
+            wanted.extend(
+                endpoints
+                    .iter()
+                    .map(|e| EndpointKey::new(SocketAddrV4::new(*e.ip(), 0))),
+            );
+        }
+        wanted.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
+        wanted.dedup();
+        if wanted.len() > 64 {
+            return Err(SteerError::TooManyEndpoints);
+        }
+        let present: Vec<Vec<u8>> = self.endpoints.keys().collect();
+        for key in present {
+            if !wanted.iter().any(|w| bytemuck::bytes_of(w) == key.as_slice()) {
+                self.endpoints.delete(&key).map_err(bpf("removing an endpoint"))?;
+            }
+        }
+        for key in &wanted {
+            self.endpoints
+                .update(bytemuck::bytes_of(key), &[1], MapFlags::ANY)
+                .map_err(bpf("adding an endpoint"))?;
+        }
+        let mut cfg = self.config()?;
+        cfg.flags = if arp {
+            cfg.flags | FLAG_ARP
+        } else {
+            cfg.flags & !FLAG_ARP
+        };
+        self.set_config(cfg)
+    }
+
+    /// The steered endpoints (ARP address markers left out), and whether ARP is steered.
+    pub fn endpoints(&self) -> Result<(Vec<SocketAddrV4>, bool)> {
+        let mut out: Vec<SocketAddrV4> = self
+            .endpoints
+            .keys()
+            .filter_map(|k| bytemuck::try_pod_read_unaligned::<EndpointKey>(&k).ok())
+            .map(|k| k.endpoint())
+            .filter(|e| e.port() != 0)
+            .collect();
+        out.sort();
+        Ok((out, self.config()?.flags & FLAG_ARP != 0))
+    }
+
+    /// Send this queue's steered segments to the AF_XDP socket `fd`.
+    pub fn register_socket(&self, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
+        if queue >= MAX_QUEUES {
+            return Err(SteerError::BadQueue(queue));
+        }
+        let value = (fd.as_raw_fd() as u32).to_ne_bytes();
+        self.xsks
+            .update(&queue.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(bpf(&format!("registering a socket for queue {queue}")))
+    }
+
+    /// Stop steering this queue to a socket (its segments go to the kernel again).
+    pub fn unregister_socket(&self, queue: u32) -> Result<()> {
+        if queue >= MAX_QUEUES {
+            return Err(SteerError::BadQueue(queue));
+        }
+        match self.xsks.delete(&queue.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SteerError::Bpf {
+                what: format!("unregistering queue {queue}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut c = Counters::default();
+        for index in 0..Counters::LEN {
+            let per_cpu = self
+                .counters
+                .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+                .map_err(bpf("reading counters"))?;
+            let sum = per_cpu
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
+                .sum();
+            c.set(index, sum);
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        if self.detach_on_drop {
+            if let Err(e) = self.detach() {
+                log::error!("detaching the XDP program: {e}");
+            }
+        }
+    }
+}
+
+/// The verifier's own lines from libbpf's log, if any; else all of it.
+fn verifier_log(e: &libbpf_rs::Error) -> String {
+    let log = LOAD_LOG.lock().map(|l| l.clone()).unwrap_or_default();
+    let start = log.find("-- BEGIN PROG LOAD LOG --");
+    let end = log.find("-- END PROG LOAD LOG --");
+    let body = match (start, end) {
+        (Some(s), Some(e)) if s < e => log[s..e].to_string(),
+        _ => log,
+    };
+    format!("{body}\n({e})")
+}
+
+/// Where `testbed/attach.sh` pins the steering state of a namespace prefix.
+pub fn default_pin_dir(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("/run/wsb/bpffs/{prefix}"))
+}
