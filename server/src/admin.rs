@@ -44,7 +44,8 @@ pub enum AdminRequest {
 }
 
 /// Route an admin request. `body` is read only for the POSTs.
-pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read) -> AdminRequest {
+/// Route an admin request. `body` is read only for the POSTs; `declared` is its Content-Length.
+pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read, declared: Option<usize>) -> AdminRequest {
     use tiny_http::Method::{Get, Head, Post};
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let err = |status: u16, message: &str| AdminRequest::Error {
@@ -56,7 +57,7 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read) -> Admi
         (Get | Head, "/conns") => AdminRequest::Stats(StatsFormat::Conns),
         (Get | Head, "/metrics") => AdminRequest::Stats(StatsFormat::Prometheus),
         (Get | Head, "/") => AdminRequest::Help,
-        (Post, "/broadcast") => match read_text(body) {
+        (Post, "/broadcast") => match read_text(body, declared) {
             Ok(text) => AdminRequest::Broadcast { text },
             Err(e) => e,
         },
@@ -68,7 +69,7 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read) -> Admi
             else {
                 return err(400, "POST /push needs ?id=<device id>");
             };
-            match read_text(body) {
+            match read_text(body, declared) {
                 Ok(text) => AdminRequest::Push {
                     id: id.to_string(),
                     text,
@@ -81,13 +82,26 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read) -> Admi
     }
 }
 
-fn read_text(body: &mut dyn Read) -> Result<Option<String>, AdminRequest> {
+fn read_text(body: &mut dyn Read, declared: Option<usize>) -> Result<Option<String>, AdminRequest> {
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(AdminRequest::Error {
+            status: 413,
+            message: format!("body over {MAX_BODY} bytes"),
+        });
+    }
     let mut text = String::new();
     let mut limited = body.take(MAX_BODY as u64 + 1);
     if limited.read_to_string(&mut text).is_err() {
         return Err(AdminRequest::Error {
             status: 400,
             message: "body is not UTF-8 text".into(),
+        });
+    }
+    if declared.is_some_and(|n| text.len() < n) {
+        // The client went away mid-body: a truncated message is not pushed.
+        return Err(AdminRequest::Error {
+            status: 400,
+            message: "body shorter than its Content-Length".into(),
         });
     }
     if text.len() > MAX_BODY {
@@ -304,41 +318,46 @@ mod tests {
         use tiny_http::Method;
         let mut empty: &[u8] = b"";
         assert_eq!(
-            route(&Method::Get, "/stats", &mut empty),
+            route(&Method::Get, "/stats", &mut empty, None),
             AdminRequest::Stats(StatsFormat::Json)
         );
         assert_eq!(
-            route(&Method::Get, "/conns", &mut empty),
+            route(&Method::Get, "/conns", &mut empty, None),
             AdminRequest::Stats(StatsFormat::Conns)
         );
         let mut body: &[u8] = b"hello";
         assert_eq!(
-            route(&Method::Post, "/push?id=dev-1", &mut body),
+            route(&Method::Post, "/push?id=dev-1", &mut body, None),
             AdminRequest::Push {
                 id: "dev-1".into(),
                 text: Some("hello".into())
             }
         );
         assert_eq!(
-            route(&Method::Post, "/broadcast", &mut empty),
+            route(&Method::Post, "/broadcast", &mut empty, None),
             AdminRequest::Broadcast { text: None }
         );
         assert!(matches!(
-            route(&Method::Post, "/push", &mut empty),
+            route(&Method::Post, "/push", &mut empty, None),
             AdminRequest::Error { status: 400, .. }
         ));
         assert!(matches!(
-            route(&Method::Delete, "/stats", &mut empty),
+            route(&Method::Delete, "/stats", &mut empty, None),
             AdminRequest::Error { status: 405, .. }
         ));
         assert!(matches!(
-            route(&Method::Get, "/nope", &mut empty),
+            route(&Method::Get, "/nope", &mut empty, None),
             AdminRequest::Error { status: 404, .. }
+        ));
+        let mut short: &[u8] = b"abc";
+        assert!(matches!(
+            route(&Method::Post, "/broadcast", &mut short, Some(5000)),
+            AdminRequest::Error { status: 400, .. }
         ));
         let big = vec![b'a'; MAX_BODY + 1];
         let mut big: &[u8] = &big;
         assert!(matches!(
-            route(&Method::Post, "/broadcast", &mut big),
+            route(&Method::Post, "/broadcast", &mut big, None),
             AdminRequest::Error { status: 413, .. }
         ));
     }

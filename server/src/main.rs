@@ -45,6 +45,10 @@ struct Args {
     /// Close connections that sent nothing (no data, no ping) for this long; 0 = never.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// A new connection must send its complete request head within this (408 otherwise); also the
+    /// wait for the next request on a keep-alive long-poll connection. 0 = no limit.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
     /// Hold each long-poll for a random time in MIN-MAX before answering 200 (seed 002: 30-90).
     #[arg(long, default_value = "30-90", value_parser = parse_duration_range)]
     poll_hold: (Duration, Duration),
@@ -120,6 +124,7 @@ fn run() -> anyhow::Result<()> {
         max_pending_bytes: args.max_pending,
         push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
         idle_timeout: args.idle_timeout,
+        request_timeout: args.request_timeout,
         poll_hold: args.poll_hold,
         echo: args.echo,
         max_frame: args.max_frame,

@@ -326,7 +326,16 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
     let ns = Netns::setup("wsbt5", 1).unwrap();
     let _server = start_server(
         &ns,
-        &["--workers", "1", "--max-frame", "1K", "--max-message", "1K"],
+        &[
+            "--workers",
+            "1",
+            "--max-frame",
+            "1K",
+            "--max-message",
+            "1K",
+            "--request-timeout",
+            "1s",
+        ],
         &dir.join("server.log"),
     );
     let json = dir.join("bystanders.json");
@@ -383,6 +392,41 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
         "random frame bytes end in a close frame"
     );
 
+    // A request head that never completes is cut off with 408 (slowloris).
+    let reply = raw_exchange(&ns.cli, b"GET /ws HTTP/1.1\r\nHost: x\r\n".to_vec());
+    assert!(
+        reply.starts_with(b"HTTP/1.1 408 "),
+        "slow head: {}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    // An admin client that stalls mid-body freezes nothing, and its truncated body is not pushed.
+    let srv = ns.srv.clone();
+    let stalled = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{srv}")).unwrap();
+        // SAFETY: setns on an fd we own, for this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut s = TcpStream::connect(ADMIN).unwrap();
+        s.write_all(b"POST /broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = std::time::Instant::now();
+    assert_eq!(admin_json(&ns, "/conns")["conns"], 100);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "admin answered in {:?}",
+        asked.elapsed()
+    );
+    stalled.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        admin_json(&ns, "/stats")["broadcasts"],
+        0,
+        "the truncated body was not broadcast"
+    );
+
     // Everyone else is still served.
     assert_eq!(admin_post(&ns, "/broadcast", b"still here")["websockets"], 100);
     let summary = finish_load(bystanders, &json, Duration::from_secs(30));
@@ -390,7 +434,8 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
     assert_eq!(summary["counters"]["closed_by_server"], serde_json::json!({}));
     let stats = admin_json(&ns, "/stats");
     assert!(stats["protocol_errors"].as_u64().unwrap() >= 3, "{stats}");
-    assert!(stats["rejected_requests"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["rejected_requests"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["request_timeouts"], 1, "{stats}");
 }
 
 /// Bad flags and busy ports give a clear error and a non-zero exit, not a panic.

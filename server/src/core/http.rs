@@ -30,6 +30,8 @@ pub enum Reject {
     UpgradeRequired(&'static str),
     HeadersTooLarge,
     PipeliningNotSupported,
+    /// The request head did not arrive in time.
+    RequestTimeout,
 }
 
 impl Reject {
@@ -40,6 +42,7 @@ impl Reject {
             Reject::MethodNotAllowed => "405 Method Not Allowed",
             Reject::UpgradeRequired(_) => "426 Upgrade Required",
             Reject::HeadersTooLarge => "431 Request Header Fields Too Large",
+            Reject::RequestTimeout => "408 Request Timeout",
         }
     }
 
@@ -50,6 +53,7 @@ impl Reject {
             Reject::MethodNotAllowed => "only GET is served on this port",
             Reject::HeadersTooLarge => "request head too large",
             Reject::PipeliningNotSupported => "a request arrived while another was held",
+            Reject::RequestTimeout => "the request head did not arrive in time",
         }
     }
 }

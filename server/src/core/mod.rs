@@ -55,6 +55,10 @@ pub struct CoreConfig {
     pub max_message: usize,
     /// Largest HTTP request head.
     pub max_request: usize,
+    /// A request head must be complete this long after the connection opened (or after the last
+    /// long-poll answer on a keep-alive connection); 408 and close otherwise (0: no limit). Idle
+    /// expiry alone would let a client trickle a byte per heartbeat forever.
+    pub request_timeout_ms: u64,
     pub device_hasher: DeviceHasher,
     /// Seed of the long-poll hold randomness.
     pub seed: u64,
@@ -69,6 +73,7 @@ impl Default for CoreConfig {
             max_frame: 16 * 1024,
             max_message: 64 * 1024,
             max_request: 4096,
+            request_timeout_ms: 10_000,
             device_hasher: DeviceHasher::random(),
             seed: 0x5eed,
         }
@@ -107,7 +112,8 @@ struct Conn {
     gen: u32,
     /// Tick of the last byte received: the heartbeat clock that expiry reads.
     last_active: u32,
-    /// Tick the held long-poll is answered at.
+    /// Tick the held long-poll is answered at (Poll phase), or the request head must be complete
+    /// by (Http phase).
     deadline: u32,
     /// Payload bytes so far of the fragmented message in progress (limit: `max_message`).
     msg_len: u32,
@@ -160,7 +166,7 @@ pub struct Fanout {
 
 pub struct ServerCore {
     cfg: CoreConfig,
-    idle_ticks: u32,
+    ticks: Timeouts,
     conns: Vec<Conn>,
     devices: DeviceMap,
     wheel: TimerWheel,
@@ -175,9 +181,13 @@ pub struct ServerCore {
 impl ServerCore {
     /// `capacity` is a hint: ids below it need no allocation later.
     pub fn new(cfg: CoreConfig, capacity: usize, now_ms: u64) -> ServerCore {
-        let idle_ticks = cfg.idle_timeout_ms.div_ceil(TICK_MS).min(u64::from(u32::MAX / 4)) as u32;
+        let to_ticks = |ms: u64| ms.div_ceil(TICK_MS).min(u64::from(u32::MAX / 4)) as u32;
+        let ticks = Timeouts {
+            idle: to_ticks(cfg.idle_timeout_ms),
+            request: to_ticks(cfg.request_timeout_ms),
+        };
         ServerCore {
-            idle_ticks,
+            ticks,
             rng: fastrand::Rng::with_seed(cfg.seed),
             cfg,
             conns: Vec::with_capacity(capacity),
@@ -238,15 +248,30 @@ impl ServerCore {
         };
         self.stats.accepted += 1;
         self.stats.connections += 1;
-        if self.idle_ticks > 0 {
+        if self.ticks.idle > 0 {
             self.wheel.insert(
-                now.wrapping_add(self.idle_ticks),
+                now.wrapping_add(self.ticks.idle),
                 Entry {
                     id,
                     tag: tag(gen, TIMER_IDLE),
                 },
             );
         }
+        self.await_request(id);
+    }
+
+    /// The connection now waits for a request head: start its deadline.
+    fn await_request(&mut self, id: ConnId) {
+        if self.ticks.request == 0 {
+            return;
+        }
+        let c = &mut self.conns[id as usize];
+        c.deadline = tick_of(self.now_ms).wrapping_add(self.ticks.request);
+        let entry = Entry {
+            id,
+            tag: tag(c.gen, TIMER_DEADLINE),
+        };
+        self.wheel.insert(c.deadline, entry);
     }
 
     /// Bytes arrived. Returns how many were consumed; the rest (an incomplete request head or
@@ -533,29 +558,31 @@ impl ServerCore {
     pub fn tick(&mut self, now_ms: u64, io: &mut impl Io) {
         self.now_ms = now_ms;
         let now = tick_of(now_ms);
-        let (conns, idle_ticks, fired) = (&self.conns, self.idle_ticks, &mut self.fired);
-        self.wheel
-            .advance(now, |entry, now| match due_of(conns, idle_ticks, entry) {
-                None => Due::Drop,
-                Some(due) if due.wrapping_sub(now) as i32 <= 0 => {
-                    fired.push(entry);
-                    Due::Drop
-                }
-                Some(due) => Due::At(due),
-            });
+        let (conns, ticks, fired) = (&self.conns, self.ticks, &mut self.fired);
+        self.wheel.advance(now, |entry, now| match due_of(conns, ticks, entry) {
+            None => Due::Drop,
+            Some(due) if due.wrapping_sub(now) as i32 <= 0 => {
+                fired.push(entry);
+                Due::Drop
+            }
+            Some(due) => Due::At(due),
+        });
         let mut fired = std::mem::take(&mut self.fired);
         for entry in fired.drain(..) {
             // Firing one entry can end or change its connection, and two entries of one connection
             // can come due in the same tick (a stale long-poll entry beside a fresh one, or expiry
             // beside a poll deadline): decide again, on the state as it is now.
-            if due_of(&self.conns, self.idle_ticks, entry).is_none_or(|due| due.wrapping_sub(now) as i32 > 0) {
+            if due_of(&self.conns, self.ticks, entry).is_none_or(|due| due.wrapping_sub(now) as i32 > 0) {
                 continue;
             }
             if entry.tag & 1 == TIMER_IDLE {
                 self.end_with_close_frame(entry.id, close_code::IDLE_TIMEOUT, "idle timeout", io);
-            } else {
+            } else if self.conns[entry.id as usize].phase == Phase::Poll {
                 self.stats.polls_timed_out += 1;
                 self.answer_poll(entry.id, br#"{"kind":"timeout"}"#, io);
+            } else {
+                self.stats.request_timeouts += 1;
+                self.reject(entry.id, Reject::RequestTimeout, io);
             }
         }
         self.fired = fired;
@@ -569,7 +596,9 @@ impl ServerCore {
         self.stats.polls_held -= 1;
         // Back to waiting for a request; without keep-alive the connection ends here.
         self.conns[id as usize].phase = Phase::Http;
-        if !keep_alive {
+        if keep_alive {
+            self.await_request(id);
+        } else {
             self.close(id, Ended::Server, io);
         }
     }
@@ -659,17 +688,29 @@ impl ServerCore {
     }
 }
 
+/// Timeouts in ticks (0: off).
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    idle: u32,
+    request: u32,
+}
+
 /// When a timer entry is due, from its connection's state; `None` if the entry is stale (the id was
-/// reused, the connection ended, or the long-poll it was for was answered).
-fn due_of(conns: &[Conn], idle_ticks: u32, entry: Entry) -> Option<u32> {
+/// reused, the connection ended, the long-poll it was for was answered, the request came).
+/// `deadline` is the long-poll answer time in the Poll phase and the request-head deadline in the
+/// Http phase: one field, since a connection is in one phase at a time.
+fn due_of(conns: &[Conn], ticks: Timeouts, entry: Entry) -> Option<u32> {
     let c = conns.get(entry.id as usize)?;
     if c.phase == Phase::Free || entry.tag >> 1 != c.gen {
         return None;
     }
     match entry.tag & 1 {
-        TIMER_IDLE => Some(c.last_active.wrapping_add(idle_ticks)),
-        _ if c.phase == Phase::Poll => Some(c.deadline),
-        _ => None,
+        TIMER_IDLE => Some(c.last_active.wrapping_add(ticks.idle)),
+        _ => match c.phase {
+            Phase::Poll => Some(c.deadline),
+            Phase::Http if ticks.request > 0 => Some(c.deadline),
+            _ => None,
+        },
     }
 }
 

@@ -28,6 +28,8 @@ pub struct CoreStats {
 
     pub upgrades: u64,
     pub rejected_requests: u64,
+    /// Connections closed with 408 because their request head did not complete in time.
+    pub request_timeouts: u64,
     pub protocol_errors: u64,
     pub devices_replaced: u64,
 
@@ -68,6 +70,7 @@ impl CoreStats {
             expired,
             upgrades,
             rejected_requests,
+            request_timeouts,
             protocol_errors,
             devices_replaced,
             messages_in,

@@ -590,3 +590,64 @@ fn expiry_and_poll_deadline_in_one_tick() {
         "one of the two timers acted, not both"
     );
 }
+
+/// A request head trickled a byte at a time (each byte a "heartbeat") is cut off at the request
+/// timeout with 408; an upgraded connection is not affected by it.
+#[test]
+fn slow_request_heads_get_408_at_the_request_timeout() {
+    let mut core = ServerCore::new(
+        CoreConfig {
+            request_timeout_ms: 3_000,
+            ..cfg()
+        },
+        4,
+        0,
+    );
+    let mut io = Recorder::default();
+    core.open(1, 0, &mut io);
+    core.open(2, 0, &mut io);
+    let mut req = upgrade(None);
+    core.data(2, &mut req, 100, &mut io);
+    io.take(2);
+    let head = upgrade(None);
+    let mut pending = Vec::new();
+    for (i, b) in head[..20].iter().enumerate() {
+        let t = i as u64 * 140;
+        pending.push(*b);
+        let used = core.data(1, &mut pending, t, &mut io);
+        pending.drain(..used);
+        core.tick(t, &mut io);
+    }
+    assert!(io.closed.is_empty(), "still within 3 s at {} ms", 19 * 140);
+    core.tick(3_000, &mut io);
+    assert_eq!(io.closed, vec![1]);
+    assert!(io.text(1).starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+    assert_eq!(core.stats().request_timeouts, 1);
+    assert!(core.is_open(2), "the upgraded connection stays");
+}
+
+/// Between long-polls a keep-alive connection must send its next request within the timeout.
+#[test]
+fn keep_alive_poll_connections_wait_at_most_the_request_timeout() {
+    let mut core = ServerCore::new(
+        CoreConfig {
+            request_timeout_ms: 3_000,
+            idle_timeout_ms: 0,
+            ..cfg()
+        },
+        4,
+        0,
+    );
+    let mut io = Recorder::default();
+    core.open(1, 0, &mut io);
+    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    core.data(1, &mut req, 0, &mut io);
+    core.tick(2_000, &mut io); // answered (hold is 2 s)
+    assert!(io.text(1).starts_with("HTTP/1.1 200 OK"));
+    core.tick(4_900, &mut io);
+    assert!(io.closed.is_empty());
+    core.tick(5_000, &mut io);
+    assert_eq!(io.closed, vec![1], "no next request within 3 s of the answer");
+    assert_eq!(core.stats().request_timeouts, 1);
+    assert_eq!(core.stats().polls_held, 0);
+}

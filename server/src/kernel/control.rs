@@ -20,6 +20,7 @@ pub struct WorkerConfig {
     /// Output bytes queued per connection before it counts as a slow consumer and is dropped.
     pub max_pending_bytes: usize,
     pub idle_timeout_ms: u64,
+    pub request_timeout_ms: u64,
     pub poll_hold_ms: (u64, u64),
     pub echo: bool,
     pub max_frame: usize,

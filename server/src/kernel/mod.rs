@@ -37,6 +37,7 @@ pub struct KernelConfig {
     pub max_pending_bytes: usize,
     pub push_interval: Option<Duration>,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub poll_hold: (Duration, Duration),
     pub echo: bool,
     pub max_frame: usize,
@@ -120,7 +121,8 @@ pub fn explain_bind_error(what: &str, addr: SocketAddr, e: &io::Error) -> anyhow
 enum Event {
     FromWorker(usize, FromWorker),
     WorkerGone(usize),
-    Admin(tiny_http::Request),
+    /// An admin request, its body already read and routed on a thread of its own.
+    Admin(tiny_http::Request, AdminRequest),
     Signal,
 }
 
@@ -186,6 +188,7 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
             max_conns: cfg.max_conns_per_worker,
             max_pending_bytes: cfg.max_pending_bytes,
             idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
+            request_timeout_ms: cfg.request_timeout.as_millis() as u64,
             poll_hold_ms: (cfg.poll_hold.0.as_millis() as u64, cfg.poll_hold.1.as_millis() as u64),
             echo: cfg.echo,
             max_frame: cfg.max_frame,
@@ -218,9 +221,16 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
         let server = std::sync::Arc::clone(&admin_server);
         std::thread::spawn(move || {
             for request in server.incoming_requests() {
-                if tx.send(Event::Admin(request)).is_err() {
-                    break;
-                }
+                // Reading a body can block on a slow client: never on the supervisor's loop.
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut request = request;
+                    let method = request.method().clone();
+                    let url = request.url().to_string();
+                    let declared = request.body_length();
+                    let routed = admin::route(&method, &url, request.as_reader(), declared);
+                    let _ = tx.send(Event::Admin(request, routed));
+                });
             }
         });
     }
@@ -341,7 +351,7 @@ impl Supervisor {
                 .min(Duration::from_secs(1));
             match self.events.recv_timeout(wait) {
                 Ok(Event::FromWorker(i, msg)) => self.worker_message(i, msg),
-                Ok(Event::Admin(request)) => self.admin(request),
+                Ok(Event::Admin(request, routed)) => self.admin(request, routed),
                 Ok(Event::WorkerGone(i)) => {
                     let status = self.workers[i].child.try_wait().ok().flatten();
                     bail!(
@@ -388,10 +398,8 @@ impl Supervisor {
         req
     }
 
-    fn admin(&mut self, mut request: tiny_http::Request) {
-        let method = request.method().clone();
-        let url = request.url().to_string();
-        match admin::route(&method, &url, request.as_reader()) {
+    fn admin(&mut self, request: tiny_http::Request, routed: AdminRequest) {
+        match routed {
             AdminRequest::Stats(format) => {
                 let req = self.new_pending(PendingKind::Stats(format), self.workers.len(), Some(request));
                 for w in 0..self.workers.len() {
@@ -598,9 +606,12 @@ fn respond(request: tiny_http::Request, status: u16, body: String, content_type:
     let response = tiny_http::Response::from_string(body)
         .with_status_code(status)
         .with_header(header);
-    if let Err(e) = request.respond(response) {
-        log::debug!("admin client went away: {e}");
-    }
+    // Writing can block on a client that does not read: not on the supervisor's loop.
+    std::thread::spawn(move || {
+        if let Err(e) = request.respond(response) {
+            log::debug!("admin client went away: {e}");
+        }
+    });
 }
 
 fn respond_json(request: tiny_http::Request, status: u16, value: &serde_json::Value) {

@@ -85,6 +85,8 @@ struct Transport {
     /// Failed while the core owned them; reported to the core after the current call.
     doomed: Vec<ConnId>,
     lingering: VecDeque<(ConnId, u32, Instant)>,
+    /// How long a closed connection may linger (`LINGER`; tests shorten it).
+    linger: Duration,
     /// Messages for the supervisor produced inside core calls (device claims).
     outbox: Vec<FromWorker>,
     refused: u64,
@@ -140,6 +142,7 @@ impl Transport {
     }
 
     /// FIN after the last queued byte, then wait for the peer's FIN (bounded by `LINGER`).
+    /// Output is flushed: send FIN. The linger deadline was set when the core closed it.
     fn finish(&mut self, id: ConnId) {
         let slot = &mut self.slots[id as usize];
         if let Some(stream) = slot.stream.as_ref() {
@@ -149,8 +152,6 @@ impl Transport {
             }
         }
         slot.bufs = None;
-        let epoch = slot.epoch;
-        self.lingering.push_back((id, epoch, Instant::now() + LINGER));
     }
 
     /// Write queued output; returns false if the connection failed.
@@ -249,6 +250,9 @@ impl Io for Transport {
         match slot.state {
             SlotState::Live => {
                 slot.state = SlotState::Closing;
+                // Whatever happens next (a peer that never reads would keep the output pending
+                // forever), the slot is dropped LINGER after this.
+                self.lingering.push_back((id, slot.epoch, Instant::now() + self.linger));
                 if slot.bufs.as_ref().is_some_and(|b| !b.out.is_empty()) {
                     self.set_writable(id, true);
                 } else {
@@ -381,6 +385,7 @@ impl Worker {
             max_frame: cfg.max_frame,
             max_message: cfg.max_message,
             max_request: 4096,
+            request_timeout_ms: cfg.request_timeout_ms,
             device_hasher: DeviceHasher::new(cfg.device_key),
             seed: cfg.seed ^ cfg.index as u64,
         };
@@ -391,6 +396,7 @@ impl Worker {
             live: 0,
             doomed: Vec::new(),
             lingering: VecDeque::new(),
+            linger: LINGER,
             outbox: Vec::new(),
             refused: 0,
             slow_dropped: 0,
@@ -530,21 +536,7 @@ impl Worker {
             let Some(stream) = slot.stream.as_mut() else {
                 return;
             };
-            // Continue an incomplete frame in its own buffer, otherwise read into the shared scratch.
-            let mut inp = slot
-                .bufs
-                .as_mut()
-                .map(|b| std::mem::take(&mut b.inp))
-                .unwrap_or_default();
-            let result = if inp.is_empty() {
-                stream.read(&mut self.scratch)
-            } else {
-                let len = inp.len();
-                inp.resize(len + READ_CHUNK, 0);
-                let r = stream.read(&mut inp[len..]);
-                inp.truncate(len + *r.as_ref().unwrap_or(&0));
-                r
-            };
+            let result = stream.read(&mut self.scratch);
             let now = self.t.now_ms();
             match result {
                 Ok(0) => {
@@ -554,21 +546,11 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
-                    if inp.is_empty() {
-                        let used = self.core.data(id, &mut self.scratch[..n], now, &mut self.t);
-                        self.t.keep_input(id, &self.scratch[used..n]);
-                    } else {
-                        let used = self.core.data(id, &mut inp, now, &mut self.t);
-                        inp.drain(..used);
-                        self.restore_input(id, inp);
-                    }
+                    self.consume(id, n, now);
                     self.settle();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.restore_input(id, inp);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.restore_input(id, inp),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.core.closed(id, now, &mut self.t);
                     self.t.drop_conn(id);
@@ -579,11 +561,38 @@ impl Worker {
         }
     }
 
-    /// Put back the unconsumed-input buffer taken out for a read (keeping its allocation).
-    fn restore_input(&mut self, id: ConnId, inp: Vec<u8>) {
+    /// Hand the `n` bytes just read into the scratch buffer to the core, behind any bytes kept
+    /// from before (an incomplete request head or frame). Only a split frame allocates, and only
+    /// what it holds: the core bounds it by `max_request` / `max_frame`.
+    fn consume(&mut self, id: ConnId, n: usize, now: u64) {
+        let slot = &mut self.t.slots[id as usize];
+        let kept = slot
+            .bufs
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.inp))
+            .unwrap_or_default();
+        if kept.is_empty() {
+            let used = self.core.data(id, &mut self.scratch[..n], now, &mut self.t);
+            self.t.keep_input(id, &self.scratch[used..n]);
+        } else {
+            let mut inp = kept;
+            inp.extend_from_slice(&self.scratch[..n]);
+            let used = self.core.data(id, &mut inp, now, &mut self.t);
+            inp.drain(..used);
+            self.restore_input(id, inp);
+        }
+    }
+
+    /// Keep what the core left unconsumed (releasing memory it no longer needs).
+    fn restore_input(&mut self, id: ConnId, mut inp: Vec<u8>) {
         let slot = &mut self.t.slots[id as usize];
         if slot.state != SlotState::Live {
             return;
+        }
+        if inp.is_empty() {
+            inp = Vec::new();
+        } else if inp.capacity() > 2 * inp.len() + 1024 {
+            inp.shrink_to_fit();
         }
         match slot.bufs.as_mut() {
             Some(bufs) => bufs.inp = inp,
@@ -781,6 +790,79 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_worker(idle_timeout_ms: u64) -> Worker {
+        let (to_worker, control_in) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (control_out, from_worker) = std::os::unix::net::UnixStream::pair().unwrap();
+        // The supervisor's ends stay open for the test's lifetime.
+        std::mem::forget((to_worker, from_worker));
+        let cfg = WorkerConfig {
+            index: 0,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_conns: 100,
+            max_pending_bytes: 256 << 20,
+            idle_timeout_ms,
+            request_timeout_ms: 10_000,
+            poll_hold_ms: (30_000, 30_000),
+            echo: false,
+            max_frame: 16 * 1024,
+            max_message: 64 * 1024,
+            device_key: [1, 2],
+            seed: 1,
+        };
+        let mut w = Worker::new(cfg, control_in, control_out).unwrap();
+        w.t.linger = Duration::from_millis(200);
+        w
+    }
+
+    fn accept_one(w: &mut Worker) -> (std::net::TcpStream, ConnId) {
+        let client = std::net::TcpStream::connect(w.listener.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        w.accept();
+        let id = (0..w.t.slots.len())
+            .find(|&i| w.t.slots[i].state == SlotState::Live)
+            .unwrap() as ConnId;
+        (client, id)
+    }
+
+    /// A connection closed while output is pending, whose peer never reads, is still dropped
+    /// once its linger time is over (found in review: it used to stay forever).
+    #[test]
+    fn closing_with_output_a_peer_never_reads_is_dropped_after_linger() {
+        let mut w = test_worker(1_000);
+        let (mut client, id) = accept_one(&mut w);
+        client.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        w.readable(id);
+        assert!(w.core.is_open(id));
+        let payload = "x".repeat(60_000);
+        while w.t.slots[id as usize].bufs.as_ref().is_none_or(|b| b.out.is_empty()) {
+            w.core.broadcast(payload.as_bytes(), 10, &mut w.t);
+        }
+        w.tick(5_000); // idle expiry while output is pending
+        assert_eq!(w.core.stats().expired, 1);
+        assert_eq!(w.t.slots[id as usize].state, SlotState::Closing);
+        std::thread::sleep(Duration::from_millis(300));
+        w.tick(5_100);
+        assert_eq!(w.t.slots[id as usize].state, SlotState::Free);
+        assert_eq!(w.t.live, 0);
+    }
+
+    /// Bytes trickled into an incomplete request head keep a buffer of their own size, not of
+    /// the read size (found in review: 2 bytes held 128 KiB).
+    #[test]
+    fn trickled_bytes_keep_a_buffer_of_their_size() {
+        let mut w = test_worker(300_000);
+        let (mut client, id) = accept_one(&mut w);
+        for b in [b"G", b"E", b"T"] {
+            client.write_all(b).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            w.readable(id);
+        }
+        let inp = &w.t.slots[id as usize].bufs.as_ref().unwrap().inp;
+        assert_eq!(inp.as_slice(), b"GET");
+        assert!(inp.capacity() < 1024, "3 buffered bytes hold {} bytes", inp.capacity());
+    }
 
     /// The transport's per-connection budget (the fd-indexed slot table): 24 bytes in release.
     /// Debug builds of mio add an 8-byte registration check to every socket.

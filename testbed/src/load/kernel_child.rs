@@ -72,6 +72,27 @@ struct Shared {
     payload_buf: Vec<u8>,
     rng: fastrand::Rng,
     closing: bool,
+    /// Connections in Connecting or Handshake: the concurrency bound counts these.
+    handshaking: usize,
+}
+
+impl Shared {
+    fn new(plan: ChildPlan) -> Shared {
+        Shared {
+            seed: fastrand::u64(..),
+            c: ChildCounters::default(),
+            connect_us: hist::new_histogram(),
+            push_latency_us: hist::new_histogram(),
+            echo_rtt_us: hist::new_histogram(),
+            targeted_devices: Vec::new(),
+            frame_buf: Vec::with_capacity(1024),
+            payload_buf: Vec::new(),
+            rng: fastrand::Rng::new(),
+            closing: false,
+            handshaking: 0,
+            plan,
+        }
+    }
 }
 
 /// What a handler decided about its connection.
@@ -92,19 +113,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     let mut free: Vec<usize> = Vec::new();
     let mut inflight: VecDeque<(usize, u64, u64)> = VecDeque::new();
     let mut scratch = vec![0u8; READ_CHUNK];
-    let mut sh = Shared {
-        seed: fastrand::u64(..),
-        c: ChildCounters::default(),
-        connect_us: hist::new_histogram(),
-        push_latency_us: hist::new_histogram(),
-        echo_rtt_us: hist::new_histogram(),
-        targeted_devices: Vec::new(),
-        frame_buf: Vec::with_capacity(1024),
-        payload_buf: Vec::new(),
-        rng: fastrand::Rng::new(),
-        closing: false,
-        plan,
-    };
+    let mut sh = Shared::new(plan);
     let start = Instant::now();
     let end_n = sh.plan.first + sh.plan.count;
     let mut next_n = sh.plan.first;
@@ -126,7 +135,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
             } else {
                 u64::MAX
             };
-            while next_n < end_n && inflight.len() < sh.plan.concurrency && next_n - sh.plan.first < allowed {
+            while next_n < end_n && sh.handshaking < sh.plan.concurrency && next_n - sh.plan.first < allowed {
                 let n = next_n;
                 next_n += 1;
                 sh.c.attempted += 1;
@@ -159,6 +168,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
                             continue;
                         }
                         inflight.push_back((slot, n, conn.since_ns + connect_timeout_ns));
+                        sh.handshaking += 1;
                         slab[slot] = Some(conn);
                     }
                     Err(cause) => fail(&mut sh.c, cause),
@@ -239,6 +249,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
                             },
                         );
                         if let Some(mut conn) = slab[slot].take() {
+                            set_state(&mut conn, State::Done, &mut sh);
                             let _ = poll.registry().deregister(&mut conn.stream);
                         }
                         free.push(slot);
@@ -265,7 +276,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
                 begin_close(&mut slab, &mut sh);
             }
         }
-        let live = slab.iter().filter(|s| s.is_some()).count();
+        let live = slab.len() - free.len();
         if let Some(t) = closing_started {
             if live == 0 || t.elapsed() >= CLOSE_GRACE {
                 break;
@@ -394,7 +405,7 @@ fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => {
                 fail(&mut sh.c, errno_cause(e));
-                conn.state = State::Done;
+                set_state(conn, State::Done, sh);
                 return Fate::Drop;
             }
         }
@@ -404,7 +415,7 @@ fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
         let mut req = Vec::with_capacity(256);
         if sh.plan.poll {
             client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.n);
-            conn.state = State::Polling;
+            set_state(conn, State::Polling, sh);
             sh.c.polls_sent += 1;
             established(conn, sh);
         } else {
@@ -417,7 +428,7 @@ fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
                 conn.n,
                 &key,
             );
-            conn.state = State::Handshake;
+            set_state(conn, State::Handshake, sh);
         }
         return send(conn, &req);
     }
@@ -481,6 +492,15 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
     }
 }
 
+/// Every state change goes through here, so the count of handshakes in flight stays exact.
+fn set_state(conn: &mut Conn, to: State, sh: &mut Shared) {
+    let shaking = |s: State| matches!(s, State::Connecting | State::Handshake);
+    if shaking(conn.state) && !shaking(to) {
+        sh.handshaking -= 1;
+    }
+    conn.state = to;
+}
+
 /// The connection stops counting as open (every path out of Open/Polling comes through here once).
 fn leave_open(conn: &mut Conn, sh: &mut Shared) {
     if matches!(conn.state, State::Open | State::Polling) {
@@ -488,7 +508,7 @@ fn leave_open(conn: &mut Conn, sh: &mut Shared) {
         if sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) >= sh.plan.expect_broadcasts {
             sh.c.reached_expected -= 1;
         }
-        conn.state = State::Closing;
+        set_state(conn, State::Closing, sh);
     }
 }
 
@@ -502,7 +522,7 @@ fn ended(conn: &mut Conn, sh: &mut Shared, how: &str) {
         }
         State::Closing | State::Done => {}
     }
-    conn.state = State::Done;
+    set_state(conn, State::Done, sh);
 }
 
 /// The server closed the TCP connection (or reset it).
@@ -523,17 +543,17 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                     Handshake::Partial => return (Fate::Keep, pos),
                     Handshake::Accepted { len } => {
                         pos += len;
-                        conn.state = State::Open;
+                        set_state(conn, State::Open, sh);
                         established(conn, sh);
                     }
                     Handshake::Rejected(code) => {
                         fail(&mut sh.c, &format!("http_{code}"));
-                        conn.state = State::Done;
+                        set_state(conn, State::Done, sh);
                         return (Fate::Drop, buf.len());
                     }
                     Handshake::Invalid(_) => {
                         fail(&mut sh.c, "bad_handshake");
-                        conn.state = State::Done;
+                        set_state(conn, State::Done, sh);
                         return (Fate::Drop, buf.len());
                     }
                 }
@@ -562,8 +582,8 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                     }
                 }
                 PollAnswer::Invalid(_) => {
-                    fail(&mut sh.c, "bad_poll_answer");
-                    leave_open(conn, sh);
+                    // Established already: a server fault, not a failed connection.
+                    ended(conn, sh, "bad_poll_answer");
                     return (Fate::Drop, buf.len());
                 }
             },
@@ -572,8 +592,7 @@ fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
                     Ok(None) => return (Fate::Keep, pos),
                     Ok(Some(f)) => f,
                     Err(_) => {
-                        fail(&mut sh.c, "bad_server_frame");
-                        leave_open(conn, sh);
+                        ended(conn, sh, "bad_server_frame");
                         return (Fate::Drop, buf.len());
                     }
                 };
@@ -647,7 +666,8 @@ fn record_push(conn: &mut Conn, payload: &[u8], sh: &mut Shared) {
     } else {
         sh.c.broadcasts += 1;
         conn.broadcasts += 1;
-        if sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) == sh.plan.expect_broadcasts {
+        let open = matches!(conn.state, State::Open | State::Polling);
+        if open && sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) == sh.plan.expect_broadcasts {
             sh.c.reached_expected += 1;
         }
     }
@@ -719,7 +739,11 @@ fn begin_close(slab: &mut [Option<Conn>], sh: &mut Shared) {
                 leave_open(conn, sh);
                 *entry = None;
             }
-            State::Connecting | State::Handshake => *entry = None,
+            State::Connecting | State::Handshake => {
+                fail(&mut sh.c, "aborted_in_handshake");
+                set_state(conn, State::Done, sh);
+                *entry = None;
+            }
             State::Closing | State::Done => {}
         }
     }
@@ -739,6 +763,69 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::net::Ipv4Addr;
+
+    fn plan() -> ChildPlan {
+        serde_json::from_value(serde_json::json!({
+            "index": 0, "server": "127.0.0.1:1", "host": "h", "path": "/ws", "first": 0, "count": 3,
+            "sources": [], "rate": 0.0, "concurrency": 10, "connect_timeout_ms": 1000, "hold_ms": 0,
+            "duration_ms": 1000, "ping_interval_ms": 0, "send_interval_ms": 0, "payload": 0,
+            "id_prefix": null, "poll": false, "expect_broadcasts": 0
+        }))
+        .unwrap()
+    }
+
+    fn conn(state: State, n: u64) -> Conn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        // The peer must outlive the test, or the kernel resets the connection.
+        std::mem::forget(listener);
+        Conn {
+            stream: TcpStream::from_std(stream),
+            n,
+            state,
+            since_ns: 0,
+            inp: Vec::new(),
+            out: Vec::new(),
+            writable: false,
+            broadcasts: 0,
+        }
+    }
+
+    /// Closing early (duration or signal) counts connections still shaking hands as failed, and
+    /// the handshake window is released exactly once per connection (found in review).
+    #[test]
+    fn closing_accounts_for_every_attempt() {
+        let mut sh = Shared::new(plan());
+        sh.c.attempted = 3;
+        sh.handshaking = 2;
+        let mut open = conn(State::Handshake, 2);
+        set_state(&mut open, State::Open, &mut sh);
+        established(&open, &mut sh);
+        assert_eq!((sh.handshaking, sh.c.open), (1, 1));
+        let mut slab = vec![Some(conn(State::Connecting, 0)), Some(open), None];
+        sh.c.failed.insert("refused".into(), 1); // the third attempt
+        begin_close(&mut slab, &mut sh);
+        assert_eq!(sh.handshaking, 0);
+        assert_eq!(sh.c.open, 0);
+        assert_eq!(sh.c.attempted, sh.c.established + sh.c.failed_total(), "{:?}", sh.c);
+        assert_eq!(sh.c.failed.get("aborted_in_handshake"), Some(&1));
+        assert!(slab[0].is_none() && slab[1].as_ref().is_some_and(|c| c.state == State::Closing));
+    }
+
+    /// A broken frame on an established connection is the server's fault, not a failed connection.
+    #[test]
+    fn bad_frames_on_established_connections_are_not_failures() {
+        let mut sh = Shared::new(plan());
+        sh.c.open = 1;
+        let mut c = conn(State::Open, 0);
+        let mut junk = vec![0x8f, 0x00]; // reserved opcode
+        let (fate, _) = consume(&mut c, &mut sh, &mut junk);
+        assert!(fate == Fate::Drop);
+        assert_eq!(sh.c.failed_total(), 0);
+        assert_eq!(sh.c.closed_by_server.get("bad_server_frame"), Some(&1));
+        assert_eq!(sh.c.open, 0);
+    }
 
     #[test]
     fn every_connection_gets_its_own_source_address_and_port() {
