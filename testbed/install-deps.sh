@@ -10,9 +10,19 @@ declare -A need=(
     [ip]=iproute2 [ss]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping
     [ps]=procps [python3]=python3
 )
+# The XDP program (xdp-prog/) is compiled by clang; libbpf-sys builds libbpf from source.
+need+=([clang]=clang [make]=make [pkg-config]=pkgconf)
+# header file -> Debian package
+declare -A headers=(
+    [/usr/include/libelf.h]=libelf-dev [/usr/include/zlib.h]=zlib1g-dev
+    [/usr/include/linux/bpf.h]=linux-libc-dev
+)
 missing=()
 for cmd in "${!need[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+for h in "${!headers[@]}"; do
+    [[ -e $h ]] || missing+=("${headers[$h]}")
 done
 if ((${#missing[@]})); then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -390,3 +390,31 @@ fn attach_script_status_and_detach_script() {
     assert!(!std::path::Path::new("/run/wsb/bpffs/wsbx3").exists());
     script("detach.sh");
 }
+
+/// The flood benchmark's own accounting holds at a small size: every frame it sent was
+/// redirected by XDP, and every redirected frame was received or counted as dropped by AF_XDP.
+#[test]
+fn flood_tool_accounts_for_every_frame() {
+    if !privileged("flood_tool_accounts_for_every_frame") {
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("xdp-flood-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_xdp-flood"))
+        .args(["--packets", "20000", "--prefix", "wsbx4", "--seconds", "30", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["sent"], 20000, "{r}");
+    let redirected = r["xdp_counters"]["redirected"].as_u64().unwrap();
+    let received = r["received"].as_u64().unwrap();
+    let dropped = r["af_xdp"]["rx_dropped"].as_u64().unwrap();
+    assert!(redirected <= 20000 && redirected > 0, "{r}");
+    assert_eq!(received + dropped, redirected, "{r}");
+    assert_eq!(r["xdp_counters"]["no_socket"], 0);
+    assert!(
+        !std::path::Path::new("/var/run/netns/wsbx4-srv").exists(),
+        "namespaces removed"
+    );
+}
