@@ -308,6 +308,12 @@ fn each_queue_reaches_its_own_socket() {
     });
     go_tx.send(()).unwrap();
     let (per_queue, counters) = server.join().unwrap();
+    let dev = tb.dev();
+    assert_eq!(
+        in_ns(&tb.srv(), move || attached_program(&dev).unwrap()),
+        None,
+        "dropping the handle detached it"
+    );
     assert!(
         per_queue[0] > 0 && per_queue[1] > 0,
         "both queues got frames: {per_queue:?}"
@@ -417,4 +423,104 @@ fn flood_tool_accounts_for_every_frame() {
         !std::path::Path::new("/var/run/netns/wsbx4-srv").exists(),
         "namespaces removed"
     );
+}
+
+/// With ARP steering on, ARP requests for the endpoint address go to the socket (the kernel no
+/// longer answers them); without it they reach the kernel.
+#[test]
+fn arp_for_the_endpoint_address_is_steered_when_asked() {
+    if !privileged("arp_for_the_endpoint_address_is_steered_when_asked") {
+        return;
+    }
+    let tb = Testbed::new("wsbx5", 1);
+    let (srv, dev) = (tb.srv(), tb.dev());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        netns::enter(&srv).unwrap();
+        let steering = Steering::attach(&dev, Mode::Native).unwrap();
+        steering.set_endpoints(&[SERVER.parse().unwrap()], true).unwrap();
+        assert_eq!(steering.endpoints().unwrap(), (vec![SERVER.parse().unwrap()], true));
+        let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
+        steering.register_socket(0, xsk.fd()).unwrap();
+        ready_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        let mut arp_frames = 0;
+        for _ in 0..20 {
+            xsk.recv(Duration::from_millis(20), |f| {
+                if f.len() >= 14 && f[12..14] == [0x08, 0x06] {
+                    arp_frames += 1;
+                }
+            })
+            .unwrap();
+        }
+        (arp_frames, steering.counters().unwrap())
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &tb.cli(), "ping", "-c", "1", "-W", "1", "198.18.0.1"])
+        .output()
+        .unwrap();
+    assert!(!ping.status.success(), "the kernel answered no ARP, so ping fails");
+    go_tx.send(()).unwrap();
+    let (arp_frames, counters) = server.join().unwrap();
+    assert!(arp_frames >= 1, "the socket got the ARP requests");
+    assert_eq!(counters.arp_redirected, arp_frames);
+}
+
+/// An interface that runs someone else's XDP program is refused, not taken over, and
+/// `xdp-steer detach` leaves that program alone.
+#[test]
+fn someone_elses_program_is_not_replaced() {
+    if !privileged("someone_elses_program_is_not_replaced") {
+        return;
+    }
+    let tb = Testbed::new("wsbx6", 1);
+    let dir = std::env::temp_dir().join(format!("wsb-foreign-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("foreign.bpf.c"),
+        "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int foreign(struct xdp_md *ctx) { return XDP_PASS; }\n\
+         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let arch = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let cc = Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", &arch, "-c"])
+        .arg(dir.join("foreign.bpf.c"))
+        .arg("-o")
+        .arg(dir.join("foreign.o"))
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let foreign = dir.join("foreign.o");
+    let attach = Command::new("ip")
+        .args(["-n", &tb.srv(), "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
+        .arg(&foreign)
+        .args(["sec", "xdp"])
+        .output()
+        .unwrap();
+    assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
+
+    let dev = tb.dev();
+    let refused = in_ns(&tb.srv(), move || match Steering::attach(&dev, Mode::Auto) {
+        Err(SteerError::AttachedBySomeoneElse { name, .. }) => name,
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("attached over someone else's program"),
+    });
+    assert_eq!(refused, "foreign");
+    let out = Command::new(env!("CARGO_BIN_EXE_xdp-steer"))
+        .args(["detach", &tb.dev(), "--netns", &tb.srv()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another XDP program"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = tb.dev();
+    let still = in_ns(&tb.srv(), move || attached_program(&dev).unwrap());
+    assert_eq!(still.map(|(_, name, _)| name), Some("foreign".to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
 }
