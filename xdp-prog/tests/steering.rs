@@ -88,6 +88,20 @@ fn connects(tb: &Testbed, to: &str, timeout: Duration) -> bool {
     in_ns(&tb.cli(), move || TcpStream::connect_timeout(&to, timeout).is_ok())
 }
 
+/// On the calling thread (inside the server namespace): the program attached to `dev` in native
+/// mode, steering SERVER, with a receiving socket registered on each of `queues` queues.
+fn steer_into_sockets(dev: &str, queues: u32, arp: bool) -> (Steering, Vec<XskSocket>) {
+    let steering = Steering::attach(dev, Mode::Native).unwrap();
+    steering.set_endpoints(&[SERVER.parse().unwrap()], arp).unwrap();
+    let socks: Vec<XskSocket> = (0..queues)
+        .map(|q| XskSocket::bind(dev, q, 1024, true, false).unwrap())
+        .collect();
+    for (q, s) in socks.iter().enumerate() {
+        steering.register_socket(q as u32, s.fd()).unwrap();
+    }
+    (steering, socks)
+}
+
 /// (destination port, SYN flag) of a TCP/IPv4 frame, if it is one.
 fn tcp_of(frame: &[u8]) -> Option<(u16, bool)> {
     if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[23] != 6 {
@@ -138,8 +152,8 @@ fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
                 drop(s);
             }
         });
-        let mut steering = Steering::attach(&dev, Mode::Native).unwrap();
-        steering.set_endpoints(&[SERVER.parse().unwrap()], false).unwrap();
+        let (mut steering, mut socks) = steer_into_sockets(&dev, 1, false);
+        let mut xsk = socks.remove(0);
         assert!(matches!(
             Steering::attach(&dev, Mode::Native),
             Err(SteerError::AlreadyAttached { .. })
@@ -148,8 +162,6 @@ fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
             Steering::attach("nope0", Mode::Native),
             Err(SteerError::NoSuchInterface(_))
         ));
-        let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
-        steering.register_socket(0, xsk.fd()).unwrap();
         res_tx.send("ready".into()).unwrap();
         for cmd in cmd_rx {
             let reply = match cmd {
@@ -272,14 +284,7 @@ fn each_queue_reaches_its_own_socket() {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         netns::enter(&srv).unwrap();
-        let steering = Steering::attach(&dev, Mode::Native).unwrap();
-        steering.set_endpoints(&[SERVER.parse().unwrap()], false).unwrap();
-        let mut socks: Vec<XskSocket> = (0..2)
-            .map(|q| XskSocket::bind(&dev, q, 1024, true, false).unwrap())
-            .collect();
-        for (q, s) in socks.iter().enumerate() {
-            steering.register_socket(q as u32, s.fd()).unwrap();
-        }
+        let (steering, mut socks) = steer_into_sockets(&dev, 2, false);
         ready_tx.send(()).unwrap();
         go_rx.recv().unwrap();
         let mut per_queue = [0u64; 2];
@@ -438,11 +443,9 @@ fn arp_for_the_endpoint_address_is_steered_when_asked() {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         netns::enter(&srv).unwrap();
-        let steering = Steering::attach(&dev, Mode::Native).unwrap();
-        steering.set_endpoints(&[SERVER.parse().unwrap()], true).unwrap();
+        let (steering, mut socks) = steer_into_sockets(&dev, 1, true);
         assert_eq!(steering.endpoints().unwrap(), (vec![SERVER.parse().unwrap()], true));
-        let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
-        steering.register_socket(0, xsk.fd()).unwrap();
+        let xsk = &mut socks[0];
         ready_tx.send(()).unwrap();
         go_rx.recv().unwrap();
         let mut arp_frames = 0;
