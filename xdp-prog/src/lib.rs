@@ -16,6 +16,4 @@ mod steering;
 pub mod xsk;
 
 pub use maps::Counters;
-pub use steering::{
-    attached_program, default_pin_dir, ifindex, is_root, Attached, Mode, SteerError, Steering, PROGRAM_NAME,
-};
+pub use steering::{attached_program, ifindex, is_root, Attached, Mode, SteerError, Steering, PROGRAM_NAME};

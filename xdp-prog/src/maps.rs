@@ -70,17 +70,6 @@ impl Counters {
     }
 
     pub const LEN: u32 = 5;
-
-    /// What changed between two readings.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        Counters {
-            redirected: self.redirected - earlier.redirected,
-            passed: self.passed - earlier.passed,
-            no_socket: self.no_socket - earlier.no_socket,
-            malformed: self.malformed - earlier.malformed,
-            arp_redirected: self.arp_redirected - earlier.arp_redirected,
-        }
-    }
 }
 
 #[cfg(test)]

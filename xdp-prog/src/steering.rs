@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
 use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -379,10 +379,6 @@ impl Steering {
         self.prog_id
     }
 
-    pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.prog.as_fd()
-    }
-
     /// Interface name and mode, if attached.
     pub fn attachment(&self) -> Option<(String, Attached)> {
         self.attachment.map(|(index, mode)| (ifname(index), mode))
@@ -540,9 +536,4 @@ fn verifier_log(e: &libbpf_rs::Error) -> String {
         _ => log,
     };
     format!("{body}\n({e})")
-}
-
-/// Where `testbed/attach.sh` pins the steering state of a namespace prefix.
-pub fn default_pin_dir(prefix: &str) -> PathBuf {
-    PathBuf::from(format!("/run/wsb/bpffs/{prefix}"))
 }

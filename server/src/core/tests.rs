@@ -5,6 +5,12 @@ use std::collections::HashMap;
 use super::frame::{apply_mask, decode, encode_header, Op, Role, MAX_HEADER};
 use super::*;
 
+/// Send a keep-alive long-poll request on `id`.
+fn poll(core: &mut ServerCore, io: &mut Recorder, id: ConnId, now: u64) {
+    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    assert_eq!(core.data(id, &mut req, now, io), req.len());
+}
+
 /// A transport that records what the core asks of it.
 #[derive(Default)]
 struct Recorder {
@@ -315,8 +321,7 @@ fn long_poll_is_held_then_answered_at_its_deadline() {
     let mut core = ServerCore::new(cfg(), 4, 0);
     let mut io = Recorder::default();
     core.open(1, 0, &mut io);
-    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    core.data(1, &mut req, 0, &mut io);
+    poll(&mut core, &mut io, 1, 0);
     assert_eq!(core.stats().polls_held, 1);
     core.tick(1_900, &mut io);
     assert!(io.take(1).is_empty(), "still held at 1.9 s");
@@ -330,8 +335,7 @@ fn long_poll_is_held_then_answered_at_its_deadline() {
     );
 
     // The next poll on the same connection, answered early by a broadcast.
-    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    core.data(1, &mut req, 2_500, &mut io);
+    poll(&mut core, &mut io, 1, 2_500);
     let fanout = core.broadcast(b"{\"ts\":1}", 3_000, &mut io);
     assert_eq!(
         fanout,
@@ -384,8 +388,7 @@ fn long_poll_random_hold_stays_in_range_and_close_means_close() {
     let mut io = Recorder::default();
     for id in 0..50 {
         core.open(id, 0, &mut io);
-        let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        core.data(id, &mut req, 0, &mut io);
+        poll(&mut core, &mut io, id, 0);
     }
     for t in (0..=3_000).step_by(100) {
         core.tick(t, &mut io);
@@ -550,12 +553,10 @@ fn two_timer_entries_due_in_one_tick_answer_a_poll_once() {
     );
     let mut io = Recorder::default();
     core.open(1, 0, &mut io);
-    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    core.data(1, &mut req, 0, &mut io);
+    poll(&mut core, &mut io, 1, 0);
     core.broadcast(b"{\"ts\":1}", 10, &mut io);
     io.take(1);
-    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    core.data(1, &mut req, 50, &mut io);
+    poll(&mut core, &mut io, 1, 50);
     core.tick(2_000, &mut io);
     let answers = io.text(1);
     assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 1, "{answers}");
@@ -578,8 +579,7 @@ fn expiry_and_poll_deadline_in_one_tick() {
     );
     let mut io = Recorder::default();
     core.open(1, 0, &mut io);
-    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    core.data(1, &mut req, 0, &mut io);
+    poll(&mut core, &mut io, 1, 0);
     core.tick(2_000, &mut io);
     assert_eq!(io.closed, vec![1]);
     let s = core.stats();
@@ -640,8 +640,7 @@ fn keep_alive_poll_connections_wait_at_most_the_request_timeout() {
     );
     let mut io = Recorder::default();
     core.open(1, 0, &mut io);
-    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    core.data(1, &mut req, 0, &mut io);
+    poll(&mut core, &mut io, 1, 0);
     core.tick(2_000, &mut io); // answered (hold is 2 s)
     assert!(io.text(1).starts_with("HTTP/1.1 200 OK"));
     core.tick(4_900, &mut io);

@@ -109,18 +109,20 @@ pub fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// Run `program args` inside namespace `ns`, returning (success, stdout+stderr).
-pub fn run_in(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+/// Run `cmd`, returning (success, stdout+stderr).
+pub fn output_of(mut cmd: Command) -> (bool, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Run `program args` inside namespace `ns`, returning (success, stdout+stderr).
+pub fn run_in(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program]).args(args);
+    output_of(cmd)
 }
