@@ -1,0 +1,852 @@
+//! The stack: smoltcp used one socket at a time, under our own connection table and timer wheel.
+//!
+//! Per received frame: parse the 4-tuple (`wire`), find the slot (`table`, O(1)), move that one
+//! socket into a one-slot `SocketSet`, let smoltcp process exactly that frame (`port`), move the
+//! socket back. Nothing ever scans the connections per packet. Sockets with output are marked dirty
+//! and transmit at `flush` — after the application has seen the events, so its reply rides with
+//! the ACK. smoltcp's per-socket deadline (`poll_at`) goes into one timer wheel; an idle
+//! established connection has no deadline and costs no CPU at all.
+//!
+//! Slots are recycled, never freed: a slot keeps its socket and its arena buffers forever, and
+//! `listen`/`connect` reset the socket for its next connection.
+
+use std::net::SocketAddrV4;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet, SocketStorage};
+use smoltcp::socket::{tcp, Socket};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address};
+
+use crate::arena::Arena;
+use crate::config::StackConfig;
+use crate::link::{Link, LinkCounters};
+use crate::port::Port;
+use crate::stats::{MemoryReport, StackStats};
+use crate::table::ConnTable;
+use crate::wheel::{Due, Entry, TimerWheel};
+use crate::wire::{self, EthShim, FourTuple, NotTcp, TCP_ACK, TCP_RST, TCP_SYN};
+
+/// A connection, as the application names it: the slot index. An id is the application's from
+/// `Accepted`/`connect` until it calls `close` or `abort`; only then can the slot be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A passive connection completed its handshake; the id is now the application's.
+    Accepted(ConnId),
+    /// An active connection (from `connect`) completed its handshake.
+    Connected(ConnId),
+    /// New bytes arrived.
+    Readable(ConnId),
+    /// A write that did not fit now has room.
+    Writable(ConnId),
+    /// No more bytes will arrive. The application still calls `close` (or `abort`) to release it.
+    Closed(ConnId, CloseReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer sent FIN (its data has been read).
+    PeerClosed,
+    /// Reset by the peer, refused, or given up after retransmissions time out.
+    Aborted,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConnectError {
+    #[error("no free connection slot (all {0} in use)")]
+    NoCapacity(usize),
+    #[error("every source address and port towards {0} is in use")]
+    NoSourcePort(SocketAddrV4),
+    #[error("no source addresses configured for client mode")]
+    NoSourceAddress,
+    #[error("smoltcp refused the connect: {0}")]
+    Smoltcp(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("invalid stack configuration: {0}")]
+    Config(String),
+}
+
+/// Per-slot flags.
+mod flag {
+    /// The slot holds a connection (not on the free list).
+    pub const IN_USE: u16 = 1 << 0;
+    /// Its 4-tuple is in the table.
+    pub const IN_TABLE: u16 = 1 << 1;
+    /// The application holds the id (between Accepted/connect and close/abort).
+    pub const OWNED: u16 = 1 << 2;
+    /// The handshake completed and was reported.
+    pub const ESTABLISHED: u16 = 1 << 3;
+    /// `Closed` was reported.
+    pub const CLOSED_SENT: u16 = 1 << 4;
+    /// On the dirty list: the socket may have something to send.
+    pub const DIRTY: u16 = 1 << 5;
+    /// A write came up short: report `Writable` when room appears.
+    pub const WANT_WRITE: u16 = 1 << 6;
+    /// Opened by `connect` (reports `Connected`, not `Accepted`).
+    pub const ACTIVE: u16 = 1 << 7;
+    /// The application gave the id back; `Slot::user` holds the close deadline.
+    pub const RELEASED: u16 = 1 << 8;
+}
+
+/// No wheel entry is pending for the slot.
+const NO_TIMER: u32 = u32::MAX;
+
+/// Everything per connection besides the socket and its buffers: 12 bytes (the 4-tuple, 12 more,
+/// lives in `Net::tuples` next to the table that compares it).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Slot {
+    /// The application's few bytes while it owns the id; after release, the tick by which the
+    /// connection must have finished closing (the application no longer needs the field).
+    user: u32,
+    /// Tick of the earliest wheel entry scheduled for smoltcp's deadline, or `NO_TIMER`.
+    timer: u32,
+    flags: u16,
+}
+
+const SLOT_EMPTY: Slot = Slot {
+    user: 0,
+    timer: NO_TIMER,
+    flags: 0,
+};
+
+/// At most this many segments per socket per egress pass; more waits for the next flush.
+const EGRESS_BURST: usize = 32;
+/// Timer wheel: 1 ms ticks, 16384 slots (16 s per revolution: TIME-WAIT's 10 s fits in one).
+const WHEEL_SLOTS: usize = 1 << 14;
+
+fn tick_of(now: Instant) -> u32 {
+    now.total_millis() as u32
+}
+
+fn tick_after(now: Instant, d: Duration) -> u32 {
+    tick_of(now).wrapping_add(d.total_millis() as u32)
+}
+
+/// `a` is at or before `b`, on the wrapping tick clock.
+fn not_after(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) >= 0
+}
+
+/// All state except the link, so that frames borrowed from the link can be processed by it.
+struct Net {
+    config: StackConfig,
+    iface: Interface,
+    /// The one-slot set a socket visits while smoltcp works on it.
+    set: SocketSet<'static>,
+    /// The slab of sockets, indexed by slot; `None` only while a socket is in `set`.
+    sockets: Vec<Option<tcp::Socket<'static>>>,
+    tuples: Vec<FourTuple>,
+    slots: Vec<Slot>,
+    table: ConnTable,
+    free: Vec<u32>,
+    wheel: TimerWheel,
+    /// Slots that may have output; drained by `flush`.
+    dirty: Vec<u32>,
+    /// Scratch for the wheel's due entries.
+    due: Vec<Entry>,
+    events: Vec<Event>,
+    shim: EthShim,
+    mac_learned: bool,
+    listening: Vec<u16>,
+    /// Client mode: next (source address index, port) to try.
+    next_source: (usize, u16),
+    arena_bytes: usize,
+    /// The time of the last poll or flush (for deadlines set by calls).
+    now: Instant,
+    stats: StackStats,
+}
+
+/// A userspace TCP stack over one link (one AF_XDP queue, or one end of an in-memory wire).
+pub struct Stack<L: Link> {
+    link: L,
+    net: Net,
+}
+
+impl<L: Link> Stack<L> {
+    /// Build the stack: every socket and buffer for `config.max_conns` connections is made here,
+    /// once; nothing is allocated per connection or per packet afterwards.
+    pub fn new(config: StackConfig, mut link: L, now: Instant) -> Result<Stack<L>, StackError> {
+        config.validate().map_err(StackError::Config)?;
+        let n = config.max_conns;
+        let shim = EthShim {
+            our_mac: config.our_mac,
+            next_hop: config.next_hop_mac.unwrap_or([0xff; 6]),
+        };
+        let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
+        iface_config.random_seed = fastrand::u64(..);
+        let mut port = Port {
+            frame: None,
+            sender: link.sender(),
+            shim,
+            mtu: config.mtu,
+            verify_rx_checksum: config.verify_rx_checksum,
+            starved: false,
+        };
+        let mut iface = Interface::new(iface_config, &mut port, now);
+        let addr = Ipv4Address::from(config.addr.octets());
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(addr.into(), config.prefix_len));
+        });
+        // Our table and the XDP program decide which segments are ours; smoltcp must accept any
+        // destination address (client mode uses a pool of source addresses) and route all
+        // output to the one next hop.
+        iface.set_any_ip(true);
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(addr)
+            .map_err(|_| StackError::Config("route table full".into()))?;
+
+        let mut arena = Arena::new(n, config.rx_buf, config.tx_buf);
+        let arena_bytes = arena.bytes();
+        let mut sockets = Vec::with_capacity(n);
+        while let Some((rx, tx)) = arena.carve() {
+            let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+            // Give up on a peer that stops acknowledging: no socket retransmits forever.
+            s.set_timeout(Some(config.tcp_timeout));
+            s.set_keep_alive(config.keep_alive);
+            // No delayed-ACK timer: the ACK goes out at the next flush, which comes right after
+            // the application has had the chance to answer (and so piggyback it).
+            s.set_ack_delay(None);
+            // Push frames are small and latency matters more than packet count.
+            s.set_nagle_enabled(false);
+            sockets.push(Some(s));
+        }
+        Ok(Stack {
+            link,
+            net: Net {
+                iface,
+                set: SocketSet::new(vec![SocketStorage::EMPTY]),
+                sockets,
+                tuples: vec![FourTuple::default(); n],
+                slots: vec![SLOT_EMPTY; n],
+                table: ConnTable::new(n),
+                // Popped from the end: slot 0 is handed out first.
+                free: (0..n as u32).rev().collect(),
+                wheel: TimerWheel::new(WHEEL_SLOTS, tick_of(now)),
+                dirty: Vec::new(),
+                due: Vec::new(),
+                events: Vec::new(),
+                shim,
+                mac_learned: config.next_hop_mac.is_some(),
+                listening: Vec::new(),
+                next_source: (0, config.source_ports.0),
+                arena_bytes,
+                now,
+                stats: StackStats::default(),
+                config,
+            },
+        })
+    }
+
+    /// Accept connections to `port` (on any of our addresses).
+    pub fn listen(&mut self, port: u16) {
+        if port != 0 && !self.net.listening.contains(&port) {
+            self.net.listening.push(port);
+        }
+    }
+
+    /// Receive one batch of frames and run due timers; new events are appended to `events`.
+    /// Returns the number of frames received.
+    pub fn poll(&mut self, now: Instant, events: &mut Vec<Event>) -> usize {
+        let Stack { link, net } = self;
+        let batch = net.config.rx_batch;
+        net.now = now;
+        let n = link.receive(batch, &mut |frame, sender| net.on_frame(frame, sender, now));
+        net.run_timers(now, link.sender());
+        events.append(&mut net.events);
+        n
+    }
+
+    /// Transmit what the sockets have to send (dirty ones only) and push it out of the link.
+    pub fn flush(&mut self, now: Instant) {
+        let Stack { link, net } = self;
+        net.drain_dirty(now, link.sender());
+        link.flush();
+    }
+
+    /// Events produced by calls (a read reaching the peer's FIN), without polling the link.
+    pub fn take_events(&mut self, events: &mut Vec<Event>) {
+        events.append(&mut self.net.events);
+    }
+
+    /// When the next timer is due, if any (for sleeping).
+    pub fn has_work(&self) -> bool {
+        !self.net.dirty.is_empty() || !self.net.events.is_empty()
+    }
+
+    /// Open a connection to `remote` from the next free (source address, port).
+    pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, ConnectError> {
+        self.net.connect(remote)
+    }
+
+    /// Read up to `buf.len()` bytes; 0 when nothing is buffered or the id is not open.
+    pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> usize {
+        self.net.read_with(id, |data| {
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            n
+        })
+    }
+
+    /// Let `f` look at the buffered bytes in place (the contiguous part of the ring), mutably, and
+    /// say how many it consumed. Returns what `f` consumed (0 if the id is not open).
+    pub fn read_with(&mut self, id: ConnId, f: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        self.net.read_with(id, f)
+    }
+
+    /// Bytes waiting to be read.
+    pub fn readable(&self, id: ConnId) -> usize {
+        self.net.socket(id).map_or(0, |s| s.recv_queue())
+    }
+
+    /// Queue bytes for sending; returns how many fit. When fewer than all fit, a `Writable` event
+    /// follows once there is room.
+    pub fn write(&mut self, id: ConnId, data: &[u8]) -> usize {
+        self.net.write(id, data)
+    }
+
+    /// Room in the send buffer.
+    pub fn write_space(&self, id: ConnId) -> usize {
+        self.net.socket(id).map_or(0, |s| {
+            if s.may_send() {
+                s.send_capacity() - s.send_queue()
+            } else {
+                0
+            }
+        })
+    }
+
+    /// Close gracefully (FIN after the queued bytes) and release the id.
+    pub fn close(&mut self, id: ConnId) {
+        self.net.release(id, false);
+    }
+
+    /// Reset the connection (RST) and release the id.
+    pub fn abort(&mut self, id: ConnId) {
+        self.net.release(id, true);
+    }
+
+    pub fn user(&self, id: ConnId) -> Option<u32> {
+        self.net.owned(id).map(|s| self.net.slots[s].user)
+    }
+
+    pub fn set_user(&mut self, id: ConnId, value: u32) {
+        if let Some(s) = self.net.owned(id) {
+            self.net.slots[s].user = value;
+        }
+    }
+
+    pub fn tuple(&self, id: ConnId) -> Option<FourTuple> {
+        self.net.owned(id).map(|s| self.net.tuples[s])
+    }
+
+    pub fn state(&self, id: ConnId) -> Option<tcp::State> {
+        self.net.socket(id).map(|s| s.state())
+    }
+
+    /// Every established connection the application holds (for broadcast). O(capacity).
+    pub fn conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        let want = flag::OWNED | flag::ESTABLISHED;
+        self.net
+            .slots
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.flags & (want | flag::CLOSED_SENT) == want)
+            .map(|(i, _)| ConnId(i as u32))
+    }
+
+    /// Slots in use (connections in any state, including closing ones).
+    pub fn in_use(&self) -> usize {
+        self.net.config.max_conns - self.net.free.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.net.config.max_conns
+    }
+
+    pub fn stats(&self) -> StackStats {
+        let mut s = self.net.stats;
+        s.in_use = self.in_use() as u64;
+        s.timers_pending = self.net.wheel.len() as u64;
+        s
+    }
+
+    pub fn link_counters(&self) -> LinkCounters {
+        self.link.counters()
+    }
+
+    pub fn link(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.net.config
+    }
+
+    /// Where the memory goes, by structure (capacity, not residency: see `MemoryReport`).
+    pub fn memory(&self) -> MemoryReport {
+        let n = &self.net;
+        MemoryReport {
+            slots: n.config.max_conns,
+            socket_bytes: n.sockets.capacity() * std::mem::size_of::<Option<tcp::Socket<'static>>>(),
+            arena_bytes: n.arena_bytes,
+            table_bytes: n.table.bytes(),
+            slot_bytes: n.slots.capacity() * std::mem::size_of::<Slot>()
+                + n.tuples.capacity() * std::mem::size_of::<FourTuple>(),
+            free_list_bytes: n.free.capacity() * 4,
+            wheel_bytes: n.wheel.heap_bytes(),
+            queue_bytes: n.dirty.capacity() * 4
+                + n.due.capacity() * std::mem::size_of::<Entry>()
+                + n.events.capacity() * std::mem::size_of::<Event>(),
+        }
+    }
+
+    /// The next hop's MAC address (configured, or learned from received frames).
+    pub fn next_hop(&self) -> Option<[u8; 6]> {
+        self.net.mac_learned.then_some(self.net.shim.next_hop)
+    }
+}
+
+impl Net {
+    fn owned(&self, id: ConnId) -> Option<usize> {
+        let s = id.0 as usize;
+        let slot = self.slots.get(s)?;
+        (slot.flags & flag::OWNED != 0).then_some(s)
+    }
+
+    fn socket(&self, id: ConnId) -> Option<&tcp::Socket<'static>> {
+        self.sockets[self.owned(id)?].as_ref()
+    }
+
+    fn mark_dirty(&mut self, s: usize) {
+        if self.slots[s].flags & flag::DIRTY == 0 {
+            self.slots[s].flags |= flag::DIRTY;
+            self.dirty.push(s as u32);
+        }
+    }
+
+    fn on_frame<S: crate::link::Sender>(&mut self, frame: &[u8], sender: &mut S, now: Instant) {
+        self.stats.rx_frames += 1;
+        let seg = match wire::parse(frame) {
+            Ok(seg) => seg,
+            Err(why) => {
+                match why {
+                    NotTcp::NotIpv4 => self.stats.rx_not_ipv4 += 1,
+                    NotTcp::NotTcp => self.stats.rx_not_tcp += 1,
+                    NotTcp::Malformed => self.stats.rx_malformed += 1,
+                }
+                return;
+            }
+        };
+        if !self.mac_learned || self.shim.next_hop != seg.src_mac {
+            // One next hop: whoever sends us TCP (the router, or the veth peer).
+            self.shim.next_hop = seg.src_mac;
+            self.mac_learned = true;
+        }
+        let ip = &frame[seg.ip_start..seg.ip_end];
+        let pure_syn = seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+        let slot = match self.table.get(&seg.tuple, &self.tuples) {
+            Some(s) => {
+                let s = s as usize;
+                let time_wait = self.sockets[s]
+                    .as_ref()
+                    .is_some_and(|k| k.state() == tcp::State::TimeWait);
+                if pure_syn && time_wait && self.slots[s].flags & flag::OWNED == 0 {
+                    // A new connection on a 4-tuple we hold in TIME-WAIT: start it afresh
+                    // (what Linux does for a SYN beyond the old sequence space).
+                    self.stats.time_wait_reused += 1;
+                    self.table.remove(s as u32, &self.tuples);
+                    self.slots[s].flags &= !flag::IN_TABLE;
+                    self.open_passive(s, seg.tuple);
+                }
+                s
+            }
+            None if pure_syn && self.listening.contains(&seg.tuple.local_port) => match self.free.pop() {
+                Some(s) => {
+                    self.slots[s as usize] = SLOT_EMPTY;
+                    self.open_passive(s as usize, seg.tuple);
+                    s as usize
+                }
+                None => {
+                    // Capacity is the backlog: past it, refuse (smoltcp answers RST when no
+                    // socket takes the SYN) and leave every existing connection alone.
+                    self.stats.syn_refused += 1;
+                    self.without_socket(ip, sender, now);
+                    return;
+                }
+            },
+            None => {
+                self.stats.rx_no_connection += 1;
+                self.without_socket(ip, sender, now);
+                return;
+            }
+        };
+        self.stats.rx_segments += 1;
+        self.process(slot, now, sender, Some(ip));
+    }
+
+    /// A passive open: the recycled socket listens on the SYN's local endpoint, then takes it.
+    fn open_passive(&mut self, s: usize, t: FourTuple) {
+        let (addr, port) = t.local();
+        if let Some(sock) = self.sockets[s].as_mut() {
+            sock.abort();
+            let local = smoltcp::wire::IpListenEndpoint {
+                addr: Some(Ipv4Address::from(addr.octets()).into()),
+                port,
+            };
+            // Cannot fail: the socket is closed and the port is not 0 (it is in `listening`).
+            let _ = sock.listen(local);
+        }
+        self.tuples[s] = t;
+        self.slots[s].flags = (self.slots[s].flags & flag::DIRTY) | flag::IN_USE | flag::IN_TABLE;
+        self.slots[s].timer = NO_TIMER;
+        self.table.insert(s as u32, &self.tuples);
+        self.stats.syn_received += 1;
+    }
+
+    /// A segment no socket takes: smoltcp answers with RST (never to a RST) from an empty set.
+    fn without_socket<S: crate::link::Sender>(&mut self, ip: &[u8], sender: &mut S, now: Instant) {
+        let mut empty = SocketSet::new(&mut [][..]);
+        let mut port = Port {
+            frame: Some(ip),
+            sender,
+            shim: self.shim,
+            mtu: self.config.mtu,
+            verify_rx_checksum: self.config.verify_rx_checksum,
+            starved: false,
+        };
+        self.iface.poll_ingress_single(now, &mut port, &mut empty);
+    }
+
+    /// Run smoltcp on slot `s`'s socket: ingress of `frame` if given, else egress.
+    fn process<S: crate::link::Sender>(&mut self, s: usize, now: Instant, sender: &mut S, frame: Option<&[u8]>) {
+        let Some(sock) = self.sockets[s].take() else {
+            return;
+        };
+        let rx_before = sock.recv_queue();
+        let handle = self.set.add(sock);
+        let mut port = Port {
+            frame,
+            sender,
+            shim: self.shim,
+            mtu: self.config.mtu,
+            verify_rx_checksum: self.config.verify_rx_checksum,
+            starved: false,
+        };
+        let ingress = frame.is_some();
+        let mut deadline = None;
+        if ingress {
+            self.iface.poll_ingress_single(now, &mut port, &mut self.set);
+        } else {
+            self.stats.egress_passes += 1;
+            for _ in 0..EGRESS_BURST {
+                if self.iface.poll_egress(now, &mut port, &mut self.set) == smoltcp::iface::PollResult::None {
+                    break;
+                }
+            }
+            // smoltcp's timeout is measured from the last segment received, even on an idle
+            // connection: left on, it would abort every quiet connection after `tcp_timeout`.
+            // So it is on only while something is unacknowledged or in a handshake or close.
+            let sock = self.set.get_mut::<tcp::Socket<'static>>(handle);
+            let quiet =
+                matches!(sock.state(), tcp::State::Established | tcp::State::CloseWait) && sock.send_queue() == 0;
+            sock.set_timeout(if quiet { None } else { Some(self.config.tcp_timeout) });
+            deadline = self.iface.poll_at(now, &self.set);
+        }
+        let starved = port.starved;
+        let sock = match self.set.remove(handle) {
+            Socket::Tcp(sock) => sock,
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("only TCP sockets enter the set"),
+        };
+        let mut sock = sock;
+        self.settle(s, &mut sock, rx_before);
+        let in_use = self.slots[s].flags & flag::IN_USE != 0;
+        self.sockets[s] = Some(sock);
+        if !in_use {
+            return;
+        }
+        if ingress || starved {
+            // Answer at the next flush (after the application has seen the events).
+            if starved {
+                self.stats.tx_starved += 1;
+            }
+            self.mark_dirty(s);
+        } else if deadline.is_none() {
+            // Nothing left to time: any entry still in the wheel is stale and fires nothing.
+            self.slots[s].timer = NO_TIMER;
+        } else if let Some(at) = deadline {
+            let tick = if at <= now {
+                tick_of(now).wrapping_add(1)
+            } else {
+                // Round up: a timer that fires early only finds nothing to do yet.
+                tick_of(at).wrapping_add(u32::from(at.total_micros() % 1000 != 0))
+            };
+            let current = self.slots[s].timer;
+            if current == NO_TIMER || !not_after(current, tick) || !not_after(tick_of(now), current) {
+                self.slots[s].timer = tick;
+                self.wheel.insert(
+                    tick,
+                    Entry {
+                        id: s as u32,
+                        tag: tick,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Report what changed on slot `s` and release it once its connection is over.
+    fn settle(&mut self, s: usize, sock: &mut tcp::Socket<'static>, rx_before: usize) {
+        let id = ConnId(s as u32);
+        let state = sock.state();
+        let flags = self.slots[s].flags;
+        let synchronized = !matches!(
+            state,
+            tcp::State::Closed | tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
+        );
+        if flags & flag::ESTABLISHED == 0 && synchronized {
+            self.slots[s].flags |= flag::ESTABLISHED;
+            if flags & flag::ACTIVE != 0 {
+                self.stats.connected += 1;
+                if flags & flag::OWNED != 0 {
+                    self.events.push(Event::Connected(id));
+                }
+            } else {
+                self.stats.accepted += 1;
+                self.slots[s].flags |= flag::OWNED;
+                self.slots[s].user = 0;
+                self.events.push(Event::Accepted(id));
+            }
+        }
+        let flags = self.slots[s].flags;
+        if flags & flag::OWNED != 0 && flags & flag::CLOSED_SENT == 0 {
+            if flags & flag::ESTABLISHED != 0 {
+                if sock.recv_queue() > rx_before {
+                    self.events.push(Event::Readable(id));
+                }
+                if flags & flag::WANT_WRITE != 0 && sock.can_send() {
+                    self.slots[s].flags &= !flag::WANT_WRITE;
+                    self.events.push(Event::Writable(id));
+                }
+                if state == tcp::State::Closed {
+                    self.report_closed(s, CloseReason::Aborted);
+                } else if !sock.may_recv() {
+                    self.report_closed(s, CloseReason::PeerClosed);
+                }
+            } else if state == tcp::State::Closed {
+                // An active open that was refused or timed out.
+                self.stats.connect_failed += 1;
+                self.report_closed(s, CloseReason::Aborted);
+            }
+        }
+        // Done when nothing is left to send either (an abort's RST goes out first). A passive
+        // socket reset during its handshake falls back to LISTEN: it is done too.
+        let done = matches!(state, tcp::State::Closed | tcp::State::Listen) && sock.remote_endpoint().is_none();
+        if done {
+            if state == tcp::State::Listen {
+                sock.abort();
+            }
+            self.retire(s);
+        }
+    }
+
+    fn report_closed(&mut self, s: usize, why: CloseReason) {
+        self.slots[s].flags |= flag::CLOSED_SENT;
+        match why {
+            CloseReason::PeerClosed => self.stats.closed_by_peer += 1,
+            CloseReason::Aborted => self.stats.aborted += 1,
+        }
+        self.events.push(Event::Closed(ConnId(s as u32), why));
+    }
+
+    /// The socket is closed: leave the table, and go back to the free list unless the
+    /// application still holds the id.
+    fn retire(&mut self, s: usize) {
+        if self.slots[s].flags & flag::IN_TABLE != 0 {
+            self.table.remove(s as u32, &self.tuples);
+            self.slots[s].flags &= !flag::IN_TABLE;
+        }
+        let flags = self.slots[s].flags;
+        if flags & flag::OWNED == 0 && flags & flag::IN_USE != 0 {
+            if flags & flag::ESTABLISHED == 0 && flags & flag::ACTIVE == 0 {
+                self.stats.handshakes_failed += 1;
+            }
+            self.slots[s] = SLOT_EMPTY;
+            self.free.push(s as u32);
+            self.stats.retired += 1;
+        }
+    }
+
+    fn release(&mut self, id: ConnId, abort: bool) {
+        let Some(s) = self.owned(id) else { return };
+        if let Some(sock) = self.sockets[s].as_mut() {
+            if abort {
+                sock.abort();
+                self.stats.app_aborts += 1;
+            } else {
+                sock.close();
+            }
+        }
+        self.slots[s].flags &= !(flag::OWNED | flag::WANT_WRITE);
+        self.slots[s].flags |= flag::RELEASED;
+        // The connection must finish closing by then, or it is reset: smoltcp has no FIN-WAIT-2
+        // timeout, and a peer that never closes must not keep a slot forever.
+        let deadline = tick_after(self.now, self.config.close_linger);
+        self.slots[s].user = deadline;
+        self.wheel.insert(
+            deadline,
+            Entry {
+                id: s as u32,
+                tag: deadline,
+            },
+        );
+        // The FIN or RST goes out at the next flush; the slot is retired once the socket is done.
+        self.mark_dirty(s);
+    }
+
+    /// Run every wheel entry that is due.
+    fn run_timers<S: crate::link::Sender>(&mut self, now: Instant, sender: &mut S) {
+        self.now = now;
+        let tick = tick_of(now);
+        let due = &mut self.due;
+        due.clear();
+        self.wheel.advance(tick, |e, _| {
+            if not_after(e.tag, tick) {
+                due.push(e);
+                Due::Drop
+            } else {
+                Due::At(e.tag)
+            }
+        });
+        let mut due = std::mem::take(&mut self.due);
+        for e in due.drain(..) {
+            let s = e.id as usize;
+            let slot = self.slots[s];
+            if slot.flags & flag::IN_USE == 0 {
+                continue;
+            }
+            let released = slot.flags & flag::RELEASED != 0;
+            if released && e.tag == slot.user && not_after(slot.user, tick) {
+                self.stats.linger_resets += 1;
+                if let Some(sock) = self.sockets[s].as_mut() {
+                    sock.abort();
+                }
+                self.process(s, now, sender, None);
+            } else if e.tag == slot.timer {
+                self.slots[s].timer = NO_TIMER;
+                self.stats.timer_fires += 1;
+                self.process(s, now, sender, None);
+            }
+        }
+        self.due = due;
+    }
+
+    /// Egress for every dirty slot.
+    fn drain_dirty<S: crate::link::Sender>(&mut self, now: Instant, sender: &mut S) {
+        self.now = now;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &s in &dirty {
+            let s = s as usize;
+            if self.slots[s].flags & flag::DIRTY == 0 {
+                continue;
+            }
+            self.slots[s].flags &= !flag::DIRTY;
+            self.process(s, now, sender, None);
+        }
+        dirty.clear();
+        // Slots marked again while draining (the link was full) were pushed onto the new list.
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
+    }
+
+    fn read_with(&mut self, id: ConnId, f: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        let Some(s) = self.owned(id) else { return 0 };
+        let Some(sock) = self.sockets[s].as_mut() else { return 0 };
+        let n = sock.recv(|buf| {
+            let n = f(buf).min(buf.len());
+            (n, n)
+        });
+        let n = n.unwrap_or(0);
+        let peer_done = !sock.may_recv();
+        if n > 0 {
+            // The window opened: let the peer know at the next flush.
+            self.mark_dirty(s);
+        }
+        if peer_done && self.slots[s].flags & (flag::CLOSED_SENT | flag::ESTABLISHED) == flag::ESTABLISHED {
+            self.report_closed(s, CloseReason::PeerClosed);
+        }
+        n
+    }
+
+    fn write(&mut self, id: ConnId, data: &[u8]) -> usize {
+        let Some(s) = self.owned(id) else { return 0 };
+        let Some(sock) = self.sockets[s].as_mut() else { return 0 };
+        let n = sock.send_slice(data).unwrap_or(0);
+        if n < data.len() {
+            self.slots[s].flags |= flag::WANT_WRITE;
+        }
+        if n > 0 {
+            self.mark_dirty(s);
+        }
+        n
+    }
+
+    fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, ConnectError> {
+        let sources = self.config.source_addrs.len();
+        if sources == 0 {
+            return Err(ConnectError::NoSourceAddress);
+        }
+        let Some(&s) = self.free.last() else {
+            return Err(ConnectError::NoCapacity(self.config.max_conns));
+        };
+        let s = s as usize;
+        let (lo, hi) = self.config.source_ports;
+        let span = usize::from(hi - lo) + 1;
+        // Walk (address, port) pairs round-robin from where the last connect stopped; each probe
+        // is one table lookup, and the walk ends after one full round.
+        let mut found = None;
+        for _ in 0..sources * span {
+            let (ai, port) = self.next_source;
+            self.next_source = if port >= hi {
+                ((ai + 1) % sources, lo)
+            } else {
+                (ai, port + 1)
+            };
+            let t = FourTuple::new((self.config.source_addrs[ai], port), (*remote.ip(), remote.port()));
+            if self.table.get(&t, &self.tuples).is_none() {
+                found = Some(t);
+                break;
+            }
+        }
+        let t = found.ok_or(ConnectError::NoSourcePort(remote))?;
+        let Some(sock) = self.sockets[s].as_mut() else {
+            return Err(ConnectError::Smoltcp("socket busy".into()));
+        };
+        sock.abort();
+        let (laddr, lport) = t.local();
+        sock.connect(
+            self.iface.context(),
+            (Ipv4Address::from(remote.ip().octets()), remote.port()),
+            (Ipv4Address::from(laddr.octets()), lport),
+        )
+        .map_err(|e| ConnectError::Smoltcp(e.to_string()))?;
+        self.free.pop();
+        self.tuples[s] = t;
+        self.slots[s] = Slot {
+            user: 0,
+            timer: NO_TIMER,
+            flags: flag::IN_USE | flag::IN_TABLE | flag::OWNED | flag::ACTIVE,
+        };
+        self.table.insert(s as u32, &self.tuples);
+        self.stats.connects += 1;
+        self.mark_dirty(s);
+        Ok(ConnId(s as u32))
+    }
+}

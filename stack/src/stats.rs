@@ -1,0 +1,85 @@
+//! Counters and the memory breakdown of a stack.
+
+use serde::Serialize;
+
+/// What the stack did. Counters only grow, except `in_use` and `timers_pending` (levels).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StackStats {
+    /// Frames received from the link.
+    pub rx_frames: u64,
+    /// Segments handed to a connection's socket.
+    pub rx_segments: u64,
+    pub rx_not_ipv4: u64,
+    /// IPv4 but not TCP, or fragmented.
+    pub rx_not_tcp: u64,
+    pub rx_malformed: u64,
+    /// Segments for no connection (answered with RST unless they were one).
+    pub rx_no_connection: u64,
+    /// SYNs that took a slot.
+    pub syn_received: u64,
+    /// SYNs refused because every slot was in use.
+    pub syn_refused: u64,
+    /// Passive handshakes completed.
+    pub accepted: u64,
+    /// Passive handshakes that never completed (reset, or timed out).
+    pub handshakes_failed: u64,
+    /// `connect` calls that took a slot, and those that completed or failed.
+    pub connects: u64,
+    pub connected: u64,
+    pub connect_failed: u64,
+    /// Connections the peer closed with FIN, and those reset or timed out.
+    pub closed_by_peer: u64,
+    pub aborted: u64,
+    pub app_aborts: u64,
+    /// Released connections that did not finish closing in time and were reset.
+    pub linger_resets: u64,
+    /// New connections on a 4-tuple we held in TIME-WAIT.
+    pub time_wait_reused: u64,
+    /// Slots returned to the free list.
+    pub retired: u64,
+    pub timer_fires: u64,
+    /// Egress passes over a single socket (flushes and timers).
+    pub egress_passes: u64,
+    /// Times a socket had output but the link had no TX buffer.
+    pub tx_starved: u64,
+    /// Slots in use now.
+    pub in_use: u64,
+    /// Wheel entries now, stale ones included.
+    pub timers_pending: u64,
+}
+
+/// Bytes reserved by each structure of a stack, for its whole capacity. The arena and the free
+/// parts of the tables are untouched memory until used, so resident memory is measured
+/// separately (RSS); this says where the bytes of a fully used stack go.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MemoryReport {
+    pub slots: usize,
+    /// smoltcp sockets, one per slot.
+    pub socket_bytes: usize,
+    /// Receive and send buffers.
+    pub arena_bytes: usize,
+    /// The 4-tuple table's buckets.
+    pub table_bytes: usize,
+    /// Per-slot 4-tuple and flags/timer/user fields.
+    pub slot_bytes: usize,
+    pub free_list_bytes: usize,
+    pub wheel_bytes: usize,
+    /// Dirty list, due list and event queue (grow with bursts, then stay).
+    pub queue_bytes: usize,
+}
+
+impl MemoryReport {
+    pub fn total(&self) -> usize {
+        self.socket_bytes
+            + self.arena_bytes
+            + self.table_bytes
+            + self.slot_bytes
+            + self.free_list_bytes
+            + self.wheel_bytes
+            + self.queue_bytes
+    }
+
+    pub fn per_slot(&self) -> f64 {
+        self.total() as f64 / self.slots.max(1) as f64
+    }
+}

@@ -1,0 +1,198 @@
+//! Just enough header parsing to demultiplex a frame before smoltcp sees it, and the 14-byte
+//! Ethernet shim in front of what smoltcp sends.
+//!
+//! Why `Medium::Ip` plus our own shim rather than `Medium::Ethernet` with ARP steered to us: the
+//! kernel keeps the interface address, answers ARP and ICMP, and serves every other port (the
+//! admin endpoint, ssh) on the same address, while smoltcp's neighbour cache (8 entries, a 1 s
+//! cache-wide ARP rate limit) would have to learn every peer. Behind a router or a veth there is
+//! exactly one next hop, so one learned (or configured) MAC address is all the Ethernet we need.
+
+use std::net::Ipv4Addr;
+
+pub const ETH_HEADER: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A connection's 4-tuple, seen from our side. 12 bytes: this is also what the connection table
+/// compares on lookup, so it is stored once per slot and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+pub struct FourTuple {
+    pub local_addr: [u8; 4],
+    pub remote_addr: [u8; 4],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+impl FourTuple {
+    pub fn new(local: (Ipv4Addr, u16), remote: (Ipv4Addr, u16)) -> FourTuple {
+        FourTuple {
+            local_addr: local.0.octets(),
+            remote_addr: remote.0.octets(),
+            local_port: local.1,
+            remote_port: remote.1,
+        }
+    }
+    pub fn local(&self) -> (Ipv4Addr, u16) {
+        (Ipv4Addr::from(self.local_addr), self.local_port)
+    }
+    pub fn remote(&self) -> (Ipv4Addr, u16) {
+        (Ipv4Addr::from(self.remote_addr), self.remote_port)
+    }
+}
+
+/// What the stack needs to know about a received TCP/IPv4 frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub tuple: FourTuple,
+    pub flags: u8,
+    /// The sender's MAC address: our next hop.
+    pub src_mac: [u8; 6],
+    /// The IPv4 packet inside the frame (Ethernet header and padding cut off).
+    pub ip_start: usize,
+    pub ip_end: usize,
+}
+
+/// Why a frame was not a TCP/IPv4 segment we can hand to smoltcp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotTcp {
+    /// Not IPv4 (ARP, IPv6…): the XDP program should not have sent it here.
+    NotIpv4,
+    /// IPv4 but not TCP, or a fragment.
+    NotTcp,
+    /// Lengths or header fields that do not add up.
+    Malformed,
+}
+
+/// Parse an Ethernet frame far enough to find its 4-tuple. Never panics on any input.
+pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
+    if frame.len() < ETH_HEADER + 20 {
+        return Err(NotTcp::Malformed);
+    }
+    if u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4 {
+        return Err(NotTcp::NotIpv4);
+    }
+    let ip = &frame[ETH_HEADER..];
+    if ip[0] >> 4 != 4 {
+        return Err(NotTcp::Malformed);
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ihl < 20 || total < ihl + 20 || total > ip.len() {
+        return Err(NotTcp::Malformed);
+    }
+    if ip[9] != IPPROTO_TCP {
+        return Err(NotTcp::NotTcp);
+    }
+    // More-fragments or a fragment offset: smoltcp is built without reassembly.
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return Err(NotTcp::NotTcp);
+    }
+    let tcp = &ip[ihl..total];
+    let mut src_mac = [0u8; 6];
+    src_mac.copy_from_slice(&frame[6..12]);
+    Ok(Segment {
+        tuple: FourTuple {
+            local_addr: [ip[16], ip[17], ip[18], ip[19]],
+            remote_addr: [ip[12], ip[13], ip[14], ip[15]],
+            local_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+            remote_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        },
+        flags: tcp[13],
+        src_mac,
+        ip_start: ETH_HEADER,
+        ip_end: ETH_HEADER + total,
+    })
+}
+
+/// The Ethernet header written in front of every IPv4 packet smoltcp sends.
+#[derive(Clone, Copy, Debug)]
+pub struct EthShim {
+    pub our_mac: [u8; 6],
+    /// The next hop; learned from received frames unless configured.
+    pub next_hop: [u8; 6],
+}
+
+impl EthShim {
+    pub fn write(&self, frame: &mut [u8]) {
+        frame[0..6].copy_from_slice(&self.next_hop);
+        frame[6..12].copy_from_slice(&self.our_mac);
+        frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal Ethernet + IPv4 + TCP frame (checksums not filled: parse does not look at them).
+    pub fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 54];
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&40u16.to_be_bytes());
+        f[23] = IPPROTO_TCP;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[46] = 0x50;
+        f[47] = flags;
+        f
+    }
+
+    #[test]
+    fn parses_the_tuple_from_our_side() {
+        let mut f = frame([198, 19, 0, 2], [198, 18, 0, 1], 40000, 8080, TCP_SYN);
+        f.extend_from_slice(&[0; 6]); // Ethernet padding is cut off
+        let s = parse(&f).unwrap();
+        assert_eq!(s.tuple.local(), (Ipv4Addr::new(198, 18, 0, 1), 8080));
+        assert_eq!(s.tuple.remote(), (Ipv4Addr::new(198, 19, 0, 2), 40000));
+        assert_eq!(s.flags, TCP_SYN);
+        assert_eq!(s.src_mac, [2, 0, 0, 0, 0, 9]);
+        assert_eq!((s.ip_start, s.ip_end), (14, 54));
+    }
+
+    #[test]
+    fn rejects_what_is_not_plain_tcp_ipv4() {
+        let good = frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, TCP_ACK);
+        let mut arp = good.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(parse(&arp).unwrap_err(), NotTcp::NotIpv4);
+        let mut udp = good.clone();
+        udp[23] = 17;
+        assert_eq!(parse(&udp).unwrap_err(), NotTcp::NotTcp);
+        let mut frag = good.clone();
+        frag[20] = 0x20; // more fragments
+        assert_eq!(parse(&frag).unwrap_err(), NotTcp::NotTcp);
+        let mut long = good.clone();
+        long[16..18].copy_from_slice(&400u16.to_be_bytes());
+        assert_eq!(parse(&long).unwrap_err(), NotTcp::Malformed);
+        let mut ihl = good.clone();
+        ihl[14] = 0x44;
+        assert_eq!(parse(&ihl).unwrap_err(), NotTcp::Malformed);
+    }
+
+    #[test]
+    fn no_input_panics() {
+        let good = frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, TCP_ACK);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for len in 0..good.len() {
+            let _ = parse(&good[..len]);
+        }
+        for _ in 0..20_000 {
+            let mut f = good.clone();
+            for _ in 0..4 {
+                let i = rng.usize(..f.len());
+                f[i] = rng.u8(..);
+            }
+            let _ = parse(&f);
+        }
+    }
+}

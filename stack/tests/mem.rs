@@ -1,0 +1,465 @@
+//! The stack against itself over the in-memory wire: TCP behaviour, the connection table, buffers,
+//! timers, capacity, and hostile frames. No privileges needed.
+
+mod common;
+
+use std::net::SocketAddrV4;
+
+use common::*;
+use smoltcp::socket::tcp::State;
+use smoltcp::time::Duration;
+use stack::mem_link::Impairments;
+use stack::{CloseReason, ConnectError, Event};
+
+#[test]
+fn handshake_reports_both_ends_with_matching_tuples() {
+    let mut p = Pair::new(server_config(16), client_config(16, 1));
+    let (c, s) = p.establish();
+    let ct = p.client.tuple(c).unwrap();
+    let st = p.server.tuple(s).unwrap();
+    assert_eq!(ct.local(), st.remote());
+    assert_eq!(ct.remote(), st.local());
+    assert_eq!(st.local(), (SERVER, PORT));
+    assert_eq!(p.server.state(s), Some(State::Established));
+    assert_eq!(p.client.state(c), Some(State::Established));
+    assert_eq!(p.server.stats().accepted, 1);
+    assert_eq!(p.client.stats().connected, 1);
+    assert_eq!(p.server.in_use(), 1);
+    assert_eq!(p.server.conns().collect::<Vec<_>>(), vec![s]);
+    // The server learned the client's MAC from its SYN.
+    assert_eq!(p.server.next_hop(), Some(CLIENT_MAC));
+}
+
+#[test]
+fn data_both_ways_much_larger_than_the_buffers() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    let up = pattern(200_000, 1);
+    let down = pattern(150_000, 2);
+    assert_eq!(transfer(&mut p, c, s, &up, true, 100_000), up);
+    assert_eq!(transfer(&mut p, c, s, &down, false, 100_000), down);
+    // The 512-byte buffers filled up and the writer was told when room came back.
+    assert!(p.client_events.iter().any(|e| *e == Event::Writable(c)));
+    assert!(p.server_events.iter().any(|e| *e == Event::Writable(s)));
+}
+
+#[test]
+fn data_survives_loss_duplication_and_reordering() {
+    for seed in 1..=3 {
+        let impair = Impairments {
+            loss: 0.05,
+            duplicate: 0.05,
+            reorder: 0.05,
+        };
+        let mut p = Pair::with_wire(server_config(4), client_config(4, 1), impair, seed);
+        // The handshake itself may lose segments: let the retransmission timers run.
+        let c = p.connect();
+        p.advance(Duration::from_secs(5));
+        assert!(p.client_events.contains(&Event::Connected(c)), "seed {seed}");
+        let s = p.server.conns().next().expect("accepted");
+        let up = pattern(30_000, 3);
+        let down = pattern(30_000, 4);
+        assert_eq!(transfer(&mut p, c, s, &up, true, 2_000_000), up, "seed {seed}");
+        assert_eq!(transfer(&mut p, c, s, &down, false, 2_000_000), down, "seed {seed}");
+        let lost = p.client.link_counters().tx_dropped + p.server.link_counters().tx_dropped;
+        assert!(lost > 0, "the wire dropped nothing: the test did not test loss");
+        assert!(p.server.stats().timer_fires + p.client.stats().timer_fires > 0);
+    }
+}
+
+#[test]
+fn a_lost_segment_is_retransmitted_by_the_timer() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    p.client.link().cut_outgoing(true);
+    assert_eq!(p.client.write(c, b"hello"), 5);
+    p.settle(100);
+    assert_eq!(p.server.readable(s), 0, "the segment was dropped");
+    p.client.link().cut_outgoing(false);
+    // Nothing happens until the retransmission timeout (1 s minimum in smoltcp).
+    p.advance(Duration::from_millis(500));
+    assert_eq!(p.server.readable(s), 0);
+    p.advance(Duration::from_millis(1_000));
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.read(s, &mut buf), 5);
+    assert_eq!(&buf[..5], b"hello");
+    assert!(p.client.stats().timer_fires > 0);
+}
+
+#[test]
+fn reset_by_the_peer_is_reported_and_frees_both_slots() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    p.client.abort(c);
+    p.settle(100);
+    assert!(p.server_events.contains(&Event::Closed(s, CloseReason::Aborted)));
+    assert_eq!(p.server.state(s), Some(State::Closed));
+    p.server.close(s);
+    p.settle(100);
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.client.in_use(), 0);
+    // A released id is dead: reads and writes do nothing.
+    assert_eq!(p.server.write(s, b"x"), 0);
+    assert_eq!(p.server.state(s), None);
+}
+
+#[test]
+fn connecting_to_a_port_nobody_listens_on_is_refused_with_rst() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let c = p.client.connect(SocketAddrV4::new(SERVER, 9999)).unwrap();
+    p.settle(100);
+    assert!(p.client_events.contains(&Event::Closed(c, CloseReason::Aborted)));
+    assert_eq!(p.server.stats().rx_no_connection, 1);
+    assert_eq!(p.client.stats().connect_failed, 1);
+    assert_eq!(p.server.in_use(), 0);
+    p.client.close(c);
+    p.settle(10);
+    assert_eq!(p.client.in_use(), 0);
+}
+
+#[test]
+fn active_close_then_passive_close_ends_in_time_wait_then_frees() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    // Bytes queued before the FIN are delivered before it.
+    p.client.write(c, b"last words");
+    p.client.close(c);
+    p.settle(100);
+    assert_eq!(p.server.state(s), Some(State::CloseWait));
+    // The Closed event waits until the data before the FIN has been read.
+    assert!(!p.server_events.iter().any(|e| matches!(e, Event::Closed(..))));
+    let mut buf = [0u8; 32];
+    assert_eq!(p.server.read(s, &mut buf), 10);
+    p.server.take_events(&mut p.server_events);
+    assert!(p.server_events.contains(&Event::Closed(s, CloseReason::PeerClosed)));
+    p.server.close(s);
+    p.settle(100);
+    // The server (passive closer) is done; the client holds the 4-tuple in TIME-WAIT.
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.client.in_use(), 1);
+    p.advance(Duration::from_secs(11));
+    assert_eq!(p.client.in_use(), 0);
+    assert_eq!(p.client.stats().retired, 1);
+}
+
+#[test]
+fn fin_while_the_peer_is_still_sending_half_closes() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    // Server closes its side first (FIN-WAIT), the client keeps sending, then closes.
+    p.server.write(s, b"bye");
+    p.server.close(s);
+    p.settle(100);
+    let mut buf = [0u8; 8];
+    assert_eq!(p.client.read(c, &mut buf), 3);
+    p.client.take_events(&mut p.client_events);
+    assert!(p.client_events.contains(&Event::Closed(c, CloseReason::PeerClosed)));
+    assert_eq!(p.client.state(c), Some(State::CloseWait));
+    p.client.close(c);
+    p.settle(100);
+    assert_eq!(p.client.in_use(), 0, "LAST-ACK answered: the client slot is free");
+    // The server went FIN-WAIT-2 → TIME-WAIT, and frees after it.
+    assert_eq!(p.server.in_use(), 1);
+    p.advance(Duration::from_secs(11));
+    assert_eq!(p.server.in_use(), 0);
+}
+
+#[test]
+fn closing_during_the_handshake_frees_the_slot() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    p.server.link().cut_outgoing(true); // no SYN-ACK reaches the client
+    let c = p.connect();
+    p.settle(20);
+    assert_eq!(p.client.state(c), Some(State::SynSent));
+    assert_eq!(p.server.in_use(), 1, "SYN-RECEIVED holds a slot");
+    p.client.close(c);
+    p.settle(20);
+    assert_eq!(p.client.in_use(), 0);
+    // The server's half-open socket gives up after the TCP timeout (SYN-ACK retransmissions).
+    p.server.link().cut_outgoing(false);
+    p.advance(Duration::from_secs(31));
+    assert_eq!(p.server.in_use(), 0);
+    assert!(p.server.stats().handshakes_failed >= 1);
+}
+
+#[test]
+fn simultaneous_close_ends_with_both_slots_free() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    // Both FINs cross on the wire.
+    p.client.close(c);
+    p.server.close(s);
+    p.settle(100);
+    p.advance(Duration::from_secs(11));
+    assert_eq!(p.client.in_use(), 0);
+    assert_eq!(p.server.in_use(), 0);
+}
+
+#[test]
+fn a_peer_that_never_closes_is_reset_after_the_linger_time() {
+    let mut server = server_config(4);
+    server.close_linger = Duration::from_secs(5);
+    let mut p = Pair::new(server, client_config(4, 1));
+    let (c, s) = p.establish();
+    p.server.close(s);
+    p.settle(100);
+    // The client never calls close: the server sits in FIN-WAIT-2 (smoltcp has no timeout there).
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.server.in_use(), 1);
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.server.stats().linger_resets, 1);
+    // The client got the RST.
+    assert!(
+        p.client_events.contains(&Event::Closed(c, CloseReason::Aborted)) || p.client.state(c) == Some(State::Closed)
+    );
+}
+
+#[test]
+fn time_wait_holds_the_tuple_then_it_can_be_reused() {
+    let mut client = client_config(4, 1);
+    client.source_ports = (40000, 40000); // one source port: every connection is the same 4-tuple
+    let mut p = Pair::new(server_config(4), client);
+    let (c, s) = p.establish();
+    let first = p.client.tuple(c).unwrap();
+    p.client.close(c);
+    p.settle(100);
+    p.server.close(s);
+    p.settle(100);
+    // The client is in TIME-WAIT on the only tuple it has.
+    assert_eq!(
+        p.client.connect(SocketAddrV4::new(SERVER, PORT)),
+        Err(ConnectError::NoSourcePort(SocketAddrV4::new(SERVER, PORT)))
+    );
+    p.advance(Duration::from_secs(11));
+    let (c2, s2) = p.establish();
+    assert_eq!(p.client.tuple(c2), Some(first));
+    assert_eq!(p.client.write(c2, b"again"), 5);
+    p.settle(100);
+    assert_eq!(p.server.readable(s2), 5);
+}
+
+#[test]
+fn a_syn_on_a_tuple_the_server_holds_in_time_wait_starts_a_new_connection() {
+    let mut client = client_config(4, 1);
+    client.source_ports = (40001, 40001);
+    let mut p = Pair::new(server_config(4), client);
+    let (c, s) = p.establish();
+    // The server closes first, so the server ends in TIME-WAIT and the client is free at once.
+    p.server.close(s);
+    p.settle(100);
+    p.client.take_events(&mut p.client_events);
+    p.client.close(c);
+    p.settle(100);
+    assert_eq!(p.client.in_use(), 0);
+    assert_eq!(p.server.in_use(), 1, "server in TIME-WAIT");
+    let (c2, s2) = p.establish();
+    assert_eq!(p.server.stats().time_wait_reused, 1);
+    assert_eq!(p.client.write(c2, b"new"), 3);
+    p.settle(100);
+    assert_eq!(p.server.readable(s2), 3);
+}
+
+#[test]
+fn syn_flood_past_capacity_is_refused_and_existing_connections_keep_working() {
+    let cap = 8;
+    let mut p = Pair::new(server_config(cap), client_config(64, 1));
+    let mut held = vec![];
+    for _ in 0..cap {
+        held.push(p.establish());
+    }
+    assert_eq!(p.server.in_use(), cap);
+    let flood: Vec<_> = (0..40).map(|_| p.connect()).collect();
+    p.settle(200);
+    assert_eq!(p.server.stats().syn_refused, 40);
+    assert_eq!(p.server.in_use(), cap);
+    for c in &flood {
+        assert!(p.client_events.contains(&Event::Closed(*c, CloseReason::Aborted)));
+    }
+    for (i, (c, s)) in held.iter().enumerate() {
+        let msg = format!("still here {i}");
+        assert_eq!(p.client.write(*c, msg.as_bytes()), msg.len());
+        p.settle(100);
+        let mut buf = [0u8; 64];
+        let n = p.server.read(*s, &mut buf);
+        assert_eq!(&buf[..n], msg.as_bytes());
+    }
+}
+
+#[test]
+fn hostile_frames_are_counted_and_answered_at_most_with_rst() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    let mut rng = fastrand::Rng::with_seed(9);
+    // Frames with an IPv4 header and random rest, random junk, and truncations.
+    for i in 0..5_000 {
+        let len = rng.usize(0..200);
+        let mut f: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        if i % 2 == 0 && f.len() >= 34 {
+            f[12] = 0x08;
+            f[13] = 0x00;
+            f[14] = 0x45;
+            f[23] = 6;
+            f[30..34].copy_from_slice(&SERVER.octets());
+            let total = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            f[20] = 0;
+            f[21] = 0;
+        }
+        p.server.link().inject(&f);
+    }
+    p.settle(1000);
+    let st = p.server.stats();
+    assert_eq!(
+        st.rx_frames,
+        st.rx_segments + st.rx_not_ipv4 + st.rx_not_tcp + st.rx_malformed + st.rx_no_connection + st.syn_refused
+    );
+    assert!(st.rx_malformed > 0 && st.rx_not_ipv4 > 0);
+    // The real connection is untouched.
+    assert_eq!(p.client.write(c, b"ok"), 2);
+    p.settle(100);
+    assert_eq!(p.server.readable(s), 2);
+}
+
+#[test]
+fn a_segment_for_no_connection_gets_a_rst() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    p.server.abort(s);
+    // Drop the server's RST so the client does not learn about the abort.
+    p.server.link().cut_outgoing(true);
+    p.settle(10);
+    p.server.link().cut_outgoing(false);
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.client.write(c, b"anyone?"), 7);
+    p.settle(100);
+    assert_eq!(p.server.stats().rx_no_connection, 1);
+    assert!(p.client_events.contains(&Event::Closed(c, CloseReason::Aborted)));
+}
+
+#[test]
+fn memory_report_adds_up() {
+    let p = Pair::new(server_config(1000), client_config(4, 1));
+    let m = p.server.memory();
+    assert_eq!(m.slots, 1000);
+    assert_eq!(m.arena_bytes, 1000 * (512 + 512));
+    assert_eq!(m.table_bytes, 2048 * 4);
+    let sock = m.socket_bytes / 1000;
+    assert!(sock <= 400, "a smoltcp socket grew to {sock} bytes");
+    assert_eq!(m.slot_bytes, 1000 * 24);
+    assert!(m.total() >= m.socket_bytes + m.arena_bytes + m.table_bytes + m.slot_bytes);
+}
+
+#[test]
+fn user_data_is_per_connection() {
+    let mut p = Pair::new(server_config(8), client_config(8, 1));
+    let (_, s1) = p.establish();
+    let (_, s2) = p.establish();
+    p.server.set_user(s1, 11);
+    p.server.set_user(s2, 22);
+    assert_eq!(p.server.user(s1), Some(11));
+    assert_eq!(p.server.user(s2), Some(22));
+    p.server.close(s1);
+    assert_eq!(p.server.user(s1), None);
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_reason() {
+    let (a, _b) = stack::mem_link::pair(Impairments::default(), 1);
+    let bad = stack::StackConfig {
+        rx_buf: 10,
+        ..server_config(4)
+    };
+    let err = stack::Stack::new(bad, a, smoltcp::time::Instant::from_millis(0))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("rx_buf"), "{err}");
+}
+
+#[test]
+fn a_hundred_thousand_connections_each_carry_their_own_bytes() {
+    let n = 100_000;
+    let mut p = Pair::new(server_config(n), client_config(n, 2));
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(p.connect());
+        // Keep the wire short: a few thousand handshakes in flight at a time.
+        if ids.len() % 2000 == 0 {
+            p.settle(100);
+        }
+    }
+    p.settle(1000);
+    assert_eq!(p.server.stats().accepted, n as u64);
+    assert_eq!(p.client.stats().connected, n as u64);
+    assert_eq!(p.server.in_use(), n);
+    // Every client sends its index; the server answers with what it read plus its own view of
+    // the client's port, so a demux mistake anywhere shows.
+    for (i, c) in ids.iter().enumerate() {
+        p.client.write(*c, &(i as u32).to_be_bytes());
+        if i % 2000 == 1999 {
+            p.settle(100);
+        }
+    }
+    p.settle(1000);
+    let server_ids: Vec<_> = p.server.conns().collect();
+    assert_eq!(server_ids.len(), n);
+    for s in server_ids {
+        let mut buf = [0u8; 8];
+        assert_eq!(p.server.read(s, &mut buf), 4);
+        let port = p.server.tuple(s).unwrap().remote_port;
+        buf[4..6].copy_from_slice(&port.to_be_bytes());
+        assert_eq!(p.server.write(s, &buf[..6]), 6);
+    }
+    p.settle(100_000);
+    for (i, c) in ids.iter().enumerate() {
+        let mut buf = [0u8; 8];
+        let got = p.client.read(*c, &mut buf);
+        assert_eq!(
+            got,
+            6,
+            "connection {i}: state {:?} tuple {:?} client {:?} server {:?}",
+            p.client.state(*c),
+            p.client.tuple(*c),
+            p.client.stats(),
+            p.server.stats()
+        );
+        assert_eq!(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]), i as u32);
+        assert_eq!(
+            u16::from_be_bytes([buf[4], buf[5]]),
+            p.client.tuple(*c).unwrap().local_port
+        );
+    }
+    // Idle now: no timers left to run (no delayed ACKs, no keep-alives, nothing in flight).
+    let fires = p.server.stats().timer_fires;
+    p.advance(Duration::from_secs(2));
+    assert_eq!(p.server.stats().timer_fires, fires, "idle connections woke the server");
+}
+
+#[test]
+fn idle_connections_outlive_the_tcp_timeout_and_cost_no_timers() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    assert_eq!(p.client.write(c, b"ping"), 4);
+    p.settle(100);
+    let fires = p.server.stats().timer_fires + p.client.stats().timer_fires;
+    p.advance(Duration::from_secs(45));
+    assert_eq!(p.server.state(s), Some(State::Established));
+    assert_eq!(p.client.state(c), Some(State::Established));
+    assert_eq!(p.server.stats().timer_fires + p.client.stats().timer_fires, fires);
+    assert_eq!(p.server.write(s, b"pong"), 4);
+    p.settle(100);
+    assert_eq!(p.client.readable(c), 4);
+}
+
+#[test]
+fn unacknowledged_data_to_a_vanished_peer_gives_up_after_the_tcp_timeout() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    p.client.link().cut_outgoing(true); // the client's ACKs never arrive
+    assert_eq!(p.server.write(s, b"are you there"), 13);
+    p.advance(Duration::from_secs(20));
+    assert_eq!(p.server.state(s), Some(State::Established), "still retransmitting");
+    p.advance(Duration::from_secs(15));
+    assert!(p.server_events.contains(&Event::Closed(s, CloseReason::Aborted)));
+    let _ = c;
+}
