@@ -6,7 +6,9 @@
 //! connection id, `flush` (frames out). See `stack` for the per-packet path.
 
 pub mod arena;
+pub mod clock;
 pub mod config;
+pub mod echo;
 pub mod link;
 pub mod mem_link;
 pub mod port;

@@ -322,6 +322,13 @@ impl<L: Link> Stack<L> {
         })
     }
 
+    /// Ask for a `Writable` event once the send buffer has room (a short `write` asks by itself).
+    pub fn want_write(&mut self, id: ConnId) {
+        if let Some(s) = self.net.owned(id) {
+            self.net.slots[s].flags |= flag::WANT_WRITE;
+        }
+    }
+
     /// Close gracefully (FIN after the queued bytes) and release the id.
     pub fn close(&mut self, id: ConnId) {
         self.net.release(id, false);

@@ -390,10 +390,38 @@ impl Link for XdpLink {
     }
 }
 
-/// An interface's MAC address (from sysfs, in the calling thread's network namespace).
+/// An interface's MAC address, asked of the kernel in the calling thread's network namespace
+/// (sysfs would show the namespace it was mounted in, not the thread's).
 pub fn mac_of(iface: &str) -> std::io::Result<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-    parse_mac(text.trim()).ok_or_else(|| std::io::Error::other(format!("bad MAC address {text:?} for {iface}")))
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other(format!("bad interface name {iface:?}")));
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills `req.ifr_ifru.ifru_hwaddr` of the ifreq we pass.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(std::io::Error::new(err.kind(), format!("interface {iface}: {err}")));
+    }
+    let mut mac = [0u8; 6];
+    // SAFETY: the kernel wrote a sockaddr into the union's hwaddr member.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -463,3 +463,34 @@ fn unacknowledged_data_to_a_vanished_peer_gives_up_after_the_tcp_timeout() {
     assert!(p.server_events.contains(&Event::Closed(s, CloseReason::Aborted)));
     let _ = c;
 }
+
+#[test]
+fn the_echo_app_relays_far_more_than_its_buffers_with_flow_control() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, _s) = p.establish();
+    let data = pattern(50_000, 5);
+    let (mut sent, mut back) = (0, Vec::new());
+    let mut stats = stack::echo::EchoStats::default();
+    let mut buf = [0u8; 4096];
+    for _ in 0..200_000 {
+        if sent < data.len() {
+            sent += p.client.write(c, &data[sent..]);
+        }
+        p.step();
+        let events = std::mem::take(&mut p.server_events);
+        stack::echo::handle(&mut p.server, &events, &mut stats);
+        loop {
+            let n = p.client.read(c, &mut buf);
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&buf[..n]);
+        }
+        if back.len() == data.len() {
+            break;
+        }
+        p.now += Duration::from_millis(1);
+    }
+    assert_eq!(back, data);
+    assert_eq!(stats.bytes, data.len() as u64);
+}

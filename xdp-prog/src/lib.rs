@@ -13,6 +13,7 @@ mod skel {
 pub mod maps;
 pub mod netns;
 mod steering;
+pub mod testbed;
 pub mod xsk;
 
 pub use maps::Counters;

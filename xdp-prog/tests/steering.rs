@@ -4,83 +4,15 @@
 //! detach everything reaches the kernel; several queues each reach their own socket.
 //! Without root these tests skip, saying why, unless WSB_REQUIRE_PRIVILEGED=1 (CI).
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use xdp_prog::testbed::{in_ns, privileged, repo_root, Testbed};
 use xdp_prog::xsk::XskSocket;
 use xdp_prog::{attached_program, netns, Mode, SteerError, Steering};
 
 const SERVER: &str = "198.18.0.1:8080";
-
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let why = "needs root (network namespaces, XDP, AF_XDP)";
-    if std::env::var("WSB_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: {why}, and WSB_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
-    // Straight to stderr: libtest captures eprintln! of passing tests, and a skip must be seen.
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-    false
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Namespaces `<prefix>-srv` / `<prefix>-cli`, removed on drop (also when a test fails).
-struct Testbed {
-    prefix: String,
-}
-
-impl Testbed {
-    fn new(prefix: &str, queues: u32) -> Testbed {
-        let out = Command::new("bash")
-            .arg(root().join("netns-scripts/setup.sh"))
-            .args(["--prefix", prefix, "--clients", "2", "--queues", &queues.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "setup: {}", String::from_utf8_lossy(&out.stderr));
-        Testbed {
-            prefix: prefix.to_string(),
-        }
-    }
-    fn srv(&self) -> String {
-        format!("{}-srv", self.prefix)
-    }
-    fn cli(&self) -> String {
-        format!("{}-cli", self.prefix)
-    }
-    fn dev(&self) -> String {
-        format!("{}-s0", self.prefix)
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(root().join("netns-scripts/teardown.sh"))
-            .args(["--prefix", &self.prefix, "--quiet"])
-            .status();
-    }
-}
-
-/// Run `f` on a thread inside network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        netns::enter(&ns).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 /// A TCP connect from the client namespace; whether it was established within `timeout`.
 fn connects(tb: &Testbed, to: &str, timeout: Duration) -> bool {
@@ -128,7 +60,7 @@ fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
     if !privileged("steers_only_its_endpoint_falls_back_without_a_socket_and_detaches") {
         return;
     }
-    let tb = Testbed::new("wsbx1", 1);
+    let tb = Testbed::new("wsbx1", 2, 1);
     let (srv, dev) = (tb.srv(), tb.dev());
 
     // The server side lives on one thread inside the server namespace, reached over channels.
@@ -278,7 +210,7 @@ fn each_queue_reaches_its_own_socket() {
     if !privileged("each_queue_reaches_its_own_socket") {
         return;
     }
-    let tb = Testbed::new("wsbx2", 2);
+    let tb = Testbed::new("wsbx2", 2, 2);
     let (srv, dev) = (tb.srv(), tb.dev());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -332,11 +264,11 @@ fn attach_script_status_and_detach_script() {
     if !privileged("attach_script_status_and_detach_script") {
         return;
     }
-    let tb = Testbed::new("wsbx3", 1);
+    let tb = Testbed::new("wsbx3", 2, 1);
     let steer = env!("CARGO_BIN_EXE_xdp-steer");
     let script = |name: &str| {
         let out = Command::new("bash")
-            .arg(root().join("testbed").join(name))
+            .arg(repo_root().join("testbed").join(name))
             .args(["--prefix", "wsbx3"])
             .env("XDP_STEER", steer)
             .stdin(Stdio::null())
@@ -437,7 +369,7 @@ fn arp_for_the_endpoint_address_is_steered_when_asked() {
     if !privileged("arp_for_the_endpoint_address_is_steered_when_asked") {
         return;
     }
-    let tb = Testbed::new("wsbx5", 1);
+    let tb = Testbed::new("wsbx5", 2, 1);
     let (srv, dev) = (tb.srv(), tb.dev());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -478,7 +410,7 @@ fn someone_elses_program_is_not_replaced() {
     if !privileged("someone_elses_program_is_not_replaced") {
         return;
     }
-    let tb = Testbed::new("wsbx6", 1);
+    let tb = Testbed::new("wsbx6", 2, 1);
     let dir = std::env::temp_dir().join(format!("wsb-foreign-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

@@ -1,0 +1,53 @@
+//! A minimal application on the stack: echo every byte back, with no buffer of its own (it reads
+//! only as much as fits in the send buffer, so TCP flow control does the rest). Used by the veth
+//! tests and the benchmarks; the WebSocket server is the real application.
+
+use crate::link::Link;
+use crate::stack::{ConnId, Event, Stack};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EchoStats {
+    pub accepted: u64,
+    pub closed: u64,
+    pub bytes: u64,
+}
+
+/// Handle `events` for an echo server; returns nothing, counts into `stats`.
+pub fn handle<L: Link>(stack: &mut Stack<L>, events: &[Event], stats: &mut EchoStats) {
+    for ev in events {
+        match *ev {
+            Event::Accepted(_) => stats.accepted += 1,
+            Event::Readable(id) | Event::Writable(id) => stats.bytes += echo(stack, id),
+            Event::Closed(id, _) => {
+                stats.bytes += echo(stack, id);
+                stack.close(id);
+                stats.closed += 1;
+            }
+            Event::Connected(_) => {}
+        }
+    }
+}
+
+/// Move what fits from the receive buffer to the send buffer.
+fn echo<L: Link>(stack: &mut Stack<L>, id: ConnId) -> u64 {
+    let mut total = 0;
+    let mut chunk = [0u8; 2048];
+    loop {
+        let room = stack.write_space(id).min(chunk.len());
+        if room == 0 {
+            if stack.readable(id) > 0 {
+                // Come back when the peer has taken some of what we sent.
+                stack.want_write(id);
+            }
+            break;
+        }
+        let n = stack.read(id, &mut chunk[..room]);
+        if n == 0 {
+            break;
+        }
+        let w = stack.write(id, &chunk[..n]);
+        debug_assert_eq!(w, n, "write_space said it fits");
+        total += w as u64;
+    }
+    total
+}
