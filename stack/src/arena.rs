@@ -24,6 +24,11 @@ impl Arena {
         self.slots * (self.rx + self.tx)
     }
 
+    /// Address of the first byte not carved yet (the arena's start, before carving).
+    pub fn base(&self) -> usize {
+        self.rest.as_ptr() as usize
+    }
+
     /// The next slot's (rx, tx) buffers; `None` once all slots are carved.
     pub fn carve(&mut self) -> Option<(&'static mut [u8], &'static mut [u8])> {
         let rest = std::mem::take(&mut self.rest);

@@ -120,6 +120,16 @@ const EGRESS_BURST: usize = 32;
 /// Timer wheel: 1 ms ticks, 16384 slots (16 s per revolution: TIME-WAIT's 10 s fits in one).
 const WHEEL_SLOTS: usize = 1 << 14;
 
+/// A vector of `n` copies of `v`, on huge pages if asked (advised before the first write).
+fn filled<T: Clone>(n: usize, v: T, huge: bool) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    if huge {
+        crate::stats::advise_huge_pages(out.as_ptr() as *const u8, n * std::mem::size_of::<T>());
+    }
+    out.resize(n, v);
+    out
+}
+
 fn tick_of(now: Instant) -> u32 {
     now.total_millis() as u32
 }
@@ -157,6 +167,8 @@ struct Net {
     /// Client mode: next (source address index, port) to try.
     next_source: (usize, u16),
     arena_bytes: usize,
+    /// Where the arena starts (for `resident_memory`).
+    arena_base: usize,
     /// The time of the last poll or flush (for deadlines set by calls).
     now: Instant,
     stats: StackStats,
@@ -204,7 +216,17 @@ impl<L: Link> Stack<L> {
 
         let mut arena = Arena::new(n, config.rx_buf, config.tx_buf);
         let arena_bytes = arena.bytes();
+        let arena_base = arena.base();
+        if config.huge_pages {
+            crate::stats::advise_huge_pages(arena.base() as *const u8, arena_bytes);
+        }
         let mut sockets = Vec::with_capacity(n);
+        if config.huge_pages {
+            crate::stats::advise_huge_pages(
+                sockets.as_ptr() as *const u8,
+                n * std::mem::size_of::<Option<tcp::Socket<'static>>>(),
+            );
+        }
         while let Some((rx, tx)) = arena.carve() {
             let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
             // Give up on a peer that stops acknowledging: no socket retransmits forever.
@@ -223,9 +245,9 @@ impl<L: Link> Stack<L> {
                 iface,
                 set: SocketSet::new(vec![SocketStorage::EMPTY]),
                 sockets,
-                tuples: vec![FourTuple::default(); n],
-                slots: vec![SLOT_EMPTY; n],
-                table: ConnTable::new(n),
+                tuples: filled(n, FourTuple::default(), config.huge_pages),
+                slots: filled(n, SLOT_EMPTY, config.huge_pages),
+                table: ConnTable::new(n, config.huge_pages),
                 // Popped from the end: slot 0 is handed out first.
                 free: (0..n as u32).rev().collect(),
                 wheel: TimerWheel::new(WHEEL_SLOTS, tick_of(now)),
@@ -237,6 +259,7 @@ impl<L: Link> Stack<L> {
                 listening: Vec::new(),
                 next_source: (0, config.source_ports.0),
                 arena_bytes,
+                arena_base,
                 now,
                 stats: StackStats::default(),
                 config,
@@ -411,6 +434,25 @@ impl<L: Link> Stack<L> {
             queue_bytes: n.dirty.capacity() * 4
                 + n.due.capacity() * std::mem::size_of::<Entry>()
                 + n.events.capacity() * std::mem::size_of::<Event>(),
+        }
+    }
+
+    /// Like `memory`, but each large structure counted by its resident pages (mincore): what an
+    /// established connection really costs, since untouched buffers and table space cost nothing.
+    pub fn resident_memory(&self) -> MemoryReport {
+        use crate::stats::resident_bytes;
+        fn of<T>(v: &[T]) -> usize {
+            resident_bytes(v.as_ptr().cast(), std::mem::size_of_val(v))
+        }
+        let n = &self.net;
+        let capacity = self.memory();
+        MemoryReport {
+            socket_bytes: of(&n.sockets),
+            arena_bytes: resident_bytes(n.arena_base as *const u8, n.arena_bytes),
+            table_bytes: n.table.resident(),
+            slot_bytes: of(&n.slots) + of(&n.tuples),
+            free_list_bytes: resident_bytes(n.free.as_ptr().cast(), n.free.capacity() * 4),
+            ..capacity
         }
     }
 

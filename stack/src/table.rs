@@ -22,10 +22,16 @@ pub struct ConnTable {
 
 impl ConnTable {
     /// A table for up to `capacity` connections.
-    pub fn new(capacity: usize) -> ConnTable {
+    pub fn new(capacity: usize, huge_pages: bool) -> ConnTable {
         let n = (capacity.max(1) * 2).next_power_of_two();
+        // Zeroed memory straight from the kernel: untouched until the first insert, so it can
+        // still be advised onto huge pages.
+        let buckets = vec![0u32; n].into_boxed_slice();
+        if huge_pages {
+            crate::stats::advise_huge_pages(buckets.as_ptr().cast(), n * 4);
+        }
         ConnTable {
-            buckets: vec![0u32; n].into_boxed_slice(),
+            buckets,
             mask: n - 1,
             keys: (fastrand::u64(..), fastrand::u64(..)),
             len: 0,
@@ -43,6 +49,11 @@ impl ConnTable {
     /// Bytes of the bucket array.
     pub fn bytes(&self) -> usize {
         self.buckets.len() * std::mem::size_of::<u32>()
+    }
+
+    /// Bytes of the bucket array resident in memory.
+    pub fn resident(&self) -> usize {
+        crate::stats::resident_bytes(self.buckets.as_ptr().cast(), self.bytes())
     }
 
     fn home(&self, t: &FourTuple) -> usize {
@@ -129,7 +140,7 @@ mod tests {
     #[test]
     fn behaves_like_a_map_under_random_churn() {
         let cap = 4096;
-        let mut table = ConnTable::new(cap);
+        let mut table = ConnTable::new(cap, false);
         let mut tuples = vec![FourTuple::default(); cap];
         let mut model: HashMap<FourTuple, u32> = HashMap::new();
         let mut free: Vec<u32> = (0..cap as u32).collect();
@@ -162,7 +173,7 @@ mod tests {
     #[test]
     fn full_capacity_and_removing_what_is_absent() {
         let cap = 1000;
-        let mut table = ConnTable::new(cap);
+        let mut table = ConnTable::new(cap, false);
         let tuples: Vec<FourTuple> = (0..cap as u32).map(tuple).collect();
         for s in 0..cap as u32 {
             table.insert(s, &tuples);

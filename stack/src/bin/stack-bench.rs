@@ -1,1 +1,478 @@
-fn main() {}
+//! stack-bench: what a connection costs on the userspace stack.
+//!
+//! `mem`: two stacks joined by the in-memory wire in this process (no privileges). At each N it
+//! opens N connections, gives each one request/response exchange (the size of a WebSocket upgrade),
+//! then measures the server stack's bytes per connection (resident pages of each structure, by
+//! mincore, cross-checked against the process RSS delta), the per-packet cost of the server on
+//! a fixed sample of connections (it must not grow with N), and the handshake rate.
+//!
+//! `veth` (root): our stack behind the XDP program on a veth, the Linux TCP stack as the client in
+//! another namespace; handshakes per second.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant as WallClock;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use smoltcp::time::{Duration, Instant};
+use stack::mem_link::{self, Impairments, MemLink};
+use stack::{ConnId, Event, MemoryReport, Stack, StackConfig};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Benchmarks of the userspace TCP stack: bytes per connection, per-packet cost, handshake rates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// In memory, no privileges: bytes/conn, per-packet cost and handshakes/s at each N.
+    Mem {
+        /// Connection counts to measure, comma-separated.
+        #[arg(long, default_value = "1000,10000,100000,1000000", value_delimiter = ',')]
+        conns: Vec<usize>,
+        /// Receive buffer per connection, bytes (also the advertised window).
+        #[arg(long, default_value_t = 256)]
+        rx_buf: usize,
+        /// Send buffer per connection, bytes.
+        #[arg(long, default_value_t = 256)]
+        tx_buf: usize,
+        /// Connections sampled for the per-packet cost (the same number at every N).
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// As root, over a veth: our stack behind XDP, the Linux stack as client. Handshakes/s.
+    Veth {
+        /// Connections to open (in waves of --wave; each is reset after its handshake).
+        #[arg(long, default_value_t = 20000)]
+        conns: usize,
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 1000)]
+        wave: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+}
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const PORT: u16 = 8080;
+/// A WebSocket upgrade request and its 101 answer are about this big.
+const REQUEST: usize = 200;
+const RESPONSE: usize = 129;
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Cli::parse().mode {
+        Mode::Mem {
+            conns,
+            rx_buf,
+            tx_buf,
+            sample,
+            json,
+        } => {
+            if conns.is_empty() || conns.contains(&0) {
+                bail!("--conns needs positive counts");
+            }
+            if rx_buf < REQUEST || tx_buf < RESPONSE {
+                bail!("--rx-buf must be ≥ {REQUEST} and --tx-buf ≥ {RESPONSE} (one exchange must fit)");
+            }
+            let mut rows = Vec::new();
+            println!(
+                "socket: {} B (smoltcp tcp::Socket in its slot), buffers {rx_buf}+{tx_buf} B",
+                std::mem::size_of::<Option<smoltcp::socket::tcp::Socket<'static>>>()
+            );
+            println!(
+                "{:>9} {:>12} {:>14} {:>13} {:>12} {:>12} {:>12}",
+                "conns", "handshake/s", "server µs/hs", "ns/packet", "B/conn", "RSS Δ/2N", "wall s"
+            );
+            for &n in &conns {
+                let row = mem_run(n, rx_buf, tx_buf, sample.min(n))?;
+                println!(
+                    "{:>9} {:>12.0} {:>14.2} {:>13.0} {:>12.0} {:>12.0} {:>12.1}",
+                    row.conns,
+                    row.handshakes_per_s,
+                    row.server_us_per_handshake,
+                    row.server_ns_per_packet,
+                    row.bytes_per_conn,
+                    row.rss_delta_per_conn,
+                    row.wall_s
+                );
+                rows.push(row);
+            }
+            if let Some(last) = rows.last() {
+                let r = &last.resident;
+                let n = last.conns as f64;
+                println!(
+                    "\nwhere the bytes go at {} connections (server stack, resident):",
+                    last.conns
+                );
+                for (name, v) in [
+                    ("smoltcp sockets", r.socket_bytes),
+                    ("rx+tx buffers (arena)", r.arena_bytes),
+                    ("4-tuple table", r.table_bytes),
+                    ("slot tuple + flags/timer/user", r.slot_bytes),
+                    ("free list", r.free_list_bytes),
+                    ("timer wheel", r.wheel_bytes),
+                    ("dirty/due/event queues", r.queue_bytes),
+                ] {
+                    println!("  {name:<32} {:>8.1} B/conn", v as f64 / n);
+                }
+                println!("  {:<32} {:>8.1} B/conn", "total", r.total() as f64 / n);
+            }
+            write_json(json.as_deref(), &rows)?;
+        }
+        Mode::Veth { conns, wave, json } => {
+            let result = veth::run(conns, wave)?;
+            println!(
+                "veth: {} handshakes in {:.2} s = {:.0}/s (Linux client, our stack behind XDP); failed {}",
+                result.established, result.wall_s, result.handshakes_per_s, result.failed
+            );
+            println!("server: {}", serde_json::to_string(&result.server)?);
+            write_json(json.as_deref(), &result)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(path: Option<&std::path::Path>, value: &T) -> Result<()> {
+    if let Some(path) = path {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {path:?}"))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct MemRow {
+    conns: usize,
+    rx_buf: usize,
+    tx_buf: usize,
+    /// N / wall time of the connect phase (both stacks share one thread).
+    handshakes_per_s: f64,
+    /// Time spent inside the server stack per handshake.
+    server_us_per_handshake: f64,
+    /// Time inside the server (stack + echo) per packet it received or sent, on the sample.
+    server_ns_per_packet: f64,
+    sample: usize,
+    sample_packets: u64,
+    /// Server stack bytes per connection: resident pages of every structure / N.
+    bytes_per_conn: f64,
+    /// (RSS after − RSS before both stacks) / 2N: both stacks, same sizes.
+    rss_delta_per_conn: f64,
+    resident: MemoryReport,
+    capacity: MemoryReport,
+    wall_s: f64,
+}
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+/// Two stacks on one in-memory wire, on a virtual clock; the server's own time is measured.
+struct Bench {
+    server: Stack<MemLink>,
+    client: Stack<MemLink>,
+    now: Instant,
+    server_time: std::time::Duration,
+    sev: Vec<Event>,
+    cev: Vec<Event>,
+    echo: stack::echo::EchoStats,
+}
+
+impl Bench {
+    fn step(&mut self) -> usize {
+        let t = WallClock::now();
+        self.sev.clear();
+        let mut moved = self.server.poll(self.now, &mut self.sev);
+        stack::echo::handle(&mut self.server, &self.sev, &mut self.echo);
+        self.server.flush(self.now);
+        self.server_time += t.elapsed();
+        self.cev.clear();
+        moved += self.client.poll(self.now, &mut self.cev);
+        self.client.flush(self.now);
+        self.now += Duration::from_millis(1);
+        moved
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..10_000_000 {
+            let moved = self.step();
+            if moved == 0
+                && self.server.link().inbound() == 0
+                && self.client.link().inbound() == 0
+                && !self.server.has_work()
+                && !self.client.has_work()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemRow> {
+    let wall = WallClock::now();
+    let rss0 = rss_bytes();
+    let (a, b) = mem_link::pair(Impairments::default(), 1);
+    let now = Instant::from_millis(1_000);
+    let server_config = StackConfig {
+        max_conns: n,
+        rx_buf,
+        tx_buf,
+        our_mac: [2, 0, 0, 0, 0, 1],
+        ..StackConfig::default()
+    };
+    let addrs = n.div_ceil(60_000) as u32;
+    let client_config = StackConfig {
+        max_conns: n,
+        rx_buf,
+        tx_buf,
+        addr: Ipv4Addr::new(198, 19, 0, 1),
+        source_addrs: (0..addrs)
+            .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i))
+            .collect(),
+        our_mac: [2, 0, 0, 0, 0, 2],
+        next_hop_mac: Some([2, 0, 0, 0, 0, 1]),
+        ..StackConfig::default()
+    };
+    let mut server = Stack::new(server_config, a, now)?;
+    server.listen(PORT);
+    let client = Stack::new(client_config, b, now)?;
+    let mut bench = Bench {
+        server,
+        client,
+        now,
+        server_time: Default::default(),
+        sev: Vec::new(),
+        cev: Vec::new(),
+        echo: Default::default(),
+    };
+
+    // Handshakes, in waves so the wire stays short.
+    let t = WallClock::now();
+    let mut ids: Vec<ConnId> = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(bench.client.connect(SocketAddrV4::new(SERVER, PORT))?);
+        if ids.len() % 4096 == 0 {
+            bench.settle();
+        }
+    }
+    bench.settle();
+    let handshake_wall = t.elapsed().as_secs_f64();
+    let handshake_server = bench.server_time.as_secs_f64();
+    let accepted = bench.server.stats().accepted as usize;
+    if accepted != n {
+        bail!("only {accepted} of {n} handshakes completed");
+    }
+
+    // One request/response per connection: the echo answers the first RESPONSE bytes' worth.
+    let request = vec![b'G'; REQUEST];
+    for (i, id) in ids.iter().enumerate() {
+        bench.client.write(*id, &request[..RESPONSE]);
+        if i % 4096 == 4095 {
+            bench.settle();
+        }
+    }
+    bench.settle();
+    let mut buf = [0u8; 512];
+    for id in &ids {
+        while bench.client.read(*id, &mut buf) > 0 {}
+    }
+    bench.settle();
+
+    // Per-packet cost on a fixed random sample: the same work at every N.
+    let mut rng = fastrand::Rng::with_seed(42);
+    let picks: Vec<ConnId> = (0..sample).map(|_| ids[rng.usize(..n)]).collect();
+    let before = (bench.server.link_counters(), bench.server_time);
+    for _ in 0..5 {
+        for id in &picks {
+            bench.client.write(*id, b"0123456789abcdef");
+        }
+        bench.settle();
+        for id in &picks {
+            while bench.client.read(*id, &mut buf) > 0 {}
+        }
+        bench.settle();
+    }
+    let after = (bench.server.link_counters(), bench.server_time);
+    let packets = (after.0.rx_frames - before.0.rx_frames) + (after.0.tx_frames - before.0.tx_frames);
+    let ns_per_packet = (after.1 - before.1).as_nanos() as f64 / packets.max(1) as f64;
+
+    let resident = bench.server.resident_memory();
+    let rss1 = rss_bytes();
+    let row = MemRow {
+        conns: n,
+        rx_buf,
+        tx_buf,
+        handshakes_per_s: n as f64 / handshake_wall,
+        server_us_per_handshake: handshake_server * 1e6 / n as f64,
+        server_ns_per_packet: ns_per_packet,
+        sample,
+        sample_packets: packets,
+        bytes_per_conn: resident.total() as f64 / n as f64,
+        rss_delta_per_conn: rss1.saturating_sub(rss0) as f64 / (2 * n) as f64,
+        resident,
+        capacity: bench.server.memory(),
+        wall_s: wall.elapsed().as_secs_f64(),
+    };
+    Ok(row)
+}
+
+mod veth {
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    use anyhow::{bail, Context, Result};
+    use serde::Serialize;
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use stack::echo::{self, EchoStats};
+    use stack::xdp_link::{mac_of, XdpLink, XdpLinkConfig};
+    use stack::{clock, Link, Stack, StackConfig, StackStats};
+    use xdp_prog::testbed::{in_ns, spawn_in_ns, Testbed};
+    use xdp_prog::{Mode, Steering};
+
+    #[derive(Serialize)]
+    pub struct VethResult {
+        pub conns: usize,
+        pub established: usize,
+        pub failed: usize,
+        pub wall_s: f64,
+        pub handshakes_per_s: f64,
+        pub server: StackStats,
+    }
+
+    pub fn run(conns: usize, wave: usize) -> Result<VethResult> {
+        if !xdp_prog::is_root() {
+            bail!("the veth benchmark needs root (network namespaces, XDP, AF_XDP)");
+        }
+        if wave == 0 || wave > 15_000 {
+            bail!("--wave must be 1..=15000 (one process holds at most ~20,000 file descriptors)");
+        }
+        let clients = 4;
+        let tb = Testbed::new("wsbsb", clients, 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let dev = tb.dev();
+        let stop2 = stop.clone();
+        let server = spawn_in_ns(&tb.srv(), move || -> Result<StackStats> {
+            let steering = Steering::attach(&dev, Mode::Native)?;
+            steering.set_endpoints(&["198.18.0.1:8080".parse()?], false)?;
+            let link = XdpLink::open(&XdpLinkConfig::new(&dev, 0))?;
+            steering.register_socket(0, link.fd())?;
+            let config = StackConfig {
+                max_conns: 65_536,
+                our_mac: mac_of(&dev)?,
+                ..StackConfig::default()
+            };
+            let mut stack = Stack::new(config, link, clock::now())?;
+            stack.listen(8080);
+            let _ = ready_tx.send(());
+            let (mut events, mut stats) = (Vec::new(), EchoStats::default());
+            while !stop2.load(Ordering::Relaxed) {
+                let now = clock::now();
+                events.clear();
+                let frames = stack.poll(now, &mut events);
+                echo::handle(&mut stack, &events, &mut stats);
+                stack.flush(now);
+                if frames == 0 && !stack.has_work() {
+                    stack.link().wait(1);
+                }
+            }
+            Ok(stack.stats())
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .context("the server did not come up")?;
+        let (established, failed, wall_s) = in_ns(&tb.cli(), move || client(conns, wave, clients));
+        stop.store(true, Ordering::Relaxed);
+        let stats = server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        Ok(VethResult {
+            conns,
+            established,
+            failed,
+            wall_s,
+            handshakes_per_s: established as f64 / wall_s,
+            server: stats,
+        })
+    }
+
+    /// Open `conns` connections in waves of nonblocking connects from `clients` source
+    /// addresses; each established one is reset at once (no TIME-WAIT). Returns
+    /// (established, failed, seconds).
+    fn client(conns: usize, wave: usize, clients: usize) -> (usize, usize, f64) {
+        let to = SockAddr::from("198.18.0.1:8080".parse::<SocketAddr>().unwrap());
+        let (mut ok, mut failed) = (0, 0);
+        let start = std::time::Instant::now();
+        let mut opened = 0;
+        while opened < conns {
+            let n = wave.min(conns - opened);
+            let mut socks = Vec::with_capacity(n);
+            for i in 0..n {
+                let src: SocketAddr = format!("198.19.0.{}:0", 1 + (opened + i) % clients).parse().unwrap();
+                let Ok(s) = Socket::new(Domain::IPV4, Type::STREAM, None) else {
+                    failed += 1;
+                    continue;
+                };
+                let _ = s.set_nonblocking(true);
+                let _ = s.bind(&SockAddr::from(src));
+                let _ = s.connect(&to);
+                socks.push(s);
+            }
+            opened += n;
+            let mut fds: Vec<libc::pollfd> = socks
+                .iter()
+                .map(|s| libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                })
+                .collect();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut pending = fds.len();
+            while pending > 0 && std::time::Instant::now() < deadline {
+                // SAFETY: poll on our own array of pollfds.
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+                pending = 0;
+                for f in &mut fds {
+                    if f.fd < 0 {
+                        continue;
+                    }
+                    if f.revents == 0 {
+                        pending += 1;
+                        continue;
+                    }
+                    if f.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                        failed += 1;
+                    } else {
+                        ok += 1;
+                    }
+                    f.fd = -f.fd - 1; // done: poll ignores negative fds
+                }
+            }
+            failed += pending;
+            for s in socks {
+                let _ = s.set_linger(Some(std::time::Duration::ZERO));
+            }
+        }
+        (ok, failed, start.elapsed().as_secs_f64())
+    }
+}
