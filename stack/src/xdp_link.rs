@@ -205,6 +205,11 @@ pub struct XdpLink {
     area: Area,
 }
 
+// SAFETY: an XdpLink owns its UMEM area, rings and socket outright (no other handle to them
+// exists), so moving it to another thread moves all of it; it is never shared (`Sync` is not
+// claimed). This lets one setup thread bind a socket per queue and hand each to its own thread.
+unsafe impl Send for XdpLink {}
+
 impl XdpLink {
     /// Bind an AF_XDP socket to `config.queue` of `config.iface` (in the calling thread's network
     /// namespace). The XDP program must then be told about it (`fd`, XSKMAP by queue).
