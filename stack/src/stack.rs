@@ -298,7 +298,8 @@ impl<L: Link> Stack<L> {
         events.append(&mut self.net.events);
     }
 
-    /// When the next timer is due, if any (for sleeping).
+    /// Whether output or events are waiting (then the driver should not sleep before the next
+    /// round). Timers need a round at least every millisecond (the wheel's tick) while any are set.
     pub fn has_work(&self) -> bool {
         !self.net.dirty.is_empty() || !self.net.events.is_empty()
     }
@@ -485,6 +486,8 @@ impl Net {
         let seg = match wire::parse(frame) {
             Ok(seg) => seg,
             Err(why) => {
+                // Counted always; logged only at debug level, so a flood cannot flood the log.
+                log::debug!("dropped a frame of {} bytes: {why:?}", frame.len());
                 match why {
                     NotTcp::NotIpv4 => self.stats.rx_not_ipv4 += 1,
                     NotTcp::NotTcp => self.stats.rx_not_tcp += 1,
