@@ -30,6 +30,7 @@ pub struct StackConfig {
     /// Give up on a connection whose peer stops acknowledging (or answering SYN-ACKs) for this long.
     pub tcp_timeout: Duration,
     /// TCP keep-alive interval; `None` (the default) sends none, so idle connections cost nothing.
+    /// When set, a peer that answers no probe for `tcp_timeout` is given up.
     pub keep_alive: Option<Duration>,
     /// A connection the application closed must be gone by then (FIN-WAIT-2 has no other timeout).
     pub close_linger: Duration,
@@ -86,6 +87,14 @@ impl StackConfig {
         let (lo, hi) = self.source_ports;
         if lo == 0 || lo > hi {
             return Err(format!("source port range {lo}-{hi} is empty or starts at 0"));
+        }
+        if let Some(k) = self.keep_alive {
+            if k >= self.tcp_timeout {
+                return Err(format!(
+                    "keep_alive ({k}) must be shorter than tcp_timeout ({}): answered probes are what keeps an idle connection from timing out",
+                    self.tcp_timeout
+                ));
+            }
         }
         if self.rx_batch == 0 {
             return Err("rx_batch must be at least 1".into());

@@ -120,6 +120,20 @@ const EGRESS_BURST: usize = 32;
 /// Timer wheel: 1 ms ticks, 16384 slots (16 s per revolution: TIME-WAIT's 10 s fits in one).
 const WHEEL_SLOTS: usize = 1 << 14;
 
+/// Whether the TCP checksum of this IPv4 packet is right (checked before a SYN may end a
+/// TIME-WAIT, since smoltcp checks it only after we would have torn the old socket down).
+fn tcp_checksum_ok(ip: &[u8]) -> bool {
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
+    let Ok(ipv4) = Ipv4Packet::new_checked(ip) else {
+        return false;
+    };
+    let (src, dst) = (ipv4.src_addr(), ipv4.dst_addr());
+    match TcpPacket::new_checked(ipv4.payload()) {
+        Ok(tcp) => tcp.verify_checksum(&src.into(), &dst.into()),
+        Err(_) => false,
+    }
+}
+
 /// A vector of `n` copies of `v`, on huge pages if asked (advised before the first write).
 fn filled<T: Clone>(n: usize, v: T, huge: bool) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
@@ -350,6 +364,8 @@ impl<L: Link> Stack<L> {
     pub fn want_write(&mut self, id: ConnId) {
         if let Some(s) = self.net.owned(id) {
             self.net.slots[s].flags |= flag::WANT_WRITE;
+            // Room may be there already: the next flush looks (nothing else may wake this slot).
+            self.net.mark_dirty(s);
         }
     }
 
@@ -496,11 +512,6 @@ impl Net {
                 return;
             }
         };
-        if !self.mac_learned || self.shim.next_hop != seg.src_mac {
-            // One next hop: whoever sends us TCP (the router, or the veth peer).
-            self.shim.next_hop = seg.src_mac;
-            self.mac_learned = true;
-        }
         let ip = &frame[seg.ip_start..seg.ip_end];
         let pure_syn = seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
         let slot = match self.table.get(&seg.tuple, &self.tuples) {
@@ -509,7 +520,12 @@ impl Net {
                 let time_wait = self.sockets[s]
                     .as_ref()
                     .is_some_and(|k| k.state() == tcp::State::TimeWait);
-                if pure_syn && time_wait && self.slots[s].flags & flag::OWNED == 0 {
+                if pure_syn
+                    && time_wait
+                    && self.slots[s].flags & flag::OWNED == 0
+                    && self.listening.contains(&seg.tuple.local_port)
+                    && (!self.config.verify_rx_checksum || tcp_checksum_ok(ip))
+                {
                     // A new connection on a 4-tuple we hold in TIME-WAIT: start it afresh
                     // (what Linux does for a SYN beyond the old sequence space).
                     self.stats.time_wait_reused += 1;
@@ -539,6 +555,12 @@ impl Net {
                 return;
             }
         };
+        // One next hop: whoever sends us segments of our connections (the router, or the veth
+        // peer). Frames for no connection teach us nothing, so a stray host cannot redirect us.
+        if !self.mac_learned || self.shim.next_hop != seg.src_mac {
+            self.shim.next_hop = seg.src_mac;
+            self.mac_learned = true;
+        }
         self.stats.rx_segments += 1;
         self.process(slot, now, sender, Some(ip));
     }
@@ -602,13 +624,16 @@ impl Net {
                     break;
                 }
             }
-            // smoltcp's timeout is measured from the last segment received, even on an idle
-            // connection: left on, it would abort every quiet connection after `tcp_timeout`.
-            // So it is on only while something is unacknowledged or in a handshake or close.
+            // smoltcp's timeout counts from the last segment received, even on an idle
+            // connection: left on, it would abort every quiet connection after `tcp_timeout`,
+            // and switched on late (say, at close) it would fire at once. So it is on during
+            // handshakes, while data is unacknowledged (queueing into an empty buffer restarts
+            // its clock), and always when keep-alive probes are what detects a dead peer.
+            // Closing connections are bounded by `close_linger` instead.
             let sock = self.set.get_mut::<tcp::Socket<'static>>(handle);
-            let quiet =
-                matches!(sock.state(), tcp::State::Established | tcp::State::CloseWait) && sock.send_queue() == 0;
-            sock.set_timeout(if quiet { None } else { Some(self.config.tcp_timeout) });
+            let handshake = matches!(sock.state(), tcp::State::SynSent | tcp::State::SynReceived);
+            let timed = handshake || sock.send_queue() > 0 || self.config.keep_alive.is_some();
+            sock.set_timeout(if timed { Some(self.config.tcp_timeout) } else { None });
             deadline = self.iface.poll_at(now, &self.set);
         }
         let starved = port.starved;
@@ -749,7 +774,8 @@ impl Net {
         self.slots[s].flags &= !(flag::OWNED | flag::WANT_WRITE);
         self.slots[s].flags |= flag::RELEASED;
         // The connection must finish closing by then, or it is reset: smoltcp has no FIN-WAIT-2
-        // timeout, and a peer that never closes must not keep a slot forever.
+        // timeout, its own timeout is off here (see `process`), and a peer that never
+        // acknowledges our FIN or never closes must not keep a slot forever.
         let deadline = tick_after(self.now, self.config.close_linger);
         self.slots[s].user = deadline;
         self.wheel.insert(

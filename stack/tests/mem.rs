@@ -494,3 +494,93 @@ fn the_echo_app_relays_far_more_than_its_buffers_with_flow_control() {
     assert_eq!(back, data);
     assert_eq!(stats.bytes, data.len() as u64);
 }
+
+#[test]
+fn closing_a_long_idle_connection_is_graceful_even_on_a_slow_link() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    p.advance(Duration::from_secs(31));
+    // The client's ACK of our FIN is late (a slow link): no RST may follow the FIN meanwhile.
+    p.client.link().cut_outgoing(true);
+    p.server.close(s);
+    p.advance(Duration::from_millis(500));
+    p.client.take_events(&mut p.client_events);
+    assert_eq!(p.client.state(c), Some(State::CloseWait), "{:?}", p.client_events);
+    assert!(!p.client_events.contains(&Event::Closed(c, CloseReason::Aborted)));
+    // The FIN is retransmitted, the client closes too, and both end cleanly.
+    p.client.link().cut_outgoing(false);
+    p.client.close(c);
+    p.advance(Duration::from_secs(12));
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.client.in_use(), 0);
+    assert_eq!(p.server.stats().linger_resets, 0);
+}
+
+#[test]
+fn want_write_with_room_already_reports_writable() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (_c, s) = p.establish();
+    p.server.want_write(s);
+    p.settle(10);
+    assert!(p.server_events.contains(&Event::Writable(s)), "{:?}", p.server_events);
+}
+
+#[test]
+fn keep_alive_gives_up_on_a_dead_peer_and_keeps_a_live_one() {
+    let mut server = server_config(4);
+    server.keep_alive = Some(Duration::from_secs(5));
+    let mut p = Pair::new(server, client_config(4, 1));
+    let (_c1, live) = p.establish();
+    let (c2, dead) = p.establish();
+    // The second client vanishes without a trace: its RST is lost on the wire.
+    p.client.link().cut_outgoing(true);
+    p.client.abort(c2);
+    p.settle(10);
+    p.client.link().cut_outgoing(false);
+    p.advance(Duration::from_secs(40));
+    assert!(
+        p.server_events.contains(&Event::Closed(dead, CloseReason::Aborted)),
+        "{:?}",
+        p.server_events
+    );
+    assert_eq!(p.server.state(live), Some(State::Established));
+}
+
+#[test]
+fn a_syn_on_a_time_wait_tuple_of_a_port_nobody_listens_on_is_not_accepted() {
+    use smoltcp::wire::{Ipv4Address, Ipv4Packet, TcpPacket};
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    // The client closes first, so the client holds the tuple in TIME-WAIT on its source port.
+    let t = p.client.tuple(c).unwrap();
+    p.client.close(c);
+    p.settle(100);
+    p.server.close(s);
+    p.settle(100);
+    assert_eq!(p.client.in_use(), 1);
+    // A well-formed SYN from the server's address and port to that source port.
+    let mut f = vec![0u8; 54];
+    f[0..6].copy_from_slice(&CLIENT_MAC);
+    f[6..12].copy_from_slice(&SERVER_MAC);
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&t.remote_addr);
+    f[30..34].copy_from_slice(&t.local_addr);
+    f[34..36].copy_from_slice(&t.remote_port.to_be_bytes());
+    f[36..38].copy_from_slice(&t.local_port.to_be_bytes());
+    f[38..42].copy_from_slice(&7u32.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = 0x02;
+    f[48..50].copy_from_slice(&1024u16.to_be_bytes());
+    let (src, dst) = (Ipv4Address::from(t.remote_addr), Ipv4Address::from(t.local_addr));
+    TcpPacket::new_unchecked(&mut f[34..54]).fill_checksum(&src.into(), &dst.into());
+    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    p.client.link().inject(&f);
+    p.settle(10);
+    assert_eq!(p.client.stats().accepted, 0);
+    assert_eq!(p.client.stats().time_wait_reused, 0);
+    assert_eq!(p.client.in_use(), 1, "the TIME-WAIT is still there");
+}
