@@ -5,6 +5,9 @@ use std::net::Ipv4Addr;
 
 use smoltcp::time::Duration;
 
+/// The largest MTU a stack accepts.
+pub const MAX_MTU: usize = 9000;
+
 #[derive(Clone, Debug)]
 pub struct StackConfig {
     /// Connections held at most (every state, TIME-WAIT included). Also the accept backlog: a
@@ -78,8 +81,8 @@ impl StackConfig {
                 return Err(format!("{name} must be 64..=1048576 bytes (got {v})"));
             }
         }
-        if !(576..=9000).contains(&self.mtu) {
-            return Err(format!("mtu must be 576..=9000 (got {})", self.mtu));
+        if !(576..=MAX_MTU).contains(&self.mtu) {
+            return Err(format!("mtu must be 576..={MAX_MTU} (got {})", self.mtu));
         }
         if self.prefix_len > 32 {
             return Err(format!("prefix length must be 0..=32 (got {})", self.prefix_len));

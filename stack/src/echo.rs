@@ -2,6 +2,9 @@
 //! only as much as fits in the send buffer, so TCP flow control does the rest). Used by the veth
 //! tests and the benchmarks; the WebSocket server is the real application.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::clock;
 use crate::link::Link;
 use crate::stack::{ConnId, Event, Stack};
 
@@ -26,6 +29,23 @@ pub fn handle<L: Link>(stack: &mut Stack<L>, events: &[Event], stats: &mut EchoS
             Event::Connected(_) => {}
         }
     }
+}
+
+/// Run an echo server on `stack` on the real clock until `stop` is set: receive, answer, send,
+/// and sleep in the link (at most 1 ms, the timer wheel's tick) when there is nothing to do.
+pub fn serve<L: Link>(stack: &mut Stack<L>, stop: &AtomicBool) -> EchoStats {
+    let (mut events, mut stats) = (Vec::new(), EchoStats::default());
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock::now();
+        events.clear();
+        let frames = stack.poll(now, &mut events);
+        handle(stack, &events, &mut stats);
+        stack.flush(now);
+        if frames == 0 && !stack.has_work() {
+            stack.link().wait(1);
+        }
+    }
+    stats
 }
 
 /// Move what fits from the receive buffer to the send buffer.

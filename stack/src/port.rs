@@ -96,7 +96,8 @@ impl<S: Sender> phy::TxToken for Tx<'_, S> {
             // The link had no room after all: smoltcp still needs its result, so let it build the
             // packet into a scratch buffer that is then dropped (counted by the link).
             None => {
-                let mut scratch = [0u8; 2048];
+                // Sized for the largest MTU the configuration accepts, so `len` always fits.
+                let mut scratch = [0u8; crate::config::MAX_MTU];
                 let n = len.min(scratch.len());
                 match f.take() {
                     Some(f) => f(&mut scratch[..n]),

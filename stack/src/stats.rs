@@ -78,10 +78,6 @@ impl MemoryReport {
             + self.wheel_bytes
             + self.queue_bytes
     }
-
-    pub fn per_slot(&self) -> f64 {
-        self.total() as f64 / self.slots.max(1) as f64
-    }
 }
 
 /// Bytes of `ptr..ptr+len` resident in memory (mincore), counted by whole pages touching it.

@@ -12,6 +12,7 @@ use std::num::NonZeroU32;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
+use xdp_prog::area::Area;
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
@@ -63,51 +64,6 @@ impl XdpLinkConfig {
             rx_frames: 4096,
             tx_frames: 4096,
         }
-    }
-}
-
-/// The UMEM's memory: an anonymous mapping, unmapped after the socket that uses it.
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Result<Area, XdpLinkError> {
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(XdpLinkError::Os {
-                what: format!("mapping {len} bytes for the UMEM"),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let ptr = NonNull::new(p.cast()).ok_or_else(|| XdpLinkError::Config("mmap returned null".into()))?;
-        Ok(Area { ptr, len })
-    }
-
-    /// The bytes at `addr..addr+len` of the area, if inside it.
-    fn range(&self, addr: u64, len: usize) -> Option<(*mut u8, usize)> {
-        let start = usize::try_from(addr).ok()?;
-        let end = start.checked_add(len)?;
-        // SAFETY (of the pointer arithmetic): `start <= end <= self.len`.
-        (end <= self.len).then(|| (unsafe { self.ptr.as_ptr().add(start) }, len))
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped, after every user of it (see field order).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -223,7 +179,11 @@ impl XdpLink {
             }
         }
         let total = config.rx_frames + config.tx_frames;
-        let area = Area::new(total as usize * FRAME_SIZE as usize)?;
+        let len = total as usize * FRAME_SIZE as usize;
+        let area = Area::new(len).map_err(|source| XdpLinkError::Os {
+            what: format!("mapping {len} bytes for the UMEM"),
+            source,
+        })?;
         let umem_config = UmemConfig {
             fill_size: config.rx_frames,
             complete_size: config.tx_frames,
@@ -328,10 +288,10 @@ impl Link for XdpLink {
         let mut n = 0;
         let mut reader = self.rx.receive(max.min(u32::MAX as usize) as u32);
         while let Some(desc) = reader.read() {
-            if let Some((ptr, len)) = self.area.range(desc.addr, desc.len as usize) {
+            if let Some(ptr) = self.area.range(desc.addr, desc.len as usize) {
                 // SAFETY: the kernel handed this range of our area to us; it stays ours until
                 // the chunk goes back to the fill ring, after this batch.
-                let frame = unsafe { std::slice::from_raw_parts(ptr, len) };
+                let frame = unsafe { std::slice::from_raw_parts(ptr, desc.len as usize) };
                 each(frame, &mut self.sender);
             }
             // Copy mode puts the frame after a headroom: recycle by chunk address.

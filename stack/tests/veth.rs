@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use stack::echo::{self, EchoStats};
 use stack::xdp_link::{mac_of, XdpLink, XdpLinkConfig};
-use stack::{clock, Link, LinkCounters, Stack, StackConfig, StackStats};
+use stack::{clock, LinkCounters, Stack, StackConfig, StackStats};
 use xdp_prog::testbed::{in_ns, privileged, spawn_in_ns, Testbed};
 use xdp_prog::{Counters, Mode, Steering};
 
@@ -40,18 +40,7 @@ fn start_server(tb: &Testbed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
         let mut stack = Stack::new(config, link, clock::now()).unwrap();
         stack.listen(8080);
         ready_tx.send(()).unwrap();
-        let mut events = Vec::new();
-        let mut stats = EchoStats::default();
-        while !stop.load(Ordering::Relaxed) {
-            let now = clock::now();
-            events.clear();
-            let frames = stack.poll(now, &mut events);
-            echo::handle(&mut stack, &events, &mut stats);
-            stack.flush(now);
-            if frames == 0 && !stack.has_work() {
-                stack.link().wait(1);
-            }
-        }
+        let stats = echo::serve(&mut stack, &stop);
         Report {
             stack: stack.stats(),
             link: stack.link_counters(),
@@ -166,17 +155,7 @@ fn one_stack_per_queue_each_serves_the_flows_of_its_queue() {
                 };
                 let mut stack = Stack::new(config, link, clock::now()).unwrap();
                 stack.listen(8080);
-                let (mut events, mut stats) = (Vec::new(), EchoStats::default());
-                while !stop.load(Ordering::Relaxed) {
-                    let now = clock::now();
-                    events.clear();
-                    let frames = stack.poll(now, &mut events);
-                    echo::handle(&mut stack, &events, &mut stats);
-                    stack.flush(now);
-                    if frames == 0 && !stack.has_work() {
-                        stack.link().wait(1);
-                    }
-                }
+                let stats = echo::serve(&mut stack, &stop);
                 (stack.stats(), stats)
             })
         })

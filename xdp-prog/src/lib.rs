@@ -10,6 +10,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/steer.skel.rs"));
 }
 
+pub mod area;
 pub mod maps;
 pub mod netns;
 mod steering;

@@ -8,47 +8,12 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+use crate::area::Area;
 use xdpilone::xdp::{XdpDesc, XdpStatisticsV2};
 use xdpilone::{BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 /// `XDP_USE_NEED_WAKEUP`: the kernel says when it needs a syscall to make progress.
 const BIND_NEED_WAKEUP: u16 = 1 << 3;
-
-/// The UMEM: an anonymous mapping, unmapped last (after the socket that uses it).
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> std::io::Result<Area> {
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Area {
-            ptr: NonNull::new(p.cast()).ok_or_else(std::io::Error::last_os_error)?,
-            len,
-        })
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 fn errno(what: &str, e: xdpilone::Errno) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
@@ -174,12 +139,9 @@ impl XskSocket {
         let mask = !(u64::from(self.frame_size) - 1);
         let mut reader = rx.receive(256);
         while let Some(desc) = reader.read() {
-            let start = desc.addr as usize;
-            let end = start + desc.len as usize;
-            if end <= self.area.len {
+            if let Some(ptr) = self.area.range(desc.addr, desc.len as usize) {
                 // SAFETY: the kernel handed this range of our area to us until we refill it.
-                let data = unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(start), end - start) };
-                each(data);
+                each(unsafe { std::slice::from_raw_parts(ptr, desc.len as usize) });
             }
             // Copy mode puts the frame after a headroom: recycle by chunk address.
             self.recycle.push(desc.addr & mask);

@@ -344,9 +344,9 @@ mod veth {
     use anyhow::{bail, Context, Result};
     use serde::Serialize;
     use socket2::{Domain, SockAddr, Socket, Type};
-    use stack::echo::{self, EchoStats};
+    use stack::echo;
     use stack::xdp_link::{mac_of, XdpLink, XdpLinkConfig};
-    use stack::{clock, Link, Stack, StackConfig, StackStats};
+    use stack::{clock, Stack, StackConfig, StackStats};
     use xdp_prog::testbed::{in_ns, spawn_in_ns, Testbed};
     use xdp_prog::{Mode, Steering};
 
@@ -386,17 +386,7 @@ mod veth {
             let mut stack = Stack::new(config, link, clock::now())?;
             stack.listen(8080);
             let _ = ready_tx.send(());
-            let (mut events, mut stats) = (Vec::new(), EchoStats::default());
-            while !stop2.load(Ordering::Relaxed) {
-                let now = clock::now();
-                events.clear();
-                let frames = stack.poll(now, &mut events);
-                echo::handle(&mut stack, &events, &mut stats);
-                stack.flush(now);
-                if frames == 0 && !stack.has_work() {
-                    stack.link().wait(1);
-                }
-            }
+            echo::serve(&mut stack, &stop2);
             Ok(stack.stats())
         });
         ready_rx
