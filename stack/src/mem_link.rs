@@ -79,6 +79,11 @@ impl MemLink {
         self.wire.borrow_mut().impair = impair;
     }
 
+    /// Frames the wire holds per direction before the sender sees it full (default 2^20).
+    pub fn set_capacity(&mut self, frames: usize) {
+        self.wire.borrow_mut().capacity = frames.max(1);
+    }
+
     /// Drop every frame this end sends from now on (or stop doing so).
     pub fn cut_outgoing(&mut self, cut: bool) {
         self.wire.borrow_mut().dirs[self.side].cut = cut;

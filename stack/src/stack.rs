@@ -338,6 +338,36 @@ impl<L: Link> Stack<L> {
         self.net.read_with(id, f)
     }
 
+    /// Copy up to `buf.len()` buffered bytes without consuming them (across the ring's wrap);
+    /// `discard` then drops what the application used. For applications that parse in place
+    /// while writing to the stack (the borrow of `read_with` would forbid that).
+    pub fn peek(&mut self, id: ConnId, buf: &mut [u8]) -> usize {
+        self.net.peek(id, buf)
+    }
+
+    /// Consume `n` buffered bytes (or all there are); returns how many were consumed.
+    pub fn discard(&mut self, id: ConnId, n: usize) -> usize {
+        let mut left = n;
+        while left > 0 {
+            let took = self.net.read_with(id, |data| data.len().min(left));
+            if took == 0 {
+                break;
+            }
+            left -= took;
+        }
+        n - left
+    }
+
+    /// Receive buffer size of every connection.
+    pub fn rx_capacity(&self) -> usize {
+        self.net.config.rx_buf
+    }
+
+    /// Whether `id` is a connection the application holds (not yet closed or aborted by it).
+    pub fn is_owned(&self, id: ConnId) -> bool {
+        self.net.owned(id).is_some()
+    }
+
     /// Bytes waiting to be read.
     pub fn readable(&self, id: ConnId) -> usize {
         self.net.socket(id).map_or(0, |s| s.recv_queue())
@@ -830,7 +860,15 @@ impl Net {
     fn drain_dirty<S: crate::link::Sender>(&mut self, now: Instant, sender: &mut S) {
         self.now = now;
         let mut dirty = std::mem::take(&mut self.dirty);
+        let mut done = 0;
         for &s in &dirty {
+            // The link is full: the rest waits for the next flush (after the kick drains the
+            // ring). Going on would move every remaining socket through smoltcp only to find no
+            // room, which made a broadcast to N connections cost N per ring-full of frames.
+            if !sender.can_send() {
+                break;
+            }
+            done += 1;
             let s = s as usize;
             if self.slots[s].flags & flag::DIRTY == 0 {
                 continue;
@@ -838,10 +876,18 @@ impl Net {
             self.slots[s].flags &= !flag::DIRTY;
             self.process(s, now, sender, None);
         }
-        dirty.clear();
-        // Slots marked again while draining (the link was full) were pushed onto the new list.
+        // Keep the unvisited tail in order, then the slots marked again while draining.
+        let rest = dirty.len() - done;
+        dirty.copy_within(done.., 0);
+        dirty.truncate(rest);
         dirty.append(&mut self.dirty);
         self.dirty = dirty;
+    }
+
+    /// Copy buffered bytes into `buf` without consuming them (both parts of the ring).
+    fn peek(&mut self, id: ConnId, buf: &mut [u8]) -> usize {
+        let Some(s) = self.owned(id) else { return 0 };
+        self.sockets[s].as_mut().map_or(0, |sock| sock.peek_slice(buf).unwrap_or(0))
     }
 
     fn read_with(&mut self, id: ConnId, f: impl FnOnce(&mut [u8]) -> usize) -> usize {

@@ -584,3 +584,71 @@ fn a_syn_on_a_time_wait_tuple_of_a_port_nobody_listens_on_is_not_accepted() {
     assert_eq!(p.client.stats().time_wait_reused, 0);
     assert_eq!(p.client.in_use(), 1, "the TIME-WAIT is still there");
 }
+
+/// A broadcast writes to every connection at once; with a link that takes few frames per flush,
+/// each flush must stop at the full link instead of walking every remaining socket (which made a
+/// fan-out cost N per ring-full of frames). Every connection still gets its bytes.
+#[test]
+fn a_fan_out_larger_than_the_link_costs_one_pass_per_connection() {
+    const N: usize = 2_000;
+    let mut p = Pair::new(server_config(N), client_config(N, 1));
+    let mut server_ids = Vec::new();
+    for _ in 0..N {
+        p.connect();
+    }
+    p.settle(10_000);
+    for e in p.server_events.drain(..) {
+        if let Event::Accepted(id) = e {
+            server_ids.push(id);
+        }
+    }
+    assert_eq!(server_ids.len(), N);
+    p.client_events.clear();
+    p.server.link().set_capacity(64);
+    let passes_before = p.server.stats().egress_passes;
+    let message = pattern(100, 3);
+    for &s in &server_ids {
+        assert_eq!(p.server.write(s, &message), message.len());
+    }
+    p.settle(100_000);
+    let passes = p.server.stats().egress_passes - passes_before;
+    // One pass sends each message, one more answers the client's ACK at most.
+    assert!(passes <= 2 * N as u64 + 64, "{passes} egress passes for {N} connections");
+    let mut received = 0;
+    for e in p.client_events.drain(..).collect::<Vec<_>>() {
+        if let Event::Readable(c) = e {
+            let mut buf = [0u8; 256];
+            let n = p.client.read(c, &mut buf);
+            assert_eq!(&buf[..n], &message[..]);
+            received += 1;
+        }
+    }
+    assert_eq!(received, N);
+}
+
+/// `peek` copies across the ring's wrap without consuming; `discard` consumes exactly.
+#[test]
+fn peek_sees_both_parts_of_a_wrapped_ring_and_discard_consumes() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    let rx = p.server.rx_capacity();
+    // Fill most of the ring and consume it, so the next bytes wrap around its end.
+    let first = pattern(rx - 10, 1);
+    p.client.write(c, &first);
+    p.settle(100);
+    assert_eq!(p.server.discard(s, first.len()), first.len());
+    let second = pattern(40, 2);
+    p.client.write(c, &second);
+    p.settle(100);
+    let mut buf = vec![0u8; rx];
+    assert_eq!(p.server.peek(s, &mut buf), 40);
+    assert_eq!(&buf[..40], &second[..]);
+    assert_eq!(p.server.readable(s), 40, "peek consumed nothing");
+    assert_eq!(p.server.discard(s, 25), 25);
+    assert_eq!(p.server.peek(s, &mut buf), 15);
+    assert_eq!(&buf[..15], &second[25..]);
+    assert_eq!(p.server.discard(s, 100), 15);
+    assert!(p.server.is_owned(s));
+    p.server.close(s);
+    assert!(!p.server.is_owned(s));
+}
