@@ -4,22 +4,35 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bytemuck::{Pod, Zeroable};
 
-/// `struct steer_endpoint`: address and port in network byte order.
+/// `struct steer_endpoint`: address and port in network byte order, and which side it matches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct EndpointKey {
     addr: [u8; 4],
     port: [u8; 2],
-    pad: u16,
+    kind: u16,
 }
+
+/// `STEER_DEST`: segments to this endpoint are steered (a server).
+pub const KIND_DEST: u16 = 0;
+/// `STEER_SOURCE`: segments from this endpoint are steered (a client stack's server).
+pub const KIND_SOURCE: u16 = 1;
 
 impl EndpointKey {
     pub fn new(ep: SocketAddrV4) -> EndpointKey {
+        EndpointKey::of_kind(ep, KIND_DEST)
+    }
+
+    pub fn of_kind(ep: SocketAddrV4, kind: u16) -> EndpointKey {
         EndpointKey {
             addr: ep.ip().octets(),
             port: ep.port().to_be_bytes(),
-            pad: 0,
+            kind,
         }
+    }
+
+    pub fn kind(&self) -> u16 {
+        self.kind
     }
 
     pub fn endpoint(&self) -> SocketAddrV4 {

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
 
-use crate::maps::{Config, Counters, EndpointKey, FLAG_ARP, MAX_QUEUES};
+use crate::maps::{Config, Counters, EndpointKey, FLAG_ARP, KIND_DEST, KIND_SOURCE, MAX_QUEUES};
 use crate::skel::SteerSkelBuilder;
 
 /// How to attach.
@@ -433,22 +433,7 @@ impl Steering {
                     .map(|e| EndpointKey::new(SocketAddrV4::new(*e.ip(), 0))),
             );
         }
-        wanted.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
-        wanted.dedup();
-        if wanted.len() > 64 {
-            return Err(SteerError::TooManyEndpoints);
-        }
-        let present: Vec<Vec<u8>> = self.endpoints.keys().collect();
-        for key in present {
-            if !wanted.iter().any(|w| bytemuck::bytes_of(w) == key.as_slice()) {
-                self.endpoints.delete(&key).map_err(bpf("removing an endpoint"))?;
-            }
-        }
-        for key in &wanted {
-            self.endpoints
-                .update(bytemuck::bytes_of(key), &[1], MapFlags::ANY)
-                .map_err(bpf("adding an endpoint"))?;
-        }
+        self.replace_keys(KIND_DEST, wanted)?;
         let mut cfg = self.config()?;
         cfg.flags = if arp {
             cfg.flags | FLAG_ARP
@@ -458,17 +443,60 @@ impl Steering {
         self.set_config(cfg)
     }
 
-    /// The steered endpoints (ARP address markers left out), and whether ARP is steered.
-    pub fn endpoints(&self) -> Result<(Vec<SocketAddrV4>, bool)> {
+    /// Replace the servers whose segments are steered (client mode: a userspace stack that
+    /// connects out to these owns everything they send back, to any of its addresses and ports).
+    pub fn set_sources(&self, servers: &[SocketAddrV4]) -> Result<()> {
+        let wanted = servers.iter().map(|&e| EndpointKey::of_kind(e, KIND_SOURCE)).collect();
+        self.replace_keys(KIND_SOURCE, wanted)
+    }
+
+    /// Make the map's keys of `kind` exactly `wanted` (keys of the other kind stay).
+    fn replace_keys(&self, kind: u16, mut wanted: Vec<EndpointKey>) -> Result<()> {
+        wanted.sort_by_key(|k| bytemuck::bytes_of(k).to_vec());
+        wanted.dedup();
+        let present: Vec<EndpointKey> = self
+            .endpoints
+            .keys()
+            .filter_map(|k| bytemuck::try_pod_read_unaligned::<EndpointKey>(&k).ok())
+            .collect();
+        let others = present.iter().filter(|k| k.kind() != kind).count();
+        if wanted.len() + others > 64 {
+            return Err(SteerError::TooManyEndpoints);
+        }
+        for key in present.iter().filter(|k| k.kind() == kind && !wanted.contains(k)) {
+            self.endpoints
+                .delete(bytemuck::bytes_of(key))
+                .map_err(bpf("removing an endpoint"))?;
+        }
+        for key in &wanted {
+            self.endpoints
+                .update(bytemuck::bytes_of(key), &[1], MapFlags::ANY)
+                .map_err(bpf("adding an endpoint"))?;
+        }
+        Ok(())
+    }
+
+    fn keys_of_kind(&self, kind: u16) -> Vec<SocketAddrV4> {
         let mut out: Vec<SocketAddrV4> = self
             .endpoints
             .keys()
             .filter_map(|k| bytemuck::try_pod_read_unaligned::<EndpointKey>(&k).ok())
+            .filter(|k| k.kind() == kind)
             .map(|k| k.endpoint())
             .filter(|e| e.port() != 0)
             .collect();
         out.sort();
-        Ok((out, self.config()?.flags & FLAG_ARP != 0))
+        out
+    }
+
+    /// The steered endpoints (ARP address markers left out), and whether ARP is steered.
+    pub fn endpoints(&self) -> Result<(Vec<SocketAddrV4>, bool)> {
+        Ok((self.keys_of_kind(KIND_DEST), self.config()?.flags & FLAG_ARP != 0))
+    }
+
+    /// The servers whose segments are steered (client mode).
+    pub fn sources(&self) -> Vec<SocketAddrV4> {
+        self.keys_of_kind(KIND_SOURCE)
     }
 
     /// Send this queue's steered segments to the AF_XDP socket `fd`.

@@ -459,3 +459,58 @@ fn someone_elses_program_is_not_replaced() {
     assert_eq!(still.map(|(_, name, _)| name), Some("foreign".to_string()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Client mode on the client's veth: everything the server's port 8080 sends (the SYN-ACK) goes
+/// to the socket whatever our address and port, so the kernel's connect never completes; the
+/// server's other ports still reach the kernel. Endpoints and sources are listed apart.
+#[test]
+fn client_mode_steers_everything_from_the_server_endpoint() {
+    if !privileged("client_mode_steers_everything_from_the_server_endpoint") {
+        return;
+    }
+    let tb = Testbed::new("wsbx7", 2, 1);
+    let listeners = in_ns(&tb.srv(), || {
+        (
+            TcpListener::bind(SERVER).unwrap(),
+            TcpListener::bind("198.18.0.1:9000").unwrap(),
+        )
+    });
+    let dev = tb.client_dev();
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<()>();
+    let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Vec<u16>, String, xdp_prog::Counters)>();
+    let client = xdp_prog::testbed::spawn_in_ns(&tb.cli(), move || {
+        let steering = Steering::attach(&dev, Mode::Native).unwrap();
+        steering.set_sources(&[SERVER.parse().unwrap()]).unwrap();
+        let listing = format!("{:?} {:?}", steering.endpoints().unwrap(), steering.sources());
+        let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
+        steering.register_socket(0, xsk.fd()).unwrap();
+        res_tx.send((0, vec![], listing.clone(), steering.counters().unwrap())).unwrap();
+        cmd_rx.recv().unwrap();
+        let (mut frames, mut ports) = (0, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            xsk.recv(Duration::from_millis(50), |f| {
+                frames += 1;
+                if f.len() >= 54 && f[23] == 6 && f[47] & 0x12 == 0x12 {
+                    ports.push(u16::from_be_bytes([f[34], f[35]]));
+                }
+            })
+            .unwrap();
+        }
+        res_tx.send((frames, ports, listing, steering.counters().unwrap())).unwrap();
+    });
+    let (_, _, listing, _) = res_rx.recv().unwrap();
+    assert_eq!(listing, "([], false) [198.18.0.1:8080]");
+    assert!(connects(&tb, "198.18.0.1:9000", Duration::from_secs(2)), "other ports reach the kernel");
+    assert!(
+        !connects(&tb, SERVER, Duration::from_millis(500)),
+        "the SYN-ACK from the steered server never reached the client's kernel"
+    );
+    cmd_tx.send(()).unwrap();
+    let (frames, ports, _, counters) = res_rx.recv().unwrap();
+    client.join().unwrap();
+    drop(listeners);
+    assert!(frames >= 1, "the socket received the server's segments");
+    assert!(!ports.is_empty() && ports.iter().all(|&p| p == 8080), "{ports:?}");
+    assert!(counters.redirected >= 1, "{counters:?}");
+}

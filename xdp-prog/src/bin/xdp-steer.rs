@@ -31,8 +31,12 @@ enum Cmd {
         /// Network interface (in --netns, if given).
         iface: String,
         /// An endpoint ADDR:PORT to steer (repeat for several; 0.0.0.0:PORT matches any address).
-        #[arg(long = "endpoint", required = true)]
+        #[arg(long = "endpoint", required_unless_present = "sources")]
         endpoints: Vec<SocketAddrV4>,
+        /// Client mode: steer every segment coming from this server ADDR:PORT (repeatable), to
+        /// whichever of our addresses and ports (a load generator on the userspace stack).
+        #[arg(long = "source")]
+        sources: Vec<SocketAddrV4>,
         /// Network namespace (as made by `ip netns add`) that holds IFACE.
         #[arg(long)]
         netns: Option<String>,
@@ -92,6 +96,7 @@ fn run() -> anyhow::Result<()> {
         Cmd::Attach {
             iface,
             endpoints,
+            sources,
             netns,
             mode,
             steer_arp,
@@ -100,8 +105,10 @@ fn run() -> anyhow::Result<()> {
             enter(&netns)?;
             let mut steering = Steering::attach(&iface, mode)?;
             steering.set_endpoints(&endpoints, steer_arp)?;
+            steering.set_sources(&sources)?;
             let (_, how) = steering.attachment().context("attached")?;
-            let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+            let mut list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+            list.extend(sources.iter().map(|s| format!("everything from {s}")));
             println!(
                 "attached program {} to {iface} ({how:?} mode), steering {}",
                 steering.program_id(),
@@ -185,6 +192,7 @@ fn run() -> anyhow::Result<()> {
                 Some(s) => s.endpoints()?,
                 None => (vec![], false),
             };
+            let sources = pinned.as_ref().map(Steering::sources).unwrap_or_default();
             let counters = pinned.as_ref().map(Steering::counters).transpose()?;
             let ours = matches!((&attached, &pinned), (Some((id, _, _)), Some(s)) if *id == s.program_id());
             if json {
@@ -194,6 +202,7 @@ fn run() -> anyhow::Result<()> {
                     "pinned": pin.as_ref().filter(|_| pinned.is_some()).map(|p| p.display().to_string()),
                     "ours": ours,
                     "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "sources": sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "steer_arp": arp,
                     "counters": counters,
                 });
@@ -224,6 +233,10 @@ fn run() -> anyhow::Result<()> {
                             list.join(", "),
                             if arp { "; ARP steered too" } else { "" }
                         );
+                        if !sources.is_empty() {
+                            let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
+                            println!("client mode, everything from: {}", list.join(", "));
+                        }
                         if let Some(c) = counters {
                             println!(
                                 "counters: redirected {}  passed {}  no-socket {}  malformed {}  arp-redirected {}",

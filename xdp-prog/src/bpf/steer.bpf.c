@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT OR GPL-2.0
 //
-// XDP steering: TCP segments for one of the configured endpoints (address, port) go to the
-// AF_XDP socket of the receive queue they arrived on (XSKMAP[rx_queue_index]); everything else
+// XDP steering: TCP segments for one of the configured endpoints (address, port), or in client
+// mode from one of the configured servers, go to the AF_XDP socket of the receive queue they
+// arrived on (XSKMAP[rx_queue_index]); everything else
 // (ARP, ICMP, other ports, the admin endpoint, ssh) goes to the kernel. With no socket bound on
 // a queue, bpf_redirect_map falls back to XDP_PASS, so the kernel still answers.
 //
@@ -26,7 +27,8 @@ struct {
 } xsks SEC(".maps");
 
 // Steered endpoints. Address 0 matches any address on that port; with STEER_ARP set, an entry
-// with port 0 marks an address whose ARP requests go to the sockets too.
+// with port 0 marks an address whose ARP requests go to the sockets too. Entries of kind
+// STEER_SOURCE match the sender of a segment instead (a client stack's servers).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, STEER_MAX_ENDPOINTS);
@@ -88,10 +90,18 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 ok_counter)
 
 static __always_inline int endpoint_known(__be32 addr, __be16 port)
 {
-	struct steer_endpoint key = { .addr = addr, .port = port, .pad = 0 };
+	struct steer_endpoint key = { .addr = addr, .port = port, .kind = STEER_DEST };
 	if (bpf_map_lookup_elem(&endpoints, &key))
 		return 1;
 	key.addr = 0;
+	return bpf_map_lookup_elem(&endpoints, &key) != 0;
+}
+
+// Client mode: a userspace stack that connects out owns every segment its server sends, whatever
+// source address and port of ours it is addressed to.
+static __always_inline int source_known(__be32 addr, __be16 port)
+{
+	struct steer_endpoint key = { .addr = addr, .port = port, .kind = STEER_SOURCE };
 	return bpf_map_lookup_elem(&endpoints, &key) != 0;
 }
 
@@ -126,7 +136,7 @@ int steer(struct xdp_md *ctx)
 		struct arp_ipv4 *arp = l3;
 		if ((void *)(arp + 1) > end)
 			return pass(STEER_MALFORMED);
-		struct steer_endpoint key = { .addr = arp->tpa, .port = 0, .pad = 0 };
+		struct steer_endpoint key = { .addr = arp->tpa, .port = 0, .kind = STEER_DEST };
 		if (arp->ptype != bpf_htons(ETH_P_IP) || !bpf_map_lookup_elem(&endpoints, &key))
 			return pass(STEER_PASSED);
 		return to_socket(ctx, STEER_ARP_REDIRECTED);
@@ -145,7 +155,7 @@ int steer(struct xdp_md *ctx)
 	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
 	if ((void *)(tcp + 1) > end)
 		return pass(STEER_MALFORMED);
-	if (!endpoint_known(ip->daddr, tcp->dest))
+	if (!endpoint_known(ip->daddr, tcp->dest) && !source_known(ip->saddr, tcp->source))
 		return pass(STEER_PASSED);
 	return to_socket(ctx, STEER_REDIRECTED);
 }

@@ -16,12 +16,16 @@ enum steer_counter {
 	STEER_COUNTERS = 5,
 };
 
-// A steered endpoint, in network byte order.
+// A steered endpoint, in network byte order. `kind` says which side of the segment it matches:
+// STEER_DEST (a server: segments to it) or STEER_SOURCE (a client: segments from its server).
 struct steer_endpoint {
 	__be32 addr;
 	__be16 port;
-	__u16 pad;
+	__u16 kind;
 };
+
+#define STEER_DEST 0
+#define STEER_SOURCE 1
 
 #define STEER_FLAG_ARP 1
 
