@@ -28,7 +28,7 @@ pub trait Link {
 }
 
 /// What the link saw, for `/stats` and benchmarks.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LinkCounters {
     pub rx_frames: u64,
     pub tx_frames: u64,

@@ -1,9 +1,9 @@
 //! Counters and the memory breakdown of a stack.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the stack did. Counters only grow, except `in_use` and `timers_pending` (levels).
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StackStats {
     /// Frames received from the link.
     pub rx_frames: u64,
@@ -51,7 +51,7 @@ pub struct StackStats {
 /// Bytes reserved by each structure of a stack, for its whole capacity. The arena and the free
 /// parts of the tables are untouched memory until used, so resident memory is measured
 /// separately (RSS); this says where the bytes of a fully used stack go.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemoryReport {
     pub slots: usize,
     /// smoltcp sockets, one per slot.

@@ -18,4 +18,7 @@ pub mod testbed;
 pub mod xsk;
 
 pub use maps::Counters;
-pub use steering::{attached_program, ifindex, is_root, Attached, Mode, SteerError, Steering, PROGRAM_NAME};
+pub use steering::{
+    attached_program, detach_left_over, find_pin, ifindex, is_root, Attached, Mode, SteerError, Steering, XskMap,
+    PROGRAM_NAME,
+};

@@ -69,7 +69,7 @@ pub enum SteerError {
     #[error("no network interface named '{0}' in this network namespace")]
     NoSuchInterface(String),
     #[error(
-        "{iface} already runs an XDP program (id {id}, '{name}') that is not ours: not replacing it; detach it first"
+        "{iface} runs another XDP program (id {id}, '{name}'), not ours: not touching it; detach it first"
     )]
     AttachedBySomeoneElse { iface: String, id: u32, name: String },
     #[error("{iface} already runs our steering program (id {id}); detach it first (xdp-steer detach {iface})")]
@@ -499,30 +499,20 @@ impl Steering {
         self.keys_of_kind(KIND_SOURCE)
     }
 
+    /// The kernel's id of the XSKMAP: another process of ours (a worker per queue) opens it with
+    /// [`XskMap::open`] to register its own socket, with no pin and no fd passing.
+    pub fn xsks_map_id(&self) -> Result<u32> {
+        map_id(&self.xsks)
+    }
+
     /// Send this queue's steered segments to the AF_XDP socket `fd`.
     pub fn register_socket(&self, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
-        if queue >= MAX_QUEUES {
-            return Err(SteerError::BadQueue(queue));
-        }
-        let value = (fd.as_raw_fd() as u32).to_ne_bytes();
-        self.xsks
-            .update(&queue.to_ne_bytes(), &value, MapFlags::ANY)
-            .map_err(bpf(&format!("registering a socket for queue {queue}")))
+        register_in(&self.xsks, queue, fd)
     }
 
     /// Stop steering this queue to a socket (its segments go to the kernel again).
     pub fn unregister_socket(&self, queue: u32) -> Result<()> {
-        if queue >= MAX_QUEUES {
-            return Err(SteerError::BadQueue(queue));
-        }
-        match self.xsks.delete(&queue.to_ne_bytes()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SteerError::Bpf {
-                what: format!("unregistering queue {queue}"),
-                source: e,
-            }),
-        }
+        unregister_in(&self.xsks, queue)
     }
 
     /// The counters, summed over CPUs.
@@ -564,4 +554,96 @@ fn verifier_log(e: &libbpf_rs::Error) -> String {
         _ => log,
     };
     format!("{body}\n({e})")
+}
+
+fn map_id(map: &MapHandle) -> Result<u32> {
+    map.info().map(|i| i.info.id).map_err(bpf("reading the map's id"))
+}
+
+/// The program's XSKMAP, opened by id from a process that did not load the program.
+pub struct XskMap(MapHandle);
+
+impl XskMap {
+    pub fn open(id: u32) -> Result<XskMap> {
+        MapHandle::from_map_id(id)
+            .map(XskMap)
+            .map_err(bpf(&format!("opening XSKMAP id {id}")))
+    }
+
+    /// Send this queue's steered segments to the AF_XDP socket `fd`.
+    pub fn register(&self, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
+        register_in(&self.0, queue, fd)
+    }
+
+    /// Stop steering this queue to a socket (its segments go to the kernel again).
+    pub fn unregister(&self, queue: u32) -> Result<()> {
+        unregister_in(&self.0, queue)
+    }
+}
+
+fn register_in(xsks: &MapHandle, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
+    if queue >= MAX_QUEUES {
+        return Err(SteerError::BadQueue(queue));
+    }
+    let value = (fd.as_raw_fd() as u32).to_ne_bytes();
+    xsks.update(&queue.to_ne_bytes(), &value, MapFlags::ANY)
+        .map_err(bpf(&format!("registering a socket for queue {queue}")))
+}
+
+fn unregister_in(xsks: &MapHandle, queue: u32) -> Result<()> {
+    if queue >= MAX_QUEUES {
+        return Err(SteerError::BadQueue(queue));
+    }
+    match xsks.delete(&queue.to_ne_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SteerError::Bpf {
+            what: format!("unregistering queue {queue}"),
+            source: e,
+        }),
+    }
+}
+
+/// Detach a steering program of ours that no handle refers to (left attached by a process that
+/// crashed, or pinned by a script). Returns its id, or `None` if nothing was attached; refuses
+/// another program (`AttachedBySomeoneElse`).
+pub fn detach_left_over(iface: &str) -> Result<Option<u32>> {
+    let Some((id, name, mode)) = attached_program(iface)? else {
+        return Ok(None);
+    };
+    if name != PROGRAM_NAME {
+        return Err(SteerError::AttachedBySomeoneElse {
+            iface: iface.to_string(),
+            id,
+            name,
+        });
+    }
+    // SAFETY: returns a new fd for the program id, or a negative error.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(SteerError::Io {
+            what: format!("opening program {id}"),
+            source: std::io::Error::from_raw_os_error(-fd),
+        });
+    }
+    // SAFETY: a fresh fd we own from here.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let flags = mode.unwrap_or(Attached::Native).flags();
+    Xdp::new(fd.as_fd())
+        .detach(ifindex(iface)? as i32, flags)
+        .map_err(bpf(&format!("detaching program {id} from {iface}")))?;
+    Ok(Some(id))
+}
+
+/// The pin directory under `root` (one level deep, as `testbed/attach.sh` makes them) whose
+/// program is `prog_id`, if any.
+pub fn find_pin(root: &Path, prog_id: u32) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    entries.flatten().map(|e| e.path()).find(|dir| {
+        dir.join("prog").exists()
+            && libbpf_rs::Program::fd_from_pinned_path(dir.join("prog"))
+                .ok()
+                .and_then(|fd| prog_info(fd.as_fd()).ok())
+                .is_some_and(|(id, _)| id == prog_id)
+    })
 }

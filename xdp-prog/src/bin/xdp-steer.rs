@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use xdp_prog::{attached_program, netns, Mode, Steering, PROGRAM_NAME};
+use xdp_prog::{attached_program, netns, Mode, Steering};
 
 /// Steer TCP segments for WebSocket endpoints into AF_XDP sockets; everything else goes to the
 /// kernel (ARP, ICMP, other ports, the admin endpoint).
@@ -149,29 +149,13 @@ fn run() -> anyhow::Result<()> {
                     Steering::unpin(dir)?;
                     println!("detached from {iface}; pins under {} removed", dir.display());
                 }
-                None => match attached_program(&iface)? {
+                None => match xdp_prog::detach_left_over(&iface)? {
                     None => println!("nothing attached on {iface}"),
-                    Some((id, name, mode)) if name == PROGRAM_NAME => {
-                        let flags = match mode {
-                            Some(xdp_prog::Attached::Generic) => libbpf_rs::XdpFlags::SKB_MODE,
-                            _ => libbpf_rs::XdpFlags::DRV_MODE,
-                        };
-                        // SAFETY: returns a new fd for the program id, or an error.
-                        let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
-                        if fd < 0 {
-                            bail!("cannot open program {id}: {}", std::io::Error::from_raw_os_error(-fd));
-                        }
-                        // SAFETY: a fresh fd we own from here.
-                        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                        libbpf_rs::Xdp::new(std::os::fd::AsFd::as_fd(&fd))
-                            .detach(xdp_prog::ifindex(&iface)? as i32, flags)?;
+                    Some(id) => {
                         println!("detached program {id} from {iface}");
                         if let Some(dir) = pin {
                             Steering::unpin(&dir)?;
                         }
-                    }
-                    Some((id, name, _)) => {
-                        bail!("{iface} runs another XDP program (id {id}, '{name}'); not touching it")
                     }
                 },
             }
