@@ -147,6 +147,9 @@ pub struct Report {
     pub memory: MemoryReport,
     pub workers: usize,
     pub per_worker: Vec<WorkerStats>,
+    /// The XDP program's counters (xdp stack only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steering: Option<xdp_prog::Counters>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -205,6 +208,7 @@ impl Report {
             workers: per_worker.len(),
             totals,
             per_worker,
+            steering: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 pub enum Stack {
     /// Linux kernel TCP and epoll, sharded over processes (a process holds at most 20,000 files).
     Kernel,
-    /// Userspace TCP over AF_XDP (not built yet).
+    /// Userspace TCP over AF_XDP: no file descriptor per connection (needs root).
     Xdp,
 }
 

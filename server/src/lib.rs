@@ -8,3 +8,4 @@ pub mod admin;
 pub mod cli;
 pub mod core;
 pub mod kernel;
+pub mod xdp;

@@ -19,6 +19,11 @@ const CONNS_PER_WORKER_PLAN: usize = 15_000;
 /// POST /push?id=DEVICE. Every push message is JSON starting with {"ts":<unix ns>, ...} so clients
 /// can measure delivery latency. Stops cleanly on SIGINT/SIGTERM (close frame 1001 to everyone).
 /// Log level: RUST_LOG (default info).
+///
+/// --stack xdp serves the WebSocket port on the userspace TCP stack: it attaches the XDP steering
+/// program to --iface (or adopts the one testbed/attach.sh pinned), runs one worker per receive
+/// queue with an AF_XDP socket each, holds connections in fixed arena slots (no file descriptor
+/// per connection), and detaches on exit. Needs root. The admin endpoint stays on the kernel.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -64,6 +69,32 @@ struct Args {
     /// Unsent output allowed per connection before it is dropped as a slow consumer.
     #[arg(long, default_value = "256K", value_parser = parse_size)]
     max_pending: usize,
+    /// --stack xdp: the interface whose WebSocket traffic the userspace stack serves (its IPv4
+    /// address is the server's; the kernel keeps answering ARP and ICMP for it).
+    #[arg(long, required_if_eq("stack", "xdp"))]
+    iface: Option<String>,
+    /// --stack xdp: receive queues to serve, one worker process per queue.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// --stack xdp: how to attach the XDP program.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: xdp_prog::Mode,
+    /// --stack xdp: use the program testbed/attach.sh pinned in this directory instead of
+    /// attaching our own (one pinned under /run/wsb/bpffs and attached to --iface is found anyway).
+    #[arg(long)]
+    xdp_pin: Option<std::path::PathBuf>,
+    /// --stack xdp: receive buffer per connection. Longer request heads and frames borrow a
+    /// spill buffer; smaller is less memory per connection.
+    #[arg(long, default_value = "256", value_parser = parse_size)]
+    rx_buf: usize,
+    /// --stack xdp: send buffer per connection. A message that does not fit resets the
+    /// connection as a slow consumer; echoed frames must fit it.
+    #[arg(long, default_value = "256", value_parser = parse_size)]
+    tx_buf: usize,
+    /// --stack xdp: shared buffers (4 KiB or a max frame each) for request heads and frames larger
+    /// than the receive buffer, allocated once.
+    #[arg(long, default_value_t = 1024)]
+    spill_buffers: usize,
     /// Internal: run as a worker process of a kernel-stack server.
     #[arg(long, hide = true)]
     worker: bool,
@@ -84,9 +115,6 @@ fn run() -> anyhow::Result<()> {
     if args.worker {
         return kernel::worker::run();
     }
-    if args.stack == Stack::Xdp {
-        bail!("--stack xdp is not available yet: the userspace TCP stack is still being built (use --stack kernel)");
-    }
     if args.max_message < args.max_frame {
         bail!(
             "--max-message ({}) must be at least --max-frame ({})",
@@ -96,6 +124,9 @@ fn run() -> anyhow::Result<()> {
     }
     if args.max_frame < 125 {
         bail!("--max-frame must be at least 125 bytes");
+    }
+    if args.stack == Stack::Xdp {
+        return run_xdp(args);
     }
     let fd_limit = kernel::hard_fd_limit();
     let per_worker_capacity = fd_limit.saturating_sub(64).max(1);
@@ -129,5 +160,53 @@ fn run() -> anyhow::Result<()> {
         echo: args.echo,
         max_frame: args.max_frame,
         max_message: args.max_message,
+        xdp: None,
+    })
+}
+
+fn run_xdp(args: Args) -> anyhow::Result<()> {
+    if !xdp_prog::is_root() {
+        bail!("--stack xdp needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW: XDP and AF_XDP)");
+    }
+    let iface = args.iface.clone().unwrap_or_default();
+    if !(1..=64).contains(&args.queues) {
+        bail!("--queues must be 1 to 64");
+    }
+    if !(64..=1 << 20).contains(&args.rx_buf) {
+        bail!("--rx-buf must be 64 bytes to 1 MiB");
+    }
+    if !(192..=1 << 20).contains(&args.tx_buf) {
+        bail!("--tx-buf must be 192 bytes to 1 MiB (the upgrade answer alone is 129 bytes)");
+    }
+    let max_conns = args.max_conns.unwrap_or(100_000);
+    if max_conns == 0 || max_conns > 16 << 20 {
+        bail!("--max-conns must be 1 to 16,777,216");
+    }
+    if args.workers.is_some() {
+        bail!("--workers is for --stack kernel; --stack xdp runs one worker per --queues");
+    }
+    let queues = args.queues as usize;
+    kernel::run(KernelConfig {
+        listen: args.listen,
+        admin: args.admin,
+        workers: queues,
+        max_conns_per_worker: max_conns.div_ceil(queues),
+        max_pending_bytes: args.max_pending,
+        push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
+        idle_timeout: args.idle_timeout,
+        request_timeout: args.request_timeout,
+        poll_hold: args.poll_hold,
+        echo: args.echo,
+        max_frame: args.max_frame,
+        max_message: args.max_message,
+        xdp: Some(ws_server::xdp::XdpOptions {
+            iface,
+            queues: args.queues,
+            mode: args.xdp_mode,
+            pin: args.xdp_pin,
+            rx_buf: args.rx_buf,
+            tx_buf: args.tx_buf,
+            spill_buffers: args.spill_buffers,
+        }),
     })
 }

@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub max_message: usize,
     pub device_key: [u64; 2],
     pub seed: u64,
+    /// Serve on the userspace stack over AF_XDP instead of kernel sockets.
+    #[serde(default)]
+    pub xdp: Option<crate::xdp::XdpWorkerConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,6 +113,46 @@ pub struct WorkerStats {
     pub rss_bytes: u64,
     pub open_fds: u64,
     pub fd_limit: u64,
+    /// The userspace stack's side (xdp workers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<Box<crate::xdp::XdpWorkerStats>>,
+}
+
+/// Splits the supervisor's byte stream into commands (both kinds of worker read it this way).
+#[derive(Default)]
+pub struct ControlReader {
+    buf: Vec<u8>,
+}
+
+impl ControlReader {
+    /// Read what the non-blocking channel has. `Ok(false)`: the supervisor closed it.
+    pub fn fill(&mut self, from: &mut impl std::io::Read) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next complete command, if a whole line is there.
+    pub fn next_command(&mut self) -> Option<Result<ToWorker, serde_json::Error>> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=end).collect();
+        Some(serde_json::from_slice(&line))
+    }
+}
+
+/// Write one message line to the supervisor.
+pub fn send_line(out: &mut std::os::unix::net::UnixStream, msg: &FromWorker) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for all processes on the machine.

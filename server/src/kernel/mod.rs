@@ -42,6 +42,8 @@ pub struct KernelConfig {
     pub echo: bool,
     pub max_frame: usize,
     pub max_message: usize,
+    /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.
+    pub xdp: Option<crate::xdp::XdpOptions>,
 }
 
 /// Raise the soft open-file limit to the hard one; returns the limit in force.
@@ -164,12 +166,68 @@ struct Supervisor {
     last_broadcast: Option<BroadcastResult>,
     started: Instant,
     stopping: bool,
+    /// The XDP steering of an xdp server (detached after the workers stop).
+    xdp: Option<crate::xdp::steer::Attachment>,
 }
 
-/// Run a kernel-stack server until SIGINT/SIGTERM.
+/// Steering attached and the workers' common xdp settings (`--stack xdp`).
+fn prepare_xdp(
+    x: &crate::xdp::XdpOptions,
+    listen: SocketAddr,
+) -> anyhow::Result<(crate::xdp::steer::Attachment, crate::xdp::XdpWorkerConfig)> {
+    let SocketAddr::V4(listen) = listen else {
+        bail!("--stack xdp serves IPv4 only (got --listen {listen})");
+    };
+    let addrs = crate::xdp::iface_ipv4(&x.iface);
+    let (addr, prefix_len) = if listen.ip().is_unspecified() {
+        addrs.first().copied().with_context(|| {
+            format!(
+                "--iface {} has no IPv4 address: give it one (the kernel keeps the address, ARP and ICMP)",
+                x.iface
+            )
+        })?
+    } else {
+        addrs.iter().find(|(a, _)| a == listen.ip()).copied().with_context(|| {
+            format!(
+                "{} is not an address of --iface {} (it has: {:?})",
+                listen.ip(),
+                x.iface,
+                addrs.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>()
+            )
+        })?
+    };
+    let endpoint = std::net::SocketAddrV4::new(addr, listen.port());
+    let att = crate::xdp::steer::Attachment::prepare(&x.iface, x.mode, endpoint, x.pin.as_deref(), x.queues)?;
+    let base = crate::xdp::XdpWorkerConfig {
+        iface: x.iface.clone(),
+        queue: 0,
+        xsks_map_id: att.xsks_map_id()?,
+        addr,
+        prefix_len,
+        port: listen.port(),
+        rx_buf: x.rx_buf,
+        tx_buf: x.tx_buf,
+        spill_buffers: x.spill_buffers,
+    };
+    Ok((att, base))
+}
+
+/// Run a server until SIGINT/SIGTERM: kernel-stack workers, or xdp workers (one per queue).
 pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
-    // Fail early and clearly if the port is taken by something that is not ours.
-    drop(std::net::TcpListener::bind(cfg.listen).map_err(|e| explain_bind_error("WebSocket port", cfg.listen, &e))?);
+    let (attachment, xdp_base) = match &cfg.xdp {
+        Some(x) => {
+            let (att, base) = prepare_xdp(x, cfg.listen)?;
+            (Some(att), Some(base))
+        }
+        None => {
+            // Fail early and clearly if the port is taken by something that is not ours.
+            drop(
+                std::net::TcpListener::bind(cfg.listen)
+                    .map_err(|e| explain_bind_error("WebSocket port", cfg.listen, &e))?,
+            );
+            (None, None)
+        }
+    };
     let admin_listener =
         std::net::TcpListener::bind(cfg.admin).map_err(|e| explain_bind_error("admin endpoint", cfg.admin, &e))?;
     let admin_server = std::sync::Arc::new(
@@ -195,6 +253,10 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
             max_message: cfg.max_message,
             device_key: hasher.key(),
             seed,
+            xdp: xdp_base.clone().map(|b| crate::xdp::XdpWorkerConfig {
+                queue: index as u32,
+                ..b
+            }),
         };
         workers.push(spawn_worker(&exe, wcfg, tx.clone()).with_context(|| format!("starting worker {index}"))?);
     }
@@ -211,6 +273,7 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
         last_broadcast: None,
         started: Instant::now(),
         stopping: false,
+        xdp: attachment,
     };
     if let Err(e) = sup.wait_ready() {
         sup.stop_workers();
@@ -244,7 +307,8 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
         });
     }
     log::info!(
-        "ws-server (kernel stack): {} workers on {}, admin on http://{}/, push every {}, idle timeout {}",
+        "ws-server ({} stack): {} workers on {}, admin on http://{}/, push every {}, idle timeout {}",
+        if sup.xdp.is_some() { "xdp" } else { "kernel" },
         sup.workers.len(),
         sup.cfg.listen,
         sup.cfg.admin,
@@ -258,6 +322,9 @@ pub fn run(cfg: KernelConfig) -> anyhow::Result<()> {
     let result = sup.run();
     admin_server.unblock();
     sup.stop_workers();
+    if let Some(att) = sup.xdp.as_mut() {
+        att.finish();
+    }
     result
 }
 
@@ -511,14 +578,15 @@ impl Supervisor {
                         _ => None,
                     })
                     .collect();
-                let report = Report::new(
-                    "kernel",
+                let mut report = Report::new(
+                    if self.xdp.is_some() { "xdp" } else { "kernel" },
                     self.started.elapsed().as_secs_f64(),
                     stats,
                     self.broadcasts_done,
                     self.last_broadcast.clone(),
                     own_rss_bytes(),
                 );
+                report.steering = self.xdp.as_ref().and_then(|a| a.counters());
                 let (body, content_type) = report.render(format);
                 if let Some(request) = p.request {
                     respond(request, if partial { 504 } else { 200 }, body, content_type);

@@ -19,7 +19,7 @@ use anyhow::Context;
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use super::control::{self, FromWorker, ToWorker, WorkerConfig, WorkerStats};
+use super::control::{self, send_line, FromWorker, ToWorker, WorkerConfig, WorkerStats};
 use crate::core::device::DeviceHasher;
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId, CoreConfig, Io, ServerCore, TICK_MS};
@@ -277,14 +277,22 @@ impl Io for Transport {
 }
 
 /// Connections expired per second over the last 10 seconds.
-struct RecentExpiries {
+pub(crate) struct RecentExpiries {
     buckets: [u64; 10],
     second: u64,
     last_total: u64,
 }
 
 impl RecentExpiries {
-    fn record(&mut self, now_ms: u64, total: u64) {
+    pub(crate) fn new() -> RecentExpiries {
+        RecentExpiries {
+            buckets: [0; 10],
+            second: 0,
+            last_total: 0,
+        }
+    }
+
+    pub(crate) fn record(&mut self, now_ms: u64, total: u64) {
         let second = now_ms / 1000;
         while self.second < second {
             self.second += 1;
@@ -297,7 +305,7 @@ impl RecentExpiries {
         self.last_total = total;
     }
 
-    fn sum(&self) -> u64 {
+    pub(crate) fn sum(&self) -> u64 {
         self.buckets.iter().sum()
     }
 }
@@ -308,7 +316,7 @@ pub struct Worker {
     listener: TcpListener,
     control_in: UnixStream,
     control_out: std::os::unix::net::UnixStream,
-    control_buf: Vec<u8>,
+    control: control::ControlReader,
     core: ServerCore,
     t: Transport,
     scratch: Vec<u8>,
@@ -334,19 +342,32 @@ pub fn run() -> anyhow::Result<()> {
         anyhow::bail!("the first control message was not the config");
     };
     let mut out = control_out;
-    match Worker::new(cfg, control_in, out.try_clone()?) {
+    let reply_to = out.try_clone()?;
+    if cfg.xdp.is_some() {
+        return start(&mut out, crate::xdp::worker::Worker::new(cfg, control_in, reply_to), |w| w.run());
+    }
+    start(&mut out, Worker::new(cfg, control_in, reply_to), |w| w.run())
+}
+
+/// Tell the supervisor whether the worker could start, then run it.
+fn start<W>(
+    out: &mut std::os::unix::net::UnixStream,
+    made: anyhow::Result<W>,
+    run: impl FnOnce(&mut W) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    match made {
         Ok(mut worker) => {
             send_line(
-                &mut out,
+                out,
                 &FromWorker::Ready {
                     pid: std::process::id(),
                 },
             )?;
-            worker.run()
+            run(&mut worker)
         }
         Err(e) => {
             send_line(
-                &mut out,
+                out,
                 &FromWorker::Failed {
                     error: format!("{e:#}"),
                 },
@@ -354,12 +375,6 @@ pub fn run() -> anyhow::Result<()> {
             Err(e)
         }
     }
-}
-
-fn send_line(out: &mut std::os::unix::net::UnixStream, msg: &FromWorker) -> io::Result<()> {
-    let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    line.push(b'\n');
-    out.write_all(&line)
 }
 
 impl Worker {
@@ -411,17 +426,13 @@ impl Worker {
             listener,
             control_in,
             control_out,
-            control_buf: Vec::new(),
+            control: control::ControlReader::default(),
             core,
             t,
             scratch: vec![0; READ_CHUNK],
             accept_paused: false,
             expiry_busy_ns: 0,
-            recent_expiries: RecentExpiries {
-                buckets: [0; 10],
-                second: 0,
-                last_total: 0,
-            },
+            recent_expiries: RecentExpiries::new(),
             fd_limit,
             stop: false,
         })
@@ -656,23 +667,12 @@ impl Worker {
     }
 
     fn control(&mut self) -> anyhow::Result<()> {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match self.control_in.read(&mut buf) {
-                Ok(0) => {
-                    log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
-                    self.stop = true;
-                    return Ok(());
-                }
-                Ok(n) => self.control_buf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e).context("reading the control socket"),
-            }
+        if !self.control.fill(&mut self.control_in).context("reading the control socket")? {
+            log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
+            self.stop = true;
         }
-        while let Some(end) = self.control_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.control_buf.drain(..=end).collect();
-            match serde_json::from_slice::<ToWorker>(&line) {
+        while let Some(cmd) = self.control.next_command() {
+            match cmd {
                 Ok(cmd) => self.command(cmd)?,
                 Err(e) => log::error!("worker {}: bad control message: {e}", self.cfg.index),
             }
@@ -751,6 +751,7 @@ impl Worker {
             rss_bytes: super::own_rss_bytes(),
             open_fds: self.t.live as u64,
             fd_limit: self.fd_limit as u64,
+            xdp: None,
         }
     }
 

@@ -1,0 +1,98 @@
+//! The server core on the userspace TCP stack: XDP steers the WebSocket port into one AF_XDP
+//! socket per receive queue, and a worker process per queue runs the stack (`stack::Stack`) and
+//! the same `ServerCore` as the kernel baseline. The supervisor (admin endpoint, periodic push,
+//! device directory) is the kernel baseline's, unchanged; the admin endpoint stays on the kernel.
+
+pub mod spill;
+pub mod steer;
+pub mod worker;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use stack::{LinkCounters, MemoryReport, StackStats};
+
+/// The `--stack xdp` settings of a server.
+#[derive(Clone, Debug)]
+pub struct XdpOptions {
+    pub iface: String,
+    /// Receive queues served, one worker process each (queue i by worker i).
+    pub queues: u32,
+    pub mode: xdp_prog::Mode,
+    /// Adopt the program `testbed/attach.sh` pinned here instead of attaching our own.
+    pub pin: Option<std::path::PathBuf>,
+    pub rx_buf: usize,
+    pub tx_buf: usize,
+    pub spill_buffers: usize,
+}
+
+/// What an xdp worker needs beyond the common worker settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XdpWorkerConfig {
+    pub iface: String,
+    pub queue: u32,
+    /// The steering program's XSKMAP, where the worker registers its socket.
+    pub xsks_map_id: u32,
+    /// Our address on the interface, and its prefix length.
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub port: u16,
+    pub rx_buf: usize,
+    pub tx_buf: usize,
+    pub spill_buffers: usize,
+}
+
+/// An xdp worker's side of `/stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct XdpWorkerStats {
+    pub queue: u32,
+    pub stack: StackStats,
+    pub link: LinkCounters,
+    /// Resident bytes of the stack's structures (mincore), at this moment.
+    pub resident: MemoryReport,
+    /// The AF_XDP UMEM (fixed).
+    pub umem_bytes: u64,
+    pub spill_in_use: u64,
+    pub spill_capacity: u64,
+    /// Connections closed because every spill buffer was taken.
+    pub spill_exhausted: u64,
+    /// From the last broadcast's start until the stack had sent every frame of it.
+    pub last_broadcast_tx_ms: Option<f64>,
+}
+
+/// The IPv4 addresses of `iface` with their prefix lengths (in this network namespace).
+pub fn iface_ipv4(iface: &str) -> Vec<(Ipv4Addr, u8)> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` walks the list getifaddrs returned, which stays valid until freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string; ifa_addr points at a sockaddr.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET sockaddr is a sockaddr_in; the netmask is one too.
+        let addr = unsafe { *(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let prefix = if ifa.ifa_netmask.is_null() {
+            32
+        } else {
+            let mask = unsafe { *(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+        };
+        found.push((Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), prefix));
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}

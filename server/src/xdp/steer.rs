@@ -1,0 +1,139 @@
+//! The XDP steering program as the server uses it: attach it (or adopt the one
+//! `testbed/attach.sh` pinned), steer our WebSocket port, and on exit take back exactly what we
+//! set up. A program left attached by a server that crashed is replaced, so a restart works.
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use xdp_prog::{Counters, Mode, SteerError, Steering};
+
+/// Where `testbed/attach.sh` pins what it attaches (one directory per testbed prefix).
+pub const PIN_ROOT: &str = "/run/wsb/bpffs";
+
+pub struct Attachment {
+    steering: Steering,
+    iface: String,
+    /// We attached it, so we detach it; an adopted (pinned) program stays.
+    ours: bool,
+    /// Endpoints to remove again from an adopted program.
+    added: Option<SocketAddrV4>,
+    queues: u32,
+    finished: bool,
+}
+
+impl Attachment {
+    /// Steer `listen` on `iface` to AF_XDP sockets on `queues` queues. `pin`: adopt the program
+    /// pinned there; otherwise one pinned under [`PIN_ROOT`] is adopted if it is the one
+    /// attached, a left-over of ours is replaced, and else we attach our own.
+    pub fn prepare(iface: &str, mode: Mode, listen: SocketAddrV4, pin: Option<&Path>, queues: u32) -> anyhow::Result<Attachment> {
+        let pinned = match pin {
+            Some(dir) => {
+                if !dir.join("prog").exists() {
+                    bail!(
+                        "--xdp-pin {}: nothing pinned there (attach with testbed/attach.sh, or leave --xdp-pin out and the server attaches the program itself)",
+                        dir.display()
+                    );
+                }
+                Some(dir.to_path_buf())
+            }
+            None => match xdp_prog::attached_program(iface) {
+                Ok(Some((id, name, _))) if name == xdp_prog::PROGRAM_NAME => {
+                    xdp_prog::find_pin(Path::new(PIN_ROOT), id)
+                }
+                Ok(_) => None,
+                Err(SteerError::NoSuchInterface(_)) => {
+                    bail!("--iface {iface}: no such interface in this network namespace")
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let mut att = match pinned {
+            Some(dir) => adopt(&dir, iface)?,
+            None => {
+                if let Some(id) = xdp_prog::detach_left_over(iface)? {
+                    log::warn!("{iface}: replaced steering program {id} left attached by an earlier run");
+                }
+                let steering = Steering::attach(iface, mode)?;
+                Attachment {
+                    steering,
+                    iface: iface.to_string(),
+                    ours: true,
+                    added: None,
+                    queues,
+                    finished: false,
+                }
+            }
+        };
+        att.queues = queues;
+        let (mut endpoints, arp) = att.steering.endpoints()?;
+        if !endpoints.contains(&listen) {
+            endpoints.push(listen);
+            att.steering.set_endpoints(&endpoints, arp)?;
+            if !att.ours {
+                att.added = Some(listen);
+            }
+        }
+        let how = att.steering.attachment().map(|(_, m)| format!("{m:?}")).unwrap_or_default();
+        log::info!(
+            "XDP steering on {iface} ({how} mode, program {}{}): TCP to {listen} goes to AF_XDP, everything else to the kernel",
+            att.steering.program_id(),
+            if att.ours { "" } else { ", adopted from its pin" }
+        );
+        Ok(att)
+    }
+
+    /// The XSKMAP's id, for the workers to register their sockets in.
+    pub fn xsks_map_id(&self) -> anyhow::Result<u32> {
+        Ok(self.steering.xsks_map_id()?)
+    }
+
+    pub fn counters(&self) -> Option<Counters> {
+        self.steering.counters().ok()
+    }
+
+    /// Undo what `prepare` did (also run on drop, so an early error cleans up too).
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for q in 0..self.queues {
+            let _ = self.steering.unregister_socket(q);
+        }
+        if self.ours {
+            match self.steering.detach() {
+                Ok(()) => log::info!("{}: XDP steering detached", self.iface),
+                Err(e) => log::error!("{}: detaching the XDP program failed: {e}", self.iface),
+            }
+        } else if let Some(listen) = self.added {
+            if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
+                endpoints.retain(|e| *e != listen);
+                let _ = self.steering.set_endpoints(&endpoints, arp);
+            }
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn adopt(dir: &PathBuf, iface: &str) -> anyhow::Result<Attachment> {
+    let steering = Steering::open_pinned(dir).with_context(|| format!("opening the program pinned at {}", dir.display()))?;
+    match steering.attachment() {
+        Some((on, _)) if on == iface => {}
+        Some((on, _)) => bail!("the program pinned at {} is attached to {on}, not {iface}", dir.display()),
+        None => bail!("the program pinned at {} is not attached anywhere", dir.display()),
+    }
+    Ok(Attachment {
+        steering,
+        iface: iface.to_string(),
+        ours: false,
+        added: None,
+        queues: 0,
+        finished: false,
+    })
+}
