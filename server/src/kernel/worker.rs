@@ -810,6 +810,7 @@ mod tests {
             max_message: 64 * 1024,
             device_key: [1, 2],
             seed: 1,
+            xdp: None,
         };
         let mut w = Worker::new(cfg, control_in, control_out).unwrap();
         w.t.linger = Duration::from_millis(200);

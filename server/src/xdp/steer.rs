@@ -3,7 +3,7 @@
 //! set up. A program left attached by a server that crashed is replaced, so a restart works.
 
 use std::net::SocketAddrV4;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use xdp_prog::{Counters, Mode, SteerError, Steering};
@@ -121,7 +121,7 @@ impl Drop for Attachment {
     }
 }
 
-fn adopt(dir: &PathBuf, iface: &str) -> anyhow::Result<Attachment> {
+fn adopt(dir: &Path, iface: &str) -> anyhow::Result<Attachment> {
     let steering = Steering::open_pinned(dir).with_context(|| format!("opening the program pinned at {}", dir.display()))?;
     match steering.attachment() {
         Some((on, _)) if on == iface => {}
