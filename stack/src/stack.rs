@@ -887,7 +887,9 @@ impl Net {
     /// Copy buffered bytes into `buf` without consuming them (both parts of the ring).
     fn peek(&mut self, id: ConnId, buf: &mut [u8]) -> usize {
         let Some(s) = self.owned(id) else { return 0 };
-        self.sockets[s].as_mut().map_or(0, |sock| sock.peek_slice(buf).unwrap_or(0))
+        self.sockets[s]
+            .as_mut()
+            .map_or(0, |sock| sock.peek_slice(buf).unwrap_or(0))
     }
 
     fn read_with(&mut self, id: ConnId, f: impl FnOnce(&mut [u8]) -> usize) -> usize {

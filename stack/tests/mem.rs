@@ -613,7 +613,10 @@ fn a_fan_out_larger_than_the_link_costs_one_pass_per_connection() {
     p.settle(100_000);
     let passes = p.server.stats().egress_passes - passes_before;
     // One pass sends each message, one more answers the client's ACK at most.
-    assert!(passes <= 2 * N as u64 + 64, "{passes} egress passes for {N} connections");
+    assert!(
+        passes <= 2 * N as u64 + 64,
+        "{passes} egress passes for {N} connections"
+    );
     let mut received = 0;
     for e in p.client_events.drain(..).collect::<Vec<_>>() {
         if let Event::Readable(c) = e {

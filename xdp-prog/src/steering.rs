@@ -68,9 +68,7 @@ pub enum SteerError {
     NotRoot,
     #[error("no network interface named '{0}' in this network namespace")]
     NoSuchInterface(String),
-    #[error(
-        "{iface} runs another XDP program (id {id}, '{name}'), not ours: not touching it; detach it first"
-    )]
+    #[error("{iface} runs another XDP program (id {id}, '{name}'), not ours: not touching it; detach it first")]
     AttachedBySomeoneElse { iface: String, id: u32, name: String },
     #[error("{iface} already runs our steering program (id {id}); detach it first (xdp-steer detach {iface})")]
     AlreadyAttached { iface: String, id: u32 },

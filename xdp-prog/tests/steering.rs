@@ -484,7 +484,9 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
         let listing = format!("{:?} {:?}", steering.endpoints().unwrap(), steering.sources());
         let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
         steering.register_socket(0, xsk.fd()).unwrap();
-        res_tx.send((0, vec![], listing.clone(), steering.counters().unwrap())).unwrap();
+        res_tx
+            .send((0, vec![], listing.clone(), steering.counters().unwrap()))
+            .unwrap();
         cmd_rx.recv().unwrap();
         let (mut frames, mut ports) = (0, Vec::new());
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -497,11 +499,16 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
             })
             .unwrap();
         }
-        res_tx.send((frames, ports, listing, steering.counters().unwrap())).unwrap();
+        res_tx
+            .send((frames, ports, listing, steering.counters().unwrap()))
+            .unwrap();
     });
     let (_, _, listing, _) = res_rx.recv().unwrap();
     assert_eq!(listing, "([], false) [198.18.0.1:8080]");
-    assert!(connects(&tb, "198.18.0.1:9000", Duration::from_secs(2)), "other ports reach the kernel");
+    assert!(
+        connects(&tb, "198.18.0.1:9000", Duration::from_secs(2)),
+        "other ports reach the kernel"
+    );
     assert!(
         !connects(&tb, SERVER, Duration::from_millis(500)),
         "the SYN-ACK from the steered server never reached the client's kernel"

@@ -344,7 +344,11 @@ pub fn run() -> anyhow::Result<()> {
     let mut out = control_out;
     let reply_to = out.try_clone()?;
     if cfg.xdp.is_some() {
-        return start(&mut out, crate::xdp::worker::Worker::new(cfg, control_in, reply_to), |w| w.run());
+        return start(
+            &mut out,
+            crate::xdp::worker::Worker::new(cfg, control_in, reply_to),
+            |w| w.run(),
+        );
     }
     start(&mut out, Worker::new(cfg, control_in, reply_to), |w| w.run())
 }
@@ -667,7 +671,11 @@ impl Worker {
     }
 
     fn control(&mut self) -> anyhow::Result<()> {
-        if !self.control.fill(&mut self.control_in).context("reading the control socket")? {
+        if !self
+            .control
+            .fill(&mut self.control_in)
+            .context("reading the control socket")?
+        {
             log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
             self.stop = true;
         }

@@ -26,7 +26,13 @@ impl Attachment {
     /// Steer `listen` on `iface` to AF_XDP sockets on `queues` queues. `pin`: adopt the program
     /// pinned there; otherwise one pinned under [`PIN_ROOT`] is adopted if it is the one
     /// attached, a left-over of ours is replaced, and else we attach our own.
-    pub fn prepare(iface: &str, mode: Mode, listen: SocketAddrV4, pin: Option<&Path>, queues: u32) -> anyhow::Result<Attachment> {
+    pub fn prepare(
+        iface: &str,
+        mode: Mode,
+        listen: SocketAddrV4,
+        pin: Option<&Path>,
+        queues: u32,
+    ) -> anyhow::Result<Attachment> {
         let pinned = match pin {
             Some(dir) => {
                 if !dir.join("prog").exists() {
@@ -74,7 +80,11 @@ impl Attachment {
                 att.added = Some(listen);
             }
         }
-        let how = att.steering.attachment().map(|(_, m)| format!("{m:?}")).unwrap_or_default();
+        let how = att
+            .steering
+            .attachment()
+            .map(|(_, m)| format!("{m:?}"))
+            .unwrap_or_default();
         log::info!(
             "XDP steering on {iface} ({how} mode, program {}{}): TCP to {listen} goes to AF_XDP, everything else to the kernel",
             att.steering.program_id(),
@@ -122,10 +132,14 @@ impl Drop for Attachment {
 }
 
 fn adopt(dir: &Path, iface: &str) -> anyhow::Result<Attachment> {
-    let steering = Steering::open_pinned(dir).with_context(|| format!("opening the program pinned at {}", dir.display()))?;
+    let steering =
+        Steering::open_pinned(dir).with_context(|| format!("opening the program pinned at {}", dir.display()))?;
     match steering.attachment() {
         Some((on, _)) if on == iface => {}
-        Some((on, _)) => bail!("the program pinned at {} is attached to {on}, not {iface}", dir.display()),
+        Some((on, _)) => bail!(
+            "the program pinned at {} is attached to {on}, not {iface}",
+            dir.display()
+        ),
         None => bail!("the program pinned at {} is not attached anywhere", dir.display()),
     }
     Ok(Attachment {

@@ -364,7 +364,11 @@ impl Worker {
     }
 
     fn control(&mut self) -> anyhow::Result<()> {
-        if !self.control.fill(&mut self.control_in).context("reading the control socket")? {
+        if !self
+            .control
+            .fill(&mut self.control_in)
+            .context("reading the control socket")?
+        {
             log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
             self.stop = true;
         }

@@ -11,95 +11,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use ws_server::core::frame::{self, close_code, Op, Role};
-use ws_server::core::message;
 use ws_server::kernel::control::monotonic_ns;
 
-use super::client::{self, Handshake, PollAnswer};
-use super::{hist, ChildCounters, ChildFinal, ChildLine, ChildPlan};
+use super::session::{self, ended, eof, fail, set_state, Fate, Peer, Proto, Shared, State};
+use super::{ChildLine, ChildPlan};
 
 const READ_CHUNK: usize = 64 * 1024;
-/// Largest server frame we accept (pushes are small; echoes are at most the payload size).
-const MAX_SERVER_FRAME: usize = 16 << 20;
 const TICK: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How long closing may take before the process reports and exits anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
-/// Targeted-push receivers listed by number in the final report, at most.
-const MAX_LISTED_TARGETS: usize = 1000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Connecting,
-    Handshake,
-    Open,
-    Polling,
-    /// We sent our close frame (or FIN); waiting for the server's close or EOF.
-    Closing,
-    /// Ended and counted; only waiting to be dropped.
-    Done,
-}
 
 struct Conn {
     stream: TcpStream,
-    /// Global connection number: picks the device id, the source address and the handshake key.
-    n: u64,
-    state: State,
-    /// CLOCK_MONOTONIC ns when the connect started (connect latency) or the last poll was sent.
-    since_ns: u64,
+    p: Proto,
     /// Bytes received and not yet consumed (a partial frame or response).
     inp: Vec<u8>,
     /// Bytes the kernel did not take yet.
     out: Vec<u8>,
     writable: bool,
-    /// Broadcasts received (for --expect-broadcasts).
-    broadcasts: u32,
 }
 
-/// What the connection handlers share.
-struct Shared {
-    plan: ChildPlan,
-    seed: u64,
-    c: ChildCounters,
-    connect_us: Histogram<u64>,
-    push_latency_us: Histogram<u64>,
-    echo_rtt_us: Histogram<u64>,
-    targeted_devices: Vec<u64>,
-    frame_buf: Vec<u8>,
-    payload_buf: Vec<u8>,
-    rng: fastrand::Rng,
-    closing: bool,
-    /// Connections in Connecting or Handshake: the concurrency bound counts these.
-    handshaking: usize,
-}
-
-impl Shared {
-    fn new(plan: ChildPlan) -> Shared {
-        Shared {
-            seed: fastrand::u64(..),
-            c: ChildCounters::default(),
-            connect_us: hist::new_histogram(),
-            push_latency_us: hist::new_histogram(),
-            echo_rtt_us: hist::new_histogram(),
-            targeted_devices: Vec::new(),
-            frame_buf: Vec::with_capacity(1024),
-            payload_buf: Vec::new(),
-            rng: fastrand::Rng::new(),
-            closing: false,
-            handshaking: 0,
-            plan,
-        }
+impl Peer for Conn {
+    fn proto(&mut self) -> &mut Proto {
+        &mut self.p
     }
-}
 
-/// What a handler decided about its connection.
-#[derive(PartialEq, Eq)]
-enum Fate {
-    Keep,
-    Drop,
+    fn send(&mut self, bytes: &[u8]) -> Fate {
+        send(self, bytes)
+    }
 }
 
 pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
@@ -150,13 +92,10 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
                         });
                         let mut conn = Conn {
                             stream,
-                            n,
-                            state: State::Connecting,
-                            since_ns: monotonic_ns(),
+                            p: Proto::new(n),
                             inp: Vec::new(),
                             out: Vec::new(),
                             writable: true,
-                            broadcasts: 0,
                         };
                         if let Err(e) = poll.registry().register(
                             &mut conn.stream,
@@ -167,7 +106,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
                             free.push(slot);
                             continue;
                         }
-                        inflight.push_back((slot, n, conn.since_ns + connect_timeout_ns));
+                        inflight.push_back((slot, n, conn.p.since_ns + connect_timeout_ns));
                         sh.handshaking += 1;
                         slab[slot] = Some(conn);
                     }
@@ -202,7 +141,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
             if fate == Fate::Keep && (event.is_readable() || event.is_read_closed() || event.is_error()) {
                 fate = readable(conn, &mut sh, &mut scratch);
             }
-            if fate == Fate::Keep && conn.writable != (!conn.out.is_empty() || conn.state == State::Connecting) {
+            if fate == Fate::Keep && conn.writable != (!conn.out.is_empty() || conn.p.state == State::Connecting) {
                 let want = !conn.writable;
                 let interest = if want {
                     Interest::READABLE | Interest::WRITABLE
@@ -220,7 +159,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
             if fate == Fate::Drop {
                 if let Some(mut conn) = slab[slot].take() {
                     // Handlers account for what they end; anything still open failed on a write.
-                    ended(&mut conn, &mut sh, "write_error");
+                    ended(&mut conn.p, &mut sh, "write_error");
                     let _ = poll.registry().deregister(&mut conn.stream);
                 }
                 free.push(slot);
@@ -234,22 +173,22 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
             // Handshake timeouts, oldest first.
             let now_ns = monotonic_ns();
             while let Some(&(slot, n, deadline)) = inflight.front() {
-                let pending = slab.get(slot).and_then(Option::as_ref).filter(|c| c.n == n);
+                let pending = slab.get(slot).and_then(Option::as_ref).filter(|c| c.p.n == n);
                 match pending {
-                    Some(c) if matches!(c.state, State::Connecting | State::Handshake) => {
+                    Some(c) if matches!(c.p.state, State::Connecting | State::Handshake) => {
                         if deadline > now_ns {
                             break;
                         }
                         fail(
                             &mut sh.c,
-                            if c.state == State::Connecting {
+                            if c.p.state == State::Connecting {
                                 "connect_timeout"
                             } else {
                                 "handshake_timeout"
                             },
                         );
                         if let Some(mut conn) = slab[slot].take() {
-                            set_state(&mut conn, State::Done, &mut sh);
+                            set_state(&mut conn.p, State::Done, &mut sh);
                             let _ = poll.registry().deregister(&mut conn.stream);
                         }
                         free.push(slot);
@@ -288,17 +227,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
         }
     }
 
-    let usage = rusage();
-    let final_line = ChildFinal {
-        counters: sh.c.clone(),
-        targeted_devices: sh.targeted_devices.clone(),
-        connect_us: hist::encode(&sh.connect_us),
-        push_latency_us: hist::encode(&sh.push_latency_us),
-        echo_rtt_us: hist::encode(&sh.echo_rtt_us),
-        cpu_user_s: usage.0,
-        cpu_sys_s: usage.1,
-        max_rss_bytes: usage.2,
-    };
+    let final_line = session::final_line(&sh);
     emit(&mut stdout, &ChildLine::Final(Box::new(final_line)))?;
     Ok(())
 }
@@ -308,10 +237,6 @@ fn emit(out: &mut impl Write, line: &ChildLine) -> anyhow::Result<()> {
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
-}
-
-fn fail(c: &mut ChildCounters, cause: &str) {
-    *c.failed.entry(cause.to_string()).or_default() += 1;
 }
 
 /// A non-blocking connect from this connection's source address.
@@ -400,37 +325,19 @@ fn send(conn: &mut Conn, bytes: &[u8]) -> Fate {
 }
 
 fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
-    if conn.state == State::Connecting {
+    if conn.p.state == State::Connecting {
         match conn.stream.take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => {
                 fail(&mut sh.c, errno_cause(e));
-                set_state(conn, State::Done, sh);
+                set_state(&mut conn.p, State::Done, sh);
                 return Fate::Drop;
             }
         }
         if conn.stream.peer_addr().is_err() {
             return Fate::Keep; // not connected yet (spurious wakeup)
         }
-        let mut req = Vec::with_capacity(256);
-        if sh.plan.poll {
-            client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.n);
-            set_state(conn, State::Polling, sh);
-            sh.c.polls_sent += 1;
-            established(conn, sh);
-        } else {
-            let key = client::key_for(conn.n, sh.seed);
-            client::upgrade_request(
-                &mut req,
-                &sh.plan.host,
-                &sh.plan.path,
-                sh.plan.id_prefix.as_deref(),
-                conn.n,
-                &key,
-            );
-            set_state(conn, State::Handshake, sh);
-        }
-        return send(conn, &req);
+        return session::connected(conn, sh);
     }
     let mut written = 0;
     while written < conn.out.len() {
@@ -446,22 +353,14 @@ fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
     Fate::Keep
 }
 
-fn established(conn: &Conn, sh: &mut Shared) {
-    let now = monotonic_ns();
-    sh.c.established += 1;
-    sh.c.open += 1;
-    sh.c.last_established_ns = now;
-    sh.connect_us.saturating_record(((now - conn.since_ns) / 1000).max(1));
-}
-
 fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
     loop {
         match conn.stream.read(scratch) {
-            Ok(0) => return eof(conn, sh, "eof"),
+            Ok(0) => return eof(&mut conn.p, sh, "eof"),
             Ok(n) => {
                 sh.c.bytes_in += n as u64;
                 let fate = if conn.inp.is_empty() {
-                    let (fate, used) = consume(conn, sh, &mut scratch[..n]);
+                    let (fate, used) = session::consume(conn, sh, &mut scratch[..n]);
                     if fate == Fate::Keep {
                         conn.inp.extend_from_slice(&scratch[used..n]);
                     }
@@ -469,7 +368,7 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
                 } else {
                     conn.inp.extend_from_slice(&scratch[..n]);
                     let mut inp = std::mem::take(&mut conn.inp);
-                    let (fate, used) = consume(conn, sh, &mut inp);
+                    let (fate, used) = session::consume(conn, sh, &mut inp);
                     inp.drain(..used);
                     conn.inp = inp;
                     fate
@@ -486,189 +385,8 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
                 } else {
                     "error"
                 };
-                return eof(conn, sh, cause);
+                return eof(&mut conn.p, sh, cause);
             }
-        }
-    }
-}
-
-/// Every state change goes through here, so the count of handshakes in flight stays exact.
-fn set_state(conn: &mut Conn, to: State, sh: &mut Shared) {
-    let shaking = |s: State| matches!(s, State::Connecting | State::Handshake);
-    if shaking(conn.state) && !shaking(to) {
-        sh.handshaking -= 1;
-    }
-    conn.state = to;
-}
-
-/// The connection stops counting as open (every path out of Open/Polling comes through here once).
-fn leave_open(conn: &mut Conn, sh: &mut Shared) {
-    if matches!(conn.state, State::Open | State::Polling) {
-        sh.c.open -= 1;
-        if sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) >= sh.plan.expect_broadcasts {
-            sh.c.reached_expected -= 1;
-        }
-        set_state(conn, State::Closing, sh);
-    }
-}
-
-/// The connection ended without our close handshake finishing: count why, once.
-fn ended(conn: &mut Conn, sh: &mut Shared, how: &str) {
-    match conn.state {
-        State::Connecting | State::Handshake => fail(&mut sh.c, &format!("{how}_in_handshake")),
-        State::Open | State::Polling => {
-            *sh.c.closed_by_server.entry(how.to_string()).or_default() += 1;
-            leave_open(conn, sh);
-        }
-        State::Closing | State::Done => {}
-    }
-    set_state(conn, State::Done, sh);
-}
-
-/// The server closed the TCP connection (or reset it).
-fn eof(conn: &mut Conn, sh: &mut Shared, how: &str) -> Fate {
-    ended(conn, sh, how);
-    Fate::Drop
-}
-
-/// Consume what `buf` holds; returns the fate and the bytes used.
-fn consume(conn: &mut Conn, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
-    let mut pos = 0;
-    loop {
-        match conn.state {
-            State::Connecting | State::Done => return (Fate::Keep, pos),
-            State::Handshake => {
-                let key = client::key_for(conn.n, sh.seed);
-                match client::check_upgrade_response(&buf[pos..], &key) {
-                    Handshake::Partial => return (Fate::Keep, pos),
-                    Handshake::Accepted { len } => {
-                        pos += len;
-                        set_state(conn, State::Open, sh);
-                        established(conn, sh);
-                    }
-                    Handshake::Rejected(code) => {
-                        fail(&mut sh.c, &format!("http_{code}"));
-                        set_state(conn, State::Done, sh);
-                        return (Fate::Drop, buf.len());
-                    }
-                    Handshake::Invalid(_) => {
-                        fail(&mut sh.c, "bad_handshake");
-                        set_state(conn, State::Done, sh);
-                        return (Fate::Drop, buf.len());
-                    }
-                }
-            }
-            State::Polling => match client::parse_poll_answer(&buf[pos..]) {
-                PollAnswer::Partial => return (Fate::Keep, pos),
-                PollAnswer::Complete { len, status, body } => {
-                    let body = &buf[pos + body.start..pos + body.end];
-                    pos += len;
-                    sh.c.polls_answered += 1;
-                    if status == 200 && body == br#"{"kind":"timeout"}"# {
-                        sh.c.poll_timeouts += 1;
-                    } else {
-                        message_seen(sh);
-                        record_push(conn, body, sh);
-                    }
-                    if sh.closing {
-                        leave_open(conn, sh);
-                        return (Fate::Drop, buf.len());
-                    }
-                    let mut req = Vec::with_capacity(128);
-                    client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.n);
-                    sh.c.polls_sent += 1;
-                    if send(conn, &req) == Fate::Drop {
-                        return (eof(conn, sh, "error"), buf.len());
-                    }
-                }
-                PollAnswer::Invalid(_) => {
-                    // Established already: a server fault, not a failed connection.
-                    ended(conn, sh, "bad_poll_answer");
-                    return (Fate::Drop, buf.len());
-                }
-            },
-            State::Open | State::Closing => {
-                let f = match frame::decode(&mut buf[pos..], Role::Client, MAX_SERVER_FRAME) {
-                    Ok(None) => return (Fate::Keep, pos),
-                    Ok(Some(f)) => f,
-                    Err(_) => {
-                        ended(conn, sh, "bad_server_frame");
-                        return (Fate::Drop, buf.len());
-                    }
-                };
-                pos += f.wire_len;
-                match f.op {
-                    Op::Text | Op::Binary | Op::Continue => {
-                        message_seen(sh);
-                        if let Some(sent) = client::parse_echo(f.payload) {
-                            sh.c.echoes += 1;
-                            sh.echo_rtt_us
-                                .saturating_record((monotonic_ns().saturating_sub(sent) / 1000).max(1));
-                        } else {
-                            record_push(conn, f.payload, sh);
-                        }
-                    }
-                    Op::Ping => {
-                        let payload = f.payload.to_vec();
-                        sh.frame_buf.clear();
-                        client::masked_frame(&mut sh.frame_buf, Op::Pong, &payload, sh.rng.u32(..).to_ne_bytes());
-                        let bytes = std::mem::take(&mut sh.frame_buf);
-                        let fate = send(conn, &bytes);
-                        sh.frame_buf = bytes;
-                        if fate == Fate::Drop {
-                            return (eof(conn, sh, "error"), buf.len());
-                        }
-                    }
-                    Op::Pong => sh.c.pongs += 1,
-                    Op::Close => {
-                        if conn.state == State::Open {
-                            let code = frame::parse_close(f.payload).ok().flatten();
-                            let key = code.map_or("no_code".to_string(), |c| c.to_string());
-                            *sh.c.closed_by_server.entry(key).or_default() += 1;
-                            leave_open(conn, sh);
-                            // Answer the close handshake, then we are done with this one.
-                            let mut reply = Vec::with_capacity(8);
-                            let echo = code.unwrap_or(close_code::NORMAL).to_be_bytes();
-                            client::masked_frame(&mut reply, Op::Close, &echo, sh.rng.u32(..).to_ne_bytes());
-                            let _ = send(conn, &reply);
-                        }
-                        return (Fate::Drop, buf.len());
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Count a server message and when it came (messages per second over the receiving span).
-fn message_seen(sh: &mut Shared) {
-    let now = monotonic_ns();
-    sh.c.messages += 1;
-    if sh.c.first_message_ns == 0 {
-        sh.c.first_message_ns = now;
-    }
-    sh.c.last_message_ns = now;
-}
-
-fn record_push(conn: &mut Conn, payload: &[u8], sh: &mut Shared) {
-    let Some(ts) = message::parse_ts(payload) else {
-        return;
-    };
-    sh.c.pushes += 1;
-    let now = message::unix_ns();
-    sh.push_latency_us
-        .saturating_record((now.saturating_sub(ts) / 1000).max(1));
-    if message::is_targeted(payload) {
-        sh.c.targeted += 1;
-        if sh.targeted_devices.len() < MAX_LISTED_TARGETS {
-            sh.targeted_devices.push(conn.n);
-        }
-    } else {
-        sh.c.broadcasts += 1;
-        conn.broadcasts += 1;
-        let open = matches!(conn.state, State::Open | State::Polling);
-        if open && sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) == sh.plan.expect_broadcasts {
-            sh.c.reached_expected += 1;
         }
     }
 }
@@ -688,22 +406,7 @@ fn periodic(slab: &mut [Option<Conn>], sh: &mut Shared, tick_no: u64, poll: &Pol
             let Some(conn) = slab[slot].as_mut() else {
                 continue;
             };
-            if conn.state != State::Open {
-                continue;
-            }
-            sh.frame_buf.clear();
-            let mask = sh.rng.u32(..).to_ne_bytes();
-            if is_ping {
-                client::masked_frame(&mut sh.frame_buf, Op::Ping, b"hb", mask);
-                sh.c.pings_sent += 1;
-            } else {
-                client::echo_payload(&mut sh.payload_buf, monotonic_ns(), sh.plan.payload);
-                client::masked_frame(&mut sh.frame_buf, Op::Binary, &sh.payload_buf, mask);
-                sh.c.sent_frames += 1;
-            }
-            let bytes = std::mem::take(&mut sh.frame_buf);
-            let _ = send(conn, &bytes);
-            sh.frame_buf = bytes;
+            let _ = session::periodic_frame(conn, sh, is_ping);
             if !conn.out.is_empty() && !conn.writable {
                 let _ =
                     poll.registry()
@@ -717,45 +420,12 @@ fn periodic(slab: &mut [Option<Conn>], sh: &mut Shared, tick_no: u64, poll: &Pol
 /// Start the close handshake on every open connection; drop the others.
 fn begin_close(slab: &mut [Option<Conn>], sh: &mut Shared) {
     for entry in slab.iter_mut() {
-        let Some(conn) = entry.as_mut() else { continue };
-        match conn.state {
-            State::Open => {
-                sh.frame_buf.clear();
-                client::masked_frame(
-                    &mut sh.frame_buf,
-                    Op::Close,
-                    &close_code::NORMAL.to_be_bytes(),
-                    sh.rng.u32(..).to_ne_bytes(),
-                );
-                let bytes = std::mem::take(&mut sh.frame_buf);
-                let fate = send(conn, &bytes);
-                sh.frame_buf = bytes;
-                leave_open(conn, sh);
-                if fate == Fate::Drop {
-                    *entry = None;
-                }
-            }
-            State::Polling => {
-                leave_open(conn, sh);
+        if let Some(conn) = entry.as_mut() {
+            if session::begin_close(conn, sh) == Fate::Drop {
                 *entry = None;
             }
-            State::Connecting | State::Handshake => {
-                fail(&mut sh.c, "aborted_in_handshake");
-                set_state(conn, State::Done, sh);
-                *entry = None;
-            }
-            State::Closing | State::Done => {}
         }
     }
-}
-
-/// (user seconds, system seconds, max RSS bytes) of this process.
-fn rusage() -> (f64, f64, u64) {
-    // SAFETY: getrusage fills the struct we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss as u64 * 1024)
 }
 
 #[cfg(test)]
@@ -782,13 +452,15 @@ mod tests {
         std::mem::forget(listener);
         Conn {
             stream: TcpStream::from_std(stream),
-            n,
-            state,
-            since_ns: 0,
+            p: Proto {
+                n,
+                state,
+                since_ns: 0,
+                broadcasts: 0,
+            },
             inp: Vec::new(),
             out: Vec::new(),
             writable: false,
-            broadcasts: 0,
         }
     }
 
@@ -800,8 +472,8 @@ mod tests {
         sh.c.attempted = 3;
         sh.handshaking = 2;
         let mut open = conn(State::Handshake, 2);
-        set_state(&mut open, State::Open, &mut sh);
-        established(&open, &mut sh);
+        set_state(&mut open.p, State::Open, &mut sh);
+        session::established(&open.p, &mut sh);
         assert_eq!((sh.handshaking, sh.c.open), (1, 1));
         let mut slab = vec![Some(conn(State::Connecting, 0)), Some(open), None];
         sh.c.failed.insert("refused".into(), 1); // the third attempt
@@ -810,7 +482,7 @@ mod tests {
         assert_eq!(sh.c.open, 0);
         assert_eq!(sh.c.attempted, sh.c.established + sh.c.failed_total(), "{:?}", sh.c);
         assert_eq!(sh.c.failed.get("aborted_in_handshake"), Some(&1));
-        assert!(slab[0].is_none() && slab[1].as_ref().is_some_and(|c| c.state == State::Closing));
+        assert!(slab[0].is_none() && slab[1].as_ref().is_some_and(|c| c.p.state == State::Closing));
     }
 
     /// A broken frame on an established connection is the server's fault, not a failed connection.
@@ -820,7 +492,7 @@ mod tests {
         sh.c.open = 1;
         let mut c = conn(State::Open, 0);
         let mut junk = vec![0x8f, 0x00]; // reserved opcode
-        let (fate, _) = consume(&mut c, &mut sh, &mut junk);
+        let (fate, _) = session::consume(&mut c, &mut sh, &mut junk);
         assert!(fate == Fate::Drop);
         assert_eq!(sh.c.failed_total(), 0);
         assert_eq!(sh.c.closed_by_server.get("bad_server_frame"), Some(&1));

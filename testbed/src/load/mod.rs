@@ -7,6 +7,7 @@ pub mod client;
 pub mod hist;
 pub mod kernel_child;
 pub mod parent;
+pub mod session;
 pub mod sources;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,394 @@
+//! One client connection's protocol, sans-I/O: what to send once TCP is up, how to read the
+//! server's answers, pushes and frames, heartbeats and data rounds, and the close handshake. Both
+//! load processes use it: the kernel-stack one (epoll over sockets) and the userspace-stack one
+//! (AF_XDP). A transport implements [`Peer`]: the connection's protocol state and a way to send.
+
+use hdrhistogram::Histogram;
+use ws_server::core::frame::{self, close_code, Op, Role};
+use ws_server::core::message;
+use ws_server::kernel::control::monotonic_ns;
+
+use super::client::{self, Handshake, PollAnswer};
+use super::{hist, ChildCounters, ChildFinal, ChildPlan};
+
+/// Largest server frame we accept (pushes are small; echoes are at most the payload size).
+const MAX_SERVER_FRAME: usize = 16 << 20;
+/// Targeted-push receivers listed by number in the final report, at most.
+const MAX_LISTED_TARGETS: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Handshake,
+    Open,
+    Polling,
+    /// We sent our close frame (or FIN); waiting for the server's close or EOF.
+    Closing,
+    /// Ended and counted; only waiting to be dropped.
+    Done,
+}
+
+/// A connection's protocol state.
+#[derive(Clone, Copy, Debug)]
+pub struct Proto {
+    /// Global connection number: picks the device id, the source address and the handshake key.
+    pub n: u64,
+    pub state: State,
+    /// CLOCK_MONOTONIC ns when the connect started (connect latency) or the last poll was sent.
+    pub since_ns: u64,
+    /// Broadcasts received (for --expect-broadcasts).
+    pub broadcasts: u32,
+}
+
+impl Proto {
+    pub fn new(n: u64) -> Proto {
+        Proto {
+            n,
+            state: State::Connecting,
+            since_ns: monotonic_ns(),
+            broadcasts: 0,
+        }
+    }
+}
+
+/// A connection as its transport holds it.
+pub trait Peer {
+    fn proto(&mut self) -> &mut Proto;
+    /// Queue bytes for the server; `Fate::Drop` if the connection failed.
+    fn send(&mut self, bytes: &[u8]) -> Fate;
+}
+
+/// What the connection handlers share.
+pub struct Shared {
+    pub plan: ChildPlan,
+    pub seed: u64,
+    pub c: ChildCounters,
+    pub connect_us: Histogram<u64>,
+    pub push_latency_us: Histogram<u64>,
+    pub echo_rtt_us: Histogram<u64>,
+    pub targeted_devices: Vec<u64>,
+    frame_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
+    rng: fastrand::Rng,
+    pub closing: bool,
+    /// Connections in Connecting or Handshake: the concurrency bound counts these.
+    pub handshaking: usize,
+}
+
+impl Shared {
+    pub fn new(plan: ChildPlan) -> Shared {
+        Shared {
+            seed: fastrand::u64(..),
+            c: ChildCounters::default(),
+            connect_us: hist::new_histogram(),
+            push_latency_us: hist::new_histogram(),
+            echo_rtt_us: hist::new_histogram(),
+            targeted_devices: Vec::new(),
+            frame_buf: Vec::with_capacity(1024),
+            payload_buf: Vec::new(),
+            rng: fastrand::Rng::new(),
+            closing: false,
+            handshaking: 0,
+            plan,
+        }
+    }
+}
+
+/// What a handler decided about its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Keep,
+    Drop,
+}
+
+pub fn fail(c: &mut ChildCounters, cause: &str) {
+    *c.failed.entry(cause.to_string()).or_default() += 1;
+}
+
+/// TCP is up: send the upgrade request (or the first long-poll).
+pub fn connected<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
+    let mut req = Vec::with_capacity(256);
+    if sh.plan.poll {
+        client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.proto().n);
+        set_state(conn.proto(), State::Polling, sh);
+        sh.c.polls_sent += 1;
+        established(conn.proto(), sh);
+    } else {
+        let key = client::key_for(conn.proto().n, sh.seed);
+        client::upgrade_request(
+            &mut req,
+            &sh.plan.host,
+            &sh.plan.path,
+            sh.plan.id_prefix.as_deref(),
+            conn.proto().n,
+            &key,
+        );
+        set_state(conn.proto(), State::Handshake, sh);
+    }
+    conn.send(&req)
+}
+
+pub fn established(conn: &Proto, sh: &mut Shared) {
+    let now = monotonic_ns();
+    sh.c.established += 1;
+    sh.c.open += 1;
+    sh.c.last_established_ns = now;
+    sh.connect_us.saturating_record(((now - conn.since_ns) / 1000).max(1));
+}
+
+/// Every state change goes through here, so the count of handshakes in flight stays exact.
+pub fn set_state(conn: &mut Proto, to: State, sh: &mut Shared) {
+    let shaking = |s: State| matches!(s, State::Connecting | State::Handshake);
+    if shaking(conn.state) && !shaking(to) {
+        sh.handshaking -= 1;
+    }
+    conn.state = to;
+}
+
+/// The connection stops counting as open (every path out of Open/Polling comes through here once).
+pub fn leave_open(conn: &mut Proto, sh: &mut Shared) {
+    if matches!(conn.state, State::Open | State::Polling) {
+        sh.c.open -= 1;
+        if sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) >= sh.plan.expect_broadcasts {
+            sh.c.reached_expected -= 1;
+        }
+        set_state(conn, State::Closing, sh);
+    }
+}
+
+/// The connection ended without our close handshake finishing: count why, once.
+pub fn ended(conn: &mut Proto, sh: &mut Shared, how: &str) {
+    match conn.state {
+        State::Connecting | State::Handshake => fail(&mut sh.c, &format!("{how}_in_handshake")),
+        State::Open | State::Polling => {
+            *sh.c.closed_by_server.entry(how.to_string()).or_default() += 1;
+            leave_open(conn, sh);
+        }
+        State::Closing | State::Done => {}
+    }
+    set_state(conn, State::Done, sh);
+}
+
+/// The server closed the TCP connection (or reset it).
+pub fn eof(conn: &mut Proto, sh: &mut Shared, how: &str) -> Fate {
+    ended(conn, sh, how);
+    Fate::Drop
+}
+
+/// Consume what `buf` holds; returns the fate and the bytes used.
+pub fn consume<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
+    let mut pos = 0;
+    loop {
+        match conn.proto().state {
+            State::Connecting | State::Done => return (Fate::Keep, pos),
+            State::Handshake => {
+                let key = client::key_for(conn.proto().n, sh.seed);
+                match client::check_upgrade_response(&buf[pos..], &key) {
+                    Handshake::Partial => return (Fate::Keep, pos),
+                    Handshake::Accepted { len } => {
+                        pos += len;
+                        set_state(conn.proto(), State::Open, sh);
+                        established(conn.proto(), sh);
+                    }
+                    Handshake::Rejected(code) => {
+                        fail(&mut sh.c, &format!("http_{code}"));
+                        set_state(conn.proto(), State::Done, sh);
+                        return (Fate::Drop, buf.len());
+                    }
+                    Handshake::Invalid(_) => {
+                        fail(&mut sh.c, "bad_handshake");
+                        set_state(conn.proto(), State::Done, sh);
+                        return (Fate::Drop, buf.len());
+                    }
+                }
+            }
+            State::Polling => match client::parse_poll_answer(&buf[pos..]) {
+                PollAnswer::Partial => return (Fate::Keep, pos),
+                PollAnswer::Complete { len, status, body } => {
+                    let body = &buf[pos + body.start..pos + body.end];
+                    pos += len;
+                    sh.c.polls_answered += 1;
+                    if status == 200 && body == br#"{"kind":"timeout"}"# {
+                        sh.c.poll_timeouts += 1;
+                    } else {
+                        message_seen(sh);
+                        record_push(conn.proto(), body, sh);
+                    }
+                    if sh.closing {
+                        leave_open(conn.proto(), sh);
+                        return (Fate::Drop, buf.len());
+                    }
+                    let mut req = Vec::with_capacity(128);
+                    client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.proto().n);
+                    sh.c.polls_sent += 1;
+                    if conn.send(&req) == Fate::Drop {
+                        return (eof(conn.proto(), sh, "error"), buf.len());
+                    }
+                }
+                PollAnswer::Invalid(_) => {
+                    // Established already: a server fault, not a failed connection.
+                    ended(conn.proto(), sh, "bad_poll_answer");
+                    return (Fate::Drop, buf.len());
+                }
+            },
+            State::Open | State::Closing => {
+                let f = match frame::decode(&mut buf[pos..], Role::Client, MAX_SERVER_FRAME) {
+                    Ok(None) => return (Fate::Keep, pos),
+                    Ok(Some(f)) => f,
+                    Err(_) => {
+                        ended(conn.proto(), sh, "bad_server_frame");
+                        return (Fate::Drop, buf.len());
+                    }
+                };
+                pos += f.wire_len;
+                match f.op {
+                    Op::Text | Op::Binary | Op::Continue => {
+                        message_seen(sh);
+                        if let Some(sent) = client::parse_echo(f.payload) {
+                            sh.c.echoes += 1;
+                            sh.echo_rtt_us
+                                .saturating_record((monotonic_ns().saturating_sub(sent) / 1000).max(1));
+                        } else {
+                            record_push(conn.proto(), f.payload, sh);
+                        }
+                    }
+                    Op::Ping => {
+                        let payload = f.payload.to_vec();
+                        sh.frame_buf.clear();
+                        client::masked_frame(&mut sh.frame_buf, Op::Pong, &payload, sh.rng.u32(..).to_ne_bytes());
+                        let bytes = std::mem::take(&mut sh.frame_buf);
+                        let fate = conn.send(&bytes);
+                        sh.frame_buf = bytes;
+                        if fate == Fate::Drop {
+                            return (eof(conn.proto(), sh, "error"), buf.len());
+                        }
+                    }
+                    Op::Pong => sh.c.pongs += 1,
+                    Op::Close => {
+                        if conn.proto().state == State::Open {
+                            let code = frame::parse_close(f.payload).ok().flatten();
+                            let key = code.map_or("no_code".to_string(), |c| c.to_string());
+                            *sh.c.closed_by_server.entry(key).or_default() += 1;
+                            leave_open(conn.proto(), sh);
+                            // Answer the close handshake, then we are done with this one.
+                            let mut reply = Vec::with_capacity(8);
+                            let echo = code.unwrap_or(close_code::NORMAL).to_be_bytes();
+                            client::masked_frame(&mut reply, Op::Close, &echo, sh.rng.u32(..).to_ne_bytes());
+                            let _ = conn.send(&reply);
+                        }
+                        return (Fate::Drop, buf.len());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Count a server message and when it came (messages per second over the receiving span).
+fn message_seen(sh: &mut Shared) {
+    let now = monotonic_ns();
+    sh.c.messages += 1;
+    if sh.c.first_message_ns == 0 {
+        sh.c.first_message_ns = now;
+    }
+    sh.c.last_message_ns = now;
+}
+
+fn record_push(conn: &mut Proto, payload: &[u8], sh: &mut Shared) {
+    let Some(ts) = message::parse_ts(payload) else {
+        return;
+    };
+    sh.c.pushes += 1;
+    let now = message::unix_ns();
+    sh.push_latency_us
+        .saturating_record((now.saturating_sub(ts) / 1000).max(1));
+    if message::is_targeted(payload) {
+        sh.c.targeted += 1;
+        if sh.targeted_devices.len() < MAX_LISTED_TARGETS {
+            sh.targeted_devices.push(conn.n);
+        }
+    } else {
+        sh.c.broadcasts += 1;
+        conn.broadcasts += 1;
+        let open = matches!(conn.state, State::Open | State::Polling);
+        if open && sh.plan.expect_broadcasts > 0 && u64::from(conn.broadcasts) == sh.plan.expect_broadcasts {
+            sh.c.reached_expected += 1;
+        }
+    }
+}
+
+/// A heartbeat ping or a data-round frame on an open connection.
+pub fn periodic_frame<C: Peer>(conn: &mut C, sh: &mut Shared, is_ping: bool) -> Fate {
+    if conn.proto().state != State::Open {
+        return Fate::Keep;
+    }
+    sh.frame_buf.clear();
+    let mask = sh.rng.u32(..).to_ne_bytes();
+    if is_ping {
+        client::masked_frame(&mut sh.frame_buf, Op::Ping, b"hb", mask);
+        sh.c.pings_sent += 1;
+    } else {
+        client::echo_payload(&mut sh.payload_buf, monotonic_ns(), sh.plan.payload);
+        client::masked_frame(&mut sh.frame_buf, Op::Binary, &sh.payload_buf, mask);
+        sh.c.sent_frames += 1;
+    }
+    let bytes = std::mem::take(&mut sh.frame_buf);
+    let fate = conn.send(&bytes);
+    sh.frame_buf = bytes;
+    fate
+}
+
+/// Start the close handshake on an open connection (`Keep`: wait for the server's answer) or
+/// account for one that cannot have it (`Drop`).
+pub fn begin_close<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
+    match conn.proto().state {
+        State::Open => {
+            sh.frame_buf.clear();
+            client::masked_frame(
+                &mut sh.frame_buf,
+                Op::Close,
+                &close_code::NORMAL.to_be_bytes(),
+                sh.rng.u32(..).to_ne_bytes(),
+            );
+            let bytes = std::mem::take(&mut sh.frame_buf);
+            let fate = conn.send(&bytes);
+            sh.frame_buf = bytes;
+            leave_open(conn.proto(), sh);
+            fate
+        }
+        State::Polling => {
+            leave_open(conn.proto(), sh);
+            Fate::Drop
+        }
+        State::Connecting | State::Handshake => {
+            fail(&mut sh.c, "aborted_in_handshake");
+            set_state(conn.proto(), State::Done, sh);
+            Fate::Drop
+        }
+        State::Closing | State::Done => Fate::Keep,
+    }
+}
+
+/// The last line a load process reports.
+pub fn final_line(sh: &Shared) -> ChildFinal {
+    let usage = rusage();
+    ChildFinal {
+        counters: sh.c.clone(),
+        targeted_devices: sh.targeted_devices.clone(),
+        connect_us: hist::encode(&sh.connect_us),
+        push_latency_us: hist::encode(&sh.push_latency_us),
+        echo_rtt_us: hist::encode(&sh.echo_rtt_us),
+        cpu_user_s: usage.0,
+        cpu_sys_s: usage.1,
+        max_rss_bytes: usage.2,
+    }
+}
+
+/// (user seconds, system seconds, max RSS bytes) of this process.
+fn rusage() -> (f64, f64, u64) {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss as u64 * 1024)
+}
