@@ -197,7 +197,13 @@ fn prepare_xdp(
         })?
     };
     let endpoint = std::net::SocketAddrV4::new(addr, listen.port());
-    let att = crate::xdp::steer::Attachment::prepare(&x.iface, x.mode, endpoint, x.pin.as_deref(), x.queues)?;
+    let att = crate::xdp::steer::Attachment::prepare(
+        &x.iface,
+        x.mode,
+        crate::xdp::steer::Steer::To(endpoint),
+        x.pin.as_deref(),
+        x.queues,
+    )?;
     let base = crate::xdp::XdpWorkerConfig {
         iface: x.iface.clone(),
         queue: 0,

@@ -11,25 +11,34 @@ use xdp_prog::{Counters, Mode, SteerError, Steering};
 /// Where `testbed/attach.sh` pins what it attaches (one directory per testbed prefix).
 pub const PIN_ROOT: &str = "/run/wsb/bpffs";
 
+/// Which segments a stack on the interface owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steer {
+    /// A server: segments to this endpoint.
+    To(SocketAddrV4),
+    /// A client stack: every segment from this server endpoint.
+    From(SocketAddrV4),
+}
+
 pub struct Attachment {
     steering: Steering,
     iface: String,
     /// We attached it, so we detach it; an adopted (pinned) program stays.
     ours: bool,
-    /// Endpoints to remove again from an adopted program.
-    added: Option<SocketAddrV4>,
+    /// What to remove again from an adopted program.
+    added: Option<Steer>,
     queues: u32,
     finished: bool,
 }
 
 impl Attachment {
-    /// Steer `listen` on `iface` to AF_XDP sockets on `queues` queues. `pin`: adopt the program
+    /// Steer `what` on `iface` to AF_XDP sockets on `queues` queues. `pin`: adopt the program
     /// pinned there; otherwise one pinned under [`PIN_ROOT`] is adopted if it is the one
     /// attached, a left-over of ours is replaced, and else we attach our own.
     pub fn prepare(
         iface: &str,
         mode: Mode,
-        listen: SocketAddrV4,
+        what: Steer,
         pin: Option<&Path>,
         queues: u32,
     ) -> anyhow::Result<Attachment> {
@@ -72,21 +81,36 @@ impl Attachment {
             }
         };
         att.queues = queues;
-        let (mut endpoints, arp) = att.steering.endpoints()?;
-        if !endpoints.contains(&listen) {
-            endpoints.push(listen);
-            att.steering.set_endpoints(&endpoints, arp)?;
-            if !att.ours {
-                att.added = Some(listen);
+        let added = match what {
+            Steer::To(listen) => {
+                let (mut endpoints, arp) = att.steering.endpoints()?;
+                let new = !endpoints.contains(&listen);
+                if new {
+                    endpoints.push(listen);
+                    att.steering.set_endpoints(&endpoints, arp)?;
+                }
+                new
             }
+            Steer::From(server) => {
+                let mut sources = att.steering.sources();
+                let new = !sources.contains(&server);
+                if new {
+                    sources.push(server);
+                    att.steering.set_sources(&sources)?;
+                }
+                new
+            }
+        };
+        if added && !att.ours {
+            att.added = Some(what);
         }
-        let how = att
-            .steering
-            .attachment()
-            .map(|(_, m)| format!("{m:?}"))
-            .unwrap_or_default();
+        let how = att.steering.attachment().map(|(_, m)| format!("{m:?}")).unwrap_or_default();
+        let steered = match what {
+            Steer::To(listen) => format!("TCP to {listen}"),
+            Steer::From(server) => format!("TCP from {server}"),
+        };
         log::info!(
-            "XDP steering on {iface} ({how} mode, program {}{}): TCP to {listen} goes to AF_XDP, everything else to the kernel",
+            "XDP steering on {iface} ({how} mode, program {}{}): {steered} goes to AF_XDP, everything else to the kernel",
             att.steering.program_id(),
             if att.ours { "" } else { ", adopted from its pin" }
         );
@@ -116,10 +140,20 @@ impl Attachment {
                 Ok(()) => log::info!("{}: XDP steering detached", self.iface),
                 Err(e) => log::error!("{}: detaching the XDP program failed: {e}", self.iface),
             }
-        } else if let Some(listen) = self.added {
-            if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
-                endpoints.retain(|e| *e != listen);
-                let _ = self.steering.set_endpoints(&endpoints, arp);
+        } else {
+            match self.added {
+                Some(Steer::To(listen)) => {
+                    if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
+                        endpoints.retain(|e| *e != listen);
+                        let _ = self.steering.set_endpoints(&endpoints, arp);
+                    }
+                }
+                Some(Steer::From(server)) => {
+                    let mut sources = self.steering.sources();
+                    sources.retain(|e| *e != server);
+                    let _ = self.steering.set_sources(&sources);
+                }
+                None => {}
             }
         }
     }

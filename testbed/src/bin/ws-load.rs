@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use testbed::load::parent::{self, LoadConfig, ProgressMode, CONNS_PER_PROC};
 use testbed::load::sources::{self, CONNS_PER_SOURCE};
-use testbed::load::{kernel_child, ChildPlan, CHILD_PLAN_ENV};
+use testbed::load::{kernel_child, xdp_child, ChildPlan, XdpClient, CHILD_PLAN_ENV};
 use ws_server::cli::{parse_duration, parse_size, Stack};
 
 /// Open many WebSocket (or long-poll) connections to a server, hold them, and measure.
@@ -18,6 +18,11 @@ use ws_server::cli::{parse_duration, parse_size, Stack};
 /// records push latency from the {"ts":...} stamp of every server push (HDR histogram), optional
 /// heartbeat pings, optional data rounds (echo RTT when the server runs --echo). Prints a summary
 /// and writes it as JSON with --json. Every run is bounded: --duration caps it whatever happens.
+///
+/// --stack xdp runs every connection in one process on the userspace TCP stack over AF_XDP on
+/// --iface (no file descriptor per connection, 64,512 ports per source address): it attaches the
+/// XDP program there in client mode (everything the server sends comes to us) and detaches it
+/// at the end. Needs root. --stack kernel (default) is the real-peer check with Linux TCP.
 ///
 /// Exit status: 0 when every connection was established, 2 when some were not, 1 on errors.
 #[derive(Parser, Debug)]
@@ -87,6 +92,18 @@ struct Args {
     /// Progress display.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
+    /// --stack xdp: the client interface (the userspace stack takes over its TCP from --server).
+    #[arg(long, required_if_eq("stack", "xdp"))]
+    iface: Option<String>,
+    /// --stack xdp: the server's MAC address (default: from the kernel's neighbour table).
+    #[arg(long)]
+    server_mac: Option<String>,
+    /// --stack xdp: receive buffer per connection (a server message must fit in it).
+    #[arg(long, default_value = "512", value_parser = parse_size)]
+    rx_buf: usize,
+    /// --stack xdp: send buffer per connection (a client frame must fit in it).
+    #[arg(long, default_value = "512", value_parser = parse_size)]
+    tx_buf: usize,
     /// Internal: run as one load process (the plan is in the environment).
     #[arg(long, hide = true)]
     child: bool,
@@ -109,12 +126,40 @@ fn run() -> anyhow::Result<i32> {
         let plan: ChildPlan =
             serde_json::from_str(&std::env::var(CHILD_PLAN_ENV).context("no plan for this load process")?)
                 .context("reading the load process plan")?;
-        kernel_child::run(plan)?;
+        if plan.xdp.is_some() {
+            xdp_child::run(plan)?;
+        } else {
+            kernel_child::run(plan)?;
+        }
         return Ok(0);
     }
-    if args.stack == Stack::Xdp {
-        bail!("--stack xdp is not available yet: the userspace TCP stack is still being built (use --stack kernel)");
-    }
+    let xdp = match args.stack {
+        Stack::Kernel => None,
+        Stack::Xdp => {
+            if !xdp_prog::is_root() {
+                bail!("--stack xdp needs root (XDP and AF_XDP on --iface)");
+            }
+            if args.procs.is_some_and(|p| p != 1) {
+                bail!("--stack xdp runs one process for every connection (no --procs)");
+            }
+            if !(128..=1 << 20).contains(&args.rx_buf) || !(128..=1 << 20).contains(&args.tx_buf) {
+                bail!("--rx-buf and --tx-buf must be 128 bytes to 1 MiB");
+            }
+            let server_mac = match &args.server_mac {
+                Some(text) => Some(
+                    stack::xdp_link::parse_mac(text)
+                        .with_context(|| format!("--server-mac '{text}' is not a MAC address like 02:00:00:00:00:01"))?,
+                ),
+                None => None,
+            };
+            Some(XdpClient {
+                iface: args.iface.clone().unwrap_or_default(),
+                server_mac,
+                rx_buf: args.rx_buf,
+                tx_buf: args.tx_buf,
+            })
+        }
+    };
     if args.conns == 0 || args.conns > 2_000_000 {
         bail!("--conns must be between 1 and 2,000,000");
     }
@@ -145,11 +190,14 @@ fn run() -> anyhow::Result<i32> {
         );
     }
     let fd_limit = ws_server::kernel::hard_fd_limit() as u64;
-    let procs = args
-        .procs
-        .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_PROC) as usize)
-        .max(1);
-    if args.conns.div_ceil(procs as u64) + 64 > fd_limit {
+    let procs = match xdp {
+        Some(_) => 1,
+        None => args
+            .procs
+            .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_PROC) as usize)
+            .max(1),
+    };
+    if xdp.is_none() && args.conns.div_ceil(procs as u64) + 64 > fd_limit {
         bail!(
             "{} connections over {procs} processes is more than one process may hold ({fd_limit} files); raise --procs",
             args.conns
@@ -177,6 +225,7 @@ fn run() -> anyhow::Result<i32> {
         poll: args.poll,
         expect_broadcasts: args.expect_broadcasts,
         progress: args.progress,
+        xdp,
     };
     let summary = parent::run(&cfg)?;
     println!("ws-load summary\n{}", parent::render(&summary));

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod hist;
 pub mod kernel_child;
+pub mod xdp_child;
 pub mod parent;
 pub mod session;
 pub mod sources;
@@ -48,6 +49,20 @@ pub struct ChildPlan {
     pub poll: bool,
     /// End the hold once every open connection received this many broadcasts (0: hold it all).
     pub expect_broadcasts: u64,
+    /// Run on the userspace stack over AF_XDP (one process for every connection).
+    #[serde(default)]
+    pub xdp: Option<XdpClient>,
+}
+
+/// The userspace-stack client's settings (`ws-load --stack xdp`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XdpClient {
+    /// The client veth (its XDP program steers everything the server sends to our socket).
+    pub iface: String,
+    /// The server's (next hop's) MAC; default: asked of the kernel's neighbour table.
+    pub server_mac: Option<[u8; 6]>,
+    pub rx_buf: usize,
+    pub tx_buf: usize,
 }
 
 /// Why connections failed, by cause.

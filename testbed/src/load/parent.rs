@@ -48,6 +48,8 @@ pub struct LoadConfig {
     pub poll: bool,
     pub expect_broadcasts: u64,
     pub progress: ProgressMode,
+    /// Userspace-stack client (`--stack xdp`): one process holds every connection.
+    pub xdp: Option<super::XdpClient>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -113,6 +115,7 @@ pub fn plan(cfg: &LoadConfig) -> Vec<ChildPlan> {
                 id_prefix: cfg.id_prefix.clone(),
                 poll: cfg.poll,
                 expect_broadcasts: cfg.expect_broadcasts,
+                xdp: cfg.xdp.clone(),
             };
             first += count;
             p
@@ -256,7 +259,7 @@ fn summarize(
         None => n.to_string(),
     };
     Ok(Summary {
-        stack: "kernel".into(),
+        stack: if cfg.xdp.is_some() { "xdp" } else { "kernel" }.into(),
         server: cfg.server.to_string(),
         mode: if cfg.poll { "long-poll" } else { "websocket" }.into(),
         conns_target: cfg.conns,
