@@ -15,8 +15,10 @@ pub struct EndpointKey {
 
 /// `STEER_DEST`: segments to this endpoint are steered (a server).
 pub const KIND_DEST: u16 = 0;
-/// `STEER_SOURCE`: segments from this endpoint are steered (a client stack's server).
+/// `STEER_SOURCE`: segments from this endpoint are steered (a client stack's server)...
 pub const KIND_SOURCE: u16 = 1;
+/// `STEER_LOCAL`: ...when addressed to this address of the client stack (port 0).
+pub const KIND_LOCAL: u16 = 2;
 
 impl EndpointKey {
     pub fn new(ep: SocketAddrV4) -> EndpointKey {
@@ -53,6 +55,8 @@ pub struct Config {
 pub const FLAG_ARP: u32 = 1;
 /// `STEER_MAX_QUEUES`.
 pub const MAX_QUEUES: u32 = 64;
+/// `STEER_MAX_ENDPOINTS`: entries of the endpoints map, of every kind.
+pub const MAX_ENDPOINTS: usize = 256;
 
 /// The per-CPU counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

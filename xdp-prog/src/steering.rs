@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
 
-use crate::maps::{Config, Counters, EndpointKey, FLAG_ARP, KIND_DEST, KIND_SOURCE, MAX_QUEUES};
+use crate::maps::{Config, Counters, EndpointKey, FLAG_ARP, KIND_DEST, KIND_LOCAL, KIND_SOURCE, MAX_ENDPOINTS, MAX_QUEUES};
 use crate::skel::SteerSkelBuilder;
 
 /// How to attach.
@@ -90,7 +90,7 @@ pub enum SteerError {
     NotAttached(String),
     #[error("queue {0} is out of range: the program has sockets for queues 0 to {max}", max = MAX_QUEUES - 1)]
     BadQueue(u32),
-    #[error("too many endpoints: the program holds at most 64")]
+    #[error("too many endpoints: the program holds at most 256 (endpoints, servers and client addresses together)")]
     TooManyEndpoints,
 }
 
@@ -442,10 +442,16 @@ impl Steering {
     }
 
     /// Replace the servers whose segments are steered (client mode: a userspace stack that
-    /// connects out to these owns everything they send back, to any of its addresses and ports).
-    pub fn set_sources(&self, servers: &[SocketAddrV4]) -> Result<()> {
+    /// connects out to these from `locals` owns everything they send back to those addresses, on
+    /// any port; segments to the host's other addresses stay the kernel's).
+    pub fn set_sources(&self, servers: &[SocketAddrV4], locals: &[Ipv4Addr]) -> Result<()> {
         let wanted = servers.iter().map(|&e| EndpointKey::of_kind(e, KIND_SOURCE)).collect();
-        self.replace_keys(KIND_SOURCE, wanted)
+        self.replace_keys(KIND_SOURCE, wanted)?;
+        let wanted = locals
+            .iter()
+            .map(|&a| EndpointKey::of_kind(SocketAddrV4::new(a, 0), KIND_LOCAL))
+            .collect();
+        self.replace_keys(KIND_LOCAL, wanted)
     }
 
     /// Make the map's keys of `kind` exactly `wanted` (keys of the other kind stay).
@@ -458,7 +464,7 @@ impl Steering {
             .filter_map(|k| bytemuck::try_pod_read_unaligned::<EndpointKey>(&k).ok())
             .collect();
         let others = present.iter().filter(|k| k.kind() != kind).count();
-        if wanted.len() + others > 64 {
+        if wanted.len() + others > MAX_ENDPOINTS {
             return Err(SteerError::TooManyEndpoints);
         }
         for key in present.iter().filter(|k| k.kind() == kind && !wanted.contains(k)) {
@@ -492,9 +498,18 @@ impl Steering {
         Ok((self.keys_of_kind(KIND_DEST), self.config()?.flags & FLAG_ARP != 0))
     }
 
-    /// The servers whose segments are steered (client mode).
-    pub fn sources(&self) -> Vec<SocketAddrV4> {
-        self.keys_of_kind(KIND_SOURCE)
+    /// The servers whose segments are steered (client mode), and the local addresses they are
+    /// steered for.
+    pub fn sources(&self) -> (Vec<SocketAddrV4>, Vec<Ipv4Addr>) {
+        let locals = self
+            .endpoints
+            .keys()
+            .filter_map(|k| bytemuck::try_pod_read_unaligned::<EndpointKey>(&k).ok())
+            .filter(|k| k.kind() == KIND_LOCAL)
+            .map(|k| *k.endpoint().ip());
+        let mut locals: Vec<Ipv4Addr> = locals.collect();
+        locals.sort();
+        (self.keys_of_kind(KIND_SOURCE), locals)
     }
 
     /// The kernel's id of the XSKMAP: another process of ours (a worker per queue) opens it with

@@ -20,6 +20,17 @@ fn connects(tb: &Testbed, to: &str, timeout: Duration) -> bool {
     in_ns(&tb.cli(), move || TcpStream::connect_timeout(&to, timeout).is_ok())
 }
 
+/// A TCP connect to SERVER from `src` in the client namespace; whether it completed.
+fn connects_from(tb: &Testbed, src: &str, timeout: Duration) -> bool {
+    let src: std::net::IpAddr = src.parse().unwrap();
+    in_ns(&tb.cli(), move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(src, 0).into()).unwrap();
+        let to: SocketAddr = SERVER.parse().unwrap();
+        s.connect_timeout(&to.into(), timeout).is_ok()
+    })
+}
+
 /// On the calling thread (inside the server namespace): the program attached to `dev` in native
 /// mode, steering SERVER, with a receiving socket registered on each of `queues` queues.
 fn steer_into_sockets(dev: &str, queues: u32, arp: bool) -> (Steering, Vec<XskSocket>) {
@@ -460,9 +471,10 @@ fn someone_elses_program_is_not_replaced() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Client mode on the client's veth: everything the server's port 8080 sends (the SYN-ACK) goes
-/// to the socket whatever our address and port, so the kernel's connect never completes; the
-/// server's other ports still reach the kernel. Endpoints and sources are listed apart.
+/// Client mode on the client's veth: everything the server's port 8080 sends to the client
+/// stack's address (the SYN-ACK) goes to the socket whatever our port, so the kernel's connect
+/// from that address never completes; from another local address, and to the server's other
+/// ports, the kernel is served. Endpoints and sources are listed apart.
 #[test]
 fn client_mode_steers_everything_from_the_server_endpoint() {
     if !privileged("client_mode_steers_everything_from_the_server_endpoint") {
@@ -480,7 +492,9 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
     let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Vec<u16>, String, xdp_prog::Counters)>();
     let client = xdp_prog::testbed::spawn_in_ns(&tb.cli(), move || {
         let steering = Steering::attach(&dev, Mode::Native).unwrap();
-        steering.set_sources(&[SERVER.parse().unwrap()]).unwrap();
+        steering
+            .set_sources(&[SERVER.parse().unwrap()], &["198.19.0.1".parse().unwrap()])
+            .unwrap();
         let listing = format!("{:?} {:?}", steering.endpoints().unwrap(), steering.sources());
         let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
         steering.register_socket(0, xsk.fd()).unwrap();
@@ -504,14 +518,18 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
             .unwrap();
     });
     let (_, _, listing, _) = res_rx.recv().unwrap();
-    assert_eq!(listing, "([], false) [198.18.0.1:8080]");
+    assert_eq!(listing, "([], false) ([198.18.0.1:8080], [198.19.0.1])");
     assert!(
         connects(&tb, "198.18.0.1:9000", Duration::from_secs(2)),
         "other ports reach the kernel"
     );
     assert!(
-        !connects(&tb, SERVER, Duration::from_millis(500)),
+        !connects_from(&tb, "198.19.0.1", Duration::from_millis(500)),
         "the SYN-ACK from the steered server never reached the client's kernel"
+    );
+    assert!(
+        connects_from(&tb, "198.19.0.2", Duration::from_secs(2)),
+        "a kernel client on another address of the same veth is not disturbed"
     );
     cmd_tx.send(()).unwrap();
     let (frames, ports, _, counters) = res_rx.recv().unwrap();

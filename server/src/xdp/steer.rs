@@ -12,12 +12,12 @@ use xdp_prog::{Counters, Mode, SteerError, Steering};
 pub const PIN_ROOT: &str = "/run/wsb/bpffs";
 
 /// Which segments a stack on the interface owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Steer {
     /// A server: segments to this endpoint.
     To(SocketAddrV4),
-    /// A client stack: every segment from this server endpoint.
-    From(SocketAddrV4),
+    /// A client stack: every segment from this server endpoint to one of these local addresses.
+    From(SocketAddrV4, Vec<std::net::Ipv4Addr>),
 }
 
 pub struct Attachment {
@@ -81,8 +81,8 @@ impl Attachment {
             }
         };
         att.queues = queues;
-        let added = match what {
-            Steer::To(listen) => {
+        let added = match &what {
+            &Steer::To(listen) => {
                 let (mut endpoints, arp) = att.steering.endpoints()?;
                 let new = !endpoints.contains(&listen);
                 if new {
@@ -91,23 +91,25 @@ impl Attachment {
                 }
                 new
             }
-            Steer::From(server) => {
-                let mut sources = att.steering.sources();
-                let new = !sources.contains(&server);
+            Steer::From(server, ours) => {
+                let (mut sources, mut locals) = att.steering.sources();
+                let new = !sources.contains(server) || ours.iter().any(|a| !locals.contains(a));
                 if new {
-                    sources.push(server);
-                    att.steering.set_sources(&sources)?;
+                    sources.push(*server);
+                    sources.dedup();
+                    locals.extend(ours.iter().filter(|a| !locals.contains(a)).copied().collect::<Vec<_>>());
+                    att.steering.set_sources(&sources, &locals)?;
                 }
                 new
             }
         };
         if added && !att.ours {
-            att.added = Some(what);
+            att.added = Some(what.clone());
         }
         let how = att.steering.attachment().map(|(_, m)| format!("{m:?}")).unwrap_or_default();
         let steered = match what {
             Steer::To(listen) => format!("TCP to {listen}"),
-            Steer::From(server) => format!("TCP from {server}"),
+            Steer::From(server, locals) => format!("TCP from {server} to {} local address(es)", locals.len()),
         };
         log::info!(
             "XDP steering on {iface} ({how} mode, program {}{}): {steered} goes to AF_XDP, everything else to the kernel",
@@ -141,17 +143,18 @@ impl Attachment {
                 Err(e) => log::error!("{}: detaching the XDP program failed: {e}", self.iface),
             }
         } else {
-            match self.added {
+            match &self.added {
                 Some(Steer::To(listen)) => {
                     if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
-                        endpoints.retain(|e| *e != listen);
+                        endpoints.retain(|e| e != listen);
                         let _ = self.steering.set_endpoints(&endpoints, arp);
                     }
                 }
-                Some(Steer::From(server)) => {
-                    let mut sources = self.steering.sources();
-                    sources.retain(|e| *e != server);
-                    let _ = self.steering.set_sources(&sources);
+                Some(Steer::From(server, ours)) => {
+                    let (mut sources, mut locals) = self.steering.sources();
+                    sources.retain(|e| e != server);
+                    locals.retain(|a| !ours.contains(a));
+                    let _ = self.steering.set_sources(&sources, &locals);
                 }
                 None => {}
             }

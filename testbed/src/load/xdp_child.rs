@@ -73,7 +73,13 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
         Some(mac) => mac,
         None => neighbour_mac(*server.ip())?,
     };
-    let mut steering = Attachment::prepare(&x.iface, xdp_prog::Mode::Auto, Steer::From(server), None, 1)?;
+    let mut steering = Attachment::prepare(
+        &x.iface,
+        xdp_prog::Mode::Auto,
+        Steer::From(server, sources.clone()),
+        None,
+        1,
+    )?;
     let link = XdpLink::open(&XdpLinkConfig::new(&x.iface, 0))
         .with_context(|| format!("binding an AF_XDP socket to {} queue 0", x.iface))?;
     let xsks = xdp_prog::XskMap::open(steering.xsks_map_id()?)?;

@@ -35,8 +35,12 @@ enum Cmd {
         endpoints: Vec<SocketAddrV4>,
         /// Client mode: steer every segment coming from this server ADDR:PORT (repeatable), to
         /// whichever of our addresses and ports (a load generator on the userspace stack).
-        #[arg(long = "source")]
+        #[arg(long = "source", requires = "locals")]
         sources: Vec<SocketAddrV4>,
+        /// Client mode: one of the client stack's own addresses (repeatable); segments from a
+        /// --source server are steered only when addressed to one of these.
+        #[arg(long = "local")]
+        locals: Vec<std::net::Ipv4Addr>,
         /// Network namespace (as made by `ip netns add`) that holds IFACE.
         #[arg(long)]
         netns: Option<String>,
@@ -97,6 +101,7 @@ fn run() -> anyhow::Result<()> {
             iface,
             endpoints,
             sources,
+            locals,
             netns,
             mode,
             steer_arp,
@@ -105,10 +110,10 @@ fn run() -> anyhow::Result<()> {
             enter(&netns)?;
             let mut steering = Steering::attach(&iface, mode)?;
             steering.set_endpoints(&endpoints, steer_arp)?;
-            steering.set_sources(&sources)?;
+            steering.set_sources(&sources, &locals)?;
             let (_, how) = steering.attachment().context("attached")?;
             let mut list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-            list.extend(sources.iter().map(|s| format!("everything from {s}")));
+            list.extend(sources.iter().map(|s| format!("everything from {s} to {locals:?}")));
             println!(
                 "attached program {} to {iface} ({how:?} mode), steering {}",
                 steering.program_id(),
@@ -176,7 +181,7 @@ fn run() -> anyhow::Result<()> {
                 Some(s) => s.endpoints()?,
                 None => (vec![], false),
             };
-            let sources = pinned.as_ref().map(Steering::sources).unwrap_or_default();
+            let (sources, locals) = pinned.as_ref().map(Steering::sources).unwrap_or_default();
             let counters = pinned.as_ref().map(Steering::counters).transpose()?;
             let ours = matches!((&attached, &pinned), (Some((id, _, _)), Some(s)) if *id == s.program_id());
             if json {
@@ -187,6 +192,7 @@ fn run() -> anyhow::Result<()> {
                     "ours": ours,
                     "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "sources": sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "locals": locals.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "steer_arp": arp,
                     "counters": counters,
                 });
@@ -219,7 +225,7 @@ fn run() -> anyhow::Result<()> {
                         );
                         if !sources.is_empty() {
                             let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
-                            println!("client mode, everything from: {}", list.join(", "));
+                            println!("client mode, everything from: {} to {locals:?}", list.join(", "));
                         }
                         if let Some(c) = counters {
                             println!(

@@ -97,12 +97,16 @@ static __always_inline int endpoint_known(__be32 addr, __be16 port)
 	return bpf_map_lookup_elem(&endpoints, &key) != 0;
 }
 
-// Client mode: a userspace stack that connects out owns every segment its server sends, whatever
-// source address and port of ours it is addressed to.
-static __always_inline int source_known(__be32 addr, __be16 port)
+// Client mode: a userspace stack that connects out owns every segment its server sends to one of
+// the stack's addresses, whatever port; the kernel keeps the host's other addresses (a kernel
+// client beside it on the same interface).
+static __always_inline int source_known(__be32 saddr, __be16 sport, __be32 daddr)
 {
-	struct steer_endpoint key = { .addr = addr, .port = port, .kind = STEER_SOURCE };
-	return bpf_map_lookup_elem(&endpoints, &key) != 0;
+	struct steer_endpoint key = { .addr = saddr, .port = sport, .kind = STEER_SOURCE };
+	if (!bpf_map_lookup_elem(&endpoints, &key))
+		return 0;
+	struct steer_endpoint local = { .addr = daddr, .port = 0, .kind = STEER_LOCAL };
+	return bpf_map_lookup_elem(&endpoints, &local) != 0;
 }
 
 SEC("xdp")
@@ -155,7 +159,7 @@ int steer(struct xdp_md *ctx)
 	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
 	if ((void *)(tcp + 1) > end)
 		return pass(STEER_MALFORMED);
-	if (!endpoint_known(ip->daddr, tcp->dest) && !source_known(ip->saddr, tcp->source))
+	if (!endpoint_known(ip->daddr, tcp->dest) && !source_known(ip->saddr, tcp->source, ip->daddr))
 		return pass(STEER_PASSED);
 	return to_socket(ctx, STEER_REDIRECTED);
 }

@@ -4,7 +4,7 @@
 #define STEER_H
 
 #define STEER_MAX_QUEUES 64
-#define STEER_MAX_ENDPOINTS 64
+#define STEER_MAX_ENDPOINTS 256
 
 // Per-CPU counters, by index.
 enum steer_counter {
@@ -17,7 +17,8 @@ enum steer_counter {
 };
 
 // A steered endpoint, in network byte order. `kind` says which side of the segment it matches:
-// STEER_DEST (a server: segments to it) or STEER_SOURCE (a client: segments from its server).
+// STEER_DEST (a server: segments to it) or STEER_SOURCE (a client: segments from its server,
+// when they are addressed to one of the client stack's own addresses, STEER_LOCAL with port 0).
 struct steer_endpoint {
 	__be32 addr;
 	__be16 port;
@@ -26,6 +27,7 @@ struct steer_endpoint {
 
 #define STEER_DEST 0
 #define STEER_SOURCE 1
+#define STEER_LOCAL 2
 
 #define STEER_FLAG_ARP 1
 
