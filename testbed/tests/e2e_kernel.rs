@@ -1,18 +1,16 @@
 //! End to end, as root, in network namespaces: ws-server --stack kernel with the ws-load load
-//! generator, a standard WebSocket client library (Python `websockets`), curl, and hostile bytes.
+//! generator, a standard WebSocket client library (Python `websockets`), curl, and hostile bytes
+//! (the last two are `common/scenarios.rs`, shared with the xdp stack's tests).
 //! Each test has its own namespace prefix, so they can run in parallel.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use testbed::harness::{self, ChildGuard, Netns};
+use testbed::harness::{self, Netns};
 
 /// 2,400 connections from 4 client addresses: every connection gets both broadcasts, a targeted
 /// push reaches exactly its device, and /stats agrees with what the clients saw.
@@ -227,92 +225,7 @@ fn standard_clients_python_websockets_and_curl() {
     if !privileged("standard_clients_python_websockets_and_curl") {
         return;
     }
-    let dir = scratch("py");
-    let ns = Netns::setup("wsbt3", 1).unwrap();
-    let _server = start_server(&ns, &["--workers", "2"], &dir.join("server.log"));
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_client_check.py");
-    let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
-    cmd.arg(&script)
-        .arg(format!("ws://{SERVER}/ws?id=py-1"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut py = ChildGuard::spawn("python websockets client", cmd).unwrap();
-    let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(next(), "connected");
-    assert_eq!(next(), "pong");
-    assert_eq!(admin_post(&ns, "/push?id=py-1", b"hello python")["delivered"], true);
-    let push: serde_json::Value =
-        serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
-    assert_eq!(push["kind"], "push");
-    assert_eq!(push["data"], "hello python");
-    assert!(push["ts"].as_u64().unwrap() > 0);
-    assert_eq!(admin_post(&ns, "/broadcast", b"to everyone")["websockets"], 1);
-    let b: serde_json::Value = serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
-    assert_eq!(b["kind"], "broadcast");
-    assert_eq!(next(), "closed 1000");
-    let status = py.wait_timeout(Duration::from_secs(10)).expect("python client exits");
-    if !status.success() {
-        let mut err = String::new();
-        py.child
-            .as_mut()
-            .unwrap()
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        panic!("python client failed: {err}");
-    }
-
-    let (_, curl) = run_in(
-        &ns.cli,
-        "curl",
-        &[
-            "-si",
-            "--max-time",
-            "1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            &format!("http://{SERVER}/ws"),
-        ],
-    );
-    assert!(curl.starts_with("HTTP/1.1 101 Switching Protocols"), "{curl}");
-    assert!(
-        curl.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-        "{curl}"
-    );
-    let stats = admin_json(&ns, "/stats");
-    assert_eq!(
-        stats["closed_by_client"], 1,
-        "the python client closed with a close frame: {stats}"
-    );
-}
-
-/// Bytes sent from inside the client namespace over a raw TCP socket.
-fn raw_exchange(ns: &str, request: Vec<u8>) -> Vec<u8> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-        // SAFETY: setns on an fd we own, for this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let mut s = TcpStream::connect(SERVER).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(&request).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        out
-    })
-    .join()
-    .unwrap()
+    scenarios::standard_clients("wsbt3", &["--workers", "2"]);
 }
 
 /// Hostile bytes get a clean close with the right status or close code, and the server keeps
@@ -322,120 +235,7 @@ fn hostile_bytes_get_a_clean_close_and_the_server_keeps_serving() {
     if !privileged("hostile_bytes_get_a_clean_close_and_the_server_keeps_serving") {
         return;
     }
-    let dir = scratch("hostile");
-    let ns = Netns::setup("wsbt5", 1).unwrap();
-    let _server = start_server(
-        &ns,
-        &[
-            "--workers",
-            "1",
-            "--max-frame",
-            "1K",
-            "--max-message",
-            "1K",
-            "--request-timeout",
-            "1s",
-        ],
-        &dir.join("server.log"),
-    );
-    let json = dir.join("bystanders.json");
-    let bystanders = start_load(
-        &ns,
-        &["--conns", "100", "--hold", "30s", "--expect-broadcasts", "1"],
-        &json,
-    );
-    wait_conns(&ns, 100, Duration::from_secs(30));
-
-    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    let close_code_of = |reply: &[u8]| -> Option<u16> {
-        let head = reply.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let frame = &reply[head..];
-        (frame.first() == Some(&0x88)).then(|| u16::from_be_bytes([frame[2], frame[3]]))
-    };
-
-    let reply = raw_exchange(
-        &ns.cli,
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n".to_vec(),
-    );
-    assert!(
-        reply.starts_with(b"HTTP/1.1 400 "),
-        "malformed upgrade: {}",
-        String::from_utf8_lossy(&reply)
-    );
-    let reply = raw_exchange(
-        &ns.cli,
-        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n".to_vec(),
-    );
-    assert!(reply.starts_with(b"HTTP/1.1 400 "), "TLS hello on a plain port");
-
-    let mut unmasked = upgrade.to_vec();
-    unmasked.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
-    assert_eq!(
-        close_code_of(&raw_exchange(&ns.cli, unmasked)),
-        Some(1002),
-        "unmasked frame"
-    );
-
-    let mut oversize = upgrade.to_vec();
-    oversize.extend_from_slice(&[0x82, 0xfe, 0x10, 0x00, 1, 2, 3, 4]); // 4096 bytes > 1K
-    assert_eq!(
-        close_code_of(&raw_exchange(&ns.cli, oversize)),
-        Some(1009),
-        "oversize frame"
-    );
-
-    let mut junk = upgrade.to_vec();
-    junk.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
-    let reply = raw_exchange(&ns.cli, junk);
-    assert!(
-        close_code_of(&reply).is_some(),
-        "random frame bytes end in a close frame"
-    );
-
-    // A request head that never completes is cut off with 408 (slowloris).
-    let reply = raw_exchange(&ns.cli, b"GET /ws HTTP/1.1\r\nHost: x\r\n".to_vec());
-    assert!(
-        reply.starts_with(b"HTTP/1.1 408 "),
-        "slow head: {}",
-        String::from_utf8_lossy(&reply)
-    );
-
-    // An admin client that stalls mid-body freezes nothing, and its truncated body is not pushed.
-    let srv = ns.srv.clone();
-    let stalled = std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{srv}")).unwrap();
-        // SAFETY: setns on an fd we own, for this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let mut s = TcpStream::connect(ADMIN).unwrap();
-        s.write_all(b"POST /broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
-            .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let asked = std::time::Instant::now();
-    assert_eq!(admin_json(&ns, "/conns")["conns"], 100);
-    assert!(
-        asked.elapsed() < Duration::from_secs(1),
-        "admin answered in {:?}",
-        asked.elapsed()
-    );
-    stalled.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        admin_json(&ns, "/stats")["broadcasts"],
-        0,
-        "the truncated body was not broadcast"
-    );
-
-    // Everyone else is still served.
-    assert_eq!(admin_post(&ns, "/broadcast", b"still here")["websockets"], 100);
-    let summary = finish_load(bystanders, &json, Duration::from_secs(30));
-    assert_eq!(summary["counters"]["broadcasts"], 100, "{summary}");
-    assert_eq!(summary["counters"]["closed_by_server"], serde_json::json!({}));
-    let stats = admin_json(&ns, "/stats");
-    assert!(stats["protocol_errors"].as_u64().unwrap() >= 3, "{stats}");
-    assert!(stats["rejected_requests"].as_u64().unwrap() >= 3, "{stats}");
-    assert_eq!(stats["request_timeouts"], 1, "{stats}");
+    scenarios::hostile_bytes("wsbt5", &["--workers", "1"]);
 }
 
 /// Bad flags and busy ports give a clear error and a non-zero exit, not a panic.

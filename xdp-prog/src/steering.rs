@@ -16,7 +16,9 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
 
-use crate::maps::{Config, Counters, EndpointKey, FLAG_ARP, KIND_DEST, KIND_LOCAL, KIND_SOURCE, MAX_ENDPOINTS, MAX_QUEUES};
+use crate::maps::{
+    Config, Counters, EndpointKey, FLAG_ARP, KIND_DEST, KIND_LOCAL, KIND_SOURCE, MAX_ENDPOINTS, MAX_QUEUES,
+};
 use crate::skel::SteerSkelBuilder;
 
 /// How to attach.

@@ -52,10 +52,15 @@ pub struct XdpWorkerStats {
     pub resident: MemoryReport,
     /// The AF_XDP UMEM (fixed).
     pub umem_bytes: u64,
+    /// Input spill buffers (request heads and frames larger than the receive buffer).
     pub spill_in_use: u64,
     pub spill_capacity: u64,
-    /// Connections closed because every spill buffer was taken.
+    /// Connections reset because every input spill buffer was taken.
     pub spill_exhausted: u64,
+    /// Output spill buffers (messages waiting for room in the send buffer).
+    pub out_spill_in_use: u64,
+    /// Connections reset because every output spill buffer was taken.
+    pub out_spill_exhausted: u64,
     /// From the last broadcast's start until the stack had sent every frame of it.
     pub last_broadcast_tx_ms: Option<f64>,
 }

@@ -1,9 +1,10 @@
-//! Spill buffers. A connection's receive buffer is tiny (256 bytes by default), so a request head
-//! or a frame longer than that can never be whole in it. The few connections in that state borrow
-//! a buffer from one fixed pool, allocated once: bytes move there, the receive window opens, and
-//! the buffer goes back as soon as the core has consumed what it holds. Idle connections never
-//! hold one, so the pool costs nothing per connection; `exhausted` counts connections closed
-//! because every buffer was taken.
+//! Spill buffers. A connection's buffers are tiny (256 bytes each by default), so a request head
+//! or a frame longer than the receive buffer can never be whole in it, and a burst of messages may
+//! not fit the send buffer before the peer's ACKs come back. The few connections in that state
+//! borrow a buffer from a fixed pool, allocated once (one pool for input, one for output): bytes
+//! wait there, and the buffer goes back as soon as it is empty. Idle connections never hold one,
+//! so a pool costs nothing per connection; `exhausted` counts connections reset because every
+//! buffer was taken.
 
 use std::collections::HashMap;
 
@@ -48,6 +49,18 @@ impl SpillPool {
         true
     }
 
+    /// Add bytes behind what `id` holds; false if it holds no buffer or they do not fit.
+    pub fn append(&mut self, id: u32, bytes: &[u8]) -> bool {
+        let size = self.size;
+        let Some((buf, len)) = self.get(id) else { return false };
+        if *len + bytes.len() > size {
+            return false;
+        }
+        buf[*len..*len + bytes.len()].copy_from_slice(bytes);
+        *len += bytes.len();
+        true
+    }
+
     /// The buffer of `id` (whole) and how many bytes of it are held.
     pub fn get(&mut self, id: u32) -> Option<(&mut [u8], &mut usize)> {
         let (index, len) = self.held.get_mut(&id)?;
@@ -70,6 +83,11 @@ impl SpillPool {
         if let Some((index, _)) = self.held.remove(&id) {
             self.free.push(index);
         }
+    }
+
+    /// Bytes held over all buffers.
+    pub fn held_bytes(&self) -> usize {
+        self.held.values().map(|(_, len)| len).sum()
     }
 
     pub fn in_use(&self) -> usize {
@@ -101,6 +119,9 @@ mod tests {
         assert!(!pool.take(7, b"x"), "one buffer per connection");
         assert!(!pool.take(8, b"123456789"), "bytes larger than a buffer are refused");
         assert!(pool.take(9, b"zz"));
+        assert!(pool.append(9, b"abc"));
+        assert!(!pool.append(9, b"abcd"), "past the buffer's size");
+        assert_eq!(pool.get(9).map(|(b, l)| b[..*l].to_vec()), Some(b"zzabc".to_vec()));
         assert!(!pool.take(10, b"q"));
         assert_eq!(pool.exhausted, 1);
         pool.consume(7, 2);

@@ -106,7 +106,11 @@ impl Attachment {
         if added && !att.ours {
             att.added = Some(what.clone());
         }
-        let how = att.steering.attachment().map(|(_, m)| format!("{m:?}")).unwrap_or_default();
+        let how = att
+            .steering
+            .attachment()
+            .map(|(_, m)| format!("{m:?}"))
+            .unwrap_or_default();
         let steered = match what {
             Steer::To(listen) => format!("TCP to {listen}"),
             Steer::From(server, locals) => format!("TCP from {server} to {} local address(es)", locals.len()),

@@ -6,8 +6,9 @@
 //! scratch buffer (`peek`), the core consumes whole request heads and frames, and only those are
 //! dropped from the stack (`discard`); an incomplete head or frame stays in the receive buffer, or
 //! moves to a spill buffer when it is bigger than that (see `spill.rs`). Output is written straight
-//! into the connection's send buffer; a connection whose send buffer cannot take a message is a
-//! slow consumer and is reset (counted), since nothing is buffered per connection beyond the arena.
+//! into the connection's send buffer; what does not fit waits in an output spill buffer until the
+//! peer's ACKs make room (and input from that connection waits too). A connection whose output
+//! does not fit even there (or finds the pool empty) is a slow consumer and is reset, counted.
 //! A broadcast writes into every send buffer, then one flush hands the segments to the TX ring in
 //! batches (a syscall per batch of frames, never one per connection).
 
@@ -37,6 +38,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The stack as the core's [`Io`].
 struct Transport {
     stack: Stack<XdpLink>,
+    /// Output waiting for room in a connection's send buffer.
+    out: SpillPool,
+    /// Closed by the core while output was still waiting: FIN once it is sent.
+    close_after_out: std::collections::HashSet<u32>,
     /// Reset as slow consumers during a core call; reported to the core right after it.
     doomed: Vec<u32>,
     /// Messages for the supervisor produced inside core calls (device claims).
@@ -46,6 +51,40 @@ struct Transport {
     now_ms: u64,
 }
 
+impl Transport {
+    /// The peer is too slow (or the pools are empty): reset, and report it after the core call.
+    fn slow_consumer(&mut self, id: u32, total: usize) {
+        self.slow_dropped += 1;
+        self.log.warn(
+            self.now_ms,
+            format_args!(
+                "conn {id}: {total} bytes fit neither its send buffer nor a spill buffer: reset as a slow consumer"
+            ),
+        );
+        self.out.release(id);
+        self.close_after_out.remove(&id);
+        self.stack.abort(ConnId(id));
+        self.doomed.push(id);
+    }
+
+    /// Move waiting output into the send buffer; FIN when it is all out and the core closed.
+    fn drain_out(&mut self, id: u32) {
+        let cid = ConnId(id);
+        let Some((buf, len)) = self.out.get(id) else { return };
+        let n = self.stack.write(cid, &buf[..*len]);
+        self.out.consume(id, n);
+        if !self.out.holds(id) && self.close_after_out.remove(&id) {
+            self.stack.close(cid);
+        }
+    }
+
+    /// Forget whatever waits for a connection that is gone.
+    fn forget(&mut self, id: u32) {
+        self.out.release(id);
+        self.close_after_out.remove(&id);
+    }
+}
+
 impl Io for Transport {
     fn send(&mut self, id: u32, parts: &[&[u8]]) {
         let cid = ConnId(id);
@@ -53,24 +92,46 @@ impl Io for Transport {
             return;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if self.stack.write_space(cid) < total {
-            self.slow_dropped += 1;
-            self.log.warn(
-                self.now_ms,
-                format_args!("conn {id}: send buffer full ({total} bytes to queue): reset as a slow consumer"),
-            );
-            self.stack.abort(cid);
-            self.doomed.push(id);
+        if !self.out.holds(id) {
+            if self.stack.write_space(cid) >= total {
+                for part in parts {
+                    self.stack.write(cid, part);
+                }
+                return;
+            }
+            // What fits goes now, the rest waits in an output spill buffer.
+            if !self.out.take(id, &[]) {
+                return self.slow_consumer(id, total);
+            }
+            let mut queued = true;
+            for part in parts {
+                let n = if self.out.get(id).is_some_and(|(_, len)| *len == 0) {
+                    self.stack.write(cid, part)
+                } else {
+                    0
+                };
+                queued &= self.out.append(id, &part[n..]);
+            }
+            if !queued {
+                return self.slow_consumer(id, total);
+            }
+            if self.out.get(id).is_some_and(|(_, len)| *len == 0) {
+                self.out.release(id);
+            }
             return;
         }
         for part in parts {
-            self.stack.write(cid, part);
+            if !self.out.append(id, part) {
+                return self.slow_consumer(id, total);
+            }
         }
     }
 
     fn close(&mut self, id: u32) {
         let cid = ConnId(id);
-        if self.stack.is_owned(cid) {
+        if self.out.holds(id) {
+            self.close_after_out.insert(id);
+        } else if self.stack.is_owned(cid) {
             self.stack.close(cid);
         }
     }
@@ -157,6 +218,8 @@ impl Worker {
         Ok(Worker {
             t: Transport {
                 stack,
+                out: SpillPool::new(x.spill_buffers, spill_size),
+                close_after_out: std::collections::HashSet::with_capacity(x.spill_buffers),
                 doomed: Vec::new(),
                 outbox: Vec::new(),
                 slow_dropped: 0,
@@ -245,7 +308,11 @@ impl Worker {
                 self.settle(now_ms);
                 self.feed(id.0, now_ms);
             }
-            Event::Readable(id) | Event::Writable(id) => self.feed(id.0, now_ms),
+            Event::Readable(id) => self.feed(id.0, now_ms),
+            Event::Writable(id) => {
+                self.t.drain_out(id.0);
+                self.feed(id.0, now_ms);
+            }
             Event::Closed(id, reason) => {
                 if reason == CloseReason::PeerClosed {
                     // What came before the FIN (a close frame, say) is still the peer's to say.
@@ -256,6 +323,7 @@ impl Worker {
                     self.settle(now_ms);
                 }
                 self.spill.release(id.0);
+                self.t.forget(id.0);
                 if self.t.stack.is_owned(id) {
                     self.t.stack.close(id);
                 }
@@ -280,6 +348,11 @@ impl Worker {
             }
             let n = self.t.stack.peek(cid, &mut self.scratch);
             if n == 0 {
+                return;
+            }
+            if self.t.out.holds(id) {
+                // Output is backed up: read on once the peer has taken it (TCP pushes back).
+                self.t.stack.want_write(cid);
                 return;
             }
             // Whatever the core answers to these bytes (an echo, a pong, a close) is at most
@@ -307,6 +380,7 @@ impl Worker {
                     format_args!("conn {id}: no spill buffer free for a large head or frame: reset"),
                 );
                 self.t.stack.abort(cid);
+                self.t.forget(id);
                 self.core.closed(id, now_ms, &mut self.t);
                 self.settle(now_ms);
                 return;
@@ -325,7 +399,7 @@ impl Worker {
         let got = self.t.stack.read(cid, &mut buf[*len..]);
         *len += got;
         let held = *len;
-        if self.t.stack.write_space(cid) < held.min(self.x.tx_buf) {
+        if self.t.out.holds(id) || self.t.stack.write_space(cid) < held.min(self.x.tx_buf) {
             self.t.stack.want_write(cid);
             return false;
         }
@@ -347,6 +421,7 @@ impl Worker {
     fn settle(&mut self, now_ms: u64) {
         while let Some(id) = self.t.doomed.pop() {
             self.spill.release(id);
+            self.t.forget(id);
             self.core.closed(id, now_ms, &mut self.t);
         }
     }
@@ -439,7 +514,7 @@ impl Worker {
             core: self.core.stats().clone(),
             refused: stack.stats().syn_refused,
             slow_consumers_dropped: self.t.slow_dropped,
-            pending_output_bytes: 0,
+            pending_output_bytes: self.t.out.held_bytes() as u64,
             buffered_conns: self.spill.in_use() as u64,
             lingering: (stack.in_use() as u64).saturating_sub(self.core.stats().connections),
             expiry_busy_ns: self.expiry_busy_ns,
@@ -457,6 +532,8 @@ impl Worker {
                 spill_in_use: self.spill.in_use() as u64,
                 spill_capacity: self.spill.capacity() as u64,
                 spill_exhausted: self.spill.exhausted,
+                out_spill_in_use: self.t.out.in_use() as u64,
+                out_spill_exhausted: self.t.out.exhausted,
                 last_broadcast_tx_ms: self.last_broadcast_tx_ms,
             })),
         }

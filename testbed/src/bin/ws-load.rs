@@ -145,13 +145,13 @@ fn run() -> anyhow::Result<i32> {
             if !(128..=1 << 20).contains(&args.rx_buf) || !(128..=1 << 20).contains(&args.tx_buf) {
                 bail!("--rx-buf and --tx-buf must be 128 bytes to 1 MiB");
             }
-            let server_mac = match &args.server_mac {
-                Some(text) => Some(
-                    stack::xdp_link::parse_mac(text)
-                        .with_context(|| format!("--server-mac '{text}' is not a MAC address like 02:00:00:00:00:01"))?,
-                ),
-                None => None,
-            };
+            let server_mac =
+                match &args.server_mac {
+                    Some(text) => Some(stack::xdp_link::parse_mac(text).with_context(|| {
+                        format!("--server-mac '{text}' is not a MAC address like 02:00:00:00:00:01")
+                    })?),
+                    None => None,
+                };
             Some(XdpClient {
                 iface: args.iface.clone().unwrap_or_default(),
                 server_mac,

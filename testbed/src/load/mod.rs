@@ -6,10 +6,10 @@
 pub mod client;
 pub mod hist;
 pub mod kernel_child;
-pub mod xdp_child;
 pub mod parent;
 pub mod session;
 pub mod sources;
+pub mod xdp_child;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -58,7 +58,10 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     let sources: Vec<Ipv4Addr> = if plan.sources.is_empty() {
-        ws_server::xdp::iface_ipv4(&x.iface).into_iter().map(|(a, _)| a).collect()
+        ws_server::xdp::iface_ipv4(&x.iface)
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect()
     } else {
         plan.sources.clone()
     };
@@ -161,7 +164,11 @@ fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, sto
                 u64::MAX
             };
             let mut burst = 0;
-            while next_n < end_n && sh.handshaking < plan.concurrency && next_n - plan.first < allowed && burst < CONNECT_BURST {
+            while next_n < end_n
+                && sh.handshaking < plan.concurrency
+                && next_n - plan.first < allowed
+                && burst < CONNECT_BURST
+            {
                 let n = next_n;
                 next_n += 1;
                 burst += 1;
@@ -192,7 +199,9 @@ fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, sto
         for ev in events.drain(..) {
             match ev {
                 Event::Connected(id) => {
-                    let Some(p) = conns[id.0 as usize].as_mut() else { continue };
+                    let Some(p) = conns[id.0 as usize].as_mut() else {
+                        continue;
+                    };
                     let fate = session::connected(&mut XdpPeer { p, stack, id }, &mut sh);
                     if fate == Fate::Drop {
                         drop_conn(&mut conns, &mut live, stack, id, &mut sh, "write_error", true);
@@ -208,7 +217,11 @@ fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, sto
                         let _ = receive(&mut conns, stack, id, &mut sh, &mut scratch);
                     }
                     if let Some(p) = conns[id.0 as usize].as_mut() {
-                        let how = if reason == CloseReason::PeerClosed { "eof" } else { "reset" };
+                        let how = if reason == CloseReason::PeerClosed {
+                            "eof"
+                        } else {
+                            "reset"
+                        };
                         let _ = eof(p, &mut sh, how);
                     }
                     drop_conn(&mut conns, &mut live, stack, id, &mut sh, "eof", false);

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use testbed::harness::{self, ChildGuard, Netns};
 
+pub mod scenarios;
+
 pub const SERVER: &str = "198.18.0.1:8080";
 pub const ADMIN: &str = "127.0.0.1:9001";
 

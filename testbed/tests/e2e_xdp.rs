@@ -1,0 +1,229 @@
+//! End to end, as root, in network namespaces: ws-server --stack xdp (XDP steering, AF_XDP, the
+//! userspace TCP stack) with both load generators at once (ws-load --stack xdp, the userspace
+//! stack as client, and --stack kernel, the Linux TCP stack as client), a standard client library
+//! (Python `websockets`), curl, hostile bytes, and a restart after a crash.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use testbed::harness::{self, ChildGuard, Netns};
+
+fn xdp_server_args(ns: &Netns) -> Vec<String> {
+    ["--stack", "xdp", "--iface", &format!("{}-s0", ns.prefix)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// 5,000 connections from the userspace-stack client and 5,000 from the kernel client on one xdp
+/// server, plus 300 silent ones: every connection upgrades, gets both broadcasts and its echoes,
+/// a targeted push reaches exactly its device, the silent ones expire with 4001, and /stats is
+/// exact.
+#[test]
+fn both_client_kinds_at_five_thousand_each() {
+    if !privileged("both_client_kinds_at_five_thousand_each") {
+        return;
+    }
+    let dir = scratch("xdp-both");
+    let ns = Netns::setup("wsbt7", 3).unwrap();
+    let mut args = xdp_server_args(&ns);
+    args.extend(
+        ["--max-conns", "20000", "--idle-timeout", "3s", "--echo"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let _server = start_server(&ns, &strs(&args), &dir.join("server.log"));
+    let common_load = [
+        "--conns",
+        "5000",
+        "--rate",
+        "0",
+        "--ids",
+        "--ping-interval",
+        "1s",
+        "--send-interval",
+        "1s",
+        "--payload",
+        "64",
+        "--hold",
+        "60s",
+        "--expect-broadcasts",
+        "2",
+    ];
+    let (jx, jk, js) = (dir.join("xdp.json"), dir.join("kernel.json"), dir.join("silent.json"));
+    let iface = format!("{}-c0", ns.prefix);
+    let mut xdp_args = vec![
+        "--stack",
+        "xdp",
+        "--iface",
+        &iface,
+        "--src",
+        "198.19.0.1",
+        "--id-prefix",
+        "x-",
+    ];
+    xdp_args.extend(common_load);
+    let xdp_load = start_load(&ns, &xdp_args, &jx);
+    let mut kernel_args = vec!["--src", "198.19.0.2", "--id-prefix", "k-"];
+    kernel_args.extend(common_load);
+    let kernel_load = start_load(&ns, &kernel_args, &jk);
+    wait_conns(&ns, 10_000, Duration::from_secs(60));
+
+    // Silent connections (no pings) from a third address: they expire after 3 s.
+    let silent = start_load(&ns, &["--conns", "300", "--src", "198.19.0.3", "--hold", "6s"], &js);
+    let s = finish_load(silent, &js, Duration::from_secs(60));
+    assert_eq!(s["established"], 300, "{s}");
+    assert_eq!(
+        s["counters"]["closed_by_server"],
+        serde_json::json!({"4001": 300}),
+        "every silent one got 4001: {s}"
+    );
+
+    assert_eq!(admin_post(&ns, "/push?id=x-17", b"for x-17")["delivered"], true);
+    assert_eq!(admin_post(&ns, "/push?id=k-4023", b"for k-4023")["delivered"], true);
+    assert_eq!(admin_post(&ns, "/push?id=nobody", b"x")["delivered"], false);
+    for _ in 0..2 {
+        let b = admin_post(&ns, "/broadcast", b"");
+        assert_eq!(b["websockets"], 10_000, "{b}");
+    }
+    let x = finish_load(xdp_load, &jx, Duration::from_secs(90));
+    let k = finish_load(kernel_load, &jk, Duration::from_secs(90));
+    for (summary, device) in [(&x, "x-17"), (&k, "k-4023")] {
+        assert_eq!(summary["established"], 5000, "{summary}");
+        assert_eq!(summary["failed"], 0, "{summary}");
+        let c = &summary["counters"];
+        assert_eq!(
+            c["broadcasts"], 10_000,
+            "every connection got both broadcasts: {summary}"
+        );
+        assert_eq!(c["targeted"], 1, "{summary}");
+        assert_eq!(summary["targeted_devices"], serde_json::json!([device]));
+        assert_eq!(c["closed_by_server"], serde_json::json!({}), "none expired: {summary}");
+        assert!(c["pongs"].as_u64().unwrap() >= 5000, "heartbeats answered: {summary}");
+        let (sent, echoes) = (c["sent_frames"].as_u64().unwrap(), c["echoes"].as_u64().unwrap());
+        assert!(echoes >= 5000 && echoes + 5000 >= sent, "echo rounds: {summary}");
+    }
+    assert_eq!(x["stack"], "xdp");
+    assert_eq!(k["stack"], "kernel");
+
+    wait_conns(&ns, 0, Duration::from_secs(30));
+    let stats = admin_json(&ns, "/stats");
+    let echoed = x["counters"]["echoes"].as_u64().unwrap() + k["counters"]["echoes"].as_u64().unwrap();
+    assert_eq!(stats["stack"], "xdp", "{stats}");
+    assert_eq!(stats["accepted"], 10_300, "{stats}");
+    assert_eq!(stats["upgrades"], 10_300);
+    assert_eq!(stats["expired"], 300);
+    assert_eq!(stats["closed_by_client"], 10_000);
+    assert_eq!(stats["closed"], 10_300);
+    assert_eq!(stats["pushes_delivered"], 2);
+    assert_eq!(stats["broadcasts"], 2);
+    assert_eq!(stats["devices"], 0, "device ids are released on close");
+    assert_eq!(stats["slow_consumers_dropped"], 0);
+    // Echoes the clients saw are at most what the server echoed (the last may be in flight).
+    let server_echoed = stats["echoed"].as_u64().unwrap();
+    assert!(server_echoed >= echoed && server_echoed <= echoed + 10_000, "{stats}");
+    assert_eq!(
+        stats["messages_out"].as_u64().unwrap(),
+        2 * 10_000 + 2 + server_echoed,
+        "{stats}"
+    );
+    let worker = &stats["per_worker"][0]["xdp"];
+    assert_eq!(worker["stack"]["accepted"], 10_300, "{worker}");
+    assert_eq!(worker["stack"]["rx_malformed"], 0, "{worker}");
+    assert_eq!(worker["spill_exhausted"], 0, "{worker}");
+    assert_eq!(stats["steering"]["no_socket"], 0, "{stats}");
+    assert!(
+        stats["steering"]["redirected"].as_u64().unwrap() >= worker["link"]["rx_frames"].as_u64().unwrap(),
+        "{stats}"
+    );
+    assert_eq!(
+        admin_json(&ns, "/conns"),
+        serde_json::json!({"closed": 10_300, "conns": 0})
+    );
+}
+
+/// Python `websockets` and curl against the xdp server.
+#[test]
+fn standard_clients_against_the_xdp_server() {
+    if !privileged("standard_clients_against_the_xdp_server") {
+        return;
+    }
+    scenarios::standard_clients("wsbt8", &["--stack", "xdp", "--iface", "wsbt8-s0"]);
+}
+
+/// Malformed upgrades, unmasked and oversize frames, junk and a slow head against the xdp
+/// server: each a clean close, and everyone else still served.
+#[test]
+fn hostile_bytes_against_the_xdp_server() {
+    if !privileged("hostile_bytes_against_the_xdp_server") {
+        return;
+    }
+    scenarios::hostile_bytes("wsbt9", &["--stack", "xdp", "--iface", "wsbt9-s0"]);
+}
+
+/// A request head and a frame larger than the 256-byte receive buffer go through a spill buffer;
+/// a server killed with SIGKILL leaves its XDP program behind, and a restart replaces it and
+/// serves; a clean stop detaches it.
+#[test]
+fn large_messages_spill_and_a_crash_then_restart_works() {
+    if !privileged("large_messages_spill_and_a_crash_then_restart_works") {
+        return;
+    }
+    let dir = scratch("xdp-restart");
+    let ns = Netns::setup("wsbta", 1).unwrap();
+    let args = xdp_server_args(&ns);
+    let attached = || {
+        let (_, out) = run_in(&ns.srv, "ip", &["link", "show", "dev", "wsbta-s0"]);
+        out.contains("prog/xdp")
+    };
+    let mut server = start_server(&ns, &strs(&args), &dir.join("first.log"));
+    assert!(attached());
+    let pid = server.pid();
+    let workers = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    assert!(!workers.trim().is_empty(), "the server runs a worker process");
+    // SAFETY: kill on the pid of the server we started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    server.wait_timeout(Duration::from_secs(5)).expect("killed");
+    assert!(attached(), "a killed server leaves its program attached");
+    // Its worker goes too (parent-death signal).
+    let gone = harness::wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let alive = workers
+            .split_whitespace()
+            .any(|w| std::fs::read_to_string(format!("/proc/{w}/stat")).is_ok_and(|s| !s.contains(") Z ")));
+        (!alive).then_some(())
+    });
+    assert!(gone.is_some(), "the worker of the killed server exited");
+
+    let mut server = start_server(&ns, &strs(&args), &dir.join("second.log"));
+    let log = std::fs::read_to_string(dir.join("second.log")).unwrap();
+    assert!(log.contains("left attached by an earlier run"), "{log}");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_large_check.py");
+    let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
+    cmd.arg(&script)
+        .arg(format!("ws://{SERVER}/ws?id=large"))
+        .stdin(Stdio::null());
+    let (ok, out) = output_of(cmd);
+    assert!(ok, "{out}");
+    assert!(out.contains("head 3000 ok"), "{out}");
+    assert!(out.contains("frame 1500 accepted"), "{out}");
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["upgrades"], 1, "{stats}");
+    assert_eq!(stats["messages_in"], 1, "{stats}");
+    assert_eq!(stats["protocol_errors"], 0, "{stats}");
+    drop_guard(&mut server);
+    assert!(!attached(), "a clean stop detaches the program");
+    let log = std::fs::read_to_string(dir.join("second.log")).unwrap();
+    assert!(log.contains("XDP steering detached"), "{log}");
+}
+
+fn drop_guard(server: &mut ChildGuard) {
+    let status = server.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "clean exit: {status:?}");
+}
