@@ -3,6 +3,7 @@
 //! the same `ServerCore` as the kernel baseline. The supervisor (admin endpoint, periodic push,
 //! device directory) is the kernel baseline's, unchanged; the admin endpoint stays on the kernel.
 
+pub mod serve;
 pub mod spill;
 pub mod steer;
 pub mod worker;

@@ -468,6 +468,7 @@ mod tests {
             poll: false,
             expect_broadcasts: 0,
             progress: ProgressMode::Off,
+            xdp: None,
         }
     }
 

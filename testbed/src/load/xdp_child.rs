@@ -300,8 +300,8 @@ fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, sto
     }
     // Whatever did not finish closing in the grace time is reset, so the server is not left
     // holding it.
-    for slot in 0..conns.len() {
-        if conns[slot].take().is_some() {
+    for (slot, conn) in conns.iter_mut().enumerate() {
+        if conn.take().is_some() {
             stack.abort(ConnId(slot as u32));
         }
     }

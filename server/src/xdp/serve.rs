@@ -1,0 +1,304 @@
+//! The server core over one userspace stack, whatever its link: stack events in, core calls out,
+//! and the buffers that let tiny per-connection buffers carry large heads, frames and bursts.
+//! The AF_XDP worker drives it (`worker.rs`); tests drive it over an in-memory wire.
+//!
+//! Input is parsed where it lies: the bytes in a connection's receive buffer are copied to one
+//! scratch buffer (`peek`), the core consumes whole request heads and frames, and only those are
+//! dropped from the stack (`discard`); an incomplete head or frame stays in the receive buffer, or
+//! moves to a spill buffer when it is bigger than that (see `spill.rs`). Output is written straight
+//! into the connection's send buffer; what does not fit waits in an output spill buffer until the
+//! peer's ACKs make room (and input from that connection waits too). A connection whose output
+//! does not fit even there (or finds the pool empty) is a slow consumer and is reset, counted.
+
+use stack::{CloseReason, ConnId, Event, Link, Stack};
+
+use super::spill::SpillPool;
+use crate::core::ratelog::RateLimitedLog;
+use crate::core::{Io, ServerCore};
+use crate::kernel::control::{self, FromWorker};
+
+/// The stack as the core's [`Io`].
+pub struct Transport<L: Link> {
+    pub stack: Stack<L>,
+    /// Output waiting for room in a connection's send buffer.
+    pub out: SpillPool,
+    /// Closed by the core while output was still waiting: FIN once it is sent.
+    pub close_after_out: std::collections::HashSet<u32>,
+    /// Reset as slow consumers during a core call; reported to the core right after it.
+    pub doomed: Vec<u32>,
+    /// Messages for the supervisor produced inside core calls (device claims).
+    pub outbox: Vec<FromWorker>,
+    pub slow_dropped: u64,
+    pub log: RateLimitedLog,
+    pub now_ms: u64,
+}
+
+impl<L: Link> Transport<L> {
+    /// The peer is too slow (or the pools are empty): reset, and report it after the core call.
+    fn slow_consumer(&mut self, id: u32, total: usize) {
+        self.slow_dropped += 1;
+        self.log.warn(
+            self.now_ms,
+            format_args!(
+                "conn {id}: {total} bytes fit neither its send buffer nor a spill buffer: reset as a slow consumer"
+            ),
+        );
+        self.out.release(id);
+        self.close_after_out.remove(&id);
+        self.stack.abort(ConnId(id));
+        self.doomed.push(id);
+    }
+
+    /// Move waiting output into the send buffer; FIN when it is all out and the core closed.
+    pub fn drain_out(&mut self, id: u32) {
+        let cid = ConnId(id);
+        let Some((buf, len)) = self.out.get(id) else { return };
+        let n = self.stack.write(cid, &buf[..*len]);
+        self.out.consume(id, n);
+        if !self.out.holds(id) && self.close_after_out.remove(&id) {
+            self.stack.close(cid);
+        }
+    }
+
+    /// Forget whatever waits for a connection that is gone.
+    pub fn forget(&mut self, id: u32) {
+        self.out.release(id);
+        self.close_after_out.remove(&id);
+    }
+}
+
+impl<L: Link> Io for Transport<L> {
+    fn send(&mut self, id: u32, parts: &[&[u8]]) {
+        let cid = ConnId(id);
+        if !self.stack.is_owned(cid) {
+            return;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if !self.out.holds(id) {
+            if self.stack.write_space(cid) >= total {
+                for part in parts {
+                    self.stack.write(cid, part);
+                }
+                return;
+            }
+            // What fits goes now, the rest waits in an output spill buffer.
+            if !self.out.take(id, &[]) {
+                return self.slow_consumer(id, total);
+            }
+            let mut queued = true;
+            for part in parts {
+                let n = if self.out.get(id).is_some_and(|(_, len)| *len == 0) {
+                    self.stack.write(cid, part)
+                } else {
+                    0
+                };
+                queued &= self.out.append(id, &part[n..]);
+            }
+            if !queued {
+                return self.slow_consumer(id, total);
+            }
+            if self.out.get(id).is_some_and(|(_, len)| *len == 0) {
+                self.out.release(id);
+            }
+            return;
+        }
+        for part in parts {
+            if !self.out.append(id, part) {
+                return self.slow_consumer(id, total);
+            }
+        }
+    }
+
+    fn close(&mut self, id: u32) {
+        let cid = ConnId(id);
+        if self.out.holds(id) {
+            self.close_after_out.insert(id);
+        } else if self.stack.is_owned(cid) {
+            self.stack.close(cid);
+        }
+    }
+
+    fn device_claimed(&mut self, hash: u64) {
+        self.outbox.push(FromWorker::Claim {
+            hash,
+            at_ns: control::monotonic_ns(),
+        });
+    }
+
+    fn device_released(&mut self, hash: u64) {
+        self.outbox.push(FromWorker::Release { hash });
+    }
+}
+
+/// The core and the stack of one worker.
+pub struct Served<L: Link> {
+    pub core: ServerCore,
+    pub t: Transport<L>,
+    /// Input spill buffers.
+    pub spill: SpillPool,
+    /// One connection's receive buffer, copied for the core to parse (and unmask) in place.
+    scratch: Box<[u8]>,
+    rx_buf: usize,
+    tx_buf: usize,
+}
+
+impl<L: Link> Served<L> {
+    /// `spill_buffers` of `spill_size` bytes for input, as many for output.
+    pub fn new(core: ServerCore, stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> Served<L> {
+        let (rx_buf, tx_buf) = (stack.config().rx_buf, stack.config().tx_buf);
+        Served {
+            core,
+            t: Transport {
+                stack,
+                out: SpillPool::new(spill_buffers, spill_size),
+                close_after_out: std::collections::HashSet::with_capacity(spill_buffers),
+                doomed: Vec::new(),
+                outbox: Vec::new(),
+                slow_dropped: 0,
+                log: RateLimitedLog::new(5),
+                now_ms: 0,
+            },
+            spill: SpillPool::new(spill_buffers, spill_size),
+            scratch: vec![0u8; rx_buf].into_boxed_slice(),
+            rx_buf,
+            tx_buf,
+        }
+    }
+
+    /// Run a core call (broadcast, push, tick…) with the stack as its `Io`, then report to the
+    /// core the connections that call reset.
+    pub fn call<R>(&mut self, now_ms: u64, f: impl FnOnce(&mut ServerCore, &mut Transport<L>) -> R) -> R {
+        self.t.now_ms = now_ms;
+        let r = f(&mut self.core, &mut self.t);
+        self.settle(now_ms);
+        r
+    }
+
+    pub fn event(&mut self, ev: Event, now_ms: u64) {
+        match ev {
+            Event::Accepted(id) => {
+                self.core.open(id.0, now_ms, &mut self.t);
+                self.settle(now_ms);
+                self.feed(id.0, now_ms);
+            }
+            Event::Readable(id) => self.feed(id.0, now_ms),
+            Event::Writable(id) => {
+                self.t.drain_out(id.0);
+                self.feed(id.0, now_ms);
+            }
+            Event::Closed(id, reason) => {
+                if reason == CloseReason::PeerClosed {
+                    // What came before the FIN (a close frame, say) is still the peer's to say.
+                    self.feed(id.0, now_ms);
+                }
+                if self.core.is_open(id.0) {
+                    self.core.closed(id.0, now_ms, &mut self.t);
+                    self.settle(now_ms);
+                }
+                self.spill.release(id.0);
+                self.t.forget(id.0);
+                if self.t.stack.is_owned(id) {
+                    self.t.stack.close(id);
+                }
+            }
+            Event::Connected(_) => {}
+        }
+    }
+
+    /// Give the core what the connection has received, as far as it can take it.
+    fn feed(&mut self, id: u32, now_ms: u64) {
+        let cid = ConnId(id);
+        loop {
+            if !self.core.is_open(id) || !self.t.stack.is_owned(cid) {
+                self.spill.release(id);
+                return;
+            }
+            if self.spill.holds(id) {
+                if !self.feed_spilled(id, now_ms) {
+                    return;
+                }
+                continue;
+            }
+            let n = self.t.stack.peek(cid, &mut self.scratch);
+            if n == 0 {
+                return;
+            }
+            if self.t.out.holds(id) {
+                // Output is backed up: read on once the peer has taken it (TCP pushes back).
+                self.t.stack.want_write(cid);
+                return;
+            }
+            // Whatever the core answers to these bytes (an echo, a pong, a close) is at most
+            // their size; wait for the room rather than fail a connection that is just busy.
+            if self.t.stack.write_space(cid) < n.min(self.tx_buf) {
+                self.t.stack.want_write(cid);
+                return;
+            }
+            let used = self.core.data(id, &mut self.scratch[..n], now_ms, &mut self.t);
+            self.settle(now_ms);
+            if !self.core.is_open(id) {
+                return;
+            }
+            self.t.stack.discard(cid, used);
+            if used == n {
+                return;
+            }
+            if n < self.rx_buf {
+                return; // an incomplete head or frame: the rest is on its way
+            }
+            // The receive buffer is full and still holds no whole head or frame: spill it.
+            if !self.spill.take(id, &self.scratch[used..n]) {
+                self.t.log.warn(
+                    now_ms,
+                    format_args!("conn {id}: no spill buffer free for a large head or frame: reset"),
+                );
+                self.t.stack.abort(cid);
+                self.t.forget(id);
+                self.core.closed(id, now_ms, &mut self.t);
+                self.settle(now_ms);
+                return;
+            }
+            self.t.stack.discard(cid, n - used);
+        }
+    }
+
+    /// Move received bytes behind what the spill buffer holds and let the core parse it all.
+    /// Returns whether to go on (the buffer emptied, or the core made progress on new bytes).
+    fn feed_spilled(&mut self, id: u32, now_ms: u64) -> bool {
+        let cid = ConnId(id);
+        let Some((buf, len)) = self.spill.get(id) else {
+            return false;
+        };
+        let got = self.t.stack.read(cid, &mut buf[*len..]);
+        *len += got;
+        let held = *len;
+        if self.t.out.holds(id) || self.t.stack.write_space(cid) < held.min(self.tx_buf) {
+            self.t.stack.want_write(cid);
+            return false;
+        }
+        let used = self.core.data(id, &mut buf[..held], now_ms, &mut self.t);
+        self.settle(now_ms);
+        if !self.core.is_open(id) {
+            self.spill.release(id);
+            return false;
+        }
+        self.spill.consume(id, used);
+        if !self.spill.holds(id) {
+            return true; // emptied: back to parsing in the receive buffer
+        }
+        // Still incomplete: go on only if more bytes came and more are waiting.
+        got > 0 && self.t.stack.readable(cid) > 0
+    }
+
+    /// Report connections reset during the last core call.
+    pub fn settle(&mut self, now_ms: u64) {
+        while let Some(id) = self.t.doomed.pop() {
+            self.spill.release(id);
+            self.t.forget(id);
+            self.core.closed(id, now_ms, &mut self.t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

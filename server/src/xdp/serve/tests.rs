@@ -1,0 +1,264 @@
+//! The server core over the userspace stack on an in-memory wire, against a client stack: what
+//! tiny per-connection buffers must still carry (large heads and frames, bursts of pushes), and
+//! what happens to a client that stops reading.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::time::{Duration, Instant};
+use stack::mem_link::{self, MemLink};
+use stack::{CloseReason, ConnId, Event, Stack, StackConfig};
+
+use super::Served;
+use crate::core::device::DeviceHasher;
+use crate::core::frame::{self, Op, Role, MAX_HEADER};
+use crate::core::{CoreConfig, ServerCore};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+struct Rig {
+    srv: Served<MemLink>,
+    cli: Stack<MemLink>,
+    now: Instant,
+    cli_events: Vec<Event>,
+}
+
+impl Rig {
+    /// A server with 256-byte buffers and `spill` spill buffers of `spill_size` bytes each.
+    fn new(echo: bool, spill: usize, spill_size: usize, client_rx: usize) -> Rig {
+        let (a, b) = mem_link::pair(Default::default(), 7);
+        let now = Instant::from_millis(1_000);
+        let srv_cfg = StackConfig {
+            max_conns: 16,
+            rx_buf: 256,
+            tx_buf: 256,
+            our_mac: [2, 0, 0, 0, 0, 1],
+            ..StackConfig::default()
+        };
+        let mut stack = Stack::new(srv_cfg, a, now).unwrap();
+        stack.listen(8080);
+        let core = ServerCore::new(
+            CoreConfig {
+                echo,
+                max_frame: 4096,
+                idle_timeout_ms: 0,
+                device_hasher: DeviceHasher::new([1, 2]),
+                ..CoreConfig::default()
+            },
+            16,
+            0,
+        );
+        let cli_cfg = StackConfig {
+            max_conns: 16,
+            rx_buf: client_rx,
+            tx_buf: 4096,
+            addr: Ipv4Addr::new(198, 19, 0, 1),
+            source_addrs: vec![Ipv4Addr::new(198, 19, 0, 1)],
+            our_mac: [2, 0, 0, 0, 0, 2],
+            next_hop_mac: Some([2, 0, 0, 0, 0, 1]),
+            ..StackConfig::default()
+        };
+        Rig {
+            srv: Served::new(core, stack, spill, spill_size),
+            cli: Stack::new(cli_cfg, b, now).unwrap(),
+            now,
+            cli_events: Vec::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now.total_millis() as u64
+    }
+
+    fn step(&mut self) {
+        let mut events = Vec::new();
+        self.srv.t.stack.poll(self.now, &mut events);
+        for ev in events {
+            self.srv.event(ev, self.now_ms());
+        }
+        self.srv.t.stack.flush(self.now);
+        self.cli.poll(self.now, &mut self.cli_events);
+        self.cli.flush(self.now);
+        self.now += Duration::from_millis(1);
+    }
+
+    fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.step();
+        }
+    }
+
+    fn connect(&mut self) -> ConnId {
+        let c = self.cli.connect(SocketAddrV4::new(SERVER, 8080)).unwrap();
+        self.settle(20);
+        assert!(self.cli_events.contains(&Event::Connected(c)));
+        c
+    }
+
+    /// Everything the client has received so far.
+    fn drain(&mut self, c: ConnId) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = self.cli.read(c, &mut buf);
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn send(&mut self, c: ConnId, bytes: &[u8]) {
+        assert_eq!(self.cli.write(c, bytes), bytes.len());
+        self.settle(50);
+    }
+
+    /// Upgrade `c` with a request head of about `head_len` bytes; returns the server's answer.
+    fn upgrade(&mut self, c: ConnId, head_len: usize) -> Vec<u8> {
+        let mut req = format!(
+            "GET /ws?id=d1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        let pad = head_len.saturating_sub(req.len() + 14);
+        req.push_str(&format!("X-Pad: {}\r\n\r\n", "p".repeat(pad)));
+        self.send(c, req.as_bytes());
+        self.drain(c)
+    }
+}
+
+fn masked(op: Op, payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER];
+    let mask = [9, 8, 7, 6];
+    let n = frame::encode_header(&mut header, true, op, payload.len(), Some(mask));
+    let mut out = header[..n].to_vec();
+    let start = out.len();
+    out.extend_from_slice(payload);
+    frame::apply_mask(&mut out[start..], mask);
+    out
+}
+
+/// Server frames in `wire`, as (opcode, payload).
+fn frames(mut wire: Vec<u8>) -> Vec<(Op, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Ok(Some(f)) = frame::decode(&mut wire[pos..], Role::Client, 1 << 20) {
+        out.push((f.op, f.payload.to_vec()));
+        pos += f.wire_len;
+    }
+    assert_eq!(pos, wire.len(), "whole frames only");
+    out
+}
+
+#[test]
+fn a_request_head_longer_than_the_receive_buffer_upgrades_through_a_spill_buffer() {
+    let mut r = Rig::new(false, 4, 4096, 4096);
+    let c = r.connect();
+    let answer = r.upgrade(c, 1500);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(r.srv.core.stats().upgrades, 1);
+    assert_eq!(r.srv.spill.in_use(), 0, "the buffer went back once the head was parsed");
+}
+
+#[test]
+fn a_frame_longer_than_both_buffers_is_echoed_whole() {
+    let mut r = Rig::new(true, 4, 4096, 4096);
+    let c = r.connect();
+    r.upgrade(c, 200);
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    r.send(c, &masked(Op::Binary, &payload));
+    r.settle(200);
+    let got = frames(r.drain(c));
+    assert_eq!(got, vec![(Op::Binary, payload)]);
+    assert_eq!(r.srv.core.stats().echoed, 1);
+    assert_eq!((r.srv.spill.in_use(), r.srv.t.out.in_use()), (0, 0));
+    assert_eq!(r.srv.t.slow_dropped, 0);
+}
+
+#[test]
+fn a_burst_of_pushes_beyond_the_send_buffer_arrives_whole_and_in_order() {
+    let mut r = Rig::new(false, 4, 4096, 4096);
+    let c = r.connect();
+    r.upgrade(c, 200);
+    let now = r.now_ms();
+    for i in 0..10 {
+        let msg = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(80));
+        r.srv.call(now, |core, t| core.broadcast(msg.as_bytes(), now, t));
+    }
+    assert_eq!(r.srv.t.out.in_use(), 1, "~1 KB waits behind the 256-byte send buffer");
+    r.settle(300);
+    let got = frames(r.drain(c));
+    assert_eq!(got.len(), 10);
+    for (i, (op, payload)) in got.iter().enumerate() {
+        assert_eq!(*op, Op::Text);
+        assert!(payload.starts_with(format!("{{\"n\":{i},").as_bytes()));
+    }
+    assert_eq!(r.srv.t.out.in_use(), 0);
+    assert_eq!(r.srv.t.slow_dropped, 0);
+}
+
+#[test]
+fn closing_with_output_waiting_sends_it_all_then_fin() {
+    let mut r = Rig::new(false, 4, 4096, 4096);
+    let c = r.connect();
+    r.upgrade(c, 200);
+    let now = r.now_ms();
+    for _ in 0..6 {
+        r.srv.call(now, |core, t| core.broadcast(&[b'm'; 100], now, t));
+    }
+    r.srv.call(now, |core, t| core.shutdown(now, t));
+    r.settle(300);
+    let got = frames(r.drain(c));
+    r.settle(5);
+    assert_eq!(got.len(), 7, "six messages, then the close frame");
+    assert_eq!(got[6].0, Op::Close);
+    assert_eq!(&got[6].1[..2], &1001u16.to_be_bytes());
+    assert!(
+        r.cli_events.contains(&Event::Closed(c, CloseReason::PeerClosed)),
+        "FIN after the last byte: {:?}",
+        r.cli_events
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_reset_as_a_slow_consumer_and_others_go_on() {
+    // The client's 256-byte window fills; then the server's send buffer; then a 1 KB spill buffer.
+    let mut r = Rig::new(false, 4, 1024, 256);
+    let stuck = r.connect();
+    r.upgrade(stuck, 200);
+    let _ = r.drain(stuck);
+    for _ in 0..30 {
+        let now = r.now_ms();
+        r.srv.call(now, |core, t| core.broadcast(&[b'z'; 100], now, t));
+        r.settle(5);
+    }
+    assert_eq!(r.srv.t.slow_dropped, 1);
+    assert_eq!(r.srv.core.stats().connections, 0);
+    assert_eq!(r.srv.t.out.in_use(), 0, "its spill buffer went back");
+    // A new connection is served as usual.
+    let c = r.connect();
+    let answer = r.upgrade(c, 200);
+    assert!(answer.starts_with(b"HTTP/1.1 101 "));
+    assert_eq!(r.srv.core.stats().connections, 1);
+}
+
+#[test]
+fn with_every_spill_buffer_taken_a_large_head_is_reset_and_counted() {
+    let mut r = Rig::new(false, 1, 4096, 4096);
+    let a = r.connect();
+    // Half a large head: it holds the only input spill buffer.
+    let big = format!("GET /ws HTTP/1.1\r\nX-Pad: {}", "p".repeat(600));
+    r.send(a, big.as_bytes());
+    assert_eq!(r.srv.spill.in_use(), 1);
+    let b = r.connect();
+    r.send(b, big.as_bytes());
+    assert_eq!(r.srv.spill.exhausted, 1);
+    assert!(
+        r.cli_events.contains(&Event::Closed(b, CloseReason::Aborted)),
+        "{:?}",
+        r.cli_events
+    );
+    assert_eq!(r.srv.core.stats().connections, 1, "the first one is still there");
+}
