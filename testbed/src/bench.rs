@@ -80,6 +80,11 @@ pub struct StackResult {
     /// The server's whole RSS while holding the connections, divided by them: includes what it
     /// allocated at start (tables sized for its capacity), which the Δ figure leaves out.
     pub server_rss_total_per_conn: f64,
+    /// The headline: the server's whole RSS plus its share of kernel memory (slab, socket
+    /// buffers), divided by the connections held. Nothing the server set up at start is left out.
+    pub all_in_total_bytes_per_conn: f64,
+    /// xdp only: the server's resident memory by structure, bytes per connection.
+    pub xdp_breakdown: Option<Vec<(String, f64)>>,
     pub notes: Vec<String>,
 }
 
@@ -126,10 +131,7 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
     };
     for stack in &cfg.stacks {
         match stack.as_str() {
-            "kernel" => report.results.push(run_kernel(cfg, stop)?),
-            "xdp" => report
-                .unavailable
-                .push("xdp: the userspace stack is not built yet".into()),
+            "kernel" | "xdp" => report.results.push(run_stack(cfg, stop, stack)?),
             other => bail!("unknown stack '{other}' (kernel, xdp)"),
         }
     }
@@ -143,7 +145,11 @@ fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<StackResult> {
+/// One stack's run. `kernel`: ws-server's epoll workers and ws-load's kernel-socket processes.
+/// `xdp`: ws-server on the userspace stack behind XDP and ws-load on the userspace stack too (no
+/// kernel socket on either side).
+fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::Result<StackResult> {
+    let xdp = stack == "xdp";
     let started = Instant::now();
     let server_bin = harness::sibling_binary("ws-server")?;
     let load_bin = harness::sibling_binary("ws-load")?;
@@ -151,28 +157,38 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
     let admin: SocketAddr = ADMIN.parse()?;
     let clients = (cfg.conns as usize).div_ceil(CONNS_PER_SOURCE).max(1);
     eprintln!(
-        "[kernel] namespaces {}-srv/{}-cli with {clients} client address(es)",
+        "[{stack}] namespaces {}-srv/{}-cli with {clients} client address(es)",
         cfg.prefix, cfg.prefix
     );
     let netns = Netns::setup(&cfg.prefix, clients)?;
 
-    let server_log = std::fs::File::create(cfg.out_dir.join("kernel-server.log"))?;
+    let server_log_path = cfg.out_dir.join(format!("{stack}-server.log"));
+    let server_log = std::fs::File::create(&server_log_path)?;
     let mut cmd = netns.command(&netns.srv, &server_bin);
+    // The userspace stack sizes every table for --max-conns at start; leave room for connections
+    // still closing (TIME-WAIT) from a previous run of the load generator.
+    let capacity = if xdp {
+        cfg.conns + cfg.conns / 16 + 64
+    } else {
+        cfg.conns
+    };
     cmd.args([
         "--stack",
-        "kernel",
+        stack,
         "--listen",
         SERVER,
         "--admin",
         ADMIN,
         "--max-conns",
-        &cfg.conns.to_string(),
+        &capacity.to_string(),
     ])
     .args(["--push-interval", "0", "--idle-timeout", "0"])
     .stdin(Stdio::null())
     .stdout(server_log.try_clone()?)
     .stderr(server_log);
-    if let Some(w) = cfg.workers {
+    if xdp {
+        cmd.args(["--iface", &format!("{}-s0", cfg.prefix)]);
+    } else if let Some(w) = cfg.workers {
         cmd.args(["--workers", &w.to_string()]);
     }
     let mut server = ChildGuard::spawn("ws-server", cmd)?;
@@ -184,10 +200,7 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
         serde_json::from_str(&body).ok()
     };
     if harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || stats("/stats")).is_none() {
-        bail!(
-            "the server did not come up; see {}",
-            cfg.out_dir.join("kernel-server.log").display()
-        );
+        bail!("the server did not come up; see {}", server_log_path.display());
     }
     let workers = stats("/stats").and_then(|s| s["workers"].as_u64()).unwrap_or(0) as usize;
     // A process in the client namespace, so its socket counts can be read before the load starts.
@@ -197,12 +210,12 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
     std::thread::sleep(Duration::from_millis(200));
     let before = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
 
-    let load_json = cfg.out_dir.join("kernel-load.json");
+    let load_json = cfg.out_dir.join(format!("{stack}-load.json"));
     let _ = std::fs::remove_file(&load_json);
     let mut cmd = netns.command(&netns.cli, &load_bin);
     cmd.args([
         "--stack",
-        "kernel",
+        stack,
         "--server",
         SERVER,
         "--conns",
@@ -221,11 +234,13 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
     .arg("--json")
     .arg(&load_json)
     .stdin(Stdio::null())
-    .stdout(std::fs::File::create(cfg.out_dir.join("kernel-load.log"))?);
-    if let Some(p) = cfg.load_procs {
+    .stdout(std::fs::File::create(cfg.out_dir.join(format!("{stack}-load.log")))?);
+    if xdp {
+        cmd.args(["--iface", &format!("{}-c0", cfg.prefix)]);
+    } else if let Some(p) = cfg.load_procs {
         cmd.args(["--procs", &p.to_string()]);
     }
-    eprintln!("[kernel] opening {} connections at {}/s", cfg.conns, cfg.rate);
+    eprintln!("[{stack}] opening {} connections at {}/s", cfg.conns, cfg.rate);
     let mut load = ChildGuard::spawn("ws-load", cmd)?;
 
     // Wait until the server holds every connection (or the load generator gave up).
@@ -248,13 +263,14 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
         ));
     }
     eprintln!(
-        "[kernel] {held} connections held; settling {:?} before measuring memory",
+        "[{stack}] {held} connections held; settling {:?} before measuring memory",
         cfg.settle
     );
     std::thread::sleep(cfg.settle);
     check_stop(stop)?;
     let held = stats("/conns").and_then(|v| v["conns"].as_u64()).unwrap_or(held);
     let after = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
+    let held_stats = stats("/stats");
 
     let mut broadcasts = Vec::new();
     for i in 0..cfg.broadcasts {
@@ -271,7 +287,7 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
             elapsed_ms: v["elapsed_ms"].as_f64().unwrap_or(0.0),
         };
         eprintln!(
-            "[kernel] broadcast {}: {} connections, fan-out {:.1} ms",
+            "[{stack}] broadcast {}: {} connections, fan-out {:.1} ms",
             i + 1,
             run.websockets,
             run.fanout_ms
@@ -294,13 +310,19 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
         &std::fs::read_to_string(&load_json)
             .with_context(|| format!("reading the load summary {}", load_json.display()))?,
     )?;
-    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &before, &after, true));
+    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &before, &after, !xdp));
+    let kernel_bytes = (memory.kernel_slab_bytes_per_conn + memory.kernel_sockbuf_bytes_per_conn) * held as f64;
+    let all_in_total = (after.server_mem.rss as f64 + kernel_bytes) / held.max(1) as f64;
+    let xdp_breakdown = held_stats
+        .as_ref()
+        .filter(|_| xdp)
+        .map(|s| xdp_breakdown(s, after.server_mem.rss, held));
     let server_cpu = before.server_cpu.delta(&end_cpu);
     let system = before.system_cpu.delta(&end_system);
     let mut fanouts: Vec<f64> = broadcasts.iter().map(|b| b.fanout_ms).collect();
     fanouts.sort_by(f64::total_cmp);
     Ok(StackResult {
-        stack: "kernel".into(),
+        stack: stack.into(),
         conns_target: cfg.conns,
         held,
         established: summary.established,
@@ -325,8 +347,47 @@ fn run_kernel(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<Stack
         },
         memory,
         server_rss_total_per_conn: after.server_mem.rss as f64 / held.max(1) as f64,
+        all_in_total_bytes_per_conn: all_in_total,
+        xdp_breakdown,
         notes,
     })
+}
+
+/// Where an xdp server's resident memory goes, per connection, from its `/stats` (each stack
+/// structure by its resident pages, the UMEM, the core's tables) and the rest of its RSS.
+fn xdp_breakdown(stats: &serde_json::Value, rss: u64, held: u64) -> Vec<(String, f64)> {
+    let per = |v: f64| v / held.max(1) as f64;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut sum = 0.0;
+    let workers = stats["per_worker"].as_array().cloned().unwrap_or_default();
+    let field = |path: &[&str]| -> f64 {
+        workers
+            .iter()
+            .map(|w| path.iter().fold(w, |v, k| &v[*k]).as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    for (name, path) in [
+        ("smoltcp sockets", &["xdp", "resident", "socket_bytes"][..]),
+        ("rx + tx buffers (arena)", &["xdp", "resident", "arena_bytes"]),
+        ("4-tuple table", &["xdp", "resident", "table_bytes"]),
+        ("slots (tuple, flags, user)", &["xdp", "resident", "slot_bytes"]),
+        ("free list", &["xdp", "resident", "free_list_bytes"]),
+        ("stack timer wheel and queues", &["xdp", "resident", "wheel_bytes"]),
+        ("AF_XDP UMEM", &["xdp", "umem_bytes"]),
+        ("server core (32 B state, devices, timers)", &["core_heap_bytes"]),
+    ] {
+        let mut v = field(path);
+        if name.starts_with("stack timer") {
+            v += field(&["xdp", "resident", "queue_bytes"]);
+        }
+        sum += v;
+        rows.push((name.to_string(), per(v)));
+    }
+    rows.push((
+        "rest of the processes' RSS (code, libraries, pools, supervisor)".into(),
+        per((rss as f64 - sum).max(0.0)),
+    ));
+    rows
 }
 
 fn thousands(v: f64) -> String {
@@ -402,7 +463,13 @@ pub fn render(r: &BenchReport) -> String {
     row("CPU s: whole machine busy (softirq)", &|c| {
         format!("{:.2} ({:.2})", c.cpu.system_busy_s, c.cpu.system_softirq_s)
     });
-    row("bytes/conn ALL-IN", &|c| thousands(c.memory.all_in_bytes_per_conn));
+    row("bytes/conn ALL-IN (server RSS + kernel)", &|c| {
+        thousands(c.all_in_total_bytes_per_conn)
+    });
+    row("  server RSS total / N", &|c| thousands(c.server_rss_total_per_conn));
+    row("bytes/conn Δ (from the idle server)", &|c| {
+        thousands(c.memory.all_in_bytes_per_conn)
+    });
     row("  user space (server RSS Δ / N)", &|c| {
         thousands(c.memory.user_bytes_per_conn)
     });
@@ -411,9 +478,6 @@ pub fn render(r: &BenchReport) -> String {
     });
     row("  kernel socket buffers", &|c| {
         thousands(c.memory.kernel_sockbuf_bytes_per_conn)
-    });
-    row("  RSS total / N (with start-up)", &|c| {
-        thousands(c.server_rss_total_per_conn)
     });
     row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
     for u in &r.unavailable {
@@ -426,6 +490,12 @@ pub fn render(r: &BenchReport) -> String {
             c.stack,
             measure::render_table(&c.memory)
         );
+        if let Some(rows) = &c.xdp_breakdown {
+            let _ = writeln!(out, "  where the xdp server's resident bytes go (per connection):");
+            for (name, v) in rows {
+                let _ = writeln!(out, "    {name:<62}{v:>10.1}");
+            }
+        }
         for n in &c.notes {
             let _ = writeln!(out, "  note: {n}");
         }

@@ -23,6 +23,12 @@ use crate::core::{CoreConfig, ServerCore, TICK_MS};
 use crate::kernel::control::{send_line, ControlReader, FromWorker, ToWorker, WorkerConfig, WorkerStats};
 use crate::kernel::worker::RecentExpiries;
 
+/// RX ring frames: twice the TX ring, so the ACKs of a full TX ring of pushes fit while we send.
+/// UMEM: (8192 + 4096) × 2 KiB = 24 MiB, whatever the number of connections.
+const RX_FRAMES: u32 = 8192;
+/// Frames taken per poll, and polls per loop round at most (the whole RX ring).
+const RX_BATCH: usize = 256;
+const RX_ROUNDS: usize = RX_FRAMES as usize / RX_BATCH;
 /// How often the control channel is read (a syscall; commands are rare).
 const CONTROL_EVERY: Duration = Duration::from_millis(2);
 /// At shutdown, how long the stack may take to deliver the close frames and FINs.
@@ -50,7 +56,11 @@ pub struct Worker {
 impl Worker {
     pub fn new(cfg: WorkerConfig, control_in: UnixStream, control_out: UnixStream) -> anyhow::Result<Worker> {
         let x = cfg.xdp.clone().context("not an xdp worker")?;
-        let link = XdpLink::open(&XdpLinkConfig::new(&x.iface, x.queue))
+        let link_cfg = XdpLinkConfig {
+            rx_frames: RX_FRAMES,
+            ..XdpLinkConfig::new(&x.iface, x.queue)
+        };
+        let link = XdpLink::open(&link_cfg)
             .with_context(|| format!("binding an AF_XDP socket to {} queue {}", x.iface, x.queue))?;
         let xsks = xdp_prog::XskMap::open(x.xsks_map_id)?;
         let umem_bytes = link.umem_bytes() as u64;
@@ -62,6 +72,7 @@ impl Worker {
             addr: x.addr,
             prefix_len: x.prefix_len,
             our_mac,
+            rx_batch: RX_BATCH,
             ..StackConfig::default()
         };
         let mut stack = Stack::new(stack_cfg, link, clock::now()).context("building the userspace stack")?;
@@ -136,12 +147,21 @@ impl Worker {
         while !self.stop && !terminated.load(Ordering::Relaxed) {
             let now_ms = self.now_ms();
             self.s.t.now_ms = now_ms;
-            let frames = self.s.t.stack.poll(clock::now(), &mut self.events);
-            let mut events = std::mem::take(&mut self.events);
-            for ev in events.drain(..) {
-                self.s.event(ev, now_ms);
+            // Take in everything the RX ring holds (up to its size) before sending more: after a
+            // broadcast every segment sent comes back as an ACK, and a full ring drops them.
+            let mut frames = 0;
+            for _ in 0..RX_ROUNDS {
+                let n = self.s.t.stack.poll(clock::now(), &mut self.events);
+                frames += n;
+                let mut events = std::mem::take(&mut self.events);
+                for ev in events.drain(..) {
+                    self.s.event(ev, now_ms);
+                }
+                self.events = events;
+                if n < RX_BATCH {
+                    break;
+                }
             }
-            self.events = events;
             if now_ms >= next_tick {
                 next_tick = now_ms + TICK_MS;
                 self.tick(now_ms);

@@ -25,8 +25,9 @@ struct Args {
     /// Concurrent connections to hold.
     #[arg(long, short = 'n', default_value_t = 20_000)]
     conns: u64,
-    /// Stacks to run, side by side (kernel; xdp when it exists).
-    #[arg(long, value_delimiter = ',', default_value = "kernel")]
+    /// Stacks to run, side by side: kernel (epoll workers, Linux TCP clients) and xdp (the
+    /// userspace stack behind XDP, with the userspace-stack load generator).
+    #[arg(long, value_delimiter = ',', default_value = "kernel,xdp")]
     stacks: Vec<String>,
     /// New connections per second.
     #[arg(long, default_value_t = 20_000.0)]
