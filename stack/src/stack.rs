@@ -438,6 +438,11 @@ impl<L: Link> Stack<L> {
             .map(|(i, _)| ConnId(i as u32))
     }
 
+    /// Connections with output waiting for the link (0 once a broadcast has left).
+    pub fn pending_output(&self) -> usize {
+        self.net.dirty.len()
+    }
+
     /// Slots in use (connections in any state, including closing ones).
     pub fn in_use(&self) -> usize {
         self.net.config.max_conns - self.net.free.len()

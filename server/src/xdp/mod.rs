@@ -62,6 +62,8 @@ pub struct XdpWorkerStats {
     pub out_spill_in_use: u64,
     /// Connections reset because every output spill buffer was taken.
     pub out_spill_exhausted: u64,
+    /// Connections whose output waits for the link, and for room in their send buffer.
+    pub tx_pending_conns: u64,
     /// From the last broadcast's start until the stack had sent every frame of it.
     pub last_broadcast_tx_ms: Option<f64>,
 }

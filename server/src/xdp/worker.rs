@@ -291,6 +291,7 @@ impl Worker {
                 spill_exhausted: self.s.spill.exhausted,
                 out_spill_in_use: self.s.t.out.in_use() as u64,
                 out_spill_exhausted: self.s.t.out.exhausted,
+                tx_pending_conns: (stack.pending_output() + self.s.t.out.in_use()) as u64,
                 last_broadcast_tx_ms: self.last_broadcast_tx_ms,
             })),
         }

@@ -104,6 +104,9 @@ struct Args {
     /// --stack xdp: send buffer per connection (a client frame must fit in it).
     #[arg(long, default_value = "512", value_parser = parse_size)]
     tx_buf: usize,
+    /// --stack xdp: how to attach the XDP program to --iface.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: xdp_prog::Mode,
     /// Internal: run as one load process (the plan is in the environment).
     #[arg(long, hide = true)]
     child: bool,
@@ -157,6 +160,12 @@ fn run() -> anyhow::Result<i32> {
                 server_mac,
                 rx_buf: args.rx_buf,
                 tx_buf: args.tx_buf,
+                xdp_mode: match args.xdp_mode {
+                    xdp_prog::Mode::Native => "native",
+                    xdp_prog::Mode::Generic => "generic",
+                    xdp_prog::Mode::Auto => "auto",
+                }
+                .into(),
             })
         }
     };

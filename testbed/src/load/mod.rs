@@ -63,6 +63,13 @@ pub struct XdpClient {
     pub server_mac: Option<[u8; 6]>,
     pub rx_buf: usize,
     pub tx_buf: usize,
+    /// How to attach the XDP program (native, generic, or auto = native with a fallback).
+    #[serde(default = "auto_mode")]
+    pub xdp_mode: String,
+}
+
+fn auto_mode() -> String {
+    "auto".into()
 }
 
 /// Why connections failed, by cause.

@@ -83,7 +83,11 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     };
     let mut steering = Attachment::prepare(
         &x.iface,
-        xdp_prog::Mode::Auto,
+        match x.xdp_mode.as_str() {
+            "native" => xdp_prog::Mode::Native,
+            "generic" => xdp_prog::Mode::Generic,
+            _ => xdp_prog::Mode::Auto,
+        },
         Steer::From(server, sources.clone()),
         None,
         1,
