@@ -172,6 +172,8 @@ struct Net {
     wheel: TimerWheel,
     /// Slots that may have output; drained by `flush`.
     dirty: Vec<u32>,
+    /// Where the next flush resumes in `dirty` (entries before it are done).
+    dirty_next: usize,
     /// Scratch for the wheel's due entries.
     due: Vec<Entry>,
     events: Vec<Event>,
@@ -266,6 +268,7 @@ impl<L: Link> Stack<L> {
                 free: (0..n as u32).rev().collect(),
                 wheel: TimerWheel::new(WHEEL_SLOTS, tick_of(now)),
                 dirty: Vec::new(),
+                dirty_next: 0,
                 due: Vec::new(),
                 events: Vec::new(),
                 shim,
@@ -315,7 +318,7 @@ impl<L: Link> Stack<L> {
     /// Whether output or events are waiting (then the driver should not sleep before the next
     /// round). Timers need a round at least every millisecond (the wheel's tick) while any are set.
     pub fn has_work(&self) -> bool {
-        !self.net.dirty.is_empty() || !self.net.events.is_empty()
+        self.pending_output() > 0 || !self.net.events.is_empty()
     }
 
     /// Open a connection to `remote` from the next free (source address, port).
@@ -440,7 +443,7 @@ impl<L: Link> Stack<L> {
 
     /// Connections with output waiting for the link (0 once a broadcast has left).
     pub fn pending_output(&self) -> usize {
-        self.net.dirty.len()
+        self.net.dirty.len() - self.net.dirty_next
     }
 
     /// Slots in use (connections in any state, including closing ones).
@@ -865,28 +868,35 @@ impl Net {
     fn drain_dirty<S: crate::link::Sender>(&mut self, now: Instant, sender: &mut S) {
         self.now = now;
         let mut dirty = std::mem::take(&mut self.dirty);
-        let mut done = 0;
-        for &s in &dirty {
+        let mut next = self.dirty_next;
+        while next < dirty.len() {
             // The link is full: the rest waits for the next flush (after the kick drains the
             // ring). Going on would move every remaining socket through smoltcp only to find no
             // room, which made a broadcast to N connections cost N per ring-full of frames.
             if !sender.can_send() {
                 break;
             }
-            done += 1;
-            let s = s as usize;
+            let s = dirty[next] as usize;
+            next += 1;
             if self.slots[s].flags & flag::DIRTY == 0 {
                 continue;
             }
             self.slots[s].flags &= !flag::DIRTY;
             self.process(s, now, sender, None);
         }
-        // Keep the unvisited tail in order, then the slots marked again while draining.
-        let rest = dirty.len() - done;
-        dirty.copy_within(done.., 0);
-        dirty.truncate(rest);
+        // The unvisited tail stays where it is (a cursor, not a copy: after a broadcast the
+        // list holds every connection, and the link takes a ring-full per flush). Slots marked
+        // again while draining go behind it.
+        if next == dirty.len() {
+            dirty.clear();
+            next = 0;
+        } else if next > dirty.len() / 2 {
+            dirty.drain(..next);
+            next = 0;
+        }
         dirty.append(&mut self.dirty);
         self.dirty = dirty;
+        self.dirty_next = next;
     }
 
     /// Copy buffered bytes into `buf` without consuming them (both parts of the ring).

@@ -198,7 +198,8 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::
         }
         serde_json::from_str(&body).ok()
     };
-    if harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || stats("/stats")).is_none() {
+    // Dozens of worker processes may take a while to start on two busy cores.
+    if harness::wait_for(Duration::from_secs(90), Duration::from_millis(200), || stats("/stats")).is_none() {
         bail!("the server did not come up; see {}", server_log_path.display());
     }
     let workers = stats("/stats").and_then(|s| s["workers"].as_u64()).unwrap_or(0) as usize;
@@ -299,7 +300,10 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::
             let drained = harness::wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
                 let s = stats("/stats")?;
                 let workers = s["per_worker"].as_array()?.clone();
-                let pending: u64 = workers.iter().map(|w| w["xdp"]["tx_pending_conns"].as_u64().unwrap_or(1)).sum();
+                let pending: u64 = workers
+                    .iter()
+                    .map(|w| w["xdp"]["tx_pending_conns"].as_u64().unwrap_or(1))
+                    .sum();
                 (pending == 0).then(|| {
                     workers
                         .iter()

@@ -280,3 +280,20 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
         "{err}"
     );
 }
+
+/// `/stats` of a server with many workers (over tiny_http's 32 KiB chunking threshold) comes with a
+/// Content-Length, so plain clients (and ws-bench) read it whole (found at 1M connections).
+#[test]
+fn stats_of_many_workers_is_one_plain_body() {
+    if !privileged("stats_of_many_workers_is_one_plain_body") {
+        return;
+    }
+    let dir = scratch("many-workers");
+    let ns = Netns::setup("wsbtb", 1).unwrap();
+    let _server = start_server(&ns, &["--workers", "40"], &dir.join("server.log"));
+    let (status, body) = harness::http_in_netns(&ns.srv, "GET", admin(), "/stats", b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.len() > 32 * 1024, "{} bytes", body.len());
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("one JSON body, not chunks");
+    assert_eq!(stats["workers"], 40);
+}

@@ -677,9 +677,12 @@ fn respond(request: tiny_http::Request, status: u16, body: String, content_type:
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).unwrap_or_else(|_| {
         tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain"[..]).expect("static header")
     });
+    // A known length, never chunked (tiny_http chunks bodies over 32 KiB by default, and /stats
+    // of a server with dozens of workers is bigger): simple clients and scripts read it whole.
     let response = tiny_http::Response::from_string(body)
         .with_status_code(status)
-        .with_header(header);
+        .with_header(header)
+        .with_chunked_threshold(usize::MAX);
     // Writing can block on a client that does not read: not on the supervisor's loop.
     std::thread::spawn(move || {
         if let Err(e) = request.respond(response) {
