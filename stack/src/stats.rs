@@ -62,6 +62,7 @@ pub struct MemoryReport {
     pub table_bytes: usize,
     /// Per-slot 4-tuple and flags/timer/user fields.
     pub slot_bytes: usize,
+    /// 0 since the free list is threaded through the free slots (kept for the JSON's shape).
     pub free_list_bytes: usize,
     pub wheel_bytes: usize,
     /// Dirty list, due list and event queue (grow with bursts, then stay).
