@@ -321,6 +321,13 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::
         }
         broadcasts.push(run);
     }
+    // The server's own account after the broadcasts (link drops, retransmissions, spill use).
+    if let Some(v) = stats("/stats") {
+        let _ = std::fs::write(
+            cfg.out_dir.join(format!("{stack}-server-stats.json")),
+            serde_json::to_string_pretty(&v).unwrap_or_default(),
+        );
+    }
     if load.wait_timeout(Duration::from_secs(60)).is_none() {
         notes.push("the load generator did not finish on its own; it was stopped".into());
         load.stop(Duration::from_secs(10));

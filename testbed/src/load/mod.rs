@@ -123,6 +123,16 @@ pub struct ChildFinal {
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
     pub max_rss_bytes: u64,
+    /// The userspace stack's link and TCP counters (xdp load process only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpClientCounters>,
+}
+
+/// What the userspace-stack client's link and stack saw (drops explain latency tails).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct XdpClientCounters {
+    pub link: stack::LinkCounters,
+    pub stack: stack::StackStats,
 }
 
 /// One line a child writes on stdout.

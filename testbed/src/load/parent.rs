@@ -77,6 +77,9 @@ pub struct Summary {
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
     pub max_proc_rss_bytes: u64,
+    /// The userspace-stack client's link and TCP counters (`--stack xdp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_client: Option<super::XdpClientCounters>,
     pub wall_s: f64,
     /// Every child process reported its final line.
     pub complete: bool,
@@ -291,6 +294,7 @@ fn summarize(
         cpu_user_s: reported.iter().map(|f| f.cpu_user_s).sum(),
         cpu_sys_s: reported.iter().map(|f| f.cpu_sys_s).sum(),
         max_proc_rss_bytes: reported.iter().map(|f| f.max_rss_bytes).max().unwrap_or(0),
+        xdp_client: reported.iter().find_map(|f| f.xdp.clone()),
         wall_s: wall.as_secs_f64(),
         counters,
         complete,
@@ -435,6 +439,15 @@ pub fn render(s: &Summary) -> String {
             s.cpu_user_s, s.cpu_sys_s, s.wall_s
         ),
     );
+    if let Some(x) = &s.xdp_client {
+        row(
+            "client link (xdp)",
+            format!(
+                "rx {}  tx {}  rx dropped {}  tx dropped {}  retransmit timers {}",
+                x.link.rx_frames, x.link.tx_frames, x.link.rx_dropped, x.link.tx_dropped, x.stack.timer_fires
+            ),
+        );
+    }
     if !s.complete {
         row(
             "WARNING",

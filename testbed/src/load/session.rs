@@ -381,6 +381,7 @@ pub fn final_line(sh: &Shared) -> ChildFinal {
         cpu_user_s: usage.0,
         cpu_sys_s: usage.1,
         max_rss_bytes: usage.2,
+        xdp: None,
     }
 }
 

@@ -330,7 +330,12 @@ fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, sto
         }
     }
     stack.flush(clock::now());
-    emit(&mut stdout, &ChildLine::Final(Box::new(session::final_line(&sh))))?;
+    let mut last = session::final_line(&sh);
+    last.xdp = Some(super::XdpClientCounters {
+        link: stack.link_counters(),
+        stack: stack.stats(),
+    });
+    emit(&mut stdout, &ChildLine::Final(Box::new(last)))?;
     Ok(())
 }
 
