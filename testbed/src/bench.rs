@@ -105,7 +105,6 @@ pub struct BenchReport {
     pub conns: u64,
     pub rate: f64,
     pub results: Vec<StackResult>,
-    pub unavailable: Vec<String>,
 }
 
 pub fn machine() -> Machine {
@@ -130,7 +129,6 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
         conns: cfg.conns,
         rate: cfg.rate,
         results: vec![],
-        unavailable: vec![],
     };
     for stack in &cfg.stacks {
         match stack.as_str() {
@@ -517,9 +515,6 @@ pub fn render(r: &BenchReport) -> String {
         thousands(c.memory.kernel_sockbuf_bytes_per_conn)
     });
     row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
-    for u in &r.unavailable {
-        let _ = writeln!(out, "  (not measured) {u}");
-    }
     for c in &r.results {
         let _ = writeln!(
             out,

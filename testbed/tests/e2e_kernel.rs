@@ -263,8 +263,25 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is not an address of this host"), "{err}");
     let (code, err) = run(&["--stack", "xdp"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--iface"), "xdp needs an interface: {err}");
+    let (code, err) = run(&["--stack", "xdp", "--iface", "nope0"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("not available yet"), "{err}");
+    assert!(err.contains("no such interface"), "{err}");
+    let (code, err) = run(&["--stack", "xdp", "--iface", "wsbt6-s0", "--listen", "10.9.9.9:8080"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not an address of --iface"), "{err}");
+    let (code, err) = run(&["--stack", "xdp", "--iface", "wsbt6-s0", "--workers", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--queues"), "{err}");
+    let (code, err) = run(&["--stack", "xdp", "--iface", "wsbt6-s0", "--tx-buf", "100"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--tx-buf"), "{err}");
+    let (_, link) = run_in(&ns.srv, "ip", &["link", "show", "dev", "wsbt6-s0"]);
+    assert!(
+        !link.contains("prog/xdp"),
+        "a refused start leaves nothing attached: {link}"
+    );
     let (code, err) = run(&["--max-conns", "9000000", "--workers", "2"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("needs at least"), "{err}");

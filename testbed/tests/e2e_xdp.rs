@@ -227,3 +227,37 @@ fn drop_guard(server: &mut ChildGuard) {
     let status = server.stop(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "clean exit: {status:?}");
 }
+
+/// The userspace-stack load generator refuses bad settings with a clear message and leaves the
+/// interface as it found it.
+#[test]
+fn load_generator_on_the_userspace_stack_explains_bad_settings() {
+    if !privileged("load_generator_on_the_userspace_stack_explains_bad_settings") {
+        return;
+    }
+    let ns = Netns::setup("wsbtc", 1).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = ns.command(&ns.cli, &load_bin());
+        cmd.args(["--stack", "xdp", "--conns", "10", "--progress", "off"])
+            .args(args);
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--iface"), "{err}");
+    let (code, err) = run(&["--iface", "wsbtc-c0", "--server-mac", "zz:zz"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a MAC address"), "{err}");
+    let (code, err) = run(&["--iface", "nope0", "--hold", "1s"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no such interface"), "{err}");
+    let (code, err) = run(&["--iface", "wsbtc-c0", "--procs", "3"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("one process"), "{err}");
+    // Nobody listens: every connection is refused, and the program is detached afterwards.
+    let (code, _) = run(&["--iface", "wsbtc-c0", "--hold", "1s", "--connect-timeout", "2s"]);
+    assert_eq!(code, Some(2), "not every connection was established");
+    let (_, link) = run_in(&ns.cli, "ip", &["link", "show", "dev", "wsbtc-c0"]);
+    assert!(!link.contains("prog/xdp"), "{link}");
+}

@@ -178,6 +178,9 @@ fn prepare_xdp(
     let SocketAddr::V4(listen) = listen else {
         bail!("--stack xdp serves IPv4 only (got --listen {listen})");
     };
+    if xdp_prog::ifindex(&x.iface).is_err() {
+        bail!("--iface {}: no such interface in this network namespace", x.iface);
+    }
     let addrs = crate::xdp::iface_ipv4(&x.iface);
     let (addr, prefix_len) = if listen.ip().is_unspecified() {
         addrs.first().copied().with_context(|| {
