@@ -15,19 +15,33 @@ pub struct EchoStats {
     pub bytes: u64,
 }
 
-/// Handle `events` for an echo server; returns nothing, counts into `stats`.
+/// Handle `events` for an echo server; returns nothing, counts into `stats`. A connection whose
+/// peer has closed is marked in its user data and closed once everything it sent is echoed.
 pub fn handle<L: Link>(stack: &mut Stack<L>, events: &[Event], stats: &mut EchoStats) {
     for ev in events {
         match *ev {
             Event::Accepted(_) => stats.accepted += 1,
-            Event::Readable(id) | Event::Writable(id) => stats.bytes += echo(stack, id),
-            Event::Closed(id, _) => {
+            Event::Readable(id) | Event::Writable(id) => {
                 stats.bytes += echo(stack, id);
-                stack.close(id);
-                stats.closed += 1;
+                finish_if_done(stack, id, stats);
+            }
+            Event::Closed(id, _) => {
+                stack.set_user(id, PEER_CLOSED);
+                stats.bytes += echo(stack, id);
+                finish_if_done(stack, id, stats);
             }
             Event::Connected(_) => {}
         }
+    }
+}
+
+/// User data of a connection whose peer has closed.
+const PEER_CLOSED: u32 = 1;
+
+fn finish_if_done<L: Link>(stack: &mut Stack<L>, id: ConnId, stats: &mut EchoStats) {
+    if stack.user(id) == Some(PEER_CLOSED) && stack.readable(id) == 0 {
+        stack.close(id);
+        stats.closed += 1;
     }
 }
 

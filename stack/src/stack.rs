@@ -41,13 +41,14 @@ pub enum Event {
     Readable(ConnId),
     /// A write that did not fit now has room.
     Writable(ConnId),
-    /// No more bytes will arrive. The application still calls `close` (or `abort`) to release it.
+    /// No more bytes will arrive (bytes that came before the FIN may still be there to read).
+    /// The application still calls `close` (or `abort`) to release it.
     Closed(ConnId, CloseReason),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The peer sent FIN (its data has been read).
+    /// The peer sent FIN.
     PeerClosed,
     /// Reset by the peer, refused, or given up after retransmissions time out.
     Aborted,
@@ -274,7 +275,8 @@ impl<L: Link> Stack<L> {
             s.set_nagle_enabled(false);
             sockets.push(SocketStorage::EMPTY);
             let slot = sockets.last_mut().expect("just pushed");
-            handle = Some(in_set(slot, |set| set.add(s)));
+            // SAFETY: the closure only adds the socket and returns its handle.
+            handle = Some(unsafe { in_set(slot, |set| set.add(s)) });
         }
         let handle = handle.ok_or_else(|| StackError::Config("max_conns must be at least 1".into()))?;
         Ok(Stack {
@@ -682,29 +684,32 @@ impl Net {
         let ingress = frame.is_some();
         let mut deadline = None;
         let (iface, config, stats) = (&mut self.iface, &self.config, &mut self.stats);
-        in_set(&mut self.sockets[s], |set| {
-            if ingress {
-                iface.poll_ingress_single(now, &mut port, set);
-            } else {
-                stats.egress_passes += 1;
-                for _ in 0..EGRESS_BURST {
-                    if iface.poll_egress(now, &mut port, set) == smoltcp::iface::PollResult::None {
-                        break;
+        // SAFETY: the closure lends the set to smoltcp's poll calls and keeps nothing of it.
+        unsafe {
+            in_set(&mut self.sockets[s], |set| {
+                if ingress {
+                    iface.poll_ingress_single(now, &mut port, set);
+                } else {
+                    stats.egress_passes += 1;
+                    for _ in 0..EGRESS_BURST {
+                        if iface.poll_egress(now, &mut port, set) == smoltcp::iface::PollResult::None {
+                            break;
+                        }
                     }
+                    // smoltcp's timeout counts from the last segment received, even on an idle
+                    // connection: left on, it would abort every quiet connection after `tcp_timeout`,
+                    // and switched on late (say, at close) it would fire at once. So it is on during
+                    // handshakes, while data is unacknowledged (queueing into an empty buffer restarts
+                    // its clock), and always when keep-alive probes are what detects a dead peer.
+                    // Closing connections are bounded by `close_linger` instead.
+                    let sock = set.get_mut::<tcp::Socket<'static>>(handle);
+                    let handshake = matches!(sock.state(), tcp::State::SynSent | tcp::State::SynReceived);
+                    let timed = handshake || sock.send_queue() > 0 || config.keep_alive.is_some();
+                    sock.set_timeout(if timed { Some(config.tcp_timeout) } else { None });
+                    deadline = iface.poll_at(now, set);
                 }
-                // smoltcp's timeout counts from the last segment received, even on an idle
-                // connection: left on, it would abort every quiet connection after `tcp_timeout`,
-                // and switched on late (say, at close) it would fire at once. So it is on during
-                // handshakes, while data is unacknowledged (queueing into an empty buffer restarts
-                // its clock), and always when keep-alive probes are what detects a dead peer.
-                // Closing connections are bounded by `close_linger` instead.
-                let sock = set.get_mut::<tcp::Socket<'static>>(handle);
-                let handshake = matches!(sock.state(), tcp::State::SynSent | tcp::State::SynReceived);
-                let timed = handshake || sock.send_queue() > 0 || config.keep_alive.is_some();
-                sock.set_timeout(if timed { Some(config.tcp_timeout) } else { None });
-                deadline = iface.poll_at(now, set);
-            }
-        });
+            })
+        };
         let starved = port.starved;
         self.settle(s, rx_before);
         let in_use = self.slots[s].flags & flag::IN_USE != 0;
@@ -746,7 +751,10 @@ impl Net {
         let id = ConnId(s as u32);
         let sock = sock_mut(&mut self.sockets[s], self.handle);
         let state = sock.state();
-        let (recv_queue, can_send, may_recv) = (sock.recv_queue(), sock.can_send(), sock.may_recv());
+        let (recv_queue, can_send) = (sock.recv_queue(), sock.can_send());
+        // The peer's FIN has come (even with bytes still unread: an application waiting for
+        // the rest of a message must hear that none will come).
+        let peer_done = !sock.may_recv() || fin_received(state);
         let no_remote = sock.remote_endpoint().is_none();
         let flags = self.slots[s].flags;
         let synchronized = !matches!(
@@ -779,7 +787,7 @@ impl Net {
                 }
                 if state == tcp::State::Closed {
                     self.report_closed(s, CloseReason::Aborted);
-                } else if !may_recv {
+                } else if peer_done {
                     self.report_closed(s, CloseReason::PeerClosed);
                 }
             } else if state == tcp::State::Closed {
@@ -943,7 +951,7 @@ impl Net {
             (n, n)
         });
         let n = n.unwrap_or(0);
-        let peer_done = !sock.may_recv();
+        let peer_done = !sock.may_recv() || fin_received(sock.state());
         if n > 0 {
             // The window opened: let the peer know at the next flush.
             self.mark_dirty(s);
@@ -1020,7 +1028,11 @@ impl Net {
 }
 
 /// Let smoltcp work on one socket in place: a one-slot `SocketSet` over its storage.
-fn in_set<R>(slot: &mut SocketStorage<'static>, f: impl FnOnce(&mut SocketSet<'static>) -> R) -> R {
+///
+/// # Safety
+/// `f` must not keep the set (swap it out, store it) nor remove the socket from it: the set's
+/// type claims a 'static borrow of `slot`, which is only true for the duration of this call.
+unsafe fn in_set<R>(slot: &mut SocketStorage<'static>, f: impl FnOnce(&mut SocketSet<'static>) -> R) -> R {
     // SAFETY: `SocketSet<'a>` wants its storage borrowed for as long as the sockets' own
     // lifetime, 'static here (their buffers are in the leaked arena). The set made over `slot`
     // is only lent to `f` and dropped before we return, so that 'static borrow of one slot never
@@ -1032,8 +1044,18 @@ fn in_set<R>(slot: &mut SocketStorage<'static>, f: impl FnOnce(&mut SocketSet<'s
 
 /// The TCP socket that lives in `slot`, for as long as `slot` is borrowed.
 fn sock_mut<'a>(slot: &'a mut SocketStorage<'static>, handle: SocketHandle) -> &'a mut tcp::Socket<'static> {
-    let ptr: *mut tcp::Socket<'static> = in_set(slot, |set| set.get_mut::<tcp::Socket<'static>>(handle) as *mut _);
+    // SAFETY: the closure only takes the socket's address.
+    let ptr: *mut tcp::Socket<'static> =
+        unsafe { in_set(slot, |set| set.get_mut::<tcp::Socket<'static>>(handle) as *mut _) };
     // SAFETY: the socket is stored inside `slot` itself (the set only borrowed that slot), so
     // the pointer stays valid, and exclusive, for the borrow of `slot` the result is tied to.
     unsafe { &mut *ptr }
+}
+
+/// Whether the peer's FIN has been received in `state`.
+fn fin_received(state: tcp::State) -> bool {
+    matches!(
+        state,
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    )
 }

@@ -61,6 +61,11 @@ pub struct Netns {
 impl Netns {
     /// Make `<prefix>-srv` and `<prefix>-cli` with `clients` client addresses.
     pub fn setup(prefix: &str, clients: usize) -> anyhow::Result<Netns> {
+        Netns::setup_with_queues(prefix, clients, 1)
+    }
+
+    /// As `setup`, with `queues` receive and transmit queues on both veth ends.
+    pub fn setup_with_queues(prefix: &str, clients: usize, queues: u32) -> anyhow::Result<Netns> {
         let root = repo_root()?;
         let netns = Netns {
             prefix: prefix.to_string(),
@@ -71,6 +76,7 @@ impl Netns {
         let out = Command::new("bash")
             .arg(netns.root.join("netns-scripts/setup.sh"))
             .args(["--prefix", prefix, "--clients", &clients.to_string()])
+            .args(["--queues", &queues.to_string()])
             .stdin(Stdio::null())
             .output()
             .context("running netns-scripts/setup.sh")?;

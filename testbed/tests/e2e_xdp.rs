@@ -261,3 +261,133 @@ fn load_generator_on_the_userspace_stack_explains_bad_settings() {
     let (_, link) = run_in(&ns.cli, "ip", &["link", "show", "dev", "wsbtc-c0"]);
     assert!(!link.contains("prog/xdp"), "{link}");
 }
+
+/// Two receive queues, two worker processes: connections spread over both, a broadcast reaches
+/// all of them, a targeted push finds its device on whichever worker holds it, and a device that
+/// reconnects is replaced across workers (4002 to the older connection).
+#[test]
+fn two_queues_two_workers() {
+    if !privileged("two_queues_two_workers") {
+        return;
+    }
+    let dir = scratch("xdp-queues");
+    let ns = Netns::setup_with_queues("wsbtd", 2, 2).unwrap();
+    let mut args = xdp_server_args(&ns);
+    args.extend(["--queues", "2", "--idle-timeout", "0"].iter().map(|s| s.to_string()));
+    let _server = start_server(&ns, &strs(&args), &dir.join("server.log"));
+    let json = dir.join("load.json");
+    let load = start_load(
+        &ns,
+        &[
+            "--conns",
+            "2000",
+            "--rate",
+            "0",
+            "--ids",
+            "--src",
+            "198.19.0.1-198.19.0.2",
+            "--hold",
+            "60s",
+            "--expect-broadcasts",
+            "1",
+        ],
+        &json,
+    );
+    wait_conns(&ns, 2000, Duration::from_secs(60));
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["workers"], 2, "{stats}");
+    let per: Vec<u64> = stats["per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["core"]["connections"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per.iter().sum::<u64>(), 2000);
+    assert!(per.iter().all(|&n| n > 0), "both queues carry connections: {per:?}");
+    for w in stats["per_worker"].as_array().unwrap() {
+        assert_eq!(
+            w["xdp"]["stack"]["rx_no_connection"], 0,
+            "no segment reached the wrong worker: {w}"
+        );
+    }
+    assert_eq!(admin_post(&ns, "/push?id=dev-1234", b"to one")["delivered"], true);
+    // dev-5 connects again (a plain socket from the client namespace): the older connection, on
+    // whichever worker, is closed with 4002.
+    let cli = ns.cli.clone();
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let newer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(format!("/var/run/netns/{cli}")).unwrap();
+        // SAFETY: setns on an fd we own, for this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut s = std::net::TcpStream::connect(SERVER).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /ws?id=dev-5 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut head = [0u8; 129];
+        s.read_exact(&mut head).unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 101 "));
+        hold_rx.recv().unwrap();
+    });
+    let replaced = harness::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        (admin_json(&ns, "/stats")["devices_replaced"] == 1).then_some(())
+    });
+    assert!(replaced.is_some(), "{}", admin_json(&ns, "/stats"));
+    assert_eq!(admin_post(&ns, "/broadcast", b"to all")["websockets"], 2000);
+    let summary = finish_load(load, &json, Duration::from_secs(60));
+    hold_tx.send(()).unwrap();
+    newer.join().unwrap();
+    assert_eq!(summary["established"], 2000, "{summary}");
+    assert_eq!(summary["counters"]["broadcasts"], 1999, "{summary}");
+    assert_eq!(summary["counters"]["closed_by_server"], serde_json::json!({"4002": 1}));
+    assert_eq!(summary["targeted_devices"], serde_json::json!(["dev-1234"]));
+}
+
+/// A program `testbed/attach.sh` pinned is adopted, not replaced, and left attached at exit for
+/// `detach.sh` to remove.
+#[test]
+fn the_program_attach_sh_pinned_is_adopted_and_left_attached() {
+    if !privileged("the_program_attach_sh_pinned_is_adopted_and_left_attached") {
+        return;
+    }
+    let dir = scratch("xdp-adopt");
+    let ns = Netns::setup("wsbte", 1).unwrap();
+    let root = testbed::harness::repo_root().unwrap();
+    let script = |name: &str| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(root.join("testbed").join(name)).args(["--prefix", "wsbte"]);
+        output_of(cmd)
+    };
+    let (ok, out) = script("attach.sh");
+    assert!(ok, "{out}");
+    let attached = || run_in(&ns.srv, "ip", &["link", "show", "dev", "wsbte-s0"]).1;
+    let before = attached();
+    let mut server = start_server(&ns, &strs(&xdp_server_args(&ns)), &dir.join("server.log"));
+    let (_, curl) = run_in(
+        &ns.cli,
+        "curl",
+        &[
+            "-si",
+            "--max-time",
+            "1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            &format!("http://{SERVER}/ws"),
+        ],
+    );
+    assert!(curl.starts_with("HTTP/1.1 101 "), "{curl}");
+    drop_guard(&mut server);
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    assert!(log.contains("adopted from its pin"), "{log}");
+    assert!(!log.contains("XDP steering detached"), "{log}");
+    assert_eq!(attached(), before, "the pinned program is still the one attached");
+    let (ok, out) = script("detach.sh");
+    assert!(ok, "{out}");
+    assert!(!attached().contains("prog/xdp"));
+}

@@ -17,13 +17,20 @@ use crate::core::ratelog::RateLimitedLog;
 use crate::core::{Io, ServerCore};
 use crate::kernel::control::{self, FromWorker};
 
+/// How long a connection the core closed may take to send its waiting output before it is
+/// reset (a peer that stops reading and keeps its window shut would hold it forever).
+pub const CLOSE_AFTER_OUT_MS: u64 = 10_000;
+
 /// The stack as the core's [`Io`].
 pub struct Transport<L: Link> {
     pub stack: Stack<L>,
+    /// Input waiting for the rest of a head or frame larger than the receive buffer.
+    pub inp: SpillPool,
     /// Output waiting for room in a connection's send buffer.
     pub out: SpillPool,
-    /// Closed by the core while output was still waiting: FIN once it is sent.
-    pub close_after_out: std::collections::HashSet<u32>,
+    /// Closed by the core while output was still waiting: FIN once it is sent, or a reset at
+    /// this deadline (ms).
+    pub close_after_out: std::collections::HashMap<u32, u64>,
     /// Reset as slow consumers during a core call; reported to the core right after it.
     pub doomed: Vec<u32>,
     /// Messages for the supervisor produced inside core calls (device claims).
@@ -43,8 +50,7 @@ impl<L: Link> Transport<L> {
                 "conn {id}: {total} bytes fit neither its send buffer nor a spill buffer: reset as a slow consumer"
             ),
         );
-        self.out.release(id);
-        self.close_after_out.remove(&id);
+        self.forget(id);
         self.stack.abort(ConnId(id));
         self.doomed.push(id);
     }
@@ -55,13 +61,36 @@ impl<L: Link> Transport<L> {
         let Some((buf, len)) = self.out.get(id) else { return };
         let n = self.stack.write(cid, &buf[..*len]);
         self.out.consume(id, n);
-        if !self.out.holds(id) && self.close_after_out.remove(&id) {
+        if !self.out.holds(id) && self.close_after_out.remove(&id).is_some() {
             self.stack.close(cid);
         }
     }
 
-    /// Forget whatever waits for a connection that is gone.
+    /// Reset the closed connections whose output did not get out in time. O(pool), per tick.
+    pub fn expire_close_after_out(&mut self, now_ms: u64) {
+        let late: Vec<u32> = self
+            .close_after_out
+            .iter()
+            .filter(|(_, &at)| at <= now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            self.log.warn(
+                now_ms,
+                format_args!("conn {id}: closed, but its peer took nothing for {CLOSE_AFTER_OUT_MS} ms: reset"),
+            );
+            self.forget(id);
+            let cid = ConnId(id);
+            if self.stack.is_owned(cid) {
+                self.stack.abort(cid);
+            }
+        }
+    }
+
+    /// Forget whatever waits for a connection that is gone (so nothing of it can reach the next
+    /// connection that gets its id).
     pub fn forget(&mut self, id: u32) {
+        self.inp.release(id);
         self.out.release(id);
         self.close_after_out.remove(&id);
     }
@@ -111,8 +140,9 @@ impl<L: Link> Io for Transport<L> {
 
     fn close(&mut self, id: u32) {
         let cid = ConnId(id);
+        self.inp.release(id);
         if self.out.holds(id) {
-            self.close_after_out.insert(id);
+            self.close_after_out.insert(id, self.now_ms + CLOSE_AFTER_OUT_MS);
         } else if self.stack.is_owned(cid) {
             self.stack.close(cid);
         }
@@ -134,34 +164,33 @@ impl<L: Link> Io for Transport<L> {
 pub struct Served<L: Link> {
     pub core: ServerCore,
     pub t: Transport<L>,
-    /// Input spill buffers.
-    pub spill: SpillPool,
     /// One connection's receive buffer, copied for the core to parse (and unmask) in place.
     scratch: Box<[u8]>,
+    /// The same for a spilled head or frame (one spill buffer's size).
+    big: Box<[u8]>,
     rx_buf: usize,
-    tx_buf: usize,
 }
 
 impl<L: Link> Served<L> {
     /// `spill_buffers` of `spill_size` bytes for input, as many for output.
     pub fn new(core: ServerCore, stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> Served<L> {
-        let (rx_buf, tx_buf) = (stack.config().rx_buf, stack.config().tx_buf);
+        let rx_buf = stack.config().rx_buf;
         Served {
             core,
             t: Transport {
                 stack,
+                inp: SpillPool::new(spill_buffers, spill_size),
                 out: SpillPool::new(spill_buffers, spill_size),
-                close_after_out: std::collections::HashSet::with_capacity(spill_buffers),
+                close_after_out: std::collections::HashMap::with_capacity(spill_buffers),
                 doomed: Vec::new(),
                 outbox: Vec::new(),
                 slow_dropped: 0,
                 log: RateLimitedLog::new(5),
                 now_ms: 0,
             },
-            spill: SpillPool::new(spill_buffers, spill_size),
             scratch: vec![0u8; rx_buf].into_boxed_slice(),
+            big: vec![0u8; spill_size].into_boxed_slice(),
             rx_buf,
-            tx_buf,
         }
     }
 
@@ -177,6 +206,8 @@ impl<L: Link> Served<L> {
     pub fn event(&mut self, ev: Event, now_ms: u64) {
         match ev {
             Event::Accepted(id) => {
+                // Nothing of an earlier connection on this id may reach this one.
+                self.t.forget(id.0);
                 self.core.open(id.0, now_ms, &mut self.t);
                 self.settle(now_ms);
                 self.feed(id.0, now_ms);
@@ -195,7 +226,6 @@ impl<L: Link> Served<L> {
                     self.core.closed(id.0, now_ms, &mut self.t);
                     self.settle(now_ms);
                 }
-                self.spill.release(id.0);
                 self.t.forget(id.0);
                 if self.t.stack.is_owned(id) {
                     self.t.stack.close(id);
@@ -210,10 +240,10 @@ impl<L: Link> Served<L> {
         let cid = ConnId(id);
         loop {
             if !self.core.is_open(id) || !self.t.stack.is_owned(cid) {
-                self.spill.release(id);
+                self.t.inp.release(id);
                 return;
             }
-            if self.spill.holds(id) {
+            if self.t.inp.holds(id) {
                 if !self.feed_spilled(id, now_ms) {
                     return;
                 }
@@ -225,12 +255,7 @@ impl<L: Link> Served<L> {
             }
             if self.t.out.holds(id) {
                 // Output is backed up: read on once the peer has taken it (TCP pushes back).
-                self.t.stack.want_write(cid);
-                return;
-            }
-            // Whatever the core answers to these bytes (an echo, a pong, a close) is at most
-            // their size; wait for the room rather than fail a connection that is just busy.
-            if self.t.stack.write_space(cid) < n.min(self.tx_buf) {
+                // `Writable` comes only when there is room again, and draining fills it.
                 self.t.stack.want_write(cid);
                 return;
             }
@@ -247,7 +272,7 @@ impl<L: Link> Served<L> {
                 return; // an incomplete head or frame: the rest is on its way
             }
             // The receive buffer is full and still holds no whole head or frame: spill it.
-            if !self.spill.take(id, &self.scratch[used..n]) {
+            if !self.t.inp.take(id, &self.scratch[used..n]) {
                 self.t.log.warn(
                     now_ms,
                     format_args!("conn {id}: no spill buffer free for a large head or frame: reset"),
@@ -266,24 +291,27 @@ impl<L: Link> Served<L> {
     /// Returns whether to go on (the buffer emptied, or the core made progress on new bytes).
     fn feed_spilled(&mut self, id: u32, now_ms: u64) -> bool {
         let cid = ConnId(id);
-        let Some((buf, len)) = self.spill.get(id) else {
+        if self.t.out.holds(id) {
+            self.t.stack.want_write(cid);
+            return false;
+        }
+        let Some((buf, len)) = self.t.inp.get(id) else {
             return false;
         };
         let got = self.t.stack.read(cid, &mut buf[*len..]);
         *len += got;
         let held = *len;
-        if self.t.out.holds(id) || self.t.stack.write_space(cid) < held.min(self.tx_buf) {
-            self.t.stack.want_write(cid);
-            return false;
-        }
-        let used = self.core.data(id, &mut buf[..held], now_ms, &mut self.t);
+        // The core parses (and unmasks) a copy: the buffer stays the transport's while the core
+        // calls it. Only the few spilled connections pay for this copy.
+        self.big[..held].copy_from_slice(&buf[..held]);
+        let used = self.core.data(id, &mut self.big[..held], now_ms, &mut self.t);
         self.settle(now_ms);
         if !self.core.is_open(id) {
-            self.spill.release(id);
+            self.t.inp.release(id);
             return false;
         }
-        self.spill.consume(id, used);
-        if !self.spill.holds(id) {
+        self.t.inp.consume(id, used);
+        if !self.t.inp.holds(id) {
             return true; // emptied: back to parsing in the receive buffer
         }
         // Still incomplete: go on only if more bytes came and more are waiting.
@@ -293,7 +321,7 @@ impl<L: Link> Served<L> {
     /// Report connections reset during the last core call.
     pub fn settle(&mut self, now_ms: u64) {
         while let Some(id) = self.t.doomed.pop() {
-            self.spill.release(id);
+            self.t.inp.release(id);
             self.t.forget(id);
             self.core.closed(id, now_ms, &mut self.t);
         }

@@ -20,13 +20,21 @@ pub enum Steer {
     From(SocketAddrV4, Vec<std::net::Ipv4Addr>),
 }
 
+#[derive(Default)]
+struct Added {
+    dest: Option<SocketAddrV4>,
+    source: Option<SocketAddrV4>,
+    locals: Vec<std::net::Ipv4Addr>,
+}
+
 pub struct Attachment {
     steering: Steering,
     iface: String,
     /// We attached it, so we detach it; an adopted (pinned) program stays.
     ours: bool,
-    /// What to remove again from an adopted program.
-    added: Option<Steer>,
+    /// What we added to an adopted program, to remove again (and nothing else: another stack
+    /// may share it).
+    added: Added,
     queues: u32,
     finished: bool,
 }
@@ -74,37 +82,42 @@ impl Attachment {
                     steering,
                     iface: iface.to_string(),
                     ours: true,
-                    added: None,
+                    added: Added::default(),
                     queues,
                     finished: false,
                 }
             }
         };
         att.queues = queues;
-        let added = match &what {
+        let mut added = Added::default();
+        match &what {
             &Steer::To(listen) => {
                 let (mut endpoints, arp) = att.steering.endpoints()?;
-                let new = !endpoints.contains(&listen);
-                if new {
+                if !endpoints.contains(&listen) {
                     endpoints.push(listen);
                     att.steering.set_endpoints(&endpoints, arp)?;
+                    added.dest = Some(listen);
                 }
-                new
             }
             Steer::From(server, ours) => {
                 let (mut sources, mut locals) = att.steering.sources();
-                let new = !sources.contains(server) || ours.iter().any(|a| !locals.contains(a));
-                if new {
+                if !sources.contains(server) {
                     sources.push(*server);
-                    sources.dedup();
-                    locals.extend(ours.iter().filter(|a| !locals.contains(a)).copied().collect::<Vec<_>>());
+                    added.source = Some(*server);
+                }
+                for a in ours {
+                    if !locals.contains(a) {
+                        locals.push(*a);
+                        added.locals.push(*a);
+                    }
+                }
+                if added.source.is_some() || !added.locals.is_empty() {
                     att.steering.set_sources(&sources, &locals)?;
                 }
-                new
             }
-        };
-        if added && !att.ours {
-            att.added = Some(what.clone());
+        }
+        if !att.ours {
+            att.added = added;
         }
         let how = att
             .steering
@@ -147,20 +160,18 @@ impl Attachment {
                 Err(e) => log::error!("{}: detaching the XDP program failed: {e}", self.iface),
             }
         } else {
-            match &self.added {
-                Some(Steer::To(listen)) => {
-                    if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
-                        endpoints.retain(|e| e != listen);
-                        let _ = self.steering.set_endpoints(&endpoints, arp);
-                    }
+            let added = std::mem::take(&mut self.added);
+            if let Some(listen) = added.dest {
+                if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
+                    endpoints.retain(|e| *e != listen);
+                    let _ = self.steering.set_endpoints(&endpoints, arp);
                 }
-                Some(Steer::From(server, ours)) => {
-                    let (mut sources, mut locals) = self.steering.sources();
-                    sources.retain(|e| e != server);
-                    locals.retain(|a| !ours.contains(a));
-                    let _ = self.steering.set_sources(&sources, &locals);
-                }
-                None => {}
+            }
+            if added.source.is_some() || !added.locals.is_empty() {
+                let (mut sources, mut locals) = self.steering.sources();
+                sources.retain(|e| Some(*e) != added.source);
+                locals.retain(|a| !added.locals.contains(a));
+                let _ = self.steering.set_sources(&sources, &locals);
             }
         }
     }
@@ -187,7 +198,7 @@ fn adopt(dir: &Path, iface: &str) -> anyhow::Result<Attachment> {
         steering,
         iface: iface.to_string(),
         ours: false,
-        added: None,
+        added: Added::default(),
         queues: 0,
         finished: false,
     })

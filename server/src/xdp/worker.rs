@@ -79,28 +79,21 @@ impl Worker {
         stack.listen(x.port);
         xsks.register(x.queue, stack.link().fd())?;
         control_in.set_nonblocking(true)?;
-        // A head or frame must fit one spill buffer (and a frame's echo must fit the send buffer).
-        let max_frame = cfg.max_frame.min(x.tx_buf.saturating_sub(MAX_HEADER).max(125));
+        // A head or frame must fit one spill buffer, and a head one byte longer than allowed must
+        // fit too, so that the core sees it is too long (431) rather than wait for more.
         let max_request = 4096;
-        let spill_size = max_request.max(cfg.max_frame + MAX_HEADER);
+        let spill_size = (max_request + 1).max(cfg.max_frame + MAX_HEADER);
         let core_cfg = CoreConfig {
             idle_timeout_ms: cfg.idle_timeout_ms,
             poll_hold_ms: cfg.poll_hold_ms,
             echo: cfg.echo,
-            max_frame: if cfg.echo { max_frame } else { cfg.max_frame },
+            max_frame: cfg.max_frame,
             max_message: cfg.max_message,
             max_request,
             request_timeout_ms: cfg.request_timeout_ms,
             device_hasher: DeviceHasher::new(cfg.device_key),
             seed: cfg.seed ^ cfg.index as u64,
         };
-        if cfg.echo && max_frame < cfg.max_frame {
-            log::info!(
-                "worker {}: echoed frames must fit the {} B send buffer: frames over {max_frame} B close with 1009 (raise --tx-buf)",
-                cfg.index,
-                x.tx_buf
-            );
-        }
         let core = ServerCore::new(core_cfg, cfg.max_conns, 0);
         Ok(Worker {
             s: Served::new(core, stack, x.spill_buffers, spill_size),
@@ -194,6 +187,7 @@ impl Worker {
             self.expiry_busy_ns += started.elapsed().as_nanos() as u64;
         }
         self.recent_expiries.record(now_ms, expired);
+        self.s.t.expire_close_after_out(now_ms);
     }
 
     fn control(&mut self) -> anyhow::Result<()> {
@@ -272,7 +266,7 @@ impl Worker {
             refused: stack.stats().syn_refused,
             slow_consumers_dropped: self.s.t.slow_dropped,
             pending_output_bytes: self.s.t.out.held_bytes() as u64,
-            buffered_conns: self.s.spill.in_use() as u64,
+            buffered_conns: self.s.t.inp.in_use() as u64,
             lingering: (stack.in_use() as u64).saturating_sub(self.s.core.stats().connections),
             expiry_busy_ns: self.expiry_busy_ns,
             expired_last_10s: self.recent_expiries.sum(),
@@ -286,9 +280,9 @@ impl Worker {
                 link: stack.link_counters(),
                 resident: stack.resident_memory(),
                 umem_bytes: self.umem_bytes,
-                spill_in_use: self.s.spill.in_use() as u64,
-                spill_capacity: self.s.spill.capacity() as u64,
-                spill_exhausted: self.s.spill.exhausted,
+                spill_in_use: self.s.t.inp.in_use() as u64,
+                spill_capacity: self.s.t.inp.capacity() as u64,
+                spill_exhausted: self.s.t.inp.exhausted,
                 out_spill_in_use: self.s.t.out.in_use() as u64,
                 out_spill_exhausted: self.s.t.out.exhausted,
                 tx_pending_conns: (stack.pending_output() + self.s.t.out.in_use()) as u64,
@@ -306,10 +300,16 @@ impl Worker {
         while self.s.t.stack.in_use() > 0 && Instant::now() < deadline {
             let frames = self.s.t.stack.poll(clock::now(), &mut self.events);
             for ev in self.events.drain(..) {
-                if let Event::Closed(id, _) | Event::Accepted(id) = ev {
-                    if self.s.t.stack.is_owned(id) {
-                        self.s.t.stack.close(id);
+                match ev {
+                    // Close frames still waiting for room go out as the peers make it.
+                    Event::Writable(id) => self.s.t.drain_out(id.0),
+                    Event::Closed(id, _) | Event::Accepted(id) => {
+                        self.s.t.forget(id.0);
+                        if self.s.t.stack.is_owned(id) {
+                            self.s.t.stack.close(id);
+                        }
                     }
+                    Event::Readable(_) | Event::Connected(_) => {}
                 }
             }
             self.s.t.stack.flush(clock::now());

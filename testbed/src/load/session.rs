@@ -326,15 +326,21 @@ pub fn periodic_frame<C: Peer>(conn: &mut C, sh: &mut Shared, is_ping: bool) -> 
     let mask = sh.rng.u32(..).to_ne_bytes();
     if is_ping {
         client::masked_frame(&mut sh.frame_buf, Op::Ping, b"hb", mask);
-        sh.c.pings_sent += 1;
     } else {
         client::echo_payload(&mut sh.payload_buf, monotonic_ns(), sh.plan.payload);
         client::masked_frame(&mut sh.frame_buf, Op::Binary, &sh.payload_buf, mask);
-        sh.c.sent_frames += 1;
     }
     let bytes = std::mem::take(&mut sh.frame_buf);
     let fate = conn.send(&bytes);
     sh.frame_buf = bytes;
+    // Counted only when it went out, so echoes and pongs compare with what was really sent.
+    if fate == Fate::Keep {
+        if is_ping {
+            sh.c.pings_sent += 1;
+        } else {
+            sh.c.sent_frames += 1;
+        }
+    }
     fate
 }
 

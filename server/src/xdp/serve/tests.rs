@@ -42,6 +42,7 @@ impl Rig {
                 echo,
                 max_frame: 4096,
                 idle_timeout_ms: 0,
+                request_timeout_ms: 2_000,
                 device_hasher: DeviceHasher::new([1, 2]),
                 ..CoreConfig::default()
             },
@@ -73,9 +74,13 @@ impl Rig {
     fn step(&mut self) {
         let mut events = Vec::new();
         self.srv.t.stack.poll(self.now, &mut events);
+        let now_ms = self.now_ms();
         for ev in events {
-            self.srv.event(ev, self.now_ms());
+            self.srv.event(ev, now_ms);
         }
+        // As the worker does every tick: timers of the core, closes waiting for output.
+        self.srv.call(now_ms, |core, t| core.tick(now_ms, t));
+        self.srv.t.expire_close_after_out(now_ms);
         self.srv.t.stack.flush(self.now);
         self.cli.poll(self.now, &mut self.cli_events);
         self.cli.flush(self.now);
@@ -159,7 +164,7 @@ fn a_request_head_longer_than_the_receive_buffer_upgrades_through_a_spill_buffer
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(r.srv.core.stats().upgrades, 1);
-    assert_eq!(r.srv.spill.in_use(), 0, "the buffer went back once the head was parsed");
+    assert_eq!(r.srv.t.inp.in_use(), 0, "the buffer went back once the head was parsed");
 }
 
 #[test]
@@ -173,7 +178,7 @@ fn a_frame_longer_than_both_buffers_is_echoed_whole() {
     let got = frames(r.drain(c));
     assert_eq!(got, vec![(Op::Binary, payload)]);
     assert_eq!(r.srv.core.stats().echoed, 1);
-    assert_eq!((r.srv.spill.in_use(), r.srv.t.out.in_use()), (0, 0));
+    assert_eq!((r.srv.t.inp.in_use(), r.srv.t.out.in_use()), (0, 0));
     assert_eq!(r.srv.t.slow_dropped, 0);
 }
 
@@ -251,14 +256,95 @@ fn with_every_spill_buffer_taken_a_large_head_is_reset_and_counted() {
     // Half a large head: it holds the only input spill buffer.
     let big = format!("GET /ws HTTP/1.1\r\nX-Pad: {}", "p".repeat(600));
     r.send(a, big.as_bytes());
-    assert_eq!(r.srv.spill.in_use(), 1);
+    assert_eq!(r.srv.t.inp.in_use(), 1);
     let b = r.connect();
     r.send(b, big.as_bytes());
-    assert_eq!(r.srv.spill.exhausted, 1);
+    assert_eq!(r.srv.t.inp.exhausted, 1);
     assert!(
         r.cli_events.contains(&Event::Closed(b, CloseReason::Aborted)),
         "{:?}",
         r.cli_events
     );
     assert_eq!(r.srv.core.stats().connections, 1, "the first one is still there");
+}
+
+/// Review finding: a spilled head whose connection the core closed (request timeout) gave its
+/// buffer back only on a later event, and the next connection on the same id got its bytes.
+#[test]
+fn a_head_cut_off_by_the_request_timeout_leaves_nothing_for_the_next_connection() {
+    let mut r = Rig::new(false, 4, 4096, 4096);
+    let a = r.connect();
+    let partial = format!("GET /evil?id=attacker HTTP/1.1\r\nX-Pad: {}", "p".repeat(600));
+    r.send(a, partial.as_bytes());
+    assert_eq!(r.srv.t.inp.in_use(), 1);
+    r.settle(2_100);
+    let answer = String::from_utf8_lossy(&r.drain(a)).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert_eq!(r.srv.t.inp.in_use(), 0, "the buffer went back with the close");
+    r.settle(200);
+    // The next client gets a clean start (often on the same id).
+    let b = r.connect();
+    let answer = r.upgrade(b, 200);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(r.srv.core.stats().devices, 1, "its own device id, not the attacker's");
+}
+
+/// Review finding: a connection the core closed while its output waited could be held forever
+/// by a peer that keeps its window shut; it is reset after `CLOSE_AFTER_OUT_MS`.
+#[test]
+fn a_closed_connection_whose_peer_takes_nothing_is_reset_after_a_while() {
+    let mut r = Rig::new(false, 4, 4096, 256);
+    let c = r.connect();
+    r.upgrade(c, 200);
+    let _ = r.drain(c);
+    let now = r.now_ms();
+    for _ in 0..8 {
+        r.srv.call(now, |core, t| core.broadcast(&[b'q'; 100], now, t));
+    }
+    r.settle(50);
+    r.srv.call(now, |core, t| core.shutdown(now, t));
+    assert_eq!(r.srv.t.close_after_out.len(), 1);
+    r.settle(super::CLOSE_AFTER_OUT_MS as usize + 500);
+    assert!(r.srv.t.close_after_out.is_empty());
+    assert_eq!(r.srv.t.out.in_use(), 0);
+    assert!(
+        r.cli_events.contains(&Event::Closed(c, CloseReason::Aborted)),
+        "{:?}",
+        r.cli_events
+    );
+}
+
+/// Review finding: a FIN in the middle of a frame was reported only once the bytes before it
+/// were read, which the core never does for a partial frame.
+#[test]
+fn a_fin_in_the_middle_of_a_frame_ends_the_connection() {
+    let mut r = Rig::new(false, 4, 4096, 4096);
+    let c = r.connect();
+    r.upgrade(c, 200);
+    let frame = masked(Op::Text, b"never finished");
+    r.send(c, &frame[..6]);
+    r.cli.close(c);
+    r.settle(50);
+    assert_eq!(r.srv.core.stats().connections, 0);
+    assert_eq!(r.srv.core.stats().closed_by_peer, 1);
+}
+
+/// Review finding: a head exactly as long as a spill buffer waited for the timeout instead of
+/// getting 431 at once.
+#[test]
+fn a_head_longer_than_allowed_gets_431_at_once() {
+    let mut r = Rig::new(false, 4, 4097, 4096);
+    let c = r.connect();
+    let endless = format!("GET /ws HTTP/1.1\r\nX-Pad: {}", "p".repeat(4200));
+    for chunk in endless.as_bytes().chunks(2000) {
+        r.send(c, chunk);
+    }
+    r.settle(100);
+    let answer = String::from_utf8_lossy(&r.drain(c)).to_string();
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert_eq!(r.srv.t.inp.in_use(), 0);
 }
