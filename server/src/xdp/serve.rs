@@ -321,7 +321,6 @@ impl<L: Link> Served<L> {
     /// Report connections reset during the last core call.
     pub fn settle(&mut self, now_ms: u64) {
         while let Some(id) = self.t.doomed.pop() {
-            self.t.inp.release(id);
             self.t.forget(id);
             self.core.closed(id, now_ms, &mut self.t);
         }
