@@ -158,6 +158,16 @@ fn standard_clients_against_the_xdp_server() {
     scenarios::standard_clients("wsbt8", &["--stack", "xdp", "--iface", "wsbt8-s0"]);
 }
 
+/// Long-polls held and answered (by timeout, or early by a targeted push) and echo rounds on the
+/// xdp server.
+#[test]
+fn long_poll_and_echo_on_the_xdp_server() {
+    if !privileged("long_poll_and_echo_on_the_xdp_server") {
+        return;
+    }
+    scenarios::long_poll_and_echo("wsbtf", &["--stack", "xdp", "--iface", "wsbtf-s0"]);
+}
+
 /// Malformed upgrades, unmasked and oversize frames, junk and a slow head against the xdp
 /// server: each a clean close, and everyone else still served.
 #[test]

@@ -208,3 +208,64 @@ pub fn hostile_bytes(prefix: &str, stack_args: &[&str]) {
     assert!(stats["rejected_requests"].as_u64().unwrap() >= 3, "{stats}");
     assert_eq!(stats["request_timeouts"], 1, "{stats}");
 }
+
+/// Long-poll holds are answered (by timeout, or early by a push), and data frames are echoed.
+pub fn long_poll_and_echo(prefix: &str, stack_args: &[&str]) {
+    let dir = scratch(&format!("poll-{prefix}"));
+    let ns = Netns::setup(prefix, 2).unwrap();
+    let mut args = stack_args.to_vec();
+    args.extend(["--echo", "--poll-hold", "1-2"]);
+    let _server = start_server(&ns, &args, &dir.join("server.log"));
+    let (jp, je) = (dir.join("poll.json"), dir.join("echo.json"));
+    let polls = start_load(
+        &ns,
+        &[
+            "--conns",
+            "200",
+            "--poll",
+            "--ids",
+            "--src",
+            "198.19.0.1",
+            "--hold",
+            "5s",
+        ],
+        &jp,
+    );
+    let echo = start_load(
+        &ns,
+        &[
+            "--conns",
+            "200",
+            "--src",
+            "198.19.0.2",
+            "--send-interval",
+            "500ms",
+            "--payload",
+            "100",
+            "--hold",
+            "4s",
+        ],
+        &je,
+    );
+    wait_conns(&ns, 400, Duration::from_secs(30));
+    let pushed = admin_post(&ns, "/push?id=dev-5", b"early");
+    assert_eq!(pushed["delivered"], true, "a held poll is answered by a targeted push");
+    let p = finish_load(polls, &jp, Duration::from_secs(60));
+    let e = finish_load(echo, &je, Duration::from_secs(60));
+    let pc = &p["counters"];
+    // In 5 s with 1-2 s holds every connection is answered at least twice.
+    assert!(pc["polls_answered"].as_u64().unwrap() >= 400, "{p}");
+    assert!(pc["poll_timeouts"].as_u64().unwrap() >= 390, "{p}");
+    assert_eq!(pc["targeted"], 1, "{p}");
+    assert_eq!(p["targeted_devices"], serde_json::json!(["dev-5"]));
+    let ec = &e["counters"];
+    let sent = ec["sent_frames"].as_u64().unwrap();
+    assert!(sent >= 1200, "200 connections × ~7 rounds: {e}");
+    // Rounds still in flight when the hold ended may be unanswered, never more than one each.
+    assert!(ec["echoes"].as_u64().unwrap() + 200 >= sent, "{e}");
+    assert_eq!(e["echo_rtt"]["count"], ec["echoes"]);
+    let stats = admin_json(&ns, "/stats");
+    assert!(stats["polls_timed_out"].as_u64().unwrap() >= 390, "{stats}");
+    assert_eq!(stats["polls_answered_by_push"], 1);
+    assert_eq!(stats["echoed"], ec["echoes"], "{stats}");
+}
