@@ -66,7 +66,8 @@ struct Args {
     /// Largest message, all fragments together.
     #[arg(long, default_value = "64K", value_parser = parse_size)]
     max_message: usize,
-    /// Unsent output allowed per connection before it is dropped as a slow consumer.
+    /// Unsent output allowed per connection before it is dropped as a slow consumer (kernel
+    /// stack; with --stack xdp the limit is the send buffer plus one spill buffer).
     #[arg(long, default_value = "256K", value_parser = parse_size)]
     max_pending: usize,
     /// --stack xdp: the interface whose WebSocket traffic the userspace stack serves (its IPv4
@@ -147,11 +148,21 @@ fn run() -> anyhow::Result<()> {
     if workers > 256 {
         bail!("--workers {workers} is more than this tool supports (256)");
     }
-    kernel::run(KernelConfig {
+    kernel::run(server_config(&args, workers, per_worker_capacity.min(max_conns), None))
+}
+
+/// The settings both stacks share, from the command line.
+fn server_config(
+    args: &Args,
+    workers: usize,
+    max_conns_per_worker: usize,
+    xdp: Option<ws_server::xdp::XdpOptions>,
+) -> KernelConfig {
+    KernelConfig {
         listen: args.listen,
         admin: args.admin,
         workers,
-        max_conns_per_worker: per_worker_capacity.min(max_conns),
+        max_conns_per_worker,
         max_pending_bytes: args.max_pending,
         push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
         idle_timeout: args.idle_timeout,
@@ -160,8 +171,8 @@ fn run() -> anyhow::Result<()> {
         echo: args.echo,
         max_frame: args.max_frame,
         max_message: args.max_message,
-        xdp: None,
-    })
+        xdp,
+    }
 }
 
 fn run_xdp(args: Args) -> anyhow::Result<()> {
@@ -186,27 +197,14 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
         bail!("--workers is for --stack kernel; --stack xdp runs one worker per --queues");
     }
     let queues = args.queues as usize;
-    kernel::run(KernelConfig {
-        listen: args.listen,
-        admin: args.admin,
-        workers: queues,
-        max_conns_per_worker: max_conns.div_ceil(queues),
-        max_pending_bytes: args.max_pending,
-        push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
-        idle_timeout: args.idle_timeout,
-        request_timeout: args.request_timeout,
-        poll_hold: args.poll_hold,
-        echo: args.echo,
-        max_frame: args.max_frame,
-        max_message: args.max_message,
-        xdp: Some(ws_server::xdp::XdpOptions {
-            iface,
-            queues: args.queues,
-            mode: args.xdp_mode,
-            pin: args.xdp_pin,
-            rx_buf: args.rx_buf,
-            tx_buf: args.tx_buf,
-            spill_buffers: args.spill_buffers,
-        }),
-    })
+    let xdp = ws_server::xdp::XdpOptions {
+        iface,
+        queues: args.queues,
+        mode: args.xdp_mode,
+        pin: args.xdp_pin.clone(),
+        rx_buf: args.rx_buf,
+        tx_buf: args.tx_buf,
+        spill_buffers: args.spill_buffers,
+    };
+    kernel::run(server_config(&args, queues, max_conns.div_ceil(queues), Some(xdp)))
 }

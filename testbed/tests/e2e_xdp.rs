@@ -373,24 +373,7 @@ fn the_program_attach_sh_pinned_is_adopted_and_left_attached() {
     let attached = || run_in(&ns.srv, "ip", &["link", "show", "dev", "wsbte-s0"]).1;
     let before = attached();
     let mut server = start_server(&ns, &strs(&xdp_server_args(&ns)), &dir.join("server.log"));
-    let (_, curl) = run_in(
-        &ns.cli,
-        "curl",
-        &[
-            "-si",
-            "--max-time",
-            "1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            &format!("http://{SERVER}/ws"),
-        ],
-    );
+    let (_, curl) = curl_upgrade(&ns);
     assert!(curl.starts_with("HTTP/1.1 101 "), "{curl}");
     drop_guard(&mut server);
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap();

@@ -126,7 +126,7 @@ pub struct ControlReader {
 
 impl ControlReader {
     /// Read what the non-blocking channel has. `Ok(false)`: the supervisor closed it.
-    pub fn fill(&mut self, from: &mut impl std::io::Read) -> std::io::Result<bool> {
+    pub fn fill(&mut self, from: &mut dyn std::io::Read) -> std::io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match from.read(&mut chunk) {
@@ -144,6 +144,108 @@ impl ControlReader {
         let end = self.buf.iter().position(|&b| b == b'\n')?;
         let line: Vec<u8> = self.buf.drain(..=end).collect();
         Some(serde_json::from_slice(&line))
+    }
+}
+
+/// A worker process as the control channel sees it, whatever its transport: both the epoll
+/// worker and the xdp worker answer the supervisor through [`read_commands`].
+pub trait Controlled {
+    /// The transport the core writes to.
+    type Io: crate::core::Io;
+    fn index(&self) -> usize;
+    fn now_ms(&self) -> u64;
+    /// The parser of the channel and the socket the commands come on.
+    fn channel(&mut self) -> (&mut ControlReader, &mut dyn std::io::Read);
+    /// Run a core call on this worker's transport, then report what it reset to the core.
+    fn core_call<R>(&mut self, now_ms: u64, f: impl FnOnce(&mut crate::core::ServerCore, &mut Self::Io) -> R) -> R;
+    fn stats(&self) -> WorkerStats;
+    /// Write what the core produced for the supervisor (device claims), then `reply`.
+    fn send(&mut self, reply: Option<FromWorker>) -> anyhow::Result<()>;
+    fn stop(&mut self);
+    /// A broadcast has been written to every connection (the xdp worker then times its frames).
+    fn broadcast_written(&mut self, _started: std::time::Instant) {}
+}
+
+/// Read what the supervisor sent and carry out every complete command.
+pub fn read_commands<W: Controlled>(w: &mut W) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (reader, from) = w.channel();
+    if !reader.fill(from).context("reading the control socket")? {
+        log::info!("worker {}: supervisor went away; shutting down", w.index());
+        w.stop();
+    }
+    while let Some(cmd) = w.channel().0.next_command() {
+        match cmd {
+            Ok(cmd) => {
+                let reply = apply(w, cmd);
+                w.send(reply)?;
+            }
+            Err(e) => log::error!("worker {}: bad control message: {e}", w.index()),
+        }
+    }
+    Ok(())
+}
+
+/// Carry out one command; returns the reply for the supervisor, if it expects one.
+fn apply<W: Controlled>(w: &mut W, cmd: ToWorker) -> Option<FromWorker> {
+    let now = w.now_ms();
+    match cmd {
+        ToWorker::Config(_) => None,
+        ToWorker::Broadcast { req, payload } => {
+            let started = std::time::Instant::now();
+            let fanout = w.core_call(now, |core, io| core.broadcast(payload.as_bytes(), now, io));
+            let fanout_us = started.elapsed().as_micros() as u64;
+            w.broadcast_written(started);
+            Some(FromWorker::Broadcast {
+                req,
+                websockets: fanout.websockets,
+                polls: fanout.polls,
+                fanout_us,
+            })
+        }
+        ToWorker::Push { req, hash, payload } => {
+            let delivered = w.core_call(now, |core, io| core.push_hash(hash, payload.as_bytes(), now, io));
+            Some(FromWorker::Push { req, delivered })
+        }
+        ToWorker::Evict { hash } => {
+            w.core_call(now, |core, io| core.evict_device(hash, now, io));
+            None
+        }
+        ToWorker::Stats { req } => Some(FromWorker::Stats {
+            req,
+            stats: Box::new(w.stats()),
+        }),
+        ToWorker::Shutdown => {
+            w.stop();
+            None
+        }
+    }
+}
+
+/// Messages for the supervisor produced inside core calls (device claims and releases), held
+/// until the call returns; both transports keep one.
+#[derive(Default)]
+pub struct Outbox(pub Vec<FromWorker>);
+
+impl Outbox {
+    pub fn device_claimed(&mut self, hash: u64) {
+        self.0.push(FromWorker::Claim {
+            hash,
+            at_ns: monotonic_ns(),
+        });
+    }
+
+    pub fn device_released(&mut self, hash: u64) {
+        self.0.push(FromWorker::Release { hash });
+    }
+
+    /// Write them out, then `reply`.
+    pub fn send(&mut self, out: &mut std::os::unix::net::UnixStream, reply: Option<FromWorker>) -> anyhow::Result<()> {
+        use anyhow::Context;
+        for msg in self.0.drain(..).chain(reply) {
+            send_line(out, &msg).context("writing to the supervisor")?;
+        }
+        Ok(())
     }
 }
 

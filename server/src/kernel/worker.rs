@@ -77,7 +77,7 @@ impl Slot {
 }
 
 /// The worker's sockets, as the core's [`Io`].
-struct Transport {
+pub struct Transport {
     slots: Vec<Slot>,
     registry: Registry,
     max_pending: usize,
@@ -88,7 +88,7 @@ struct Transport {
     /// How long a closed connection may linger (`LINGER`; tests shorten it).
     linger: Duration,
     /// Messages for the supervisor produced inside core calls (device claims).
-    outbox: Vec<FromWorker>,
+    outbox: control::Outbox,
     refused: u64,
     slow_dropped: u64,
     log: RateLimitedLog,
@@ -265,14 +265,11 @@ impl Io for Transport {
     }
 
     fn device_claimed(&mut self, hash: u64) {
-        self.outbox.push(FromWorker::Claim {
-            hash,
-            at_ns: control::monotonic_ns(),
-        });
+        self.outbox.device_claimed(hash);
     }
 
     fn device_released(&mut self, hash: u64) {
-        self.outbox.push(FromWorker::Release { hash });
+        self.outbox.device_released(hash);
     }
 }
 
@@ -416,7 +413,7 @@ impl Worker {
             doomed: Vec::new(),
             lingering: VecDeque::new(),
             linger: LINGER,
-            outbox: Vec::new(),
+            outbox: control::Outbox::default(),
             refused: 0,
             slow_dropped: 0,
             log: RateLimitedLog::new(5),
@@ -461,7 +458,7 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    CONTROL => self.control()?,
+                    CONTROL => control::read_commands(self)?,
                     Token(fd) => {
                         let id = fd as ConnId;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -479,7 +476,7 @@ impl Worker {
                 next_tick = now + TICK_MS;
                 self.tick(now);
             }
-            self.send_outbox()?;
+            self.t.outbox.send(&mut self.control_out, None)?;
         }
         self.shutdown()
     }
@@ -670,74 +667,7 @@ impl Worker {
         }
     }
 
-    fn control(&mut self) -> anyhow::Result<()> {
-        if !self
-            .control
-            .fill(&mut self.control_in)
-            .context("reading the control socket")?
-        {
-            log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
-            self.stop = true;
-        }
-        while let Some(cmd) = self.control.next_command() {
-            match cmd {
-                Ok(cmd) => self.command(cmd)?,
-                Err(e) => log::error!("worker {}: bad control message: {e}", self.cfg.index),
-            }
-        }
-        Ok(())
-    }
-
-    fn command(&mut self, cmd: ToWorker) -> anyhow::Result<()> {
-        let now = self.t.now_ms();
-        let reply = match cmd {
-            ToWorker::Config(_) => None,
-            ToWorker::Broadcast { req, payload } => {
-                let started = Instant::now();
-                let fanout = self.core.broadcast(payload.as_bytes(), now, &mut self.t);
-                let fanout_us = started.elapsed().as_micros() as u64;
-                self.settle();
-                Some(FromWorker::Broadcast {
-                    req,
-                    websockets: fanout.websockets,
-                    polls: fanout.polls,
-                    fanout_us,
-                })
-            }
-            ToWorker::Push { req, hash, payload } => {
-                let delivered = self.core.push_hash(hash, payload.as_bytes(), now, &mut self.t);
-                self.settle();
-                Some(FromWorker::Push { req, delivered })
-            }
-            ToWorker::Evict { hash } => {
-                self.core.evict_device(hash, now, &mut self.t);
-                self.settle();
-                None
-            }
-            ToWorker::Stats { req } => Some(FromWorker::Stats {
-                req,
-                stats: Box::new(self.stats()),
-            }),
-            ToWorker::Shutdown => {
-                self.stop = true;
-                None
-            }
-        };
-        self.send_outbox()?;
-        if let Some(reply) = reply {
-            send_line(&mut self.control_out, &reply).context("writing to the supervisor")?;
-        }
-        Ok(())
-    }
-
-    fn send_outbox(&mut self) -> anyhow::Result<()> {
-        for msg in self.t.outbox.drain(..) {
-            send_line(&mut self.control_out, &msg).context("writing to the supervisor")?;
-        }
-        Ok(())
-    }
-
-    fn stats(&self) -> WorkerStats {
+    fn worker_stats(&self) -> WorkerStats {
         let (pending, buffered) = self
             .t
             .slots
@@ -793,6 +723,40 @@ impl Worker {
             self.t.live
         );
         Ok(())
+    }
+}
+
+impl control::Controlled for Worker {
+    type Io = Transport;
+
+    fn index(&self) -> usize {
+        self.cfg.index
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.t.now_ms()
+    }
+
+    fn channel(&mut self) -> (&mut control::ControlReader, &mut dyn Read) {
+        (&mut self.control, &mut self.control_in)
+    }
+
+    fn core_call<R>(&mut self, _now_ms: u64, f: impl FnOnce(&mut ServerCore, &mut Transport) -> R) -> R {
+        let r = f(&mut self.core, &mut self.t);
+        self.settle();
+        r
+    }
+
+    fn stats(&self) -> WorkerStats {
+        self.worker_stats()
+    }
+
+    fn send(&mut self, reply: Option<FromWorker>) -> anyhow::Result<()> {
+        self.t.outbox.send(&mut self.control_out, reply)
+    }
+
+    fn stop(&mut self) {
+        self.stop = true;
     }
 }
 

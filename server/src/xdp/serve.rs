@@ -15,7 +15,7 @@ use stack::{CloseReason, ConnId, Event, Link, Stack};
 use super::spill::SpillPool;
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{Io, ServerCore};
-use crate::kernel::control::{self, FromWorker};
+use crate::kernel::control;
 
 /// How long a connection the core closed may take to send its waiting output before it is
 /// reset (a peer that stops reading and keeps its window shut would hold it forever).
@@ -34,7 +34,7 @@ pub struct Transport<L: Link> {
     /// Reset as slow consumers during a core call; reported to the core right after it.
     pub doomed: Vec<u32>,
     /// Messages for the supervisor produced inside core calls (device claims).
-    pub outbox: Vec<FromWorker>,
+    pub outbox: control::Outbox,
     pub slow_dropped: u64,
     pub log: RateLimitedLog,
     pub now_ms: u64,
@@ -149,14 +149,11 @@ impl<L: Link> Io for Transport<L> {
     }
 
     fn device_claimed(&mut self, hash: u64) {
-        self.outbox.push(FromWorker::Claim {
-            hash,
-            at_ns: control::monotonic_ns(),
-        });
+        self.outbox.device_claimed(hash);
     }
 
     fn device_released(&mut self, hash: u64) {
-        self.outbox.push(FromWorker::Release { hash });
+        self.outbox.device_released(hash);
     }
 }
 
@@ -183,7 +180,7 @@ impl<L: Link> Served<L> {
                 out: SpillPool::new(spill_buffers, spill_size),
                 close_after_out: std::collections::HashMap::with_capacity(spill_buffers),
                 doomed: Vec::new(),
-                outbox: Vec::new(),
+                outbox: control::Outbox::default(),
                 slow_dropped: 0,
                 log: RateLimitedLog::new(5),
                 now_ms: 0,

@@ -16,11 +16,12 @@ use stack::xdp_link::{XdpLink, XdpLinkConfig};
 use stack::{clock, Event, Link, Stack, StackConfig};
 
 use super::serve::Served;
+use super::serve::Transport;
 use super::{XdpWorkerConfig, XdpWorkerStats};
 use crate::core::device::DeviceHasher;
 use crate::core::frame::MAX_HEADER;
 use crate::core::{CoreConfig, ServerCore, TICK_MS};
-use crate::kernel::control::{send_line, ControlReader, FromWorker, ToWorker, WorkerConfig, WorkerStats};
+use crate::kernel::control::{self, ControlReader, FromWorker, WorkerConfig, WorkerStats};
 use crate::kernel::worker::RecentExpiries;
 
 /// RX ring frames: twice the TX ring, so the ACKs of a full TX ring of pushes fit while we send.
@@ -161,10 +162,10 @@ impl Worker {
             }
             if Instant::now() >= next_control {
                 next_control = Instant::now() + CONTROL_EVERY;
-                self.control()?;
+                control::read_commands(self)?;
             }
             self.s.t.stack.flush(clock::now());
-            self.send_outbox()?;
+            self.s.t.outbox.send(&mut self.control_out, None)?;
             if let Some(started) = self.broadcast_started.filter(|_| !self.s.t.stack.has_work()) {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 log::info!("worker {}: broadcast handed to the link in {ms:.1} ms", self.cfg.index);
@@ -190,74 +191,7 @@ impl Worker {
         self.s.t.expire_close_after_out(now_ms);
     }
 
-    fn control(&mut self) -> anyhow::Result<()> {
-        if !self
-            .control
-            .fill(&mut self.control_in)
-            .context("reading the control socket")?
-        {
-            log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
-            self.stop = true;
-        }
-        while let Some(cmd) = self.control.next_command() {
-            match cmd {
-                Ok(cmd) => self.command(cmd)?,
-                Err(e) => log::error!("worker {}: bad control message: {e}", self.cfg.index),
-            }
-        }
-        Ok(())
-    }
-
-    fn command(&mut self, cmd: ToWorker) -> anyhow::Result<()> {
-        let now = self.now_ms();
-        let reply = match cmd {
-            ToWorker::Config(_) => None,
-            ToWorker::Broadcast { req, payload } => {
-                let started = Instant::now();
-                let fanout = self.s.call(now, |core, t| core.broadcast(payload.as_bytes(), now, t));
-                let fanout_us = started.elapsed().as_micros() as u64;
-                self.broadcast_started = Some(started);
-                Some(FromWorker::Broadcast {
-                    req,
-                    websockets: fanout.websockets,
-                    polls: fanout.polls,
-                    fanout_us,
-                })
-            }
-            ToWorker::Push { req, hash, payload } => {
-                let delivered = self
-                    .s
-                    .call(now, |core, t| core.push_hash(hash, payload.as_bytes(), now, t));
-                Some(FromWorker::Push { req, delivered })
-            }
-            ToWorker::Evict { hash } => {
-                self.s.call(now, |core, t| core.evict_device(hash, now, t));
-                None
-            }
-            ToWorker::Stats { req } => Some(FromWorker::Stats {
-                req,
-                stats: Box::new(self.stats()),
-            }),
-            ToWorker::Shutdown => {
-                self.stop = true;
-                None
-            }
-        };
-        self.send_outbox()?;
-        if let Some(reply) = reply {
-            send_line(&mut self.control_out, &reply).context("writing to the supervisor")?;
-        }
-        Ok(())
-    }
-
-    fn send_outbox(&mut self) -> anyhow::Result<()> {
-        for msg in self.s.t.outbox.drain(..) {
-            send_line(&mut self.control_out, &msg).context("writing to the supervisor")?;
-        }
-        Ok(())
-    }
-
-    fn stats(&self) -> WorkerStats {
+    fn worker_stats(&self) -> WorkerStats {
         let stack = &self.s.t.stack;
         WorkerStats {
             index: self.cfg.index,
@@ -326,5 +260,41 @@ impl Worker {
             self.s.t.stack.in_use()
         );
         Ok(())
+    }
+}
+
+impl control::Controlled for Worker {
+    type Io = Transport<XdpLink>;
+
+    fn index(&self) -> usize {
+        self.cfg.index
+    }
+
+    fn now_ms(&self) -> u64 {
+        Worker::now_ms(self)
+    }
+
+    fn channel(&mut self) -> (&mut ControlReader, &mut dyn std::io::Read) {
+        (&mut self.control, &mut self.control_in)
+    }
+
+    fn core_call<R>(&mut self, now_ms: u64, f: impl FnOnce(&mut ServerCore, &mut Transport<XdpLink>) -> R) -> R {
+        self.s.call(now_ms, f)
+    }
+
+    fn stats(&self) -> WorkerStats {
+        self.worker_stats()
+    }
+
+    fn send(&mut self, reply: Option<FromWorker>) -> anyhow::Result<()> {
+        self.s.t.outbox.send(&mut self.control_out, reply)
+    }
+
+    fn stop(&mut self) {
+        self.stop = true;
+    }
+
+    fn broadcast_written(&mut self, started: Instant) {
+        self.broadcast_started = Some(started);
     }
 }

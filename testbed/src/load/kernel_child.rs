@@ -391,28 +391,18 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
     }
 }
 
-/// Pings and data rounds, spread evenly: on each tick only every k-th slot is visited, so each
-/// connection is served once per interval and no tick touches every connection.
+/// Pings and data rounds, spread evenly over the ticks (`session::periodic_slots`).
 fn periodic(slab: &mut [Option<Conn>], sh: &mut Shared, tick_no: u64, poll: &Poll) {
-    let tick_ms = TICK.as_millis() as u64;
-    let jobs = [(sh.plan.ping_interval_ms, true), (sh.plan.send_interval_ms, false)];
-    for (interval_ms, is_ping) in jobs {
-        if interval_ms == 0 || slab.is_empty() {
+    for (slot, is_ping) in session::periodic_slots(&sh.plan, TICK.as_millis() as u64, tick_no, slab.len()) {
+        let Some(conn) = slab[slot].as_mut() else {
             continue;
-        }
-        let k = (interval_ms / tick_ms).max(1) as usize;
-        let phase = (tick_no % k as u64) as usize;
-        for slot in (phase..slab.len()).step_by(k) {
-            let Some(conn) = slab[slot].as_mut() else {
-                continue;
-            };
-            let _ = session::periodic_frame(conn, sh, is_ping);
-            if !conn.out.is_empty() && !conn.writable {
-                let _ =
-                    poll.registry()
-                        .reregister(&mut conn.stream, Token(slot), Interest::READABLE | Interest::WRITABLE);
-                conn.writable = true;
-            }
+        };
+        let _ = session::periodic_frame(conn, sh, is_ping);
+        if !conn.out.is_empty() && !conn.writable {
+            let _ = poll
+                .registry()
+                .reregister(&mut conn.stream, Token(slot), Interest::READABLE | Interest::WRITABLE);
+            conn.writable = true;
         }
     }
 }

@@ -317,6 +317,25 @@ fn record_push(conn: &mut Proto, payload: &[u8], sh: &mut Shared) {
     }
 }
 
+/// Which slots get a heartbeat ping (`true`) or a data-round frame (`false`) on tick `tick_no`:
+/// each job visits every k-th slot per tick (k = interval / tick), so every connection is served
+/// once per interval and no tick touches them all.
+pub fn periodic_slots(
+    plan: &ChildPlan,
+    tick_ms: u64,
+    tick_no: u64,
+    slots: usize,
+) -> impl Iterator<Item = (usize, bool)> + use<> {
+    let jobs = [(plan.ping_interval_ms, true), (plan.send_interval_ms, false)];
+    jobs.into_iter()
+        .filter(move |&(interval_ms, _)| interval_ms > 0 && slots > 0)
+        .flat_map(move |(interval_ms, is_ping)| {
+            let k = (interval_ms / tick_ms.max(1)).max(1) as usize;
+            let phase = (tick_no % k as u64) as usize;
+            (phase..slots).step_by(k).map(move |slot| (slot, is_ping))
+        })
+}
+
 /// A heartbeat ping or a data-round frame on an open connection.
 pub fn periodic_frame<C: Peer>(conn: &mut C, sh: &mut Shared, is_ping: bool) -> Fate {
     if conn.proto().state != State::Open {

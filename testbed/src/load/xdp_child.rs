@@ -400,21 +400,12 @@ fn drop_conn(
     }
 }
 
-/// Pings and data rounds, spread evenly: each tick visits every k-th slot.
+/// Pings and data rounds, spread evenly over the ticks (`session::periodic_slots`).
 fn periodic(conns: &mut [Option<Proto>], stack: &mut Stack<XdpLink>, sh: &mut Shared, tick_no: u64) {
-    let tick_ms = TICK.as_millis() as u64;
-    let jobs = [(sh.plan.ping_interval_ms, true), (sh.plan.send_interval_ms, false)];
-    for (interval_ms, is_ping) in jobs {
-        if interval_ms == 0 || conns.is_empty() {
-            continue;
-        }
-        let k = (interval_ms / tick_ms).max(1) as usize;
-        let phase = (tick_no % k as u64) as usize;
-        for slot in (phase..conns.len()).step_by(k) {
-            let id = ConnId(slot as u32);
-            let Some(p) = conns[slot].as_mut() else { continue };
-            // A frame that does not fit now is skipped this round (the connection is busy).
-            let _ = session::periodic_frame(&mut XdpPeer { p, stack, id }, sh, is_ping);
-        }
+    for (slot, is_ping) in session::periodic_slots(&sh.plan, TICK.as_millis() as u64, tick_no, conns.len()) {
+        let id = ConnId(slot as u32);
+        let Some(p) = conns[slot].as_mut() else { continue };
+        // A frame that does not fit now is skipped this round (the connection is busy).
+        let _ = session::periodic_frame(&mut XdpPeer { p, stack, id }, sh, is_ping);
     }
 }

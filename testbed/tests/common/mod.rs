@@ -128,3 +128,26 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
     cmd.args(["netns", "exec", ns, program]).args(args);
     output_of(cmd)
 }
+
+/// curl's WebSocket upgrade request to the server from the client namespace (cut off after 1 s,
+/// since the connection stays open): (exit success, what it printed).
+pub fn curl_upgrade(ns: &Netns) -> (bool, String) {
+    run_in(
+        &ns.cli,
+        "curl",
+        &[
+            "-si",
+            "--max-time",
+            "1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            &format!("http://{SERVER}/ws"),
+        ],
+    )
+}

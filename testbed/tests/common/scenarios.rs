@@ -53,24 +53,7 @@ pub fn standard_clients(prefix: &str, stack_args: &[&str]) {
         panic!("python client failed: {err}");
     }
 
-    let (_, curl) = run_in(
-        &ns.cli,
-        "curl",
-        &[
-            "-si",
-            "--max-time",
-            "1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            &format!("http://{SERVER}/ws"),
-        ],
-    );
+    let (_, curl) = curl_upgrade(&ns);
     assert!(curl.starts_with("HTTP/1.1 101 Switching Protocols"), "{curl}");
     assert!(
         curl.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
