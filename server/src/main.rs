@@ -129,7 +129,7 @@ fn run() -> anyhow::Result<()> {
     if args.stack == Stack::Xdp {
         return run_xdp(args);
     }
-    let fd_limit = kernel::hard_fd_limit();
+    let fd_limit = host::process::hard_fd_limit();
     let per_worker_capacity = fd_limit.saturating_sub(64).max(1);
     let (workers, max_conns) = match (args.workers, args.max_conns) {
         (_, Some(0)) | (Some(0), _) => bail!("--max-conns and --workers must be at least 1"),
@@ -176,7 +176,7 @@ fn server_config(
 }
 
 fn run_xdp(args: Args) -> anyhow::Result<()> {
-    if !xdp_prog::is_root() {
+    if !host::is_root() {
         bail!("--stack xdp needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW: XDP and AF_XDP)");
     }
     let iface = args.iface.clone().unwrap_or_default();

@@ -1,6 +1,6 @@
 //! A userspace TCP stack for millions of mostly idle connections: smoltcp, used one socket at a
 //! time, under our own connection table (`table`), buffer arena (`arena`) and timer wheel
-//! (`wheel`), over AF_XDP (`xdp_link`) or an in-memory wire (`mem_link`).
+//! (`timing::wheel`), over AF_XDP (`xdp_link`) or an in-memory wire (`mem_link`).
 //!
 //! The application drives it sans-I/O style: `poll` (frames in, events out), reads and writes by
 //! connection id, `flush` (frames out). See `stack` for the per-packet path.
@@ -15,7 +15,6 @@ pub mod port;
 pub mod stack;
 pub mod stats;
 pub mod table;
-pub mod wheel;
 pub mod wire;
 pub mod xdp_link;
 

@@ -23,8 +23,8 @@ use crate::link::{Link, LinkCounters};
 use crate::port::Port;
 use crate::stats::{MemoryReport, StackStats};
 use crate::table::ConnTable;
-use crate::wheel::{Due, Entry, TimerWheel};
 use crate::wire::{self, EthShim, FourTuple, NotTcp, TCP_ACK, TCP_RST, TCP_SYN};
+use timing::wheel::{Due, Entry, TimerWheel};
 
 /// A connection, as the application names it: the slot index. An id is the application's from
 /// `Accepted`/`connect` until it calls `close` or `abort`; only then can the slot be reused.

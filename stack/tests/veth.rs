@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use host::iface::mac_of;
 use stack::echo::{self, EchoStats};
-use stack::xdp_link::{mac_of, XdpLink, XdpLinkConfig};
+use stack::xdp_link::{XdpLink, XdpLinkConfig};
 use stack::{clock, LinkCounters, Stack, StackConfig, StackStats};
-use xdp_prog::testbed::{in_ns, privileged, spawn_in_ns, Testbed};
+use testkit::{in_ns, privileged, spawn_in_ns, Netns};
 use xdp_prog::{Counters, Mode, Steering};
 
 const ADDR: &str = "198.18.0.1:8080";
@@ -24,10 +25,10 @@ struct Report {
 }
 
 /// An echo server on our stack in the server namespace, until `stop`.
-fn start_server(tb: &Testbed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Report> {
+fn start_server(tb: &Netns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Report> {
     let dev = tb.dev();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let handle = spawn_in_ns(&tb.srv(), move || {
+    let handle = spawn_in_ns(&tb.srv, move || {
         let steering = Steering::attach(&dev, Mode::Native).expect("attach");
         steering.set_endpoints(&[ADDR.parse().unwrap()], false).unwrap();
         let link = XdpLink::open(&XdpLinkConfig::new(&dev, 0)).expect("AF_XDP socket");
@@ -61,12 +62,12 @@ fn the_linux_stack_connects_exchanges_data_and_closes_with_ours() {
     if !privileged("the_linux_stack_connects_exchanges_data_and_closes_with_ours") {
         return;
     }
-    let tb = Testbed::new("wsbs1", 2, 1);
+    let tb = Netns::setup_with_queues("wsbs1", 2, 1).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let server = start_server(&tb, stop.clone());
 
     let conns = 20;
-    let results = in_ns(&tb.cli(), move || {
+    let results = in_ns(&tb.cli, move || {
         let addr: SocketAddr = ADDR.parse().unwrap();
         let mut streams: Vec<TcpStream> = (0..conns)
             .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
@@ -127,11 +128,11 @@ fn one_stack_per_queue_each_serves_the_flows_of_its_queue() {
         return;
     }
     let queues = 2;
-    let tb = Testbed::new("wsbs2", 2, queues);
+    let tb = Netns::setup_with_queues("wsbs2", 2, queues).unwrap();
     let dev = tb.dev();
     // Attach and bind a socket per queue inside the server namespace, then run each queue's
     // stack on its own thread.
-    let (steering, links, mac) = in_ns(&tb.srv(), move || {
+    let (steering, links, mac) = in_ns(&tb.srv, move || {
         let steering = Steering::attach(&dev, Mode::Native).expect("attach");
         steering.set_endpoints(&[ADDR.parse().unwrap()], false).unwrap();
         let links: Vec<XdpLink> = (0..queues)
@@ -161,7 +162,7 @@ fn one_stack_per_queue_each_serves_the_flows_of_its_queue() {
         })
         .collect();
     let conns = 64;
-    let echoed = in_ns(&tb.cli(), move || {
+    let echoed = in_ns(&tb.cli, move || {
         let addr: SocketAddr = ADDR.parse().unwrap();
         let mut ok = 0;
         for i in 0..conns {

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::harness::{self, ChildGuard, Netns};
 use crate::load::hist::LatencySummary;
 use crate::load::parent::Summary;
 use crate::load::sources::CONNS_PER_SOURCE;
 use crate::measure::{self, process_tree, MemInput, MemReport, Snapshot, SystemCpu};
+use testkit::http::http_in_netns;
+use testkit::{sibling_binary, wait_for, ChildGuard, Netns};
 
 const SERVER: &str = "198.18.0.1:8080";
 const ADMIN: &str = "127.0.0.1:9001";
@@ -116,12 +117,12 @@ pub fn machine() -> Machine {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         mem_total_bytes: measure::MemInfo::read().map_or(0, |m| m.mem_total),
         kernel,
-        fd_hard_limit: ws_server::kernel::hard_fd_limit(),
+        fd_hard_limit: host::process::hard_fd_limit(),
     }
 }
 
 pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchReport> {
-    if !harness::is_root() {
+    if !host::is_root() {
         bail!("ws-bench needs root: it makes network namespaces and reads /proc/slabinfo");
     }
     let mut report = BenchReport {
@@ -152,8 +153,8 @@ fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
 fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::Result<StackResult> {
     let xdp = stack == "xdp";
     let started = Instant::now();
-    let server_bin = harness::sibling_binary("ws-server")?;
-    let load_bin = harness::sibling_binary("ws-load")?;
+    let server_bin = sibling_binary("ws-server")?;
+    let load_bin = sibling_binary("ws-load")?;
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
     let admin: SocketAddr = ADMIN.parse()?;
     let clients = (cfg.conns as usize).div_ceil(CONNS_PER_SOURCE).max(1);
@@ -190,14 +191,14 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::
     }
     let mut server = ChildGuard::spawn("ws-server", cmd)?;
     let stats = |path: &str| -> Option<serde_json::Value> {
-        let (status, body) = harness::http_in_netns(&netns.srv, "GET", admin, path, b"").ok()?;
+        let (status, body) = http_in_netns(&netns.srv, "GET", admin, path, b"").ok()?;
         if status != 200 {
             return None;
         }
         serde_json::from_str(&body).ok()
     };
     // Dozens of worker processes may take a while to start on two busy cores.
-    if harness::wait_for(Duration::from_secs(90), Duration::from_millis(200), || stats("/stats")).is_none() {
+    if wait_for(Duration::from_secs(90), Duration::from_millis(200), || stats("/stats")).is_none() {
         bail!("the server did not come up; see {}", server_log_path.display());
     }
     let workers = stats("/stats").and_then(|s| s["workers"].as_u64()).unwrap_or(0) as usize;
@@ -273,7 +274,7 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::
     let mut broadcasts = Vec::new();
     for i in 0..cfg.broadcasts {
         check_stop(stop)?;
-        let (status, body) = harness::http_in_netns(&netns.srv, "POST", admin, "/broadcast", b"")?;
+        let (status, body) = http_in_netns(&netns.srv, "POST", admin, "/broadcast", b"")?;
         if status != 200 {
             bail!("broadcast {i} failed: {status} {body}");
         }
@@ -295,7 +296,7 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: &str) -> anyhow::
         // the xdp server says when its output has left; for the kernel, wait a multiple of the
         // hand-off time.
         if xdp {
-            let drained = harness::wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
+            let drained = wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
                 let s = stats("/stats")?;
                 let workers = s["per_worker"].as_array()?.clone();
                 let pending: u64 = workers
@@ -425,7 +426,7 @@ fn thousands(v: f64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

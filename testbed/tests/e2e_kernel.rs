@@ -10,7 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use testbed::harness::{self, Netns};
+use testkit::http::http_in_netns;
+use testkit::Netns;
 
 /// 2,400 connections from 4 client addresses: every connection gets both broadcasts, a targeted
 /// push reaches exactly its device, and /stats agrees with what the clients saw.
@@ -92,7 +93,7 @@ fn broadcast_targeted_push_and_stats_agree() {
         admin_json(&ns, "/conns"),
         serde_json::json!({"closed": 2400, "conns": 0})
     );
-    let (status, metrics) = harness::http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
+    let (status, metrics) = http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
     assert_eq!(status, 200);
     assert!(metrics.contains("wsserver_accepted_total 2400\n"), "{metrics}");
 }
@@ -250,7 +251,7 @@ fn stats_of_many_workers_is_one_plain_body() {
     let dir = scratch("many-workers");
     let ns = Netns::setup("wsbtb", 1).unwrap();
     let _server = start_server(&ns, &["--workers", "40"], &dir.join("server.log"));
-    let (status, body) = harness::http_in_netns(&ns.srv, "GET", admin(), "/stats", b"").unwrap();
+    let (status, body) = http_in_netns(&ns.srv, "GET", admin(), "/stats", b"").unwrap();
     assert_eq!(status, 200);
     assert!(body.len() > 32 * 1024, "{} bytes", body.len());
     let stats: serde_json::Value = serde_json::from_str(&body).expect("one JSON body, not chunks");

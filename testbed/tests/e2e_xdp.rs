@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use testbed::harness::{self, ChildGuard, Netns};
+use testkit::{wait_for, ChildGuard, Netns};
 
 fn xdp_server_args(ns: &Netns) -> Vec<String> {
     ["--stack", "xdp", "--iface", &format!("{}-s0", ns.prefix)]
@@ -203,7 +203,7 @@ fn large_messages_spill_and_a_crash_then_restart_works() {
     server.wait_timeout(Duration::from_secs(5)).expect("killed");
     assert!(attached(), "a killed server leaves its program attached");
     // Its worker goes too (parent-death signal).
-    let gone = harness::wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+    let gone = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
         let alive = workers
             .split_whitespace()
             .any(|w| std::fs::read_to_string(format!("/proc/{w}/stat")).is_ok_and(|s| !s.contains(") Z ")));
@@ -339,7 +339,7 @@ fn two_queues_two_workers() {
         assert!(head.starts_with(b"HTTP/1.1 101 "));
         hold_rx.recv().unwrap();
     });
-    let replaced = harness::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+    let replaced = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
         (admin_json(&ns, "/stats")["devices_replaced"] == 1).then_some(())
     });
     assert!(replaced.is_some(), "{}", admin_json(&ns, "/stats"));
@@ -362,7 +362,7 @@ fn the_program_attach_sh_pinned_is_adopted_and_left_attached() {
     }
     let dir = scratch("xdp-adopt");
     let ns = Netns::setup("wsbte", 1).unwrap();
-    let root = testbed::harness::repo_root().unwrap();
+    let root = testkit::repo_root().unwrap();
     let script = |name: &str| {
         let mut cmd = std::process::Command::new("bash");
         cmd.arg(root.join("testbed").join(name)).args(["--prefix", "wsbte"]);

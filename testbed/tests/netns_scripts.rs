@@ -7,7 +7,7 @@ fn netns_scripts_selftest() {
     if !common::privileged("netns_scripts_selftest") {
         return;
     }
-    let root = testbed::harness::repo_root().unwrap();
+    let root = testkit::repo_root().unwrap();
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(root.join("netns-scripts/selftest.sh"));
     let (ok, text) = common::output_of(cmd);

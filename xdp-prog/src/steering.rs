@@ -121,11 +121,6 @@ fn capture_libbpf_log(_level: libbpf_rs::PrintLevel, line: String) {
     }
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The interface index of `iface` in the calling thread's network namespace.
 pub fn ifindex(iface: &str) -> Result<u32> {
     let name = CString::new(iface).map_err(|_| SteerError::NoSuchInterface(iface.to_string()))?;
@@ -219,7 +214,7 @@ pub struct Steering {
 impl Steering {
     /// Load the program (the verifier checks it) without attaching it anywhere.
     pub fn load() -> Result<Steering> {
-        if !is_root() {
+        if !host::is_root() {
             return Err(SteerError::NotRoot);
         }
         if let Ok(mut log) = LOAD_LOG.lock() {
@@ -256,7 +251,7 @@ impl Steering {
 
     /// Load the program and attach it to `iface` (in the calling thread's network namespace).
     pub fn attach(iface: &str, mode: Mode) -> Result<Steering> {
-        if !is_root() {
+        if !host::is_root() {
             return Err(SteerError::NotRoot);
         }
         let index = ifindex(iface)?;

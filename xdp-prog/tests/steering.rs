@@ -8,22 +8,23 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xdp_prog::testbed::{in_ns, privileged, repo_root, Testbed};
-use xdp_prog::xsk::XskSocket;
-use xdp_prog::{attached_program, netns, Mode, SteerError, Steering};
+use afxdp::Socket;
+use host::netns;
+use testkit::{in_ns, privileged, repo_root, spawn_in_ns, Netns};
+use xdp_prog::{attached_program, Mode, SteerError, Steering};
 
 const SERVER: &str = "198.18.0.1:8080";
 
 /// A TCP connect from the client namespace; whether it was established within `timeout`.
-fn connects(tb: &Testbed, to: &str, timeout: Duration) -> bool {
+fn connects(tb: &Netns, to: &str, timeout: Duration) -> bool {
     let to: SocketAddr = to.parse().unwrap();
-    in_ns(&tb.cli(), move || TcpStream::connect_timeout(&to, timeout).is_ok())
+    in_ns(&tb.cli, move || TcpStream::connect_timeout(&to, timeout).is_ok())
 }
 
 /// A TCP connect to SERVER from `src` in the client namespace; whether it completed.
-fn connects_from(tb: &Testbed, src: &str, timeout: Duration) -> bool {
+fn connects_from(tb: &Netns, src: &str, timeout: Duration) -> bool {
     let src: std::net::IpAddr = src.parse().unwrap();
-    in_ns(&tb.cli(), move || {
+    in_ns(&tb.cli, move || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.bind(&SocketAddr::new(src, 0).into()).unwrap();
         let to: SocketAddr = SERVER.parse().unwrap();
@@ -33,16 +34,30 @@ fn connects_from(tb: &Testbed, src: &str, timeout: Duration) -> bool {
 
 /// On the calling thread (inside the server namespace): the program attached to `dev` in native
 /// mode, steering SERVER, with a receiving socket registered on each of `queues` queues.
-fn steer_into_sockets(dev: &str, queues: u32, arp: bool) -> (Steering, Vec<XskSocket>) {
+fn steer_into_sockets(dev: &str, queues: u32, arp: bool) -> (Steering, Vec<Socket>) {
     let steering = Steering::attach(dev, Mode::Native).unwrap();
     steering.set_endpoints(&[SERVER.parse().unwrap()], arp).unwrap();
-    let socks: Vec<XskSocket> = (0..queues)
-        .map(|q| XskSocket::bind(dev, q, 1024, true, false).unwrap())
-        .collect();
+    let socks: Vec<Socket> = (0..queues).map(|q| receiver(dev, q)).collect();
     for (q, s) in socks.iter().enumerate() {
         steering.register_socket(q as u32, s.fd()).unwrap();
     }
     (steering, socks)
+}
+
+/// A receive-only AF_XDP socket on `queue` of `dev` (this thread's namespace).
+fn receiver(dev: &str, queue: u32) -> Socket {
+    Socket::bind(&afxdp::Config {
+        rx_frames: 1024,
+        tx_frames: 0,
+        ..afxdp::Config::new(dev, queue)
+    })
+    .unwrap()
+}
+
+/// Wait up to `ms` for frames on `socket` and hand each to `each`; returns how many came.
+fn recv(socket: &mut Socket, ms: i32, mut each: impl FnMut(&[u8])) -> usize {
+    socket.wait(ms);
+    socket.receive(256, &mut |frame, _| each(frame))
 }
 
 /// (destination port, SYN flag) of a TCP/IPv4 frame, if it is one.
@@ -71,8 +86,8 @@ fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
     if !privileged("steers_only_its_endpoint_falls_back_without_a_socket_and_detaches") {
         return;
     }
-    let tb = Testbed::new("wsbx1", 2, 1);
-    let (srv, dev) = (tb.srv(), tb.dev());
+    let tb = Netns::setup_with_queues("wsbx1", 2, 1).unwrap();
+    let (srv, dev) = (tb.srv.clone(), tb.dev());
 
     // The server side lives on one thread inside the server namespace, reached over channels.
     enum Cmd {
@@ -112,13 +127,12 @@ fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
                     let (mut frames, mut syns_to_8080) = (0, 0);
                     let deadline = Instant::now() + d;
                     while Instant::now() < deadline {
-                        xsk.recv(Duration::from_millis(50), |f| {
+                        recv(&mut xsk, 50, |f| {
                             frames += 1;
                             if tcp_of(f) == Some((8080, true)) {
                                 syns_to_8080 += 1;
                             }
-                        })
-                        .unwrap();
+                        });
                     }
                     format!("{frames} {syns_to_8080}")
                 }
@@ -159,7 +173,7 @@ fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
         .args([
             "netns",
             "exec",
-            &tb.cli(),
+            &tb.cli,
             "ping",
             "-c",
             "2",
@@ -221,8 +235,8 @@ fn each_queue_reaches_its_own_socket() {
     if !privileged("each_queue_reaches_its_own_socket") {
         return;
     }
-    let tb = Testbed::new("wsbx2", 2, 2);
-    let (srv, dev) = (tb.srv(), tb.dev());
+    let tb = Netns::setup_with_queues("wsbx2", 2, 2).unwrap();
+    let (srv, dev) = (tb.srv.clone(), tb.dev());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
@@ -234,14 +248,14 @@ fn each_queue_reaches_its_own_socket() {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             for (q, s) in socks.iter_mut().enumerate() {
-                per_queue[q] += s.recv(Duration::from_millis(10), |_| {}).unwrap() as u64;
+                per_queue[q] += recv(s, 10, |_| {}) as u64;
             }
         }
         (per_queue, steering.counters().unwrap())
     });
     ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     // 64 flows (one SYN each, then dropped): their hashes spread them over both queues.
-    let cli = tb.cli();
+    let cli = tb.cli.clone();
     in_ns(&cli, || {
         let socks: Vec<socket2::Socket> = (0..64)
             .map(|_| {
@@ -258,7 +272,7 @@ fn each_queue_reaches_its_own_socket() {
     let (per_queue, counters) = server.join().unwrap();
     let dev = tb.dev();
     assert_eq!(
-        in_ns(&tb.srv(), move || attached_program(&dev).unwrap()),
+        in_ns(&tb.srv, move || attached_program(&dev).unwrap()),
         None,
         "dropping the handle detached it"
     );
@@ -275,11 +289,11 @@ fn attach_script_status_and_detach_script() {
     if !privileged("attach_script_status_and_detach_script") {
         return;
     }
-    let tb = Testbed::new("wsbx3", 2, 1);
+    let tb = Netns::setup_with_queues("wsbx3", 2, 1).unwrap();
     let steer = env!("CARGO_BIN_EXE_xdp-steer");
     let script = |name: &str| {
         let out = Command::new("bash")
-            .arg(repo_root().join("testbed").join(name))
+            .arg(repo_root().unwrap().join("testbed").join(name))
             .args(["--prefix", "wsbx3"])
             .env("XDP_STEER", steer)
             .stdin(Stdio::null())
@@ -299,7 +313,7 @@ fn attach_script_status_and_detach_script() {
                 "status",
                 &tb.dev(),
                 "--netns",
-                &tb.srv(),
+                &tb.srv,
                 "--pin",
                 "/run/wsb/bpffs/wsbx3",
                 "--json",
@@ -325,7 +339,7 @@ fn attach_script_status_and_detach_script() {
         .args([
             "netns",
             "exec",
-            &tb.srv(),
+            &tb.srv,
             steer,
             "status",
             &tb.dev(),
@@ -345,34 +359,6 @@ fn attach_script_status_and_detach_script() {
     script("detach.sh");
 }
 
-/// The flood benchmark's own accounting holds at a small size: every frame it sent was
-/// redirected by XDP, and every redirected frame was received or counted as dropped by AF_XDP.
-#[test]
-fn flood_tool_accounts_for_every_frame() {
-    if !privileged("flood_tool_accounts_for_every_frame") {
-        return;
-    }
-    let json = std::env::temp_dir().join(format!("xdp-flood-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_xdp-flood"))
-        .args(["--packets", "20000", "--prefix", "wsbx4", "--seconds", "30", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(r["sent"], 20000, "{r}");
-    let redirected = r["xdp_counters"]["redirected"].as_u64().unwrap();
-    let received = r["received"].as_u64().unwrap();
-    let dropped = r["af_xdp"]["rx_dropped"].as_u64().unwrap();
-    assert!(redirected <= 20000 && redirected > 0, "{r}");
-    assert_eq!(received + dropped, redirected, "{r}");
-    assert_eq!(r["xdp_counters"]["no_socket"], 0);
-    assert!(
-        !std::path::Path::new("/var/run/netns/wsbx4-srv").exists(),
-        "namespaces removed"
-    );
-}
-
 /// With ARP steering on, ARP requests for the endpoint address go to the socket (the kernel no
 /// longer answers them); without it they reach the kernel.
 #[test]
@@ -380,8 +366,8 @@ fn arp_for_the_endpoint_address_is_steered_when_asked() {
     if !privileged("arp_for_the_endpoint_address_is_steered_when_asked") {
         return;
     }
-    let tb = Testbed::new("wsbx5", 2, 1);
-    let (srv, dev) = (tb.srv(), tb.dev());
+    let tb = Netns::setup_with_queues("wsbx5", 2, 1).unwrap();
+    let (srv, dev) = (tb.srv.clone(), tb.dev());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
@@ -393,18 +379,17 @@ fn arp_for_the_endpoint_address_is_steered_when_asked() {
         go_rx.recv().unwrap();
         let mut arp_frames = 0;
         for _ in 0..20 {
-            xsk.recv(Duration::from_millis(20), |f| {
+            recv(xsk, 20, |f| {
                 if f.len() >= 14 && f[12..14] == [0x08, 0x06] {
                     arp_frames += 1;
                 }
-            })
-            .unwrap();
+            });
         }
         (arp_frames, steering.counters().unwrap())
     });
     ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     let ping = Command::new("ip")
-        .args(["netns", "exec", &tb.cli(), "ping", "-c", "1", "-W", "1", "198.18.0.1"])
+        .args(["netns", "exec", &tb.cli, "ping", "-c", "1", "-W", "1", "198.18.0.1"])
         .output()
         .unwrap();
     assert!(!ping.status.success(), "the kernel answered no ARP, so ping fails");
@@ -421,7 +406,7 @@ fn someone_elses_program_is_not_replaced() {
     if !privileged("someone_elses_program_is_not_replaced") {
         return;
     }
-    let tb = Testbed::new("wsbx6", 2, 1);
+    let tb = Netns::setup_with_queues("wsbx6", 2, 1).unwrap();
     let dir = std::env::temp_dir().join(format!("wsb-foreign-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -441,7 +426,7 @@ fn someone_elses_program_is_not_replaced() {
     assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
     let foreign = dir.join("foreign.o");
     let attach = Command::new("ip")
-        .args(["-n", &tb.srv(), "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
+        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
         .arg(&foreign)
         .args(["sec", "xdp"])
         .output()
@@ -449,14 +434,14 @@ fn someone_elses_program_is_not_replaced() {
     assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
 
     let dev = tb.dev();
-    let refused = in_ns(&tb.srv(), move || match Steering::attach(&dev, Mode::Auto) {
+    let refused = in_ns(&tb.srv, move || match Steering::attach(&dev, Mode::Auto) {
         Err(SteerError::AttachedBySomeoneElse { name, .. }) => name,
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("attached over someone else's program"),
     });
     assert_eq!(refused, "foreign");
     let out = Command::new(env!("CARGO_BIN_EXE_xdp-steer"))
-        .args(["detach", &tb.dev(), "--netns", &tb.srv()])
+        .args(["detach", &tb.dev(), "--netns", &tb.srv])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -466,7 +451,7 @@ fn someone_elses_program_is_not_replaced() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dev = tb.dev();
-    let still = in_ns(&tb.srv(), move || attached_program(&dev).unwrap());
+    let still = in_ns(&tb.srv, move || attached_program(&dev).unwrap());
     assert_eq!(still.map(|(_, name, _)| name), Some("foreign".to_string()));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -480,8 +465,8 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
     if !privileged("client_mode_steers_everything_from_the_server_endpoint") {
         return;
     }
-    let tb = Testbed::new("wsbx7", 2, 1);
-    let listeners = in_ns(&tb.srv(), || {
+    let tb = Netns::setup_with_queues("wsbx7", 2, 1).unwrap();
+    let listeners = in_ns(&tb.srv, || {
         (
             TcpListener::bind(SERVER).unwrap(),
             TcpListener::bind("198.18.0.1:9000").unwrap(),
@@ -490,13 +475,13 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
     let dev = tb.client_dev();
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<()>();
     let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Vec<u16>, String, xdp_prog::Counters)>();
-    let client = xdp_prog::testbed::spawn_in_ns(&tb.cli(), move || {
+    let client = spawn_in_ns(&tb.cli, move || {
         let steering = Steering::attach(&dev, Mode::Native).unwrap();
         steering
             .set_sources(&[SERVER.parse().unwrap()], &["198.19.0.1".parse().unwrap()])
             .unwrap();
         let listing = format!("{:?} {:?}", steering.endpoints().unwrap(), steering.sources());
-        let mut xsk = XskSocket::bind(&dev, 0, 1024, true, false).unwrap();
+        let mut xsk = receiver(&dev, 0);
         steering.register_socket(0, xsk.fd()).unwrap();
         res_tx
             .send((0, vec![], listing.clone(), steering.counters().unwrap()))
@@ -505,13 +490,12 @@ fn client_mode_steers_everything_from_the_server_endpoint() {
         let (mut frames, mut ports) = (0, Vec::new());
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            xsk.recv(Duration::from_millis(50), |f| {
+            recv(&mut xsk, 50, |f| {
                 frames += 1;
                 if f.len() >= 54 && f[23] == 6 && f[47] & 0x12 == 0x12 {
                     ports.push(u16::from_be_bytes([f[34], f[35]]));
                 }
-            })
-            .unwrap();
+            });
         }
         res_tx
             .send((frames, ports, listing, steering.counters().unwrap()))

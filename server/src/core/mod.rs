@@ -14,8 +14,8 @@ use device::{DeviceHasher, DeviceMap};
 use frame::{close_code, FrameError, Op, Role, Utf8Carry, MAX_CONTROL_PAYLOAD, MAX_HEADER};
 use http::{Parsed, Reject, Request, Response};
 use ratelog::RateLimitedLog;
-use stack::wheel::{Due, Entry, TimerWheel};
 use stats::CoreStats;
+use timing::wheel::{Due, Entry, TimerWheel};
 
 /// A connection, as numbered by the transport (a file descriptor, a stack slot). The transport may
 /// reuse a number once it reported the connection gone or was told to close it.

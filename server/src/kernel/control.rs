@@ -231,7 +231,7 @@ impl Outbox {
     pub fn device_claimed(&mut self, hash: u64) {
         self.0.push(FromWorker::Claim {
             hash,
-            at_ns: monotonic_ns(),
+            at_ns: host::monotonic_ns(),
         });
     }
 
@@ -255,14 +255,6 @@ pub fn send_line(out: &mut std::os::unix::net::UnixStream, msg: &FromWorker) -> 
     let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     line.push(b'\n');
     out.write_all(&line)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: one clock for all processes on the machine.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

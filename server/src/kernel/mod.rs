@@ -46,55 +46,6 @@ pub struct KernelConfig {
     pub xdp: Option<crate::xdp::XdpOptions>,
 }
 
-/// Raise the soft open-file limit to the hard one; returns the limit in force.
-pub fn raise_fd_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    lim.rlim_cur.min(1 << 24) as usize
-}
-
-/// The hard open-file limit (what one process can ever hold).
-pub fn hard_fd_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
-    }
-    lim.rlim_max.min(1 << 24) as usize
-}
-
-/// Resident set size of this process, from /proc/self/statm.
-pub fn own_rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no memory effects.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
-}
-
 /// A listener that shares its port with the other workers' listeners.
 pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -167,21 +118,21 @@ struct Supervisor {
     started: Instant,
     stopping: bool,
     /// The XDP steering of an xdp server (detached after the workers stop).
-    xdp: Option<crate::xdp::steer::Attachment>,
+    xdp: Option<xdp_prog::Attachment>,
 }
 
 /// Steering attached and the workers' common xdp settings (`--stack xdp`).
 fn prepare_xdp(
     x: &crate::xdp::XdpOptions,
     listen: SocketAddr,
-) -> anyhow::Result<(crate::xdp::steer::Attachment, crate::xdp::XdpWorkerConfig)> {
+) -> anyhow::Result<(xdp_prog::Attachment, crate::xdp::XdpWorkerConfig)> {
     let SocketAddr::V4(listen) = listen else {
         bail!("--stack xdp serves IPv4 only (got --listen {listen})");
     };
     if xdp_prog::ifindex(&x.iface).is_err() {
         bail!("--iface {}: no such interface in this network namespace", x.iface);
     }
-    let addrs = crate::xdp::iface_ipv4(&x.iface);
+    let addrs = host::iface::iface_ipv4(&x.iface);
     let (addr, prefix_len) = if listen.ip().is_unspecified() {
         addrs.first().copied().with_context(|| {
             format!(
@@ -200,10 +151,10 @@ fn prepare_xdp(
         })?
     };
     let endpoint = std::net::SocketAddrV4::new(addr, listen.port());
-    let att = crate::xdp::steer::Attachment::prepare(
+    let att = xdp_prog::Attachment::prepare(
         &x.iface,
         x.mode,
-        crate::xdp::steer::Steer::To(endpoint),
+        xdp_prog::Steer::To(endpoint),
         x.pin.as_deref(),
         x.queues,
     )?;
@@ -593,7 +544,7 @@ impl Supervisor {
                     stats,
                     self.broadcasts_done,
                     self.last_broadcast.clone(),
-                    own_rss_bytes(),
+                    host::process::own_rss_bytes(),
                 );
                 report.steering = self.xdp.as_ref().and_then(|a| a.counters());
                 let (body, content_type) = report.render(format);

@@ -384,7 +384,7 @@ impl Worker {
         control_in: std::os::unix::net::UnixStream,
         control_out: std::os::unix::net::UnixStream,
     ) -> anyhow::Result<Worker> {
-        let fd_limit = super::raise_fd_limit();
+        let fd_limit = host::process::raise_fd_limit();
         let listener = super::reuseport_listener(cfg.listen)?;
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
@@ -686,7 +686,7 @@ impl Worker {
             expiry_busy_ns: self.expiry_busy_ns,
             expired_last_10s: self.recent_expiries.sum(),
             core_heap_bytes: self.core.heap_bytes() as u64,
-            rss_bytes: super::own_rss_bytes(),
+            rss_bytes: host::process::own_rss_bytes(),
             open_fds: self.t.live as u64,
             fd_limit: self.fd_limit as u64,
             xdp: None,

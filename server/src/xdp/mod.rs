@@ -5,7 +5,6 @@
 
 pub mod serve;
 pub mod spill;
-pub mod steer;
 pub mod worker;
 
 use std::net::Ipv4Addr;
@@ -66,41 +65,4 @@ pub struct XdpWorkerStats {
     pub tx_pending_conns: u64,
     /// From the last broadcast's start until the stack had sent every frame of it.
     pub last_broadcast_tx_ms: Option<f64>,
-}
-
-/// The IPv4 addresses of `iface` with their prefix lengths (in this network namespace).
-pub fn iface_ipv4(iface: &str) -> Vec<(Ipv4Addr, u8)> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` walks the list getifaddrs returned, which stays valid until freed.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string; ifa_addr points at a sockaddr.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
-        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: an AF_INET sockaddr is a sockaddr_in; the netmask is one too.
-        let addr = unsafe { *(ifa.ifa_addr as *const libc::sockaddr_in) };
-        let prefix = if ifa.ifa_netmask.is_null() {
-            32
-        } else {
-            let mask = unsafe { *(ifa.ifa_netmask as *const libc::sockaddr_in) };
-            u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
-        };
-        found.push((Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), prefix));
-    }
-    // SAFETY: the list from getifaddrs, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    found
 }

@@ -65,7 +65,7 @@ impl Worker {
             .with_context(|| format!("binding an AF_XDP socket to {} queue {}", x.iface, x.queue))?;
         let xsks = xdp_prog::XskMap::open(x.xsks_map_id)?;
         let umem_bytes = link.umem_bytes() as u64;
-        let our_mac = stack::xdp_link::mac_of(&x.iface).with_context(|| format!("reading the MAC of {}", x.iface))?;
+        let our_mac = host::iface::mac_of(&x.iface).with_context(|| format!("reading the MAC of {}", x.iface))?;
         let stack_cfg = StackConfig {
             max_conns: cfg.max_conns,
             rx_buf: x.rx_buf,
@@ -205,7 +205,7 @@ impl Worker {
             expiry_busy_ns: self.expiry_busy_ns,
             expired_last_10s: self.recent_expiries.sum(),
             core_heap_bytes: self.s.core.heap_bytes() as u64,
-            rss_bytes: crate::kernel::own_rss_bytes(),
+            rss_bytes: host::process::own_rss_bytes(),
             open_fds: 0,
             fd_limit: 0,
             xdp: Some(Box::new(XdpWorkerStats {

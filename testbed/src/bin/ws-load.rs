@@ -139,7 +139,7 @@ fn run() -> anyhow::Result<i32> {
     let xdp = match args.stack {
         Stack::Kernel => None,
         Stack::Xdp => {
-            if !xdp_prog::is_root() {
+            if !host::is_root() {
                 bail!("--stack xdp needs root (XDP and AF_XDP on --iface)");
             }
             if args.procs.is_some_and(|p| p != 1) {
@@ -150,7 +150,7 @@ fn run() -> anyhow::Result<i32> {
             }
             let server_mac =
                 match &args.server_mac {
-                    Some(text) => Some(stack::xdp_link::parse_mac(text).with_context(|| {
+                    Some(text) => Some(host::iface::parse_mac(text).with_context(|| {
                         format!("--server-mac '{text}' is not a MAC address like 02:00:00:00:00:01")
                     })?),
                     None => None,
@@ -198,7 +198,7 @@ fn run() -> anyhow::Result<i32> {
             args.conns
         );
     }
-    let fd_limit = ws_server::kernel::hard_fd_limit() as u64;
+    let fd_limit = host::process::hard_fd_limit() as u64;
     let procs = match xdp {
         Some(_) => 1,
         None => args

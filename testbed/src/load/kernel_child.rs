@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use host::monotonic_ns;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use ws_server::kernel::control::monotonic_ns;
 
 use super::session::{self, ended, eof, fail, set_state, Fate, Peer, Proto, Shared, State};
 use super::{ChildLine, ChildPlan};
@@ -45,7 +45,7 @@ impl Peer for Conn {
 }
 
 pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
-    ws_server::kernel::raise_fd_limit();
+    host::process::raise_fd_limit();
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;

@@ -4,9 +4,9 @@
 //! (AF_XDP). A transport implements [`Peer`]: the connection's protocol state and a way to send.
 
 use hdrhistogram::Histogram;
+use host::monotonic_ns;
 use ws_server::core::frame::{self, close_code, Op, Role};
 use ws_server::core::message;
-use ws_server::kernel::control::monotonic_ns;
 
 use super::client::{self, Handshake, PollAnswer};
 use super::{hist, ChildCounters, ChildFinal, ChildPlan};
@@ -412,8 +412,9 @@ pub fn final_line(sh: &Shared) -> ChildFinal {
 
 /// (user seconds, system seconds, max RSS bytes) of this process.
 fn rusage() -> (f64, f64, u64) {
-    // SAFETY: getrusage fills the struct we own.
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss as u64 * 1024)

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stack::xdp_link::{mac_of, XdpLink, XdpLinkConfig};
+use host::iface::{iface_ipv4, mac_of, neighbour_mac};
+use host::monotonic_ns;
+use stack::xdp_link::{XdpLink, XdpLinkConfig};
 use stack::{clock, CloseReason, ConnId, ConnectError, Event, Link, Stack, StackConfig};
-use ws_server::kernel::control::monotonic_ns;
-use ws_server::xdp::steer::{Attachment, Steer};
+use xdp_prog::{Attachment, Steer};
 
 use super::session::{self, ended, eof, fail, set_state, Fate, Peer, Proto, Shared, State};
 use super::{ChildLine, ChildPlan};
@@ -63,23 +64,20 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     let sources: Vec<Ipv4Addr> = if plan.sources.is_empty() {
-        ws_server::xdp::iface_ipv4(&x.iface)
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect()
+        iface_ipv4(&x.iface).into_iter().map(|(a, _)| a).collect()
     } else {
         plan.sources.clone()
     };
     let Some(&first_source) = sources.first() else {
         bail!("--iface {} has no IPv4 address to connect from (pass --src)", x.iface);
     };
-    let prefix_len = ws_server::xdp::iface_ipv4(&x.iface)
+    let prefix_len = iface_ipv4(&x.iface)
         .iter()
         .find(|(a, _)| *a == first_source)
         .map_or(32, |(_, p)| *p);
     let server_mac = match x.server_mac {
         Some(mac) => mac,
-        None => neighbour_mac(*server.ip())?,
+        None => neighbour_mac(*server.ip()).context("finding the server's MAC (or pass --server-mac)")?,
     };
     let mut steering = Attachment::prepare(
         &x.iface,
@@ -122,27 +120,6 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     let _ = xsks.unregister(0);
     steering.finish();
     result
-}
-
-/// The server's MAC from the kernel's neighbour table, prompting an ARP exchange if needed (a
-/// datagram to the discard port of the server, one of our test hosts).
-fn neighbour_mac(ip: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
-    let probe = std::net::UdpSocket::bind("0.0.0.0:0").context("a UDP socket to prompt ARP")?;
-    for _ in 0..50 {
-        let table = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
-        for line in table.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // IP address, HW type, Flags (0x2: complete), HW address, Mask, Device.
-            if f.len() >= 4 && f[0] == ip.to_string() && f[2] != "0x0" {
-                if let Some(mac) = stack::xdp_link::parse_mac(f[3]) {
-                    return Ok(mac);
-                }
-            }
-        }
-        let _ = probe.send_to(b"arp?", SocketAddrV4::new(ip, 9));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("no ARP answer from {ip}: is the server's interface up in this testbed? (or pass --server-mac)")
 }
 
 fn emit(out: &mut impl Write, line: &ChildLine) -> anyhow::Result<()> {

@@ -366,7 +366,7 @@ broken_line  12 x
         let s = match SlabInfo::read() {
             Ok(s) => s,
             // Not root: the error must say which file, and we stop here.
-            Err(e @ MeasureError::Io { .. }) if unsafe { libc::geteuid() } != 0 => {
+            Err(e @ MeasureError::Io { .. }) if !host::is_root() => {
                 assert!(e.to_string().contains("/proc/slabinfo"));
                 return;
             }

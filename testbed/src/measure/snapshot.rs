@@ -119,17 +119,11 @@ mod tests {
     use super::*;
     use crate::measure::{bytes_per_conn, render_table};
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
-    }
-
     /// Live end to end on this machine: open real loopback connections
     /// between two snapshots and check the report is plausible.
     #[test]
     fn live_snapshot_and_report() {
-        if !is_root() {
-            eprintln!("skipping: /proc/slabinfo needs root");
+        if !testkit::privileged("live_snapshot_and_report") {
             return;
         }
         let me = std::process::id();

@@ -4,35 +4,23 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use testbed::harness::{self, ChildGuard, Netns};
+use testkit::http::http_in_netns;
+use testkit::{wait_for, ChildGuard, Netns};
 
 pub mod scenarios;
 
 pub const SERVER: &str = "198.18.0.1:8080";
 pub const ADMIN: &str = "127.0.0.1:9001";
 
-/// Whether privileged tests can run; panics if they must and cannot.
-pub fn privileged(test: &str) -> bool {
-    if harness::is_root() {
-        return true;
-    }
-    let why = "needs root (network namespaces, veth, /proc/slabinfo)";
-    if std::env::var("WSB_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: {why}, and WSB_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
-    // Straight to stderr: libtest captures eprintln! of passing tests, and a skip must be seen.
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-    false
-}
+pub use testkit::privileged;
 
 pub fn server_bin() -> PathBuf {
-    harness::sibling_binary("ws-server").expect("ws-server binary (run: cargo build --workspace --bins)")
+    testkit::sibling_binary("ws-server").expect("ws-server binary (run: cargo build --workspace --bins)")
 }
 
 pub fn load_bin() -> PathBuf {
@@ -53,8 +41,8 @@ pub fn start_server(ns: &Netns, args: &[&str], log: &Path) -> ChildGuard {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let server = ChildGuard::spawn("ws-server", cmd).unwrap();
-    let up = harness::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-        harness::http_in_netns(&ns.srv, "GET", admin(), "/conns", b"").ok()
+    let up = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        http_in_netns(&ns.srv, "GET", admin(), "/conns", b"").ok()
     });
     assert!(up.is_some(), "server did not come up");
     server
@@ -62,13 +50,13 @@ pub fn start_server(ns: &Netns, args: &[&str], log: &Path) -> ChildGuard {
 
 /// GET an admin path as JSON.
 pub fn admin_json(ns: &Netns, path: &str) -> serde_json::Value {
-    let (status, body) = harness::http_in_netns(&ns.srv, "GET", admin(), path, b"").unwrap();
+    let (status, body) = http_in_netns(&ns.srv, "GET", admin(), path, b"").unwrap();
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 pub fn admin_post(ns: &Netns, path: &str, body: &[u8]) -> serde_json::Value {
-    let (status, text) = harness::http_in_netns(&ns.srv, "POST", admin(), path, body).unwrap();
+    let (status, text) = http_in_netns(&ns.srv, "POST", admin(), path, body).unwrap();
     assert_eq!(status, 200, "{path}: {text}");
     serde_json::from_str(&text).unwrap()
 }
@@ -93,7 +81,7 @@ pub fn finish_load(mut load: ChildGuard, json: &Path, timeout: Duration) -> serd
 
 /// Wait until the server holds `n` connections.
 pub fn wait_conns(ns: &Netns, n: u64, timeout: Duration) {
-    let got = harness::wait_for(timeout, Duration::from_millis(200), || {
+    let got = wait_for(timeout, Duration::from_millis(200), || {
         let v = admin_json(ns, "/conns");
         (v["conns"].as_u64() == Some(n)).then_some(())
     });

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::*;
-use testbed::harness::{ChildGuard, Netns};
+use testkit::{ChildGuard, Netns};
 
 /// A standard client library (Python `websockets`) connects, pings, receives a targeted push and a
 /// broadcast, and closes cleanly; curl's upgrade request gets 101.

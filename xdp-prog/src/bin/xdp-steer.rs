@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use xdp_prog::{attached_program, netns, Mode, Steering};
+use host::netns;
+use xdp_prog::{attached_program, Mode, Steering};
 
 /// Steer TCP segments for WebSocket endpoints into AF_XDP sockets; everything else goes to the
 /// kernel (ARP, ICMP, other ports, the admin endpoint).
@@ -93,7 +94,7 @@ fn enter(ns: &Option<String>) -> anyhow::Result<()> {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !xdp_prog::is_root() {
+    if !host::is_root() {
         bail!("xdp-steer needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs)");
     }
     match args.cmd {

@@ -1,12 +1,14 @@
-//! The XDP steering program as the server uses it: attach it (or adopt the one
-//! `testbed/attach.sh` pinned), steer our WebSocket port, and on exit take back exactly what we
-//! set up. A program left attached by a server that crashed is replaced, so a restart works.
+//! The steering policy a stack on an interface follows (the server's, or a load generator's):
+//! attach the program (or adopt the one `testbed/attach.sh` pinned), add its endpoints, and on
+//! exit take back exactly what it set up, since another stack may share the program. A program
+//! left attached by a server that crashed is replaced, so a restart works.
 
 use std::net::SocketAddrV4;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use xdp_prog::{Counters, Mode, SteerError, Steering};
+
+use crate::{Counters, Mode, SteerError, Steering};
 
 /// Where `testbed/attach.sh` pins what it attaches (one directory per testbed prefix).
 pub const PIN_ROOT: &str = "/run/wsb/bpffs";
@@ -60,10 +62,8 @@ impl Attachment {
                 }
                 Some(dir.to_path_buf())
             }
-            None => match xdp_prog::attached_program(iface) {
-                Ok(Some((id, name, _))) if name == xdp_prog::PROGRAM_NAME => {
-                    xdp_prog::find_pin(Path::new(PIN_ROOT), id)
-                }
+            None => match crate::attached_program(iface) {
+                Ok(Some((id, name, _))) if name == crate::PROGRAM_NAME => crate::find_pin(Path::new(PIN_ROOT), id),
                 Ok(_) => None,
                 Err(SteerError::NoSuchInterface(_)) => {
                     bail!("--iface {iface}: no such interface in this network namespace")
@@ -74,7 +74,7 @@ impl Attachment {
         let mut att = match pinned {
             Some(dir) => adopt(&dir, iface)?,
             None => {
-                if let Some(id) = xdp_prog::detach_left_over(iface)? {
+                if let Some(id) = crate::detach_left_over(iface)? {
                     log::warn!("{iface}: replaced steering program {id} left attached by an earlier run");
                 }
                 let steering = Steering::attach(iface, mode)?;

@@ -2,15 +2,15 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use xdp_prog::xsk::XskSocket;
-use xdp_prog::{netns, Mode, Steering};
+use host::netns;
+use testkit::Netns;
+use xdp_prog::{Mode, Steering};
 
 /// Measure how many packets per second reach an AF_XDP socket through the steering program.
 ///
@@ -53,62 +53,31 @@ fn main() {
     }
 }
 
-/// netns-scripts/ above the executable or the current directory.
-fn scripts() -> anyhow::Result<PathBuf> {
-    let starts = [std::env::current_exe().ok(), std::env::current_dir().ok()];
-    for dir in starts.iter().flatten().flat_map(|p| p.ancestors()) {
-        if dir.join("netns-scripts/setup.sh").is_file() {
-            return Ok(dir.join("netns-scripts"));
-        }
-    }
-    bail!("cannot find netns-scripts/setup.sh above the executable or the current directory")
-}
-
-/// The namespaces, removed on drop.
-struct Testbed {
-    scripts: PathBuf,
-    prefix: String,
-}
-
-impl Testbed {
-    fn new(prefix: &str) -> anyhow::Result<Testbed> {
-        let scripts = scripts()?;
-        let out = Command::new("bash")
-            .arg(scripts.join("setup.sh"))
-            .args(["--prefix", prefix, "--clients", "1"])
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!("setup.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(Testbed {
-            scripts,
-            prefix: prefix.to_string(),
-        })
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(self.scripts.join("teardown.sh"))
-            .args(["--prefix", &self.prefix, "--quiet"])
-            .status();
-    }
-}
-
 /// The MAC address of `dev` in namespace `ns`.
 fn mac(ns: &str, dev: &str) -> anyhow::Result<[u8; 6]> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show", "dev", dev])
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
-    let text = v[0]["address"].as_str().context("no address")?;
-    let mut mac = [0u8; 6];
-    for (i, part) in text.split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(part, 16)?;
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || -> anyhow::Result<[u8; 6]> {
+        host::netns::enter(&ns)?;
+        Ok(host::iface::mac_of(&dev)?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("MAC lookup thread panicked"))?
+}
+
+/// Send `frame` `count` times from `socket`, `batch` descriptors committed at a time, and wait
+/// for every completion. Returns (sent, wakeup syscalls).
+fn flood(socket: &mut afxdp::Socket, frame: &[u8], count: u64, batch: u32) -> (u64, u64) {
+    socket.tx().set_commit_batch(batch as usize);
+    let mut sent = 0u64;
+    let mut copy = |buf: &mut [u8]| buf.copy_from_slice(frame);
+    while sent < count || socket.tx().in_flight() > 0 {
+        while sent < count && socket.tx().can_send() {
+            socket.tx().send(frame.len(), &mut copy);
+            sent += 1;
+        }
+        socket.flush();
     }
-    Ok(mac)
+    (sent, socket.counters().wakeups)
 }
 
 fn checksum(data: &[u8], mut sum: u32) -> u16 {
@@ -156,7 +125,7 @@ fn syn_frame(dst: [u8; 6], src: [u8; 6], size: usize) -> Vec<u8> {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !xdp_prog::is_root() {
+    if !host::is_root() {
         bail!("xdp-flood needs root (network namespaces, XDP, AF_XDP)");
     }
     if args.packets == 0 || args.packets > 100_000_000 || !(60..=1514).contains(&args.size) || args.seconds > 120 {
@@ -168,7 +137,7 @@ fn run() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
-    let tb = Testbed::new(&args.prefix)?;
+    let tb = Netns::setup(&args.prefix, 1)?;
     let (srv, cli, s0, c0) = (
         format!("{}-srv", args.prefix),
         format!("{}-cli", args.prefix),
@@ -189,11 +158,15 @@ fn run() -> anyhow::Result<()> {
             Arc::clone(&stop),
         );
         std::thread::spawn(move || -> anyhow::Result<serde_json::Value> {
-            let setup = (|| -> anyhow::Result<(Steering, XskSocket)> {
+            let setup = (|| -> anyhow::Result<(Steering, afxdp::Socket)> {
                 netns::enter(&srv)?;
                 let steering = Steering::attach(&s0, Mode::Native)?;
                 steering.set_endpoints(&["198.18.0.1:8080".parse()?], false)?;
-                let xsk = XskSocket::bind(&s0, 0, frames, true, false)?;
+                let xsk = afxdp::Socket::bind(&afxdp::Config {
+                    rx_frames: frames,
+                    tx_frames: 0,
+                    ..afxdp::Config::new(&s0, 0)
+                })?;
                 steering.register_socket(0, xsk.fd())?;
                 Ok((steering, xsk))
             })();
@@ -208,7 +181,8 @@ fn run() -> anyhow::Result<()> {
             let (mut received, mut first, mut last) = (0u64, None, Instant::now());
             let mut quiet_since = Instant::now();
             loop {
-                let n = xsk.recv(Duration::from_millis(10), |_| {})? as u64;
+                xsk.wait(10);
+                let n = xsk.receive(256, &mut |_, _| {}) as u64;
                 let now = Instant::now();
                 if n > 0 {
                     received += n;
@@ -245,9 +219,13 @@ fn run() -> anyhow::Result<()> {
         );
         std::thread::spawn(move || -> anyhow::Result<(u64, u64, f64)> {
             netns::enter(&cli)?;
-            let mut xsk = XskSocket::bind(&c0, 0, frames, false, true)?;
+            let mut xsk = afxdp::Socket::bind(&afxdp::Config {
+                rx_frames: 0,
+                tx_frames: frames,
+                ..afxdp::Config::new(&c0, 0)
+            })?;
             let started = Instant::now();
-            let (sent, kicks) = xsk.flood(&frame, packets, batch)?;
+            let (sent, kicks) = flood(&mut xsk, &frame, packets, batch);
             Ok((sent, kicks, started.elapsed().as_secs_f64()))
         })
     };

@@ -35,8 +35,10 @@ impl Area {
     pub fn range(&self, addr: u64, len: usize) -> Option<*mut u8> {
         let start = usize::try_from(addr).ok()?;
         let end = start.checked_add(len)?;
-        // SAFETY (of the pointer arithmetic): `start <= end <= self.len`.
-        (end <= self.len).then(|| unsafe { self.ptr.as_ptr().add(start) })
+        (end <= self.len).then(|| {
+            // SAFETY: `start <= end <= self.len`: the result points inside the mapping.
+            unsafe { self.ptr.as_ptr().add(start) }
+        })
     }
 }
 

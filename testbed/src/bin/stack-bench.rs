@@ -174,17 +174,6 @@ struct MemRow {
     wall_s: f64,
 }
 
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
-
 /// Two stacks on one in-memory wire, on a virtual clock; the server's own time is measured.
 struct Bench {
     server: Stack<MemLink>,
@@ -228,7 +217,7 @@ impl Bench {
 
 fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemRow> {
     let wall = WallClock::now();
-    let rss0 = rss_bytes();
+    let rss0 = host::process::own_rss_bytes() as usize;
     let (a, b) = mem_link::pair(Impairments::default(), 1);
     let now = Instant::from_millis(1_000);
     let server_config = StackConfig {
@@ -269,7 +258,7 @@ fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemR
     let mut ids: Vec<ConnId> = Vec::with_capacity(n);
     for _ in 0..n {
         ids.push(bench.client.connect(SocketAddrV4::new(SERVER, PORT))?);
-        if ids.len() % 4096 == 0 {
+        if ids.len().is_multiple_of(4096) {
             bench.settle();
         }
     }
@@ -316,7 +305,7 @@ fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemR
     let ns_per_packet = (after.1 - before.1).as_nanos() as f64 / packets.max(1) as f64;
 
     let resident = bench.server.resident_memory();
-    let rss1 = rss_bytes();
+    let rss1 = host::process::own_rss_bytes() as usize;
     let row = MemRow {
         conns: n,
         rx_buf,
@@ -342,12 +331,13 @@ mod veth {
     use std::sync::{mpsc, Arc};
 
     use anyhow::{bail, Context, Result};
+    use host::iface::mac_of;
     use serde::Serialize;
     use socket2::{Domain, SockAddr, Socket, Type};
     use stack::echo;
-    use stack::xdp_link::{mac_of, XdpLink, XdpLinkConfig};
+    use stack::xdp_link::{XdpLink, XdpLinkConfig};
     use stack::{clock, Stack, StackConfig, StackStats};
-    use xdp_prog::testbed::{in_ns, spawn_in_ns, Testbed};
+    use testkit::{in_ns, spawn_in_ns, Netns};
     use xdp_prog::{Mode, Steering};
 
     #[derive(Serialize)]
@@ -361,19 +351,19 @@ mod veth {
     }
 
     pub fn run(conns: usize, wave: usize) -> Result<VethResult> {
-        if !xdp_prog::is_root() {
+        if !host::is_root() {
             bail!("the veth benchmark needs root (network namespaces, XDP, AF_XDP)");
         }
         if wave == 0 || wave > 15_000 {
             bail!("--wave must be 1..=15000 (one process holds at most ~20,000 file descriptors)");
         }
         let clients = 4;
-        let tb = Testbed::new("wsbsb", clients, 1);
+        let tb = Netns::setup("wsbsb", clients)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let dev = tb.dev();
         let stop2 = stop.clone();
-        let server = spawn_in_ns(&tb.srv(), move || -> Result<StackStats> {
+        let server = spawn_in_ns(&tb.srv, move || -> Result<StackStats> {
             let steering = Steering::attach(&dev, Mode::Native)?;
             steering.set_endpoints(&["198.18.0.1:8080".parse()?], false)?;
             let link = XdpLink::open(&XdpLinkConfig::new(&dev, 0))?;
@@ -392,7 +382,7 @@ mod veth {
         ready_rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .context("the server did not come up")?;
-        let (established, failed, wall_s) = in_ns(&tb.cli(), move || client(conns, wave, clients));
+        let (established, failed, wall_s) = in_ns(&tb.cli, move || client(conns, wave, clients));
         stop.store(true, Ordering::Relaxed);
         let stats = server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))??;
         Ok(VethResult {
