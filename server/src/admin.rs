@@ -11,8 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::control::WorkerStats;
 use crate::core::stats::CoreStats;
-use crate::kernel::control::WorkerStats;
 
 /// Largest admin request body (a push message).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -43,7 +43,6 @@ pub enum AdminRequest {
     },
 }
 
-/// Route an admin request. `body` is read only for the POSTs.
 /// Route an admin request. `body` is read only for the POSTs; `declared` is its Content-Length.
 pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read, declared: Option<usize>) -> AdminRequest {
     use tiny_http::Method::{Get, Head, Post};
@@ -148,6 +147,7 @@ pub struct Report {
     pub workers: usize,
     pub per_worker: Vec<WorkerStats>,
     /// The XDP program's counters (xdp stack only).
+    #[cfg(feature = "xdp")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steering: Option<xdp_prog::Counters>,
 }
@@ -208,6 +208,7 @@ impl Report {
             workers: per_worker.len(),
             totals,
             per_worker,
+            #[cfg(feature = "xdp")]
             steering: None,
         }
     }
@@ -294,6 +295,30 @@ impl Report {
         encode(&mut out, &reg).expect("encoding metrics into a String");
         out
     }
+}
+
+/// Answer an admin request, on a thread of its own: writing can block on a client that does not
+/// read, and never on the supervisor's loop.
+pub fn respond(request: tiny_http::Request, status: u16, body: String, content_type: &str) {
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).unwrap_or_else(|_| {
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain"[..]).expect("static header")
+    });
+    // A known length, never chunked (tiny_http chunks bodies over 32 KiB by default, and /stats
+    // of a server with dozens of workers is bigger): simple clients and scripts read it whole.
+    let response = tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header)
+        .with_chunked_threshold(usize::MAX);
+    // Writing can block on a client that does not read: not on the supervisor's loop.
+    std::thread::spawn(move || {
+        if let Err(e) = request.respond(response) {
+            log::debug!("admin client went away: {e}");
+        }
+    });
+}
+
+pub fn respond_json(request: tiny_http::Request, status: u16, value: &serde_json::Value) {
+    respond(request, status, value.to_string(), "application/json");
 }
 
 #[cfg(test)]

@@ -11,6 +11,17 @@ pub enum Stack {
     Xdp,
 }
 
+/// A command line that makes no sense: the binaries exit with status 2 for it (as clap does for
+/// its own usage errors), and 1 for every failure to run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A usage error, as an `anyhow::Error` that still says what it is (`e.is::<UsageError>()`).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
 /// Parse a duration: a number with an optional unit `ms`, `s`, `m` or `h` (a bare number is
 /// seconds): `60`, `1.5s`, `500ms`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

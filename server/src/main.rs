@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::bail;
 use clap::Parser;
-use ws_server::cli::{parse_duration, parse_duration_range, parse_size, Stack};
-use ws_server::kernel::{self, KernelConfig};
+use ws_server::cli::{parse_duration, parse_duration_range, parse_size, usage, Stack, UsageError};
+use ws_server::config::ServerConfig;
 
 /// Connections one worker process is planned for: the hard limit of 20,000 open files per process,
 /// less headroom because SO_REUSEPORT spreads connections by hash, not evenly.
@@ -25,7 +24,12 @@ const CONNS_PER_WORKER_PLAN: usize = 15_000;
 /// queue with an AF_XDP socket each, holds connections in fixed arena slots (no file descriptor
 /// per connection), and detaches on exit. Needs root. The admin endpoint stays on the kernel.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Exit status: 0 stopped by SIGINT/SIGTERM after closing every connection; 1 could not start or a worker died (the reason is printed); 2 usage error (bad or inconsistent options)."
+)]
 struct Args {
     /// Which TCP stack serves the WebSocket port.
     #[arg(long, value_enum, default_value = "kernel")]
@@ -78,6 +82,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     queues: u32,
     /// --stack xdp: how to attach the XDP program.
+    #[cfg(feature = "xdp")]
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: xdp_prog::Mode,
     /// --stack xdp: use the program testbed/attach.sh pinned in this directory instead of
@@ -96,7 +101,7 @@ struct Args {
     /// than the receive buffer, allocated once.
     #[arg(long, default_value_t = 1024)]
     spill_buffers: usize,
-    /// Internal: run as a worker process of a kernel-stack server.
+    /// Internal: run as a worker process of a server.
     #[arg(long, hide = true)]
     worker: bool,
 }
@@ -107,24 +112,23 @@ fn main() {
         .init();
     if let Err(e) = run() {
         eprintln!("ws-server: error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(if e.is::<UsageError>() { 2 } else { 1 });
     }
 }
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.worker {
-        return kernel::worker::run();
+        return ws_server::worker::run();
     }
     if args.max_message < args.max_frame {
-        bail!(
+        return Err(usage(format!(
             "--max-message ({}) must be at least --max-frame ({})",
-            args.max_message,
-            args.max_frame
-        );
+            args.max_message, args.max_frame
+        )));
     }
     if args.max_frame < 125 {
-        bail!("--max-frame must be at least 125 bytes");
+        return Err(usage("--max-frame must be at least 125 bytes"));
     }
     if args.stack == Stack::Xdp {
         return run_xdp(args);
@@ -132,7 +136,7 @@ fn run() -> anyhow::Result<()> {
     let fd_limit = host::process::hard_fd_limit();
     let per_worker_capacity = fd_limit.saturating_sub(64).max(1);
     let (workers, max_conns) = match (args.workers, args.max_conns) {
-        (_, Some(0)) | (Some(0), _) => bail!("--max-conns and --workers must be at least 1"),
+        (_, Some(0)) | (Some(0), _) => return Err(usage("--max-conns and --workers must be at least 1")),
         (Some(w), None) => (w, w * per_worker_capacity),
         (w, m) => {
             let m = m.unwrap_or(100_000);
@@ -140,25 +144,22 @@ fn run() -> anyhow::Result<()> {
         }
     };
     if max_conns > workers * per_worker_capacity {
-        bail!(
+        return Err(usage(format!(
             "--max-conns {max_conns} needs at least {} workers: one process may hold at most {fd_limit} files here (pass more --workers, or leave it out)",
             max_conns.div_ceil(per_worker_capacity),
-        );
+        )));
     }
     if workers > 256 {
-        bail!("--workers {workers} is more than this tool supports (256)");
+        return Err(usage(format!(
+            "--workers {workers} is more than this tool supports (256)"
+        )));
     }
-    kernel::run(server_config(&args, workers, per_worker_capacity.min(max_conns), None))
+    ws_server::supervisor::run(server_config(&args, workers, per_worker_capacity.min(max_conns)))
 }
 
 /// The settings both stacks share, from the command line.
-fn server_config(
-    args: &Args,
-    workers: usize,
-    max_conns_per_worker: usize,
-    xdp: Option<ws_server::xdp::XdpOptions>,
-) -> KernelConfig {
-    KernelConfig {
+fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> ServerConfig {
+    ServerConfig {
         listen: args.listen,
         admin: args.admin,
         workers,
@@ -171,34 +172,46 @@ fn server_config(
         echo: args.echo,
         max_frame: args.max_frame,
         max_message: args.max_message,
-        xdp,
+        #[cfg(feature = "xdp")]
+        xdp: None,
     }
 }
 
+#[cfg(not(feature = "xdp"))]
+fn run_xdp(_args: Args) -> anyhow::Result<()> {
+    Err(usage(
+        "--stack xdp is not in this build (built without the `xdp` feature); rebuild with default features",
+    ))
+}
+
+#[cfg(feature = "xdp")]
 fn run_xdp(args: Args) -> anyhow::Result<()> {
-    if !host::is_root() {
-        bail!("--stack xdp needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW: XDP and AF_XDP)");
-    }
-    let iface = args.iface.clone().unwrap_or_default();
     if !(1..=64).contains(&args.queues) {
-        bail!("--queues must be 1 to 64");
+        return Err(usage("--queues must be 1 to 64"));
     }
     if !(64..=1 << 20).contains(&args.rx_buf) {
-        bail!("--rx-buf must be 64 bytes to 1 MiB");
+        return Err(usage("--rx-buf must be 64 bytes to 1 MiB"));
     }
     if !(192..=1 << 20).contains(&args.tx_buf) {
-        bail!("--tx-buf must be 192 bytes to 1 MiB (the upgrade answer alone is 129 bytes)");
+        return Err(usage(
+            "--tx-buf must be 192 bytes to 1 MiB (the upgrade answer alone is 129 bytes)",
+        ));
     }
     let max_conns = args.max_conns.unwrap_or(100_000);
     if max_conns == 0 || max_conns > 16 << 20 {
-        bail!("--max-conns must be 1 to 16,777,216");
+        return Err(usage("--max-conns must be 1 to 16,777,216"));
     }
     if args.workers.is_some() {
-        bail!("--workers is for --stack kernel; --stack xdp runs one worker per --queues");
+        return Err(usage(
+            "--workers is for --stack kernel; --stack xdp runs one worker per --queues",
+        ));
+    }
+    if !host::is_root() {
+        anyhow::bail!("--stack xdp needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW: XDP and AF_XDP)");
     }
     let queues = args.queues as usize;
-    let xdp = ws_server::xdp::XdpOptions {
-        iface,
+    let xdp = ws_server::config::XdpOptions {
+        iface: args.iface.clone().unwrap_or_default(),
         queues: args.queues,
         mode: args.xdp_mode,
         pin: args.xdp_pin.clone(),
@@ -206,5 +219,9 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
         tx_buf: args.tx_buf,
         spill_buffers: args.spill_buffers,
     };
-    kernel::run(server_config(&args, queues, max_conns.div_ceil(queues), Some(xdp)))
+    let cfg = ServerConfig {
+        xdp: Some(xdp),
+        ..server_config(&args, queues, max_conns.div_ceil(queues))
+    };
+    ws_server::supervisor::run(cfg)
 }

@@ -214,11 +214,12 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
     let (code, err) = run(&["--stack", "xdp", "--iface", "wsbt6-s0", "--listen", "10.9.9.9:8080"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is not an address of --iface"), "{err}");
+    // Options that contradict each other are usage errors (2), like clap's own.
     let (code, err) = run(&["--stack", "xdp", "--iface", "wsbt6-s0", "--workers", "2"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("--queues"), "{err}");
     let (code, err) = run(&["--stack", "xdp", "--iface", "wsbt6-s0", "--tx-buf", "100"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("--tx-buf"), "{err}");
     let (_, link) = run_in(&ns.srv, "ip", &["link", "show", "dev", "wsbt6-s0"]);
     assert!(
@@ -226,7 +227,7 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
         "a refused start leaves nothing attached: {link}"
     );
     let (code, err) = run(&["--max-conns", "9000000", "--workers", "2"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("needs at least"), "{err}");
 
     let _first = start_server(&ns, &["--workers", "1"], &dir.join("first.log"));

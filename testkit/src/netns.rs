@@ -14,6 +14,8 @@ pub struct Netns {
     pub srv: String,
     pub cli: String,
     root: PathBuf,
+    /// Held while the namespaces exist: another run wanting the same prefix waits for it.
+    _lock: std::fs::File,
 }
 
 impl Netns {
@@ -25,11 +27,13 @@ impl Netns {
     /// As `setup`, with `queues` receive and transmit queues on both veth ends.
     pub fn setup_with_queues(prefix: &str, clients: usize, queues: u32) -> anyhow::Result<Netns> {
         let root = repo_root()?;
+        let lock = lock_prefix(prefix)?;
         let netns = Netns {
             prefix: prefix.to_string(),
             srv: format!("{prefix}-srv"),
             cli: format!("{prefix}-cli"),
             root,
+            _lock: lock,
         };
         let out = Command::new("bash")
             .arg(netns.root.join("netns-scripts/setup.sh"))
@@ -81,6 +85,26 @@ impl Drop for Netns {
             );
         }
     }
+}
+
+/// An exclusive lock on the namespace names of `prefix`, across processes: two test runs (two
+/// checkouts, or a test and a benchmark) that use the same prefix take turns instead of tearing
+/// down each other's namespaces. Released when the file is dropped, or when the process dies.
+fn lock_prefix(prefix: &str) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = std::path::Path::new("/run/lock");
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(format!("wsb-netns-{prefix}.lock"));
+    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
 }
 
 /// Run `f` on a new thread inside network namespace `ns` and wait for it.

@@ -8,7 +8,7 @@ use smoltcp::time::{Duration, Instant};
 use stack::mem_link::{self, MemLink};
 use stack::{CloseReason, ConnId, Event, Stack, StackConfig};
 
-use super::Served;
+use super::serve::Served;
 use crate::core::device::DeviceHasher;
 use crate::core::frame::{self, Op, Role, MAX_HEADER};
 use crate::core::{CoreConfig, ServerCore};
@@ -18,6 +18,7 @@ const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 struct Rig {
     srv: Served<MemLink>,
+    core: ServerCore,
     cli: Stack<MemLink>,
     now: Instant,
     cli_events: Vec<Event>,
@@ -60,7 +61,8 @@ impl Rig {
             ..StackConfig::default()
         };
         Rig {
-            srv: Served::new(core, stack, spill, spill_size),
+            srv: Served::new(stack, spill, spill_size),
+            core,
             cli: Stack::new(cli_cfg, b, now).unwrap(),
             now,
             cli_events: Vec::new(),
@@ -76,10 +78,10 @@ impl Rig {
         self.srv.t.stack.poll(self.now, &mut events);
         let now_ms = self.now_ms();
         for ev in events {
-            self.srv.event(ev, now_ms);
+            self.srv.event(&mut self.core, ev, now_ms);
         }
         // As the worker does every tick: timers of the core, closes waiting for output.
-        self.srv.call(now_ms, |core, t| core.tick(now_ms, t));
+        self.srv.call(&mut self.core, now_ms, |core, t| core.tick(now_ms, t));
         self.srv.t.expire_close_after_out(now_ms);
         self.srv.t.stack.flush(self.now);
         self.cli.poll(self.now, &mut self.cli_events);
@@ -163,7 +165,7 @@ fn a_request_head_longer_than_the_receive_buffer_upgrades_through_a_spill_buffer
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    assert_eq!(r.srv.core.stats().upgrades, 1);
+    assert_eq!(r.core.stats().upgrades, 1);
     assert_eq!(r.srv.t.inp.in_use(), 0, "the buffer went back once the head was parsed");
 }
 
@@ -177,7 +179,7 @@ fn a_frame_longer_than_both_buffers_is_echoed_whole() {
     r.settle(200);
     let got = frames(r.drain(c));
     assert_eq!(got, vec![(Op::Binary, payload)]);
-    assert_eq!(r.srv.core.stats().echoed, 1);
+    assert_eq!(r.core.stats().echoed, 1);
     assert_eq!((r.srv.t.inp.in_use(), r.srv.t.out.in_use()), (0, 0));
     assert_eq!(r.srv.t.slow_dropped, 0);
 }
@@ -190,7 +192,8 @@ fn a_burst_of_pushes_beyond_the_send_buffer_arrives_whole_and_in_order() {
     let now = r.now_ms();
     for i in 0..10 {
         let msg = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(80));
-        r.srv.call(now, |core, t| core.broadcast(msg.as_bytes(), now, t));
+        r.srv
+            .call(&mut r.core, now, |core, t| core.broadcast(msg.as_bytes(), now, t));
     }
     assert_eq!(r.srv.t.out.in_use(), 1, "~1 KB waits behind the 256-byte send buffer");
     r.settle(300);
@@ -211,9 +214,10 @@ fn closing_with_output_waiting_sends_it_all_then_fin() {
     r.upgrade(c, 200);
     let now = r.now_ms();
     for _ in 0..6 {
-        r.srv.call(now, |core, t| core.broadcast(&[b'm'; 100], now, t));
+        r.srv
+            .call(&mut r.core, now, |core, t| core.broadcast(&[b'm'; 100], now, t));
     }
-    r.srv.call(now, |core, t| core.shutdown(now, t));
+    r.srv.call(&mut r.core, now, |core, t| core.shutdown(now, t));
     r.settle(300);
     let got = frames(r.drain(c));
     r.settle(5);
@@ -236,17 +240,18 @@ fn a_client_that_stops_reading_is_reset_as_a_slow_consumer_and_others_go_on() {
     let _ = r.drain(stuck);
     for _ in 0..30 {
         let now = r.now_ms();
-        r.srv.call(now, |core, t| core.broadcast(&[b'z'; 100], now, t));
+        r.srv
+            .call(&mut r.core, now, |core, t| core.broadcast(&[b'z'; 100], now, t));
         r.settle(5);
     }
     assert_eq!(r.srv.t.slow_dropped, 1);
-    assert_eq!(r.srv.core.stats().connections, 0);
+    assert_eq!(r.core.stats().connections, 0);
     assert_eq!(r.srv.t.out.in_use(), 0, "its spill buffer went back");
     // A new connection is served as usual.
     let c = r.connect();
     let answer = r.upgrade(c, 200);
     assert!(answer.starts_with(b"HTTP/1.1 101 "));
-    assert_eq!(r.srv.core.stats().connections, 1);
+    assert_eq!(r.core.stats().connections, 1);
 }
 
 #[test]
@@ -265,7 +270,7 @@ fn with_every_spill_buffer_taken_a_large_head_is_reset_and_counted() {
         "{:?}",
         r.cli_events
     );
-    assert_eq!(r.srv.core.stats().connections, 1, "the first one is still there");
+    assert_eq!(r.core.stats().connections, 1, "the first one is still there");
 }
 
 /// Review finding: a spilled head whose connection the core closed (request timeout) gave its
@@ -290,7 +295,7 @@ fn a_head_cut_off_by_the_request_timeout_leaves_nothing_for_the_next_connection(
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    assert_eq!(r.srv.core.stats().devices, 1, "its own device id, not the attacker's");
+    assert_eq!(r.core.stats().devices, 1, "its own device id, not the attacker's");
 }
 
 /// Review finding: a connection the core closed while its output waited could be held forever
@@ -303,10 +308,11 @@ fn a_closed_connection_whose_peer_takes_nothing_is_reset_after_a_while() {
     let _ = r.drain(c);
     let now = r.now_ms();
     for _ in 0..8 {
-        r.srv.call(now, |core, t| core.broadcast(&[b'q'; 100], now, t));
+        r.srv
+            .call(&mut r.core, now, |core, t| core.broadcast(&[b'q'; 100], now, t));
     }
     r.settle(50);
-    r.srv.call(now, |core, t| core.shutdown(now, t));
+    r.srv.call(&mut r.core, now, |core, t| core.shutdown(now, t));
     assert_eq!(r.srv.t.close_after_out.len(), 1);
     r.settle(super::CLOSE_AFTER_OUT_MS as usize + 500);
     assert!(r.srv.t.close_after_out.is_empty());
@@ -329,8 +335,8 @@ fn a_fin_in_the_middle_of_a_frame_ends_the_connection() {
     r.send(c, &frame[..6]);
     r.cli.close(c);
     r.settle(50);
-    assert_eq!(r.srv.core.stats().connections, 0);
-    assert_eq!(r.srv.core.stats().closed_by_peer, 1);
+    assert_eq!(r.core.stats().connections, 0);
+    assert_eq!(r.core.stats().closed_by_peer, 1);
 }
 
 /// Review finding: a head exactly as long as a spill buffer waited for the timeout instead of

@@ -1,6 +1,6 @@
 //! The server core over one userspace stack, whatever its link: stack events in, core calls out,
 //! and the buffers that let tiny per-connection buffers carry large heads, frames and bursts.
-//! The AF_XDP worker drives it (`worker.rs`); tests drive it over an in-memory wire.
+//! The AF_XDP driver (`mod.rs`) runs it; tests run it over an in-memory wire.
 //!
 //! Input is parsed where it lies: the bytes in a connection's receive buffer are copied to one
 //! scratch buffer (`peek`), the core consumes whole request heads and frames, and only those are
@@ -13,16 +13,17 @@
 use stack::{CloseReason, ConnId, Event, Link, Stack};
 
 use super::spill::SpillPool;
+use crate::control::Outbox;
 use crate::core::ratelog::RateLimitedLog;
-use crate::core::{Io, ServerCore};
-use crate::kernel::control;
+use crate::core::{ConnId as CoreId, Io, ServerCore};
+use crate::io::{settle, Transport};
 
 /// How long a connection the core closed may take to send its waiting output before it is
 /// reset (a peer that stops reading and keeps its window shut would hold it forever).
 pub const CLOSE_AFTER_OUT_MS: u64 = 10_000;
 
 /// The stack as the core's [`Io`].
-pub struct Transport<L: Link> {
+pub struct StackIo<L: Link> {
     pub stack: Stack<L>,
     /// Input waiting for the rest of a head or frame larger than the receive buffer.
     pub inp: SpillPool,
@@ -34,13 +35,13 @@ pub struct Transport<L: Link> {
     /// Reset as slow consumers during a core call; reported to the core right after it.
     pub doomed: Vec<u32>,
     /// Messages for the supervisor produced inside core calls (device claims).
-    pub outbox: control::Outbox,
+    pub outbox: Outbox,
     pub slow_dropped: u64,
     pub log: RateLimitedLog,
     pub now_ms: u64,
 }
 
-impl<L: Link> Transport<L> {
+impl<L: Link> StackIo<L> {
     /// The peer is too slow (or the pools are empty): reset, and report it after the core call.
     fn slow_consumer(&mut self, id: u32, total: usize) {
         self.slow_dropped += 1;
@@ -96,7 +97,7 @@ impl<L: Link> Transport<L> {
     }
 }
 
-impl<L: Link> Io for Transport<L> {
+impl<L: Link> Io for StackIo<L> {
     fn send(&mut self, id: u32, parts: &[&[u8]]) {
         let cid = ConnId(id);
         if !self.stack.is_owned(cid) {
@@ -157,10 +158,24 @@ impl<L: Link> Io for Transport<L> {
     }
 }
 
-/// The core and the stack of one worker.
+impl<L: Link> Transport for StackIo<L> {
+    fn take_failed(&mut self) -> Option<CoreId> {
+        self.doomed.pop()
+    }
+
+    /// The stack already reset it; only what waits for it here is left.
+    fn release_failed(&mut self, id: CoreId) {
+        self.forget(id);
+    }
+
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+}
+
+/// The stack of one worker, and the buffers its connections share for the core.
 pub struct Served<L: Link> {
-    pub core: ServerCore,
-    pub t: Transport<L>,
+    pub t: StackIo<L>,
     /// One connection's receive buffer, copied for the core to parse (and unmask) in place.
     scratch: Box<[u8]>,
     /// The same for a spilled head or frame (one spill buffer's size).
@@ -170,17 +185,16 @@ pub struct Served<L: Link> {
 
 impl<L: Link> Served<L> {
     /// `spill_buffers` of `spill_size` bytes for input, as many for output.
-    pub fn new(core: ServerCore, stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> Served<L> {
+    pub fn new(stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> Served<L> {
         let rx_buf = stack.config().rx_buf;
         Served {
-            core,
-            t: Transport {
+            t: StackIo {
                 stack,
                 inp: SpillPool::new(spill_buffers, spill_size),
                 out: SpillPool::new(spill_buffers, spill_size),
                 close_after_out: std::collections::HashMap::with_capacity(spill_buffers),
                 doomed: Vec::new(),
-                outbox: control::Outbox::default(),
+                outbox: Outbox::default(),
                 slow_dropped: 0,
                 log: RateLimitedLog::new(5),
                 now_ms: 0,
@@ -193,35 +207,41 @@ impl<L: Link> Served<L> {
 
     /// Run a core call (broadcast, push, tick…) with the stack as its `Io`, then report to the
     /// core the connections that call reset.
-    pub fn call<R>(&mut self, now_ms: u64, f: impl FnOnce(&mut ServerCore, &mut Transport<L>) -> R) -> R {
+    pub fn call<R>(
+        &mut self,
+        core: &mut ServerCore,
+        now_ms: u64,
+        f: impl FnOnce(&mut ServerCore, &mut StackIo<L>) -> R,
+    ) -> R {
         self.t.now_ms = now_ms;
-        let r = f(&mut self.core, &mut self.t);
-        self.settle(now_ms);
+        let r = f(core, &mut self.t);
+        settle(core, &mut self.t, now_ms);
         r
     }
 
-    pub fn event(&mut self, ev: Event, now_ms: u64) {
+    /// One event of the stack, carried out with the core.
+    pub fn event(&mut self, core: &mut ServerCore, ev: Event, now_ms: u64) {
         match ev {
             Event::Accepted(id) => {
                 // Nothing of an earlier connection on this id may reach this one.
                 self.t.forget(id.0);
-                self.core.open(id.0, now_ms, &mut self.t);
-                self.settle(now_ms);
-                self.feed(id.0, now_ms);
+                core.open(id.0, now_ms, &mut self.t);
+                settle(core, &mut self.t, now_ms);
+                self.feed(core, id.0, now_ms);
             }
-            Event::Readable(id) => self.feed(id.0, now_ms),
+            Event::Readable(id) => self.feed(core, id.0, now_ms),
             Event::Writable(id) => {
                 self.t.drain_out(id.0);
-                self.feed(id.0, now_ms);
+                self.feed(core, id.0, now_ms);
             }
             Event::Closed(id, reason) => {
                 if reason == CloseReason::PeerClosed {
                     // What came before the FIN (a close frame, say) is still the peer's to say.
-                    self.feed(id.0, now_ms);
+                    self.feed(core, id.0, now_ms);
                 }
-                if self.core.is_open(id.0) {
-                    self.core.closed(id.0, now_ms, &mut self.t);
-                    self.settle(now_ms);
+                if core.is_open(id.0) {
+                    core.closed(id.0, now_ms, &mut self.t);
+                    settle(core, &mut self.t, now_ms);
                 }
                 self.t.forget(id.0);
                 if self.t.stack.is_owned(id) {
@@ -233,15 +253,15 @@ impl<L: Link> Served<L> {
     }
 
     /// Give the core what the connection has received, as far as it can take it.
-    fn feed(&mut self, id: u32, now_ms: u64) {
+    fn feed(&mut self, core: &mut ServerCore, id: u32, now_ms: u64) {
         let cid = ConnId(id);
         loop {
-            if !self.core.is_open(id) || !self.t.stack.is_owned(cid) {
+            if !core.is_open(id) || !self.t.stack.is_owned(cid) {
                 self.t.inp.release(id);
                 return;
             }
             if self.t.inp.holds(id) {
-                if !self.feed_spilled(id, now_ms) {
+                if !self.feed_spilled(core, id, now_ms) {
                     return;
                 }
                 continue;
@@ -256,9 +276,9 @@ impl<L: Link> Served<L> {
                 self.t.stack.want_write(cid);
                 return;
             }
-            let used = self.core.data(id, &mut self.scratch[..n], now_ms, &mut self.t);
-            self.settle(now_ms);
-            if !self.core.is_open(id) {
+            let used = core.data(id, &mut self.scratch[..n], now_ms, &mut self.t);
+            settle(core, &mut self.t, now_ms);
+            if !core.is_open(id) {
                 return;
             }
             self.t.stack.discard(cid, used);
@@ -276,8 +296,8 @@ impl<L: Link> Served<L> {
                 );
                 self.t.stack.abort(cid);
                 self.t.forget(id);
-                self.core.closed(id, now_ms, &mut self.t);
-                self.settle(now_ms);
+                core.closed(id, now_ms, &mut self.t);
+                settle(core, &mut self.t, now_ms);
                 return;
             }
             self.t.stack.discard(cid, n - used);
@@ -286,7 +306,7 @@ impl<L: Link> Served<L> {
 
     /// Move received bytes behind what the spill buffer holds and let the core parse it all.
     /// Returns whether to go on (the buffer emptied, or the core made progress on new bytes).
-    fn feed_spilled(&mut self, id: u32, now_ms: u64) -> bool {
+    fn feed_spilled(&mut self, core: &mut ServerCore, id: u32, now_ms: u64) -> bool {
         let cid = ConnId(id);
         if self.t.out.holds(id) {
             self.t.stack.want_write(cid);
@@ -301,9 +321,9 @@ impl<L: Link> Served<L> {
         // The core parses (and unmasks) a copy: the buffer stays the transport's while the core
         // calls it. Only the few spilled connections pay for this copy.
         self.big[..held].copy_from_slice(&buf[..held]);
-        let used = self.core.data(id, &mut self.big[..held], now_ms, &mut self.t);
-        self.settle(now_ms);
-        if !self.core.is_open(id) {
+        let used = core.data(id, &mut self.big[..held], now_ms, &mut self.t);
+        settle(core, &mut self.t, now_ms);
+        if !core.is_open(id) {
             self.t.inp.release(id);
             return false;
         }
@@ -314,15 +334,4 @@ impl<L: Link> Served<L> {
         // Still incomplete: go on only if more bytes came and more are waiting.
         got > 0 && self.t.stack.readable(cid) > 0
     }
-
-    /// Report connections reset during the last core call.
-    pub fn settle(&mut self, now_ms: u64) {
-        while let Some(id) = self.t.doomed.pop() {
-            self.t.forget(id);
-            self.core.closed(id, now_ms, &mut self.t);
-        }
-    }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,6 +1,9 @@
 //! The supervisor ↔ worker protocol: one JSON object per line over a pair of Unix stream sockets
 //! (fd 3: supervisor → worker, fd 4: worker → supervisor). Control traffic is a few messages per
 //! admin request, so readable JSON costs nothing that matters and makes debugging easy.
+//!
+//! Both ends use it (the supervisor in `supervisor/`, every worker in `worker.rs`), so it belongs
+//! to neither.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +31,32 @@ pub struct WorkerConfig {
     pub device_key: [u64; 2],
     pub seed: u64,
     /// Serve on the userspace stack over AF_XDP instead of kernel sockets.
+    #[cfg(feature = "xdp")]
     #[serde(default)]
-    pub xdp: Option<crate::xdp::XdpWorkerConfig>,
+    pub xdp: Option<crate::io::userspace::XdpWorkerConfig>,
+}
+
+#[cfg(test)]
+impl WorkerConfig {
+    /// A worker's settings for unit tests: the server's defaults, on loopback.
+    pub fn for_tests() -> WorkerConfig {
+        WorkerConfig {
+            index: 0,
+            listen: "127.0.0.1:0".parse().expect("a socket address"),
+            max_conns: 1000,
+            max_pending_bytes: 256 << 20,
+            idle_timeout_ms: 300_000,
+            request_timeout_ms: 10_000,
+            poll_hold_ms: (30_000, 30_000),
+            echo: false,
+            max_frame: 16 * 1024,
+            max_message: 64 * 1024,
+            device_key: [1, 2],
+            seed: 1,
+            #[cfg(feature = "xdp")]
+            xdp: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -114,11 +141,12 @@ pub struct WorkerStats {
     pub open_fds: u64,
     pub fd_limit: u64,
     /// The userspace stack's side (xdp workers only).
+    #[cfg(feature = "xdp")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xdp: Option<Box<crate::xdp::XdpWorkerStats>>,
+    pub xdp: Option<Box<crate::io::userspace::XdpWorkerStats>>,
 }
 
-/// Splits the supervisor's byte stream into commands (both kinds of worker read it this way).
+/// Splits the supervisor's byte stream into commands.
 #[derive(Default)]
 pub struct ControlReader {
     buf: Vec<u8>,
@@ -147,83 +175,8 @@ impl ControlReader {
     }
 }
 
-/// A worker process as the control channel sees it, whatever its transport: both the epoll
-/// worker and the xdp worker answer the supervisor through [`read_commands`].
-pub trait Controlled {
-    /// The transport the core writes to.
-    type Io: crate::core::Io;
-    fn index(&self) -> usize;
-    fn now_ms(&self) -> u64;
-    /// The parser of the channel and the socket the commands come on.
-    fn channel(&mut self) -> (&mut ControlReader, &mut dyn std::io::Read);
-    /// Run a core call on this worker's transport, then report what it reset to the core.
-    fn core_call<R>(&mut self, now_ms: u64, f: impl FnOnce(&mut crate::core::ServerCore, &mut Self::Io) -> R) -> R;
-    fn stats(&self) -> WorkerStats;
-    /// Write what the core produced for the supervisor (device claims), then `reply`.
-    fn send(&mut self, reply: Option<FromWorker>) -> anyhow::Result<()>;
-    fn stop(&mut self);
-    /// A broadcast has been written to every connection (the xdp worker then times its frames).
-    fn broadcast_written(&mut self, _started: std::time::Instant) {}
-}
-
-/// Read what the supervisor sent and carry out every complete command.
-pub fn read_commands<W: Controlled>(w: &mut W) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let (reader, from) = w.channel();
-    if !reader.fill(from).context("reading the control socket")? {
-        log::info!("worker {}: supervisor went away; shutting down", w.index());
-        w.stop();
-    }
-    while let Some(cmd) = w.channel().0.next_command() {
-        match cmd {
-            Ok(cmd) => {
-                let reply = apply(w, cmd);
-                w.send(reply)?;
-            }
-            Err(e) => log::error!("worker {}: bad control message: {e}", w.index()),
-        }
-    }
-    Ok(())
-}
-
-/// Carry out one command; returns the reply for the supervisor, if it expects one.
-fn apply<W: Controlled>(w: &mut W, cmd: ToWorker) -> Option<FromWorker> {
-    let now = w.now_ms();
-    match cmd {
-        ToWorker::Config(_) => None,
-        ToWorker::Broadcast { req, payload } => {
-            let started = std::time::Instant::now();
-            let fanout = w.core_call(now, |core, io| core.broadcast(payload.as_bytes(), now, io));
-            let fanout_us = started.elapsed().as_micros() as u64;
-            w.broadcast_written(started);
-            Some(FromWorker::Broadcast {
-                req,
-                websockets: fanout.websockets,
-                polls: fanout.polls,
-                fanout_us,
-            })
-        }
-        ToWorker::Push { req, hash, payload } => {
-            let delivered = w.core_call(now, |core, io| core.push_hash(hash, payload.as_bytes(), now, io));
-            Some(FromWorker::Push { req, delivered })
-        }
-        ToWorker::Evict { hash } => {
-            w.core_call(now, |core, io| core.evict_device(hash, now, io));
-            None
-        }
-        ToWorker::Stats { req } => Some(FromWorker::Stats {
-            req,
-            stats: Box::new(w.stats()),
-        }),
-        ToWorker::Shutdown => {
-            w.stop();
-            None
-        }
-    }
-}
-
 /// Messages for the supervisor produced inside core calls (device claims and releases), held
-/// until the call returns; both transports keep one.
+/// until the call returns; every transport keeps one.
 #[derive(Default)]
 pub struct Outbox(pub Vec<FromWorker>);
 

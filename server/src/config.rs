@@ -1,0 +1,52 @@
+//! The settings of one server, whatever its stack: what `main.rs` makes of the command line and
+//! the supervisor runs with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Worker processes (kernel stack: sharing the port; xdp: one per receive queue).
+    pub workers: usize,
+    pub max_conns_per_worker: usize,
+    pub max_pending_bytes: usize,
+    pub push_interval: Option<Duration>,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub poll_hold: (Duration, Duration),
+    pub echo: bool,
+    pub max_frame: usize,
+    pub max_message: usize,
+    /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.
+    #[cfg(feature = "xdp")]
+    pub xdp: Option<XdpOptions>,
+}
+
+impl ServerConfig {
+    /// The stack's name, as `/stats` and the logs say it.
+    pub fn stack_name(&self) -> &'static str {
+        #[cfg(feature = "xdp")]
+        if self.xdp.is_some() {
+            return "xdp";
+        }
+        "kernel"
+    }
+}
+
+/// The `--stack xdp` settings of a server.
+#[cfg(feature = "xdp")]
+#[derive(Clone, Debug)]
+pub struct XdpOptions {
+    pub iface: String,
+    /// Receive queues served, one worker process each (queue i by worker i).
+    pub queues: u32,
+    pub mode: xdp_prog::Mode,
+    /// Adopt the program `testbed/attach.sh` pinned here instead of attaching our own.
+    pub pin: Option<std::path::PathBuf>,
+    pub rx_buf: usize,
+    pub tx_buf: usize,
+    pub spill_buffers: usize,
+}

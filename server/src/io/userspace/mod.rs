@@ -1,0 +1,252 @@
+//! The userspace-stack transport (`--stack xdp`): XDP steers the WebSocket port into one AF_XDP
+//! socket per receive queue, and the worker of that queue runs our TCP stack (`stack::Stack`) on
+//! it. No file descriptor per connection: a connection is a stack slot, and its number is the
+//! core's connection id.
+//!
+//! A packet's path: the AF_XDP RX ring → `Stack::poll` (`stack/src/stack/ingress.rs`: parse,
+//! 4-tuple lookup, smoltcp on that one socket) → a stack `Event` → `Served::event` (`serve.rs`)
+//! → `ServerCore::data` → the core answers through `StackIo` into the connection's send buffer →
+//! `Stack::flush` (`stack/src/stack/egress.rs`) builds segments in TX chunks → the TX ring.
+//!
+//! - `serve.rs`: the core over the stack, whatever the link (tested over an in-memory wire).
+//! - `spill.rs`: the shared buffers that let 256-byte per-connection buffers carry more.
+//! - `stats.rs`: the worker's part of `/stats`.
+
+mod serve;
+mod spill;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use stack::xdp_link::{XdpLink, XdpLinkConfig};
+use stack::{clock, Event, Link, Stack, StackConfig};
+
+pub use serve::{Served, StackIo, CLOSE_AFTER_OUT_MS};
+pub use stats::XdpWorkerStats;
+
+use super::{Driver, Turn};
+use crate::control::{WorkerConfig, WorkerStats};
+use crate::core::frame::MAX_HEADER;
+use crate::core::ServerCore;
+
+/// RX ring frames: twice the TX ring, so the ACKs of a full TX ring of pushes fit while we send.
+/// UMEM: (8192 + 4096) × 2 KiB = 24 MiB, whatever the number of connections.
+const RX_FRAMES: u32 = 8192;
+/// Frames taken per poll, and polls per turn at most (the whole RX ring).
+const RX_BATCH: usize = 256;
+const RX_ROUNDS: usize = RX_FRAMES as usize / RX_BATCH;
+
+/// What an xdp worker needs beyond the common worker settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XdpWorkerConfig {
+    pub iface: String,
+    pub queue: u32,
+    /// The steering program's XSKMAP, where the worker registers its socket.
+    pub xsks_map_id: u32,
+    /// Our address on the interface, and its prefix length.
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub port: u16,
+    pub rx_buf: usize,
+    pub tx_buf: usize,
+    pub spill_buffers: usize,
+}
+
+/// One worker's AF_XDP socket, the stack on it, and the buffers its connections share.
+pub struct Userspace {
+    x: XdpWorkerConfig,
+    max_conns: usize,
+    s: Served<XdpLink>,
+    events: Vec<Event>,
+    xsks: xdp_prog::XskMap,
+    umem_bytes: u64,
+    /// Frames received in the last turn (none: the next turn may wait).
+    last_frames: usize,
+    /// A broadcast whose frames are still leaving: when it started.
+    broadcast_started: Option<Instant>,
+    last_broadcast_tx_ms: Option<f64>,
+}
+
+impl Userspace {
+    /// Bind the AF_XDP socket of `x.queue`, build the stack for `cfg.max_conns` connections, and
+    /// register the socket with the steering program. `max_request`: the longest request head.
+    pub fn open(cfg: &WorkerConfig, x: &XdpWorkerConfig, max_request: usize) -> anyhow::Result<Userspace> {
+        let link_cfg = XdpLinkConfig {
+            rx_frames: RX_FRAMES,
+            ..XdpLinkConfig::new(&x.iface, x.queue)
+        };
+        let link = XdpLink::open(&link_cfg)
+            .with_context(|| format!("binding an AF_XDP socket to {} queue {}", x.iface, x.queue))?;
+        let xsks = xdp_prog::XskMap::open(x.xsks_map_id)?;
+        let umem_bytes = link.umem_bytes() as u64;
+        let our_mac = host::iface::mac_of(&x.iface).with_context(|| format!("reading the MAC of {}", x.iface))?;
+        let stack_cfg = StackConfig {
+            max_conns: cfg.max_conns,
+            rx_buf: x.rx_buf,
+            tx_buf: x.tx_buf,
+            addr: x.addr,
+            prefix_len: x.prefix_len,
+            our_mac,
+            rx_batch: RX_BATCH,
+            ..StackConfig::default()
+        };
+        let mut stack = Stack::new(stack_cfg, link, clock::now()).context("building the userspace stack")?;
+        stack.listen(x.port);
+        xsks.register(x.queue, stack.link().fd())?;
+        // A head or frame must fit one spill buffer, and a head one byte longer than allowed must
+        // fit too, so that the core sees it is too long (431) rather than wait for more.
+        let spill_size = (max_request + 1).max(cfg.max_frame + MAX_HEADER);
+        Ok(Userspace {
+            s: Served::new(stack, x.spill_buffers, spill_size),
+            events: Vec::with_capacity(1024),
+            xsks,
+            umem_bytes,
+            last_frames: 0,
+            broadcast_started: None,
+            last_broadcast_tx_ms: None,
+            max_conns: cfg.max_conns,
+            x: x.clone(),
+        })
+    }
+
+    /// Take in up to a ring-full of frames, handing the stack's events to the core.
+    fn receive(&mut self, core: &mut ServerCore, now_ms: u64) -> usize {
+        let mut frames = 0;
+        // Take in everything the RX ring holds (up to its size) before sending more: after a
+        // broadcast every segment sent comes back as an ACK, and a full ring drops them.
+        for _ in 0..RX_ROUNDS {
+            let n = self.s.t.stack.poll(clock::now(), &mut self.events);
+            frames += n;
+            let mut events = std::mem::take(&mut self.events);
+            for ev in events.drain(..) {
+                self.s.event(core, ev, now_ms);
+            }
+            self.events = events;
+            if n < RX_BATCH {
+                break;
+            }
+        }
+        frames
+    }
+}
+
+impl Driver for Userspace {
+    type Io = StackIo<XdpLink>;
+
+    fn id_space(&self) -> usize {
+        self.max_conns
+    }
+
+    /// Wait (1 ms at most, and only when the last turn was idle), receive, transmit. A broadcast
+    /// writes into every send buffer, then one flush hands the segments to the TX ring in batches
+    /// (a syscall per batch of frames, never one per connection).
+    fn turn(&mut self, core: &mut ServerCore, now_ms: u64, wait: Duration) -> anyhow::Result<Turn> {
+        self.s.t.now_ms = now_ms;
+        if self.last_frames == 0 && !self.s.t.stack.has_work() && !wait.is_zero() {
+            self.s.t.stack.link().wait(1);
+        }
+        self.last_frames = self.receive(core, now_ms);
+        self.s.t.stack.flush(clock::now());
+        if let Some(started) = self.broadcast_started.filter(|_| !self.s.t.stack.has_work()) {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            log::info!("queue {}: broadcast handed to the link in {ms:.1} ms", self.x.queue);
+            self.last_broadcast_tx_ms = Some(ms);
+            self.broadcast_started = None;
+        }
+        Ok(Turn::default())
+    }
+
+    fn io(&mut self) -> &mut StackIo<XdpLink> {
+        &mut self.s.t
+    }
+
+    fn call<R>(
+        &mut self,
+        core: &mut ServerCore,
+        now_ms: u64,
+        f: impl FnOnce(&mut ServerCore, &mut StackIo<XdpLink>) -> R,
+    ) -> R {
+        self.s.call(core, now_ms, f)
+    }
+
+    /// Reset the closed connections whose output did not leave in time.
+    fn housekeeping(&mut self, _core: &mut ServerCore, now_ms: u64) {
+        self.s.t.expire_close_after_out(now_ms);
+    }
+
+    fn stats(&self, core: &ServerCore, into: &mut WorkerStats) {
+        let t = &self.s.t;
+        let stack = &t.stack;
+        into.refused = stack.stats().syn_refused;
+        into.slow_consumers_dropped = t.slow_dropped;
+        into.pending_output_bytes = t.out.held_bytes() as u64;
+        into.buffered_conns = t.inp.in_use() as u64;
+        into.lingering = (stack.in_use() as u64).saturating_sub(core.stats().connections);
+        into.xdp = Some(Box::new(XdpWorkerStats {
+            queue: self.x.queue,
+            stack: stack.stats(),
+            link: stack.link_counters(),
+            resident: stack.resident_memory(),
+            umem_bytes: self.umem_bytes,
+            spill_in_use: t.inp.in_use() as u64,
+            spill_capacity: t.inp.capacity() as u64,
+            spill_exhausted: t.inp.exhausted,
+            out_spill_in_use: t.out.in_use() as u64,
+            out_spill_exhausted: t.out.exhausted,
+            tx_pending_conns: (stack.pending_output() + t.out.in_use()) as u64,
+            last_broadcast_tx_ms: self.last_broadcast_tx_ms,
+        }));
+    }
+
+    fn broadcast_written(&mut self, started: Instant) {
+        self.broadcast_started = Some(started);
+    }
+
+    /// Let the stack deliver the close frames and FINs for a while; close frames still waiting
+    /// for room go out as the peers make it.
+    fn drain(&mut self, _core: &mut ServerCore, now_ms: u64, grace: Duration) -> usize {
+        self.s.t.now_ms = now_ms;
+        let deadline = Instant::now() + grace;
+        while self.s.t.stack.in_use() > 0 && Instant::now() < deadline {
+            let frames = self.s.t.stack.poll(clock::now(), &mut self.events);
+            for ev in self.events.drain(..) {
+                match ev {
+                    Event::Writable(id) => self.s.t.drain_out(id.0),
+                    Event::Closed(id, _) | Event::Accepted(id) => {
+                        self.s.t.forget(id.0);
+                        if self.s.t.stack.is_owned(id) {
+                            self.s.t.stack.close(id);
+                        }
+                    }
+                    Event::Readable(_) | Event::Connected(_) => {}
+                }
+            }
+            self.s.t.stack.flush(clock::now());
+            if frames == 0 && !self.s.t.stack.has_work() {
+                self.s.t.stack.link().wait(1);
+            }
+        }
+        self.s.t.stack.in_use()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "userspace stack on {} queue {}, {}:{} for {} connections ({} B receive + {} B send buffer each)",
+            self.x.iface, self.x.queue, self.x.addr, self.x.port, self.max_conns, self.x.rx_buf, self.x.tx_buf
+        )
+    }
+}
+
+impl Drop for Userspace {
+    /// Stop steering to this socket before it goes away.
+    fn drop(&mut self) {
+        if let Err(e) = self.xsks.unregister(self.x.queue) {
+            log::warn!("queue {}: unregistering the AF_XDP socket: {e}", self.x.queue);
+        }
+    }
+}

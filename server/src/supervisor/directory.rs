@@ -1,0 +1,83 @@
+//! The device directory: which worker holds the newest connection of each device id, so that "one
+//! connection per device" holds across workers. Workers report the ids they register (claims, with
+//! a CLOCK_MONOTONIC time) and release; a claim for an id another worker holds tells the worker
+//! with the older connection to close it.
+
+use std::collections::HashMap;
+
+/// A device's connection to close: the worker that holds it, and the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evict {
+    pub worker: usize,
+    pub hash: u64,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    /// device hash → (worker, registration time in CLOCK_MONOTONIC ns).
+    held: HashMap<u64, (usize, u64)>,
+}
+
+impl Directory {
+    /// `worker` registered device `hash` at `at_ns`. Returns the connection to close, if another
+    /// worker holds the device: the older of the two.
+    ///
+    /// Known limit: a device that reconnects twice within the control latency (~1 ms) onto
+    /// different workers may lose both of its newest connections.
+    pub fn claim(&mut self, worker: usize, hash: u64, at_ns: u64) -> Option<Evict> {
+        match self.held.get(&hash).copied() {
+            Some((holder, held_since)) if holder != worker => {
+                if at_ns >= held_since {
+                    self.held.insert(hash, (worker, at_ns));
+                    Some(Evict { worker: holder, hash })
+                } else {
+                    Some(Evict { worker, hash })
+                }
+            }
+            _ => {
+                self.held.insert(hash, (worker, at_ns));
+                None
+            }
+        }
+    }
+
+    /// `worker` no longer holds `hash` (a release from a worker that lost it is ignored).
+    pub fn release(&mut self, worker: usize, hash: u64) {
+        if self.held.get(&hash).is_some_and(|&(holder, _)| holder == worker) {
+            self.held.remove(&hash);
+        }
+    }
+
+    /// The worker holding `hash`.
+    pub fn holder(&self, hash: u64) -> Option<usize> {
+        self.held.get(&hash).map(|&(worker, _)| worker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_connection_wins_across_workers() {
+        let mut d = Directory::default();
+        assert_eq!(d.claim(0, 7, 100), None);
+        assert_eq!(d.claim(0, 7, 150), None, "a re-registration on the same worker");
+        assert_eq!(d.claim(1, 7, 200), Some(Evict { worker: 0, hash: 7 }));
+        assert_eq!(d.holder(7), Some(1));
+        // A claim that arrives late but was made earlier loses.
+        assert_eq!(d.claim(2, 7, 180), Some(Evict { worker: 2, hash: 7 }));
+        assert_eq!(d.holder(7), Some(1));
+    }
+
+    #[test]
+    fn only_the_holder_releases() {
+        let mut d = Directory::default();
+        d.claim(0, 7, 100);
+        d.claim(1, 7, 200);
+        d.release(0, 7);
+        assert_eq!(d.holder(7), Some(1), "the evicted worker's release is stale");
+        d.release(1, 7);
+        assert_eq!(d.holder(7), None);
+    }
+}

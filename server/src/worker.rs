@@ -1,0 +1,308 @@
+//! The one worker process, whatever its transport: `ws-server` re-executed with `--worker` by the
+//! supervisor. It reads its settings from the control channel, builds the core and the transport
+//! (`io::epoll` or `io::userspace`), and loops: network I/O, the core's tick every 100 ms, the
+//! supervisor's commands (broadcast, push, evict, stats, shutdown). SIGTERM (also sent if the
+//! supervisor dies) closes every connection with 1001 and exits; SIGINT from a terminal is the
+//! supervisor's to decide.
+
+use std::io::{self, BufRead};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::control::{self, send_line, ControlReader, FromWorker, ToWorker, WorkerConfig, WorkerStats};
+use crate::core::device::DeviceHasher;
+use crate::core::{CoreConfig, ServerCore, TICK_MS};
+use crate::io::{Driver, Transport};
+
+/// Largest HTTP request head (a WebSocket upgrade from a browser is 200-600 bytes).
+pub const MAX_REQUEST: usize = 4096;
+/// How often the control channel is read while the network keeps the worker busy (a transport
+/// that waits also wakes on it at once).
+const CONTROL_EVERY: Duration = Duration::from_millis(2);
+/// At shutdown, how long the transport may take to deliver the close frames and FINs.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The core's settings for a worker.
+pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
+    CoreConfig {
+        idle_timeout_ms: cfg.idle_timeout_ms,
+        poll_hold_ms: cfg.poll_hold_ms,
+        echo: cfg.echo,
+        max_frame: cfg.max_frame,
+        max_message: cfg.max_message,
+        max_request: MAX_REQUEST,
+        request_timeout_ms: cfg.request_timeout_ms,
+        device_hasher: DeviceHasher::new(cfg.device_key),
+        seed: cfg.seed ^ cfg.index as u64,
+    }
+}
+
+/// Entry point of a worker process.
+pub fn run() -> anyhow::Result<()> {
+    // SAFETY: the supervisor passed these two fds (dup2'ed before exec) and nothing else owns them.
+    let (control_in, control_out) = unsafe {
+        (
+            UnixStream::from_raw_fd(control::FD_FROM_SUPERVISOR),
+            UnixStream::from_raw_fd(control::FD_TO_SUPERVISOR),
+        )
+    };
+    let mut first = String::new();
+    io::BufReader::new(&control_in)
+        .read_line(&mut first)
+        .context("reading worker config")?;
+    let ToWorker::Config(cfg) = serde_json::from_str(&first).context("parsing worker config")? else {
+        anyhow::bail!("the first control message was not the config");
+    };
+    control_in.set_nonblocking(true)?;
+    let mut out = control_out;
+    #[cfg(feature = "xdp")]
+    if let Some(x) = cfg.xdp.clone() {
+        let driver = crate::io::userspace::Userspace::open(&cfg, &x, MAX_REQUEST);
+        return start(cfg, driver, control_in, &mut out);
+    }
+    let driver = crate::io::epoll::Epoll::new(&cfg, control_in.as_raw_fd());
+    start(cfg, driver, control_in, &mut out)
+}
+
+/// Tell the supervisor whether the transport could start, then run the worker.
+fn start<D: Driver>(
+    cfg: WorkerConfig,
+    made: anyhow::Result<D>,
+    control_in: UnixStream,
+    out: &mut UnixStream,
+) -> anyhow::Result<()> {
+    let driver = match made {
+        Ok(driver) => driver,
+        Err(e) => {
+            let error = format!("{e:#}");
+            send_line(out, &FromWorker::Failed { error })?;
+            return Err(e);
+        }
+    };
+    send_line(
+        out,
+        &FromWorker::Ready {
+            pid: std::process::id(),
+        },
+    )?;
+    let core = ServerCore::new(core_config(&cfg), driver.id_space(), 0);
+    let mut worker = Worker {
+        cfg,
+        driver,
+        core,
+        control_in,
+        control_out: out.try_clone()?,
+        control: ControlReader::default(),
+        started: Instant::now(),
+        expiry_busy_ns: 0,
+        recent_expiries: RecentExpiries::new(),
+        stop: false,
+    };
+    worker.run()
+}
+
+struct Worker<D: Driver> {
+    cfg: WorkerConfig,
+    driver: D,
+    core: ServerCore,
+    control_in: UnixStream,
+    control_out: UnixStream,
+    control: ControlReader,
+    started: Instant,
+    /// Time spent in ticks that expired at least one connection.
+    expiry_busy_ns: u64,
+    recent_expiries: RecentExpiries,
+    stop: bool,
+}
+
+impl<D: Driver> Worker<D> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let terminated = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminated))?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::new(AtomicBool::new(false)))?;
+        log::info!("worker {}: {}", self.cfg.index, self.driver.describe());
+        let mut next_tick = 0u64;
+        let mut next_control = Instant::now();
+        while !self.stop && !terminated.load(Ordering::Relaxed) {
+            let now = self.now_ms();
+            let wait = Duration::from_millis(next_tick.saturating_sub(now).min(TICK_MS));
+            let turn = self.driver.turn(&mut self.core, now, wait)?;
+            let now = self.now_ms();
+            if now >= next_tick {
+                next_tick = now + TICK_MS;
+                self.tick(now);
+            }
+            if turn.control || Instant::now() >= next_control {
+                next_control = Instant::now() + CONTROL_EVERY;
+                self.read_commands()?;
+            }
+            self.send(None)?;
+        }
+        self.shutdown()
+    }
+
+    /// The core's timers (idle expiry, long-poll answers), then the transport's own.
+    fn tick(&mut self, now: u64) {
+        let expired_before = self.core.stats().expired;
+        let started = Instant::now();
+        self.driver.call(&mut self.core, now, |core, io| core.tick(now, io));
+        let expired = self.core.stats().expired;
+        if expired > expired_before {
+            self.expiry_busy_ns += started.elapsed().as_nanos() as u64;
+        }
+        self.recent_expiries.record(now, expired);
+        self.driver.housekeeping(&mut self.core, now);
+    }
+
+    /// Read what the supervisor sent and carry out every complete command.
+    fn read_commands(&mut self) -> anyhow::Result<()> {
+        if !self
+            .control
+            .fill(&mut self.control_in)
+            .context("reading the control socket")?
+        {
+            log::info!("worker {}: supervisor went away; shutting down", self.cfg.index);
+            self.stop = true;
+        }
+        while let Some(cmd) = self.control.next_command() {
+            match cmd {
+                Ok(cmd) => {
+                    let reply = self.apply(cmd);
+                    self.send(reply)?;
+                }
+                Err(e) => log::error!("worker {}: bad control message: {e}", self.cfg.index),
+            }
+        }
+        Ok(())
+    }
+
+    /// Carry out one command; returns the reply for the supervisor, if it expects one.
+    fn apply(&mut self, cmd: ToWorker) -> Option<FromWorker> {
+        let now = self.now_ms();
+        let (core, driver) = (&mut self.core, &mut self.driver);
+        match cmd {
+            ToWorker::Config(_) => None,
+            ToWorker::Broadcast { req, payload } => {
+                let started = Instant::now();
+                let fanout = driver.call(core, now, |core, io| core.broadcast(payload.as_bytes(), now, io));
+                let fanout_us = started.elapsed().as_micros() as u64;
+                driver.broadcast_written(started);
+                Some(FromWorker::Broadcast {
+                    req,
+                    websockets: fanout.websockets,
+                    polls: fanout.polls,
+                    fanout_us,
+                })
+            }
+            ToWorker::Push { req, hash, payload } => {
+                let delivered = driver.call(core, now, |core, io| core.push_hash(hash, payload.as_bytes(), now, io));
+                Some(FromWorker::Push { req, delivered })
+            }
+            ToWorker::Evict { hash } => {
+                driver.call(core, now, |core, io| core.evict_device(hash, now, io));
+                None
+            }
+            ToWorker::Stats { req } => Some(FromWorker::Stats {
+                req,
+                stats: Box::new(self.stats()),
+            }),
+            ToWorker::Shutdown => {
+                self.stop = true;
+                None
+            }
+        }
+    }
+
+    /// Write what the core produced for the supervisor (device claims), then `reply`.
+    fn send(&mut self, reply: Option<FromWorker>) -> anyhow::Result<()> {
+        self.driver.io().outbox().send(&mut self.control_out, reply)
+    }
+
+    fn stats(&self) -> WorkerStats {
+        let mut stats = WorkerStats {
+            index: self.cfg.index,
+            pid: std::process::id(),
+            core: self.core.stats().clone(),
+            expiry_busy_ns: self.expiry_busy_ns,
+            expired_last_10s: self.recent_expiries.sum(),
+            core_heap_bytes: self.core.heap_bytes() as u64,
+            rss_bytes: host::process::own_rss_bytes(),
+            ..WorkerStats::default()
+        };
+        self.driver.stats(&self.core, &mut stats);
+        stats
+    }
+
+    /// Close every connection with 1001, let the transport deliver that for a while, and exit.
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        let now = self.now_ms();
+        self.driver.call(&mut self.core, now, |core, io| core.shutdown(now, io));
+        let left = self.driver.drain(&mut self.core, now, SHUTDOWN_GRACE);
+        let _ = self.send(None);
+        log::info!(
+            "worker {}: stopped ({left} connections still open at exit)",
+            self.cfg.index
+        );
+        Ok(())
+    }
+}
+
+/// Connections expired per second over the last 10 seconds.
+struct RecentExpiries {
+    buckets: [u64; 10],
+    second: u64,
+    last_total: u64,
+}
+
+impl RecentExpiries {
+    fn new() -> RecentExpiries {
+        RecentExpiries {
+            buckets: [0; 10],
+            second: 0,
+            last_total: 0,
+        }
+    }
+
+    fn record(&mut self, now_ms: u64, total: u64) {
+        let second = now_ms / 1000;
+        while self.second < second {
+            self.second += 1;
+            self.buckets[(self.second % 10) as usize] = 0;
+            if second - self.second > 10 {
+                self.second = second - 10;
+            }
+        }
+        self.buckets[(second % 10) as usize] += total - self.last_total;
+        self.last_total = total;
+    }
+
+    fn sum(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_expiries_cover_ten_seconds() {
+        let mut r = RecentExpiries::new();
+        r.record(500, 3);
+        r.record(5_000, 10);
+        assert_eq!(r.sum(), 10);
+        r.record(12_000, 10);
+        assert_eq!(r.sum(), 7, "the first second's 3 fell out of the window");
+        r.record(60_000, 11);
+        assert_eq!(r.sum(), 1);
+    }
+}
