@@ -1,0 +1,128 @@
+//! Ingress: a received frame is parsed (`wire`), its connection found in the 4-tuple table (O(1)),
+//! and the frame handed to smoltcp on that one socket (`conn.rs`). A SYN for a listening port takes
+//! a free slot; a segment for no connection gets smoltcp's RST from an empty socket set.
+
+use smoltcp::iface::SocketSet;
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::Ipv4Address;
+
+use super::one_slot::sock_mut;
+use super::slot::{flag, NO_TIMER, SLOT_EMPTY};
+use super::Net;
+use crate::port::Port;
+use crate::wire::{self, FourTuple, NotTcp, TCP_ACK, TCP_RST, TCP_SYN};
+
+/// Whether the TCP checksum of this IPv4 packet is right (checked before a SYN may end a
+/// TIME-WAIT, since smoltcp checks it only after we would have torn the old socket down).
+fn tcp_checksum_ok(ip: &[u8]) -> bool {
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
+    let Ok(ipv4) = Ipv4Packet::new_checked(ip) else {
+        return false;
+    };
+    let (src, dst) = (ipv4.src_addr(), ipv4.dst_addr());
+    match TcpPacket::new_checked(ipv4.payload()) {
+        Ok(tcp) => tcp.verify_checksum(&src.into(), &dst.into()),
+        Err(_) => false,
+    }
+}
+
+impl Net {
+    pub(super) fn on_frame<S: crate::link::Sender>(&mut self, frame: &[u8], sender: &mut S, now: Instant) {
+        self.stats.rx_frames += 1;
+        let seg = match wire::parse(frame) {
+            Ok(seg) => seg,
+            Err(why) => {
+                // Counted always; logged only at debug level, so a flood cannot flood the log.
+                log::debug!("dropped a frame of {} bytes: {why:?}", frame.len());
+                match why {
+                    NotTcp::NotIpv4 => self.stats.rx_not_ipv4 += 1,
+                    NotTcp::NotTcp => self.stats.rx_not_tcp += 1,
+                    NotTcp::Malformed => self.stats.rx_malformed += 1,
+                }
+                return;
+            }
+        };
+        let ip = &frame[seg.ip_start..seg.ip_end];
+        let pure_syn = seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+        let slot = match self.table.get(&seg.tuple, &self.tuples) {
+            Some(s) => {
+                let s = s as usize;
+                let time_wait = sock_mut(&mut self.sockets[s], self.handle).state() == tcp::State::TimeWait;
+                if pure_syn
+                    && time_wait
+                    && self.slots[s].flags & flag::OWNED == 0
+                    && self.listening.contains(&seg.tuple.local_port)
+                    && (!self.config.verify_rx_checksum || tcp_checksum_ok(ip))
+                {
+                    // A new connection on a 4-tuple we hold in TIME-WAIT: start it afresh
+                    // (what Linux does for a SYN beyond the old sequence space).
+                    self.stats.time_wait_reused += 1;
+                    self.table.remove(s as u32, &self.tuples);
+                    self.slots[s].flags &= !flag::IN_TABLE;
+                    self.open_passive(s, seg.tuple);
+                }
+                s
+            }
+            None if pure_syn && self.listening.contains(&seg.tuple.local_port) => match self.take_free() {
+                Some(s) => {
+                    self.slots[s as usize] = SLOT_EMPTY;
+                    self.open_passive(s as usize, seg.tuple);
+                    s as usize
+                }
+                None => {
+                    // Capacity is the backlog: past it, refuse (smoltcp answers RST when no
+                    // socket takes the SYN) and leave every existing connection alone.
+                    self.stats.syn_refused += 1;
+                    self.without_socket(ip, sender, now);
+                    return;
+                }
+            },
+            None => {
+                self.stats.rx_no_connection += 1;
+                self.without_socket(ip, sender, now);
+                return;
+            }
+        };
+        // One next hop: whoever sends us segments of our connections (the router, or the veth
+        // peer). Frames for no connection teach us nothing, so a stray host cannot redirect us.
+        if !self.mac_learned || self.shim.next_hop != seg.src_mac {
+            self.shim.next_hop = seg.src_mac;
+            self.mac_learned = true;
+        }
+        self.stats.rx_segments += 1;
+        self.process(slot, now, sender, Some(ip));
+    }
+
+    /// A passive open: the recycled socket listens on the SYN's local endpoint, then takes it.
+    fn open_passive(&mut self, s: usize, t: FourTuple) {
+        let (addr, port) = t.local();
+        let sock = sock_mut(&mut self.sockets[s], self.handle);
+        sock.abort();
+        let local = smoltcp::wire::IpListenEndpoint {
+            addr: Some(Ipv4Address::from(addr.octets()).into()),
+            port,
+        };
+        // Cannot fail: the socket is closed and the port is not 0 (it is in `listening`).
+        let _ = sock.listen(local);
+        self.tuples[s] = t;
+        self.slots[s].flags = (self.slots[s].flags & flag::DIRTY) | flag::IN_USE | flag::IN_TABLE;
+        self.slots[s].timer = NO_TIMER;
+        self.table.insert(s as u32, &self.tuples);
+        self.stats.syn_received += 1;
+    }
+
+    /// A segment no socket takes: smoltcp answers with RST (never to a RST) from an empty set.
+    fn without_socket<S: crate::link::Sender>(&mut self, ip: &[u8], sender: &mut S, now: Instant) {
+        let mut empty = SocketSet::new(&mut [][..]);
+        let mut port = Port {
+            frame: Some(ip),
+            sender,
+            shim: self.shim,
+            mtu: self.config.mtu,
+            verify_rx_checksum: self.config.verify_rx_checksum,
+            starved: false,
+        };
+        self.iface.poll_ingress_single(now, &mut port, &mut empty);
+    }
+}
