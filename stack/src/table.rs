@@ -6,6 +6,7 @@
 //! Deletion shifts later entries back (no tombstones), so long-running churn never degrades it.
 //! The hash is SipHash-1-3 with a random key: peers choose ports and addresses, and must not be able
 //! to pile their connections into one probe chain.
+#![forbid(unsafe_code)]
 
 use std::hash::Hasher;
 

@@ -6,6 +6,7 @@
 //! admin endpoint, ssh) on the same address, while smoltcp's neighbour cache (8 entries, a 1 s
 //! cache-wide ARP rate limit) would have to learn every peer. Behind a router or a veth there is
 //! exactly one next hop, so one learned (or configured) MAC address is all the Ethernet we need.
+#![forbid(unsafe_code)]
 
 use std::net::Ipv4Addr;
 

@@ -3,15 +3,20 @@
 //! connection). It never touches a socket, so the same code runs over the kernel stack, the userspace
 //! stack and the unit tests, which drive it with byte slices and a fake clock.
 
+#![forbid(unsafe_code)]
+
+mod conn;
 pub mod device;
 pub mod frame;
 pub mod http;
 pub mod message;
 pub mod ratelog;
 pub mod stats;
+mod websocket;
 
+use conn::{due_of, tag, tick_of, Conn, Ended, Phase, Timeouts, GEN_MASK, TIMER_DEADLINE, TIMER_IDLE};
 use device::{DeviceHasher, DeviceMap};
-use frame::{close_code, FrameError, Op, Role, Utf8Carry, MAX_CONTROL_PAYLOAD, MAX_HEADER};
+use frame::{close_code, Op, MAX_HEADER};
 use http::{Parsed, Reject, Request, Response};
 use ratelog::RateLimitedLog;
 use stats::CoreStats;
@@ -77,83 +82,6 @@ impl Default for CoreConfig {
             seed: 0x5eed,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Phase {
-    /// No connection has this id.
-    Free,
-    /// Waiting for a request head (new connection, or a long-poll connection between requests).
-    Http,
-    /// Upgraded.
-    Ws,
-    /// A long-poll request is being held.
-    Poll,
-}
-
-/// Which data message is being received in fragments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Frag {
-    None,
-    Text,
-    Binary,
-}
-
-/// Per-connection state of the core: 32 bytes (asserted in a test). Buffers are not here: bytes
-/// of an incomplete frame stay in the transport's receive buffer until the frame is whole.
-#[derive(Clone, Copy, Debug)]
-struct Conn {
-    /// Keyed hash of the device id, 0 for none: unregistering on close, checking targeted pushes.
-    device: u64,
-    /// Incarnation of this id; timer entries carry it so a reused id ignores old timers.
-    gen: u32,
-    /// Tick of the last byte received: the heartbeat clock that expiry reads.
-    last_active: u32,
-    /// Tick the held long-poll is answered at (Poll phase), or the request head must be complete
-    /// by (Http phase).
-    deadline: u32,
-    /// Payload bytes so far of the fragmented message in progress (limit: `max_message`).
-    msg_len: u32,
-    /// Unfinished UTF-8 sequence at the end of the last text fragment.
-    utf8: Utf8Carry,
-    phase: Phase,
-    frag: Frag,
-    /// Answer the held long-poll with keep-alive (HTTP/1.1 without `Connection: close`).
-    keep_alive: bool,
-}
-
-impl Conn {
-    const FREE: Conn = Conn {
-        device: 0,
-        gen: 0,
-        last_active: 0,
-        deadline: 0,
-        msg_len: 0,
-        utf8: Utf8Carry::EMPTY,
-        phase: Phase::Free,
-        frag: Frag::None,
-        keep_alive: false,
-    };
-}
-
-/// Timer kinds, in the low bit of an entry's tag; the generation is in the other 31 bits.
-const TIMER_IDLE: u32 = 0;
-const TIMER_DEADLINE: u32 = 1;
-const GEN_MASK: u32 = u32::MAX >> 1;
-
-fn tag(gen: u32, kind: u32) -> u32 {
-    (gen << 1) | kind
-}
-
-/// Why a connection ended, for the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ended {
-    Peer,
-    Client,
-    Server,
-    Expired,
 }
 
 /// What one broadcast reached.
@@ -399,118 +327,6 @@ impl ServerCore {
         }
     }
 
-    fn frames(&mut self, id: ConnId, buf: &mut [u8], mut pos: usize, io: &mut impl Io) -> usize {
-        loop {
-            let frame = match frame::decode(&mut buf[pos..], Role::Server, self.cfg.max_frame) {
-                Ok(None) => return pos,
-                Ok(Some(frame)) => frame,
-                Err(e) => {
-                    self.protocol_error(id, e, io);
-                    return buf.len();
-                }
-            };
-            pos += frame.wire_len;
-            if let Err(e) = self.frame(id, frame.fin, frame.op, frame.payload, io) {
-                self.protocol_error(id, e, io);
-                return buf.len();
-            }
-            if self.conns[id as usize].phase != Phase::Ws {
-                return buf.len();
-            }
-        }
-    }
-
-    fn frame(&mut self, id: ConnId, fin: bool, op: Op, payload: &[u8], io: &mut impl Io) -> Result<(), FrameError> {
-        let max_message = self.cfg.max_message;
-        let c = &mut self.conns[id as usize];
-        match op {
-            Op::Text | Op::Binary => {
-                if c.frag != Frag::None {
-                    return Err(FrameError::Protocol("new message before the fragmented one ended"));
-                }
-                if op == Op::Text {
-                    c.utf8 = Utf8Carry::EMPTY;
-                    c.utf8.feed(payload, fin)?;
-                }
-                if !fin {
-                    c.frag = if op == Op::Text { Frag::Text } else { Frag::Binary };
-                    c.msg_len = payload.len() as u32;
-                }
-            }
-            Op::Continue => {
-                if c.frag == Frag::None {
-                    return Err(FrameError::Protocol("continuation frame without a message"));
-                }
-                c.msg_len = c.msg_len.saturating_add(payload.len() as u32);
-                if c.msg_len as usize > max_message {
-                    return Err(FrameError::TooBig);
-                }
-                if c.frag == Frag::Text {
-                    c.utf8.feed(payload, fin)?;
-                }
-                if fin {
-                    c.frag = Frag::None;
-                }
-            }
-            Op::Ping => {
-                self.stats.pings += 1;
-                self.send_frame(id, true, Op::Pong, payload, io);
-                return Ok(());
-            }
-            Op::Pong => return Ok(()),
-            Op::Close => {
-                let code = frame::parse_close(payload)?;
-                let mut reply = [0u8; MAX_CONTROL_PAYLOAD];
-                let n = match code {
-                    Some(code) => frame::close_payload(&mut reply, code, ""),
-                    None => 0,
-                };
-                self.send_frame(id, true, Op::Close, &reply[..n], io);
-                self.close(id, Ended::Client, io);
-                return Ok(());
-            }
-        }
-        // A data frame.
-        if fin {
-            self.stats.messages_in += 1;
-        }
-        if self.cfg.echo {
-            self.send_frame(id, fin, op, payload, io);
-            if fin {
-                self.stats.echoed += 1;
-                self.stats.messages_out += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn protocol_error(&mut self, id: ConnId, e: FrameError, io: &mut impl Io) {
-        self.stats.protocol_errors += 1;
-        self.log.warn(self.now_ms, format_args!("conn {id}: closing on {e}"));
-        self.end_with_close_frame(id, e.close_code(), &e.to_string(), io);
-    }
-
-    /// Send a close frame (WebSocket connections only) and close.
-    fn end_with_close_frame(&mut self, id: ConnId, code: u16, reason: &str, io: &mut impl Io) {
-        if self.conns[id as usize].phase == Phase::Ws {
-            let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
-            let n = frame::close_payload(&mut payload, code, reason);
-            self.send_frame(id, true, Op::Close, &payload[..n], io);
-        }
-        let ended = if code == close_code::IDLE_TIMEOUT {
-            Ended::Expired
-        } else {
-            Ended::Server
-        };
-        self.close(id, ended, io);
-    }
-
-    fn send_frame(&mut self, id: ConnId, fin: bool, op: Op, payload: &[u8], io: &mut impl Io) {
-        let mut header = [0u8; MAX_HEADER];
-        let n = frame::encode_header(&mut header, fin, op, payload.len(), None);
-        self.send(id, &[&header[..n], payload], io);
-    }
-
     fn send(&mut self, id: ConnId, parts: &[&[u8]], io: &mut impl Io) {
         self.stats.bytes_out += parts.iter().map(|p| p.len() as u64).sum::<u64>();
         io.send(id, parts);
@@ -685,36 +501,6 @@ impl ServerCore {
             }
         }
     }
-}
-
-/// Timeouts in ticks (0: off).
-#[derive(Clone, Copy, Debug)]
-struct Timeouts {
-    idle: u32,
-    request: u32,
-}
-
-/// When a timer entry is due, from its connection's state; `None` if the entry is stale (the id was
-/// reused, the connection ended, the long-poll it was for was answered, the request came).
-/// `deadline` is the long-poll answer time in the Poll phase and the request-head deadline in the
-/// Http phase: one field, since a connection is in one phase at a time.
-fn due_of(conns: &[Conn], ticks: Timeouts, entry: Entry) -> Option<u32> {
-    let c = conns.get(entry.id as usize)?;
-    if c.phase == Phase::Free || entry.tag >> 1 != c.gen {
-        return None;
-    }
-    match entry.tag & 1 {
-        TIMER_IDLE => Some(c.last_active.wrapping_add(ticks.idle)),
-        _ => match c.phase {
-            Phase::Poll => Some(c.deadline),
-            Phase::Http if ticks.request > 0 => Some(c.deadline),
-            _ => None,
-        },
-    }
-}
-
-fn tick_of(now_ms: u64) -> u32 {
-    (now_ms / TICK_MS) as u32
 }
 
 #[cfg(test)]
