@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::control::WorkerStats;
 use crate::core::stats::CoreStats;
@@ -120,8 +120,8 @@ POST /broadcast        push the body (or the server time) to every connection
 POST /push?id=DEVICE   push the body (or the server time) to one device
 ";
 
-/// The last broadcast, as the admin sees it.
-#[derive(Clone, Debug, Default, Serialize)]
+/// The last broadcast, as the admin sees it (also the answer to `POST /broadcast`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BroadcastResult {
     pub seq: u64,
     pub websockets: u64,
@@ -132,10 +132,10 @@ pub struct BroadcastResult {
     pub elapsed_ms: f64,
 }
 
-/// Everything `/stats` reports.
-#[derive(Clone, Debug, Serialize)]
+/// Everything `/stats` reports (the benchmark reads it back with this type).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    pub stack: &'static str,
+    pub stack: String,
     pub uptime_s: f64,
     #[serde(flatten)]
     pub totals: CoreStats,
@@ -148,11 +148,11 @@ pub struct Report {
     pub per_worker: Vec<WorkerStats>,
     /// The XDP program's counters (xdp stack only).
     #[cfg(feature = "xdp")]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steering: Option<xdp_prog::Counters>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExpiryReport {
     pub expired: u64,
     pub expired_last_10s: u64,
@@ -162,7 +162,7 @@ pub struct ExpiryReport {
     pub removal_capacity_per_s: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemoryReport {
     /// RSS of every server process (supervisor and workers).
     pub rss_bytes: u64,
@@ -171,9 +171,16 @@ pub struct MemoryReport {
     pub core_heap_bytes: u64,
 }
 
+/// `GET /conns` (seed 003's format).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnsReport {
+    pub closed: u64,
+    pub conns: u64,
+}
+
 impl Report {
     pub fn new(
-        stack: &'static str,
+        stack: &str,
         uptime_s: f64,
         mut per_worker: Vec<WorkerStats>,
         broadcasts: u64,
@@ -189,7 +196,7 @@ impl Report {
         let busy_s = sum(|w| w.expiry_busy_ns) as f64 / 1e9;
         let expired_last_10s = sum(|w| w.expired_last_10s);
         Report {
-            stack,
+            stack: stack.to_string(),
             uptime_s,
             refused: sum(|w| w.refused),
             slow_consumers_dropped: sum(|w| w.slow_consumers_dropped),
@@ -220,10 +227,11 @@ impl Report {
                 "application/json",
             ),
             StatsFormat::Conns => (
-                format!(
-                    "{{\"closed\":{},\"conns\":{}}}",
-                    self.totals.closed, self.totals.connections
-                ),
+                serde_json::to_string(&ConnsReport {
+                    closed: self.totals.closed,
+                    conns: self.totals.connections,
+                })
+                .unwrap_or_default(),
                 "application/json",
             ),
             StatsFormat::Prometheus => (self.prometheus(), "text/plain; version=0.0.4; charset=utf-8"),

@@ -83,3 +83,34 @@ fn flood_tool_accounts_for_every_frame() {
         "namespaces removed"
     );
 }
+
+/// ws-bench checks its whole command line before it starts anything: an unknown stack after a
+/// known one is refused at once (it used to run the kernel stack first), with the usage status.
+#[test]
+fn ws_bench_refuses_a_bad_command_line_before_it_starts() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
+            .args(args)
+            .args(["--out", "/nonexistent/never-written"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&["--stacks", "kernel,bogus"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bogus") && err.contains("kernel") && err.contains("xdp"),
+        "{err}"
+    );
+    let (code, err) = run(&["--conns", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--conns"), "{err}");
+    let (code, err) = run(&["--broadcasts", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    let help = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Exit status"), "{help}");
+}

@@ -59,7 +59,7 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_ENDPOINTS: usize = 256;
 
 /// The per-CPU counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// TCP segments handed to an AF_XDP socket.
     pub redirected: u64,

@@ -5,10 +5,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
-use testbed::bench::{self, BenchConfig};
-use ws_server::cli::parse_duration;
+use testbed::bench::{self, BenchConfig, Stack};
+use ws_server::cli::{parse_duration, usage, UsageError};
 
 /// Benchmark ws-server on each stack at N concurrent WebSocket connections, side by side.
 ///
@@ -20,15 +20,20 @@ use ws_server::cli::parse_duration;
 /// (all-in and broken down: server RSS Δ / N plus the server's share of kernel slab and socket
 /// buffer memory, DESIGN.md §5), and writes everything as JSON. Needs root.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Exit status: 0 the benchmark ran (its figures may still show failures: read them); 1 it could not run (not root, a server that did not start, interrupted); 2 usage error."
+)]
 struct Args {
     /// Concurrent connections to hold.
     #[arg(long, short = 'n', default_value_t = 20_000)]
     conns: u64,
     /// Stacks to run, side by side: kernel (epoll workers, Linux TCP clients) and xdp (the
     /// userspace stack behind XDP, with the userspace-stack load generator).
-    #[arg(long, value_delimiter = ',', default_value = "kernel,xdp")]
-    stacks: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kernel,xdp")]
+    stacks: Vec<Stack>,
     /// New connections per second.
     #[arg(long, default_value_t = 20_000.0)]
     rate: f64,
@@ -56,20 +61,22 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run() {
         eprintln!("ws-bench: error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(if e.is::<UsageError>() { 2 } else { 1 });
     }
 }
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.conns == 0 || args.conns > 2_000_000 {
-        bail!("--conns must be between 1 and 2,000,000");
+        return Err(usage("--conns must be between 1 and 2,000,000"));
     }
     if !args.rate.is_finite() || args.rate <= 0.0 {
-        bail!("--rate must be positive");
+        return Err(usage("--rate must be positive"));
     }
     if args.broadcasts == 0 {
-        bail!("--broadcasts must be at least 1 (latency is measured on broadcasts)");
+        return Err(usage(
+            "--broadcasts must be at least 1 (latency is measured on broadcasts)",
+        ));
     }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;

@@ -1,0 +1,284 @@
+//! The side-by-side benchmark: for each stack, make the namespaces, start the server, open N
+//! connections with the load generator, measure memory while they are held and idle, broadcast,
+//! and report connections held, connect rate, fan-out time, delivery latency, CPU seconds and bytes
+//! per connection (DESIGN.md §5), as a table and as JSON.
+//!
+//! - `mod.rs`: the report's types and one stack's run, step by step.
+//! - `steps.rs`: the steps: start the server and the load, wait, broadcast; the server's admin
+//!   endpoint read through its own types (`ws_server::admin`).
+//! - `render.rs`: the table.
+
+mod render;
+mod steps;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+pub use ws_server::cli::Stack;
+
+use crate::load::hist::LatencySummary;
+use crate::load::parent::Summary;
+use crate::load::sources::CONNS_PER_SOURCE;
+use crate::measure::{self, process_tree, MemInput, MemReport, Snapshot, SystemCpu};
+pub use render::render;
+use steps::{check_stop, Admin};
+use testkit::{ChildGuard, Netns};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub stacks: Vec<Stack>,
+    pub conns: u64,
+    pub rate: f64,
+    pub broadcasts: u32,
+    pub settle: Duration,
+    pub prefix: String,
+    pub out_dir: PathBuf,
+    pub workers: Option<usize>,
+    pub load_procs: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BroadcastRun {
+    pub seq: u64,
+    pub websockets: u64,
+    /// Slowest worker's time to hand the frame to every connection.
+    pub fanout_ms: f64,
+    /// Admin command to the last worker's reply.
+    pub elapsed_ms: f64,
+    /// xdp: from the broadcast's start until its last frame was handed to the link (the server's
+    /// own measurement; delivery latency at the clients is the end-to-end figure).
+    pub handed_to_link_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuReport {
+    pub server_user_s: f64,
+    pub server_sys_s: f64,
+    pub load_user_s: f64,
+    pub load_sys_s: f64,
+    /// Whole machine, during the run (includes softirq network processing no process is billed for).
+    pub system_busy_s: f64,
+    pub system_softirq_s: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StackResult {
+    pub stack: String,
+    pub conns_target: u64,
+    /// Connections the server held when memory was measured.
+    pub held: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub connect_rate_per_s: f64,
+    pub connect_wall_s: f64,
+    pub server_workers: usize,
+    pub load_procs: usize,
+    pub broadcasts: Vec<BroadcastRun>,
+    pub fanout_ms_median: f64,
+    pub deliveries_expected: u64,
+    pub deliveries: u64,
+    pub push_latency: LatencySummary,
+    pub cpu: CpuReport,
+    pub memory: MemReport,
+    /// The server's whole RSS while holding the connections, divided by them: includes what it
+    /// allocated at start (tables sized for its capacity), which the Δ figure leaves out.
+    pub server_rss_total_per_conn: f64,
+    /// The headline: the server's whole RSS plus its share of kernel memory (slab, socket
+    /// buffers), divided by the connections held. Nothing the server set up at start is left out.
+    pub all_in_total_bytes_per_conn: f64,
+    /// xdp only: the server's resident memory by structure, bytes per connection.
+    pub xdp_breakdown: Option<Vec<(String, f64)>>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub mem_total_bytes: u64,
+    pub kernel: String,
+    pub fd_hard_limit: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub conns: u64,
+    pub rate: f64,
+    pub results: Vec<StackResult>,
+}
+
+pub fn machine() -> Machine {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mem_total_bytes: measure::MemInfo::read().map_or(0, |m| m.mem_total),
+        kernel,
+        fd_hard_limit: host::process::hard_fd_limit(),
+    }
+}
+
+pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchReport> {
+    if !host::is_root() {
+        bail!("ws-bench needs root: it makes network namespaces and reads /proc/slabinfo");
+    }
+    let mut report = BenchReport {
+        machine: machine(),
+        conns: cfg.conns,
+        rate: cfg.rate,
+        results: vec![],
+    };
+    for &stack in &cfg.stacks {
+        report.results.push(run_stack(cfg, stop, stack)?);
+    }
+    Ok(report)
+}
+
+/// The name a stack has on the command line and in the report.
+pub fn stack_name(stack: Stack) -> &'static str {
+    match stack {
+        Stack::Kernel => "kernel",
+        Stack::Xdp => "xdp",
+    }
+}
+
+/// What one stack's run measured before it is summed up.
+struct Measured {
+    held: u64,
+    workers: usize,
+    before: Snapshot,
+    after: Snapshot,
+    held_stats: Option<ws_server::admin::Report>,
+    broadcasts: Vec<BroadcastRun>,
+    end_cpu: measure::CpuTimes,
+    end_system: SystemCpu,
+    summary: Summary,
+    notes: Vec<String>,
+}
+
+/// One stack's run. `kernel`: ws-server's epoll workers and ws-load's kernel-socket processes.
+/// `xdp`: ws-server on the userspace stack behind XDP and ws-load on the userspace stack too (no
+/// kernel socket on either side).
+fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow::Result<StackResult> {
+    let started = Instant::now();
+    let name = stack_name(stack);
+    std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    let clients = (cfg.conns as usize).div_ceil(CONNS_PER_SOURCE).max(1);
+    eprintln!(
+        "[{name}] namespaces {}-srv/{}-cli with {clients} client address(es)",
+        cfg.prefix, cfg.prefix
+    );
+    let netns = Netns::setup(&cfg.prefix, clients)?;
+    let mut server = steps::start_server(cfg, &netns, stack)?;
+    let admin = Admin::new(&netns)?;
+    let workers = admin.wait_up(cfg, stack)?;
+    // A process in the client namespace, so its socket counts can be read before the load starts.
+    let mut anchor_cmd = netns.command(&netns.cli, std::path::Path::new("sleep"));
+    anchor_cmd.arg("3600").stdin(std::process::Stdio::null());
+    let anchor = ChildGuard::spawn("namespace anchor", anchor_cmd)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
+
+    let (mut load, load_json) = steps::start_load(cfg, &netns, stack)?;
+    let mut notes = Vec::new();
+    let held = steps::wait_held(cfg, stop, &admin, &mut load, &mut notes)?;
+    eprintln!(
+        "[{name}] {held} connections held; settling {:?} before measuring memory",
+        cfg.settle
+    );
+    std::thread::sleep(cfg.settle);
+    check_stop(stop)?;
+    let held = admin.conns().unwrap_or(held);
+    let after = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
+    let held_stats = admin.report();
+    let broadcasts = steps::broadcasts(cfg, stop, &admin, stack, &mut notes)?;
+    // The server's own account after the broadcasts (link drops, retransmissions, spill use).
+    if let Some(report) = admin.report() {
+        let _ = std::fs::write(
+            cfg.out_dir.join(format!("{name}-server-stats.json")),
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        );
+    }
+    if load.wait_timeout(Duration::from_secs(60)).is_none() {
+        notes.push("the load generator did not finish on its own; it was stopped".into());
+        load.stop(Duration::from_secs(10));
+    }
+    let end_cpu = measure::cpu_seconds_sum(&process_tree(server.pid()))?;
+    let end_system = SystemCpu::read()?;
+    server.stop(Duration::from_secs(10));
+    drop(anchor);
+    drop(netns);
+    let summary: Summary = serde_json::from_str(
+        &std::fs::read_to_string(&load_json)
+            .with_context(|| format!("reading the load summary {}", load_json.display()))?,
+    )?;
+    let measured = Measured {
+        held,
+        workers,
+        before,
+        after,
+        held_stats,
+        broadcasts,
+        end_cpu,
+        end_system,
+        summary,
+        notes,
+    };
+    Ok(sum_up(cfg, stack, started, measured))
+}
+
+/// The figures of one stack's run.
+fn sum_up(cfg: &BenchConfig, stack: Stack, started: Instant, m: Measured) -> StackResult {
+    let xdp = stack == Stack::Xdp;
+    let held = m.held;
+    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &m.before, &m.after, !xdp));
+    let kernel_bytes = (memory.kernel_slab_bytes_per_conn + memory.kernel_sockbuf_bytes_per_conn) * held as f64;
+    let all_in_total = (m.after.server_mem.rss as f64 + kernel_bytes) / held.max(1) as f64;
+    let xdp_breakdown = m
+        .held_stats
+        .as_ref()
+        .filter(|_| xdp)
+        .map(|s| render::xdp_breakdown(s, m.after.server_mem.rss, held));
+    let server_cpu = m.before.server_cpu.delta(&m.end_cpu);
+    let system = m.before.system_cpu.delta(&m.end_system);
+    let mut fanouts: Vec<f64> = m.broadcasts.iter().map(|b| b.fanout_ms).collect();
+    fanouts.sort_by(f64::total_cmp);
+    let summary = m.summary;
+    StackResult {
+        stack: stack_name(stack).into(),
+        conns_target: cfg.conns,
+        held,
+        established: summary.established,
+        failed: summary.failed,
+        connect_rate_per_s: summary.connect_rate_per_s,
+        connect_wall_s: summary.connect_wall_s,
+        server_workers: m.workers,
+        load_procs: summary.procs,
+        fanout_ms_median: fanouts.get(fanouts.len() / 2).copied().unwrap_or(0.0),
+        deliveries_expected: m.broadcasts.iter().map(|b| b.websockets).sum(),
+        deliveries: summary.counters.pushes,
+        broadcasts: m.broadcasts,
+        push_latency: summary.push_latency.clone(),
+        cpu: CpuReport {
+            server_user_s: server_cpu.user_secs,
+            server_sys_s: server_cpu.system_secs,
+            load_user_s: summary.cpu_user_s,
+            load_sys_s: summary.cpu_sys_s,
+            system_busy_s: system.busy_secs,
+            system_softirq_s: system.softirq_secs,
+            wall_s: started.elapsed().as_secs_f64(),
+        },
+        memory,
+        server_rss_total_per_conn: m.after.server_mem.rss as f64 / held.max(1) as f64,
+        all_in_total_bytes_per_conn: all_in_total,
+        xdp_breakdown,
+        notes: m.notes,
+    }
+}

@@ -1,0 +1,178 @@
+//! The side-by-side table: one column per stack, then each stack's memory breakdown.
+
+use std::fmt::Write as _;
+
+use ws_server::admin::Report;
+
+use super::{BenchReport, StackResult};
+use crate::measure;
+
+/// Where an xdp server's resident memory goes, per connection, from its `/stats` (each stack
+/// structure by its resident pages, the UMEM, the core's tables) and the rest of its RSS.
+pub(super) fn xdp_breakdown(stats: &Report, rss: u64, held: u64) -> Vec<(String, f64)> {
+    use ws_server::control::WorkerStats;
+    use ws_server::io::userspace::XdpWorkerStats;
+    let per = |v: f64| v / held.max(1) as f64;
+    let sum_of = |f: &dyn Fn(&WorkerStats, &XdpWorkerStats) -> u64| -> f64 {
+        let total: u64 = stats
+            .per_worker
+            .iter()
+            .filter_map(|w| w.xdp.as_deref().map(|x| f(w, x)))
+            .sum();
+        total as f64
+    };
+    let parts: [(&str, f64); 8] = [
+        ("smoltcp sockets", sum_of(&|_, x| x.resident.socket_bytes as u64)),
+        ("rx + tx buffers (arena)", sum_of(&|_, x| x.resident.arena_bytes as u64)),
+        ("4-tuple table", sum_of(&|_, x| x.resident.table_bytes as u64)),
+        (
+            "slots (tuple, flags, user)",
+            sum_of(&|_, x| x.resident.slot_bytes as u64),
+        ),
+        ("free list", sum_of(&|_, x| x.resident.free_list_bytes as u64)),
+        (
+            "stack timer wheel and queues",
+            sum_of(&|_, x| (x.resident.wheel_bytes + x.resident.queue_bytes) as u64),
+        ),
+        ("AF_XDP UMEM", sum_of(&|_, x| x.umem_bytes)),
+        (
+            "server core (32 B state, devices, timers)",
+            sum_of(&|w, _| w.core_heap_bytes),
+        ),
+    ];
+    let sum: f64 = parts.iter().map(|(_, v)| v).sum();
+    let mut rows: Vec<(String, f64)> = parts.iter().map(|(name, v)| (name.to_string(), per(*v))).collect();
+    rows.push((
+        "rest of the processes' RSS (code, libraries, pools, supervisor)".into(),
+        per((rss as f64 - sum).max(0.0)),
+    ));
+    rows
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// The side-by-side table: one column per stack.
+pub fn render(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "\nws-bench: N = {} connections; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
+        thousands(r.conns as f64),
+        m.cpus,
+        m.mem_total_bytes as f64 / (1u64 << 30) as f64,
+        m.kernel,
+        m.fd_hard_limit
+    );
+    let cols: Vec<&StackResult> = r.results.iter().collect();
+    let mut row = |label: &str, f: &dyn Fn(&StackResult) -> String| {
+        let _ = write!(out, "  {label:<34}");
+        for c in &cols {
+            let _ = write!(out, "{:>26}", f(c));
+        }
+        out.push('\n');
+    };
+    row("stack", &|c| c.stack.clone());
+    row("connections held / target", &|c| {
+        format!("{} / {}", thousands(c.held as f64), thousands(c.conns_target as f64))
+    });
+    row("connect failures", &|c| thousands(c.failed as f64));
+    row("connect rate (established/s)", &|c| thousands(c.connect_rate_per_s));
+    row("server processes", &|c| c.server_workers.to_string());
+    row("broadcast hand-off to all, median (ms)", &|c| {
+        format!("{:.1}", c.fanout_ms_median)
+    });
+    row("  xdp: last frame on the link (ms)", &|c| {
+        let mut v: Vec<f64> = c.broadcasts.iter().filter_map(|b| b.handed_to_link_ms).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).map_or("-".into(), |m| format!("{m:.1}"))
+    });
+    row("deliveries / expected", &|c| {
+        format!(
+            "{} / {}",
+            thousands(c.deliveries as f64),
+            thousands(c.deliveries_expected as f64)
+        )
+    });
+    row("delivery latency p50 (ms)", &|c| {
+        format!("{:.1}", c.push_latency.p50_ms)
+    });
+    row("delivery latency p99 (ms)", &|c| {
+        format!("{:.1}", c.push_latency.p99_ms)
+    });
+    row("delivery latency max (ms)", &|c| {
+        format!("{:.1}", c.push_latency.max_ms)
+    });
+    row("CPU s: server user+sys", &|c| {
+        format!("{:.2}+{:.2}", c.cpu.server_user_s, c.cpu.server_sys_s)
+    });
+    row("CPU s: load generator user+sys", &|c| {
+        format!("{:.2}+{:.2}", c.cpu.load_user_s, c.cpu.load_sys_s)
+    });
+    row("CPU s: whole machine busy (softirq)", &|c| {
+        format!("{:.2} ({:.2})", c.cpu.system_busy_s, c.cpu.system_softirq_s)
+    });
+    row("bytes/conn ALL-IN (server RSS + kernel)", &|c| {
+        thousands(c.all_in_total_bytes_per_conn)
+    });
+    row("  server RSS total / N", &|c| thousands(c.server_rss_total_per_conn));
+    row("bytes/conn Δ (from the idle server)", &|c| {
+        thousands(c.memory.all_in_bytes_per_conn)
+    });
+    row("  user space (server RSS Δ / N)", &|c| {
+        thousands(c.memory.user_bytes_per_conn)
+    });
+    row("  kernel slab (server share)", &|c| {
+        thousands(c.memory.kernel_slab_bytes_per_conn)
+    });
+    row("  kernel socket buffers", &|c| {
+        thousands(c.memory.kernel_sockbuf_bytes_per_conn)
+    });
+    row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
+    for c in &r.results {
+        let _ = writeln!(
+            out,
+            "\n--- {} stack: memory breakdown ---\n{}",
+            c.stack,
+            measure::render_table(&c.memory)
+        );
+        if let Some(rows) = &c.xdp_breakdown {
+            let _ = writeln!(out, "  where the xdp server's resident bytes go (per connection):");
+            for (name, v) in rows {
+                let _ = writeln!(out, "    {name:<62}{v:>10.1}");
+            }
+        }
+        for n in &c.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(thousands(-1000.0), "-1,000");
+    }
+}
