@@ -167,18 +167,70 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
         warnings.push("n == 0: per-connection figures are reported as 0".into());
     }
     let per = |total: f64| if n == 0 { 0.0 } else { total / n as f64 };
-    let clamp = |what: &str, v: i64, warnings: &mut Vec<String>| -> f64 {
-        if v < 0 {
-            warnings.push(format!("{what}: negative delta {v} B clamped to 0"));
-        }
-        v.max(0) as f64
-    };
-
     let (share, ds, dc, share_how) = server_share(input, &mut warnings);
+    let (rss, pss) = user_space(input, &mut warnings);
+    let mut breakdown = vec![BreakdownRow {
+        name: "user: server RSS".into(),
+        bytes_per_conn: per(rss),
+        total_bytes: rss,
+        objects_per_conn: None,
+    }];
+    let slab = SlabInfo::delta(&input.slab_before, &input.slab_after);
+    let (slab_total, slab_pages_total) = slab_rows(&slab, share, per, &mut breakdown, &mut warnings);
+    slab_ipv6_check(&slab, n, &mut warnings);
+    merge_warnings(&input.slab_after, &mut warnings);
+    let sockbuf = sockbuf_row(input, &slab, share, per, &mut breakdown, &mut warnings);
+    let other = slab.other_slab_bytes();
+    let used = diff(input.meminfo_before.used(), input.meminfo_after.used());
+    let present: Vec<&str> = slab.socket_caches().iter().map(|c| c.name.as_str()).collect();
+    let method = format!(
+        "bytes/conn = (Δ server RSS [smaps_rollup Rss summed over {np} pid(s)] \
+         + share × Σ Δ(active_objs × objsize) over slab caches [{caches}] \
+         + share × Δ sockstat TCP mem [{dpages} pages × {page} B]) / N, with N = {n} and \
+         share = {share_how}; negative deltas clamped to 0; memcg accounting not used; \
+         kmalloc-* slab and non-slab kernel memory (e.g. large fd tables) are not attributed, \
+         see the unattributed whole-machine cross-check Δ(MemTotal - MemAvailable) / N.",
+        np = input.server_mem_after.pids.len(),
+        caches = present.join(", "),
+        dpages = diff(input.sockmem_pages_before, input.sockmem_pages_after),
+        page = input.page_size,
+    );
+    let (user, kslab, ksock) = (per(rss), per(slab_total), per(sockbuf));
+    MemReport {
+        n,
+        method,
+        server_share: share,
+        server_tcp_inuse_delta: ds,
+        client_tcp_inuse_delta: dc,
+        user_bytes_per_conn: user,
+        user_pss_bytes_per_conn: per(pss),
+        kernel_slab_bytes_per_conn: kslab,
+        kernel_slab_pages_bytes_per_conn: per(slab_pages_total),
+        kernel_sockbuf_bytes_per_conn: ksock,
+        all_in_bytes_per_conn: user + kslab + ksock,
+        breakdown,
+        absent_caches: slab.absent_socket_caches().iter().map(|s| s.to_string()).collect(),
+        merged_caches: input.slab_after.merged.clone(),
+        other_slab_delta_bytes: other,
+        other_slab_delta_per_conn: per(other as f64),
+        system_used_delta_per_conn: per(used as f64),
+        system_breakdown: system_rows(input, per),
+        warnings,
+    }
+}
 
-    // User space: the server's own pages.
+/// A negative delta, clamped to 0 and said.
+fn clamp(what: &str, v: i64, warnings: &mut Vec<String>) -> f64 {
+    if v < 0 {
+        warnings.push(format!("{what}: negative delta {v} B clamped to 0"));
+    }
+    v.max(0) as f64
+}
+
+/// User space: Δ of the server's own pages (RSS, PSS), with what makes them doubtful.
+fn user_space(input: &MemInput, warnings: &mut Vec<String>) -> (f64, f64) {
     let (mb, ma) = (&input.server_mem_before, &input.server_mem_after);
-    let rss = clamp("server RSS", diff(mb.rss, ma.rss), &mut warnings);
+    let rss = clamp("server RSS", diff(mb.rss, ma.rss), warnings);
     let pss = diff(mb.pss, ma.pss).max(0) as f64;
     if ma.swap > mb.swap {
         warnings.push(format!(
@@ -192,16 +244,18 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
     if pb != pa {
         warnings.push(format!("server process set changed between readings: {pb:?} -> {pa:?}"));
     }
+    (rss, pss)
+}
 
-    let mut breakdown = vec![BreakdownRow {
-        name: "user: server RSS".into(),
-        bytes_per_conn: per(rss),
-        total_bytes: rss,
-        objects_per_conn: None,
-    }];
-
-    // Kernel slab: per-socket objects, scaled by the server's share.
-    let slab = SlabInfo::delta(&input.slab_before, &input.slab_after);
+/// Kernel slab: per-socket objects, scaled by the server's share; one row per cache. Returns the
+/// bytes of the objects and of their slab pages.
+fn slab_rows(
+    slab: &SlabDelta,
+    share: f64,
+    per: impl Fn(f64) -> f64,
+    breakdown: &mut Vec<BreakdownRow>,
+    warnings: &mut Vec<String>,
+) -> (f64, f64) {
     let mut slab_total = 0.0;
     let mut slab_pages_total = 0.0;
     let mut clamped = Vec::new();
@@ -223,15 +277,23 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
     if !clamped.is_empty() {
         warnings.push(format!("slab caches that shrank, clamped to 0: {}", clamped.join(", ")));
     }
-    slab_ipv6_check(&slab, n, &mut warnings);
-    merge_warnings(&input.slab_after, &mut warnings);
+    (slab_total, slab_pages_total)
+}
 
-    // Kernel socket buffers: sockstat mem is in pages and global.
+/// Kernel socket buffers: sockstat mem is in pages and global, so it is scaled by the share.
+fn sockbuf_row(
+    input: &MemInput,
+    slab: &SlabDelta,
+    share: f64,
+    per: impl Fn(f64) -> f64,
+    breakdown: &mut Vec<BreakdownRow>,
+    warnings: &mut Vec<String>,
+) -> f64 {
     let dpages = diff(input.sockmem_pages_before, input.sockmem_pages_after);
     let sockbuf = clamp(
         "sockstat TCP mem",
         dpages.saturating_mul(input.page_size as i64),
-        &mut warnings,
+        warnings,
     ) * share;
     breakdown.push(BreakdownRow {
         name: "kernel: socket buffers (sockstat TCP mem)".into(),
@@ -247,11 +309,12 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
                 .into(),
         );
     }
+    sockbuf
+}
 
-    // Cross-checks, unattributed: both sides, whole machine.
-    let other = slab.other_slab_bytes();
+/// Cross-checks, unattributed: both sides, whole machine.
+fn system_rows(input: &MemInput, per: impl Fn(f64) -> f64) -> Vec<BreakdownRow> {
     let (ib, ia) = (&input.meminfo_before, &input.meminfo_after);
-    let used = diff(ib.used(), ia.used());
     let sys_row = |name: &str, b: u64, a: u64| {
         let d = diff(b, a) as f64;
         BreakdownRow {
@@ -261,7 +324,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
             objects_per_conn: None,
         }
     };
-    let system_breakdown = vec![
+    vec![
         sys_row("system: Δ(MemTotal - MemAvailable)", ib.used(), ia.used()),
         sys_row("system: Δ Slab", ib.slab, ia.slab),
         sys_row("system: Δ SUnreclaim", ib.s_unreclaim, ia.s_unreclaim),
@@ -269,45 +332,7 @@ pub fn bytes_per_conn(input: &MemInput) -> MemReport {
         sys_row("system: Δ KernelStack", ib.kernel_stack, ia.kernel_stack),
         sys_row("system: Δ PageTables", ib.page_tables, ia.page_tables),
         sys_row("system: Δ AnonPages", ib.anon_pages, ia.anon_pages),
-    ];
-
-    let present: Vec<&str> = slab.socket_caches().iter().map(|c| c.name.as_str()).collect();
-    let method = format!(
-        "bytes/conn = (Δ server RSS [smaps_rollup Rss summed over {np} pid(s)] \
-         + share × Σ Δ(active_objs × objsize) over slab caches [{caches}] \
-         + share × Δ sockstat TCP mem [{dpages} pages × {page} B]) / N, with N = {n} and \
-         share = {share_how}; negative deltas clamped to 0; memcg accounting not used; \
-         kmalloc-* slab and non-slab kernel memory (e.g. large fd tables) are not attributed, \
-         see the unattributed whole-machine cross-check Δ(MemTotal - MemAvailable) / N.",
-        np = ma.pids.len(),
-        caches = present.join(", "),
-        page = input.page_size,
-    );
-
-    let user = per(rss);
-    let kslab = per(slab_total);
-    let ksock = per(sockbuf);
-    MemReport {
-        n,
-        method,
-        server_share: share,
-        server_tcp_inuse_delta: ds,
-        client_tcp_inuse_delta: dc,
-        user_bytes_per_conn: user,
-        user_pss_bytes_per_conn: per(pss),
-        kernel_slab_bytes_per_conn: kslab,
-        kernel_slab_pages_bytes_per_conn: per(slab_pages_total),
-        kernel_sockbuf_bytes_per_conn: ksock,
-        all_in_bytes_per_conn: user + kslab + ksock,
-        breakdown,
-        absent_caches: slab.absent_socket_caches().iter().map(|s| s.to_string()).collect(),
-        merged_caches: input.slab_after.merged.clone(),
-        other_slab_delta_bytes: other,
-        other_slab_delta_per_conn: per(other as f64),
-        system_used_delta_per_conn: per(used as f64),
-        system_breakdown,
-        warnings,
-    }
+    ]
 }
 
 /// A server listening on IPv6 puts its sockets in TCPv6, which we do not
