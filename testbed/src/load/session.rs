@@ -105,6 +105,20 @@ pub fn fail(c: &mut ChildCounters, cause: &str) {
     *c.failed.entry(cause.to_string()).or_default() += 1;
 }
 
+/// A connection attempt starts (counted whether or not the transport gets that far).
+pub fn attempt(sh: &mut Shared) {
+    sh.c.attempted += 1;
+    if sh.c.first_attempt_ns == 0 {
+        sh.c.first_attempt_ns = monotonic_ns();
+    }
+}
+
+/// The schedule gave up on a connection still handshaking (`connect_timeout`, `handshake_timeout`).
+pub fn timed_out(conn: &mut Proto, sh: &mut Shared, cause: &str) {
+    fail(&mut sh.c, cause);
+    set_state(conn, State::Done, sh);
+}
+
 /// TCP is up: send the upgrade request (or the first long-poll).
 pub fn connected<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
     let mut req = Vec::with_capacity(256);
@@ -315,25 +329,6 @@ fn record_push(conn: &mut Proto, payload: &[u8], sh: &mut Shared) {
             sh.c.reached_expected += 1;
         }
     }
-}
-
-/// Which slots get a heartbeat ping (`true`) or a data-round frame (`false`) on tick `tick_no`:
-/// each job visits every k-th slot per tick (k = interval / tick), so every connection is served
-/// once per interval and no tick touches them all.
-pub fn periodic_slots(
-    plan: &ChildPlan,
-    tick_ms: u64,
-    tick_no: u64,
-    slots: usize,
-) -> impl Iterator<Item = (usize, bool)> + use<> {
-    let jobs = [(plan.ping_interval_ms, true), (plan.send_interval_ms, false)];
-    jobs.into_iter()
-        .filter(move |&(interval_ms, _)| interval_ms > 0 && slots > 0)
-        .flat_map(move |(interval_ms, is_ping)| {
-            let k = (interval_ms / tick_ms.max(1)).max(1) as usize;
-            let phase = (tick_no % k as u64) as usize;
-            (phase..slots).step_by(k).map(move |slot| (slot, is_ping))
-        })
 }
 
 /// A heartbeat ping or a data-round frame on an open connection.
