@@ -257,17 +257,17 @@ fn load_generator_on_the_userspace_stack_explains_bad_settings() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--iface"), "{err}");
     let (code, err) = run(&["--iface", "wsbtc-c0", "--server-mac", "zz:zz"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "a usage error: {err}");
     assert!(err.contains("not a MAC address"), "{err}");
     let (code, err) = run(&["--iface", "nope0", "--hold", "1s"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no such interface"), "{err}");
     let (code, err) = run(&["--iface", "wsbtc-c0", "--procs", "3"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "a usage error: {err}");
     assert!(err.contains("one process"), "{err}");
     // Nobody listens: every connection is refused, and the program is detached afterwards.
     let (code, _) = run(&["--iface", "wsbtc-c0", "--hold", "1s", "--connect-timeout", "2s"]);
-    assert_eq!(code, Some(2), "not every connection was established");
+    assert_eq!(code, Some(3), "not every connection was established");
     let (_, link) = run_in(&ns.cli, "ip", &["link", "show", "dev", "wsbtc-c0"]);
     assert!(!link.contains("prog/xdp"), "{link}");
 }
