@@ -242,6 +242,40 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
     );
 }
 
+/// Nobody listens: every connection of the kernel-stack client is refused, the summary counts
+/// each one by cause, and ws-load exits 3 (not every connection established), not 2 (usage).
+#[test]
+fn a_run_with_refused_connections_exits_3_and_counts_them() {
+    if !privileged("a_run_with_refused_connections_exits_3_and_counts_them") {
+        return;
+    }
+    let dir = scratch("refused");
+    let ns = Netns::setup("wsbtg", 1).unwrap();
+    let json = dir.join("load.json");
+    let args = [
+        "--conns",
+        "50",
+        "--src",
+        "198.19.0.1",
+        "--hold",
+        "1s",
+        "--connect-timeout",
+        "2s",
+    ];
+    let mut load = start_load(&ns, &args, &json);
+    let status = load.wait_timeout(Duration::from_secs(60)).expect("ws-load finishes");
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["established"], 0, "{summary}");
+    assert_eq!(summary["failed"], 50, "{summary}");
+    assert_eq!(
+        summary["counters"]["failed"],
+        serde_json::json!({"refused": 50}),
+        "{summary}"
+    );
+    assert_eq!(summary["complete"], true, "{summary}");
+}
+
 /// `/stats` of a server with many workers (over tiny_http's 32 KiB chunking threshold) comes with a
 /// Content-Length, so plain clients (and ws-bench) read it whole (found at 1M connections).
 #[test]

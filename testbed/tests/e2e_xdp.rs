@@ -95,26 +95,35 @@ fn both_client_kinds_at_five_thousand_each() {
     }
     let x = finish_load(xdp_load, &jx, Duration::from_secs(90));
     let k = finish_load(kernel_load, &jk, Duration::from_secs(90));
-    for (summary, device) in [(&x, "x-17"), (&k, "k-4023")] {
-        assert_eq!(summary["established"], 5000, "{summary}");
-        assert_eq!(summary["failed"], 0, "{summary}");
-        let c = &summary["counters"];
-        assert_eq!(
-            c["broadcasts"], 10_000,
-            "every connection got both broadcasts: {summary}"
-        );
-        assert_eq!(c["targeted"], 1, "{summary}");
-        assert_eq!(summary["targeted_devices"], serde_json::json!([device]));
-        assert_eq!(c["closed_by_server"], serde_json::json!({}), "none expired: {summary}");
-        assert!(c["pongs"].as_u64().unwrap() >= 5000, "heartbeats answered: {summary}");
-        let (sent, echoes) = (c["sent_frames"].as_u64().unwrap(), c["echoes"].as_u64().unwrap());
-        assert!(echoes >= 5000 && echoes + 5000 >= sent, "echo rounds: {summary}");
-    }
+    five_thousand_served(&x, "x-17");
+    five_thousand_served(&k, "k-4023");
     assert_eq!(x["stack"], "xdp");
     assert_eq!(k["stack"], "kernel");
 
     wait_conns(&ns, 0, Duration::from_secs(30));
-    let stats = admin_json(&ns, "/stats");
+    server_counts_both_clients(&ns, &x, &k);
+}
+
+/// What one 5,000-connection client of `both_client_kinds_at_five_thousand_each` saw.
+fn five_thousand_served(summary: &serde_json::Value, device: &str) {
+    assert_eq!(summary["established"], 5000, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let c = &summary["counters"];
+    assert_eq!(
+        c["broadcasts"], 10_000,
+        "every connection got both broadcasts: {summary}"
+    );
+    assert_eq!(c["targeted"], 1, "{summary}");
+    assert_eq!(summary["targeted_devices"], serde_json::json!([device]));
+    assert_eq!(c["closed_by_server"], serde_json::json!({}), "none expired: {summary}");
+    assert!(c["pongs"].as_u64().unwrap() >= 5000, "heartbeats answered: {summary}");
+    let (sent, echoes) = (c["sent_frames"].as_u64().unwrap(), c["echoes"].as_u64().unwrap());
+    assert!(echoes >= 5000 && echoes + 5000 >= sent, "echo rounds: {summary}");
+}
+
+/// The server's /stats after both clients (`x`, `k`) and the 300 silent ones are gone.
+fn server_counts_both_clients(ns: &Netns, x: &serde_json::Value, k: &serde_json::Value) {
+    let stats = admin_json(ns, "/stats");
     let echoed = x["counters"]["echoes"].as_u64().unwrap() + k["counters"]["echoes"].as_u64().unwrap();
     assert_eq!(stats["stack"], "xdp", "{stats}");
     assert_eq!(stats["accepted"], 10_300, "{stats}");
@@ -144,7 +153,7 @@ fn both_client_kinds_at_five_thousand_each() {
         "{stats}"
     );
     assert_eq!(
-        admin_json(&ns, "/conns"),
+        admin_json(ns, "/conns"),
         serde_json::json!({"closed": 10_300, "conns": 0})
     );
 }
@@ -257,17 +266,17 @@ fn load_generator_on_the_userspace_stack_explains_bad_settings() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--iface"), "{err}");
     let (code, err) = run(&["--iface", "wsbtc-c0", "--server-mac", "zz:zz"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "a usage error: {err}");
     assert!(err.contains("not a MAC address"), "{err}");
     let (code, err) = run(&["--iface", "nope0", "--hold", "1s"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no such interface"), "{err}");
     let (code, err) = run(&["--iface", "wsbtc-c0", "--procs", "3"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "a usage error: {err}");
     assert!(err.contains("one process"), "{err}");
     // Nobody listens: every connection is refused, and the program is detached afterwards.
     let (code, _) = run(&["--iface", "wsbtc-c0", "--hold", "1s", "--connect-timeout", "2s"]);
-    assert_eq!(code, Some(2), "not every connection was established");
+    assert_eq!(code, Some(3), "not every connection was established");
     let (_, link) = run_in(&ns.cli, "ip", &["link", "show", "dev", "wsbtc-c0"]);
     assert!(!link.contains("prog/xdp"), "{link}");
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
-use testbed::load::parent::{self, LoadConfig, ProgressMode, CONNS_PER_PROC};
+use clap::{CommandFactory, Parser};
+use testbed::load::parent::{self, LoadConfig, ProgressMode, Summary, CONNS_PER_PROC};
 use testbed::load::sources::{self, CONNS_PER_SOURCE};
 use testbed::load::{kernel_child, xdp_child, ChildPlan, XdpClient, CHILD_PLAN_ENV};
 use ws_server::cli::{parse_duration, parse_size, Stack};
@@ -23,10 +23,8 @@ use ws_server::cli::{parse_duration, parse_size, Stack};
 /// --iface (no file descriptor per connection, 64,512 ports per source address): it attaches the
 /// XDP program there in client mode (everything the server sends comes to us) and detaches it
 /// at the end. Needs root. --stack kernel (default) is the real-peer check with Linux TCP.
-///
-/// Exit status: 0 when every connection was established, 2 when some were not, 1 on errors.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "ws-load", version, about, long_about, after_help = EXIT_STATUS_HELP)]
 struct Args {
     /// Client stack.
     #[arg(long, value_enum, default_value = "kernel")]
@@ -112,19 +110,50 @@ struct Args {
     child: bool,
 }
 
+/// Exit statuses, one per outcome, so scripts can tell a refused command line from a run that
+/// did not get every connection (listed in --help).
+const EXIT_OK: i32 = 0;
+const EXIT_ERROR: i32 = 1;
+/// clap's own status for usage errors; our checks of the arguments use it too.
+const EXIT_USAGE: i32 = 2;
+const EXIT_NOT_ALL_ESTABLISHED: i32 = 3;
+const EXIT_INCOMPLETE: i32 = 4;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  every connection was established and every load process reported
+  1  error: the run could not be done (permissions, interface, no load process reported)
+  2  usage error: a bad flag, value or combination of them; nothing was started
+  3  not every connection was established (the summary counts the failures by cause)
+  4  a load process did not report its final line: the summary is partial";
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run() {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("ws-load: error: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    let args = Args::parse();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => match e.downcast::<clap::Error>() {
+            Ok(usage) => {
+                let _ = usage.print();
+                EXIT_USAGE
+            }
+            Err(e) => {
+                eprintln!("ws-load: error: {e:#}");
+                EXIT_ERROR
+            }
+        },
+    };
+    std::process::exit(code);
 }
 
-fn run() -> anyhow::Result<i32> {
-    let args = Args::parse();
+/// A usage error, reported as clap reports its own (with the usage line).
+fn usage(msg: impl std::fmt::Display) -> anyhow::Error {
+    Args::command()
+        .error(clap::error::ErrorKind::ValueValidation, msg)
+        .into()
+}
+
+fn run(args: &Args) -> anyhow::Result<i32> {
     if args.child {
         let plan: ChildPlan =
             serde_json::from_str(&std::env::var(CHILD_PLAN_ENV).context("no plan for this load process")?)
@@ -134,88 +163,58 @@ fn run() -> anyhow::Result<i32> {
         } else {
             kernel_child::run(plan)?;
         }
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
-    let xdp = match args.stack {
-        Stack::Kernel => None,
-        Stack::Xdp => {
-            if !host::is_root() {
-                bail!("--stack xdp needs root (XDP and AF_XDP on --iface)");
-            }
-            if args.procs.is_some_and(|p| p != 1) {
-                bail!("--stack xdp runs one process for every connection (no --procs)");
-            }
-            if !(128..=1 << 20).contains(&args.rx_buf) || !(128..=1 << 20).contains(&args.tx_buf) {
-                bail!("--rx-buf and --tx-buf must be 128 bytes to 1 MiB");
-            }
-            let server_mac =
-                match &args.server_mac {
-                    Some(text) => Some(host::iface::parse_mac(text).with_context(|| {
-                        format!("--server-mac '{text}' is not a MAC address like 02:00:00:00:00:01")
-                    })?),
-                    None => None,
-                };
-            Some(XdpClient {
-                iface: args.iface.clone().unwrap_or_default(),
-                server_mac,
-                rx_buf: args.rx_buf,
-                tx_buf: args.tx_buf,
-                xdp_mode: match args.xdp_mode {
-                    xdp_prog::Mode::Native => "native",
-                    xdp_prog::Mode::Generic => "generic",
-                    xdp_prog::Mode::Auto => "auto",
-                }
-                .into(),
-            })
-        }
-    };
+    let cfg = config(args)?;
+    if cfg.xdp.is_some() && !host::is_root() {
+        bail!("--stack xdp needs root (XDP and AF_XDP on --iface)");
+    }
+    let summary = parent::run(&cfg)?;
+    println!("ws-load summary\n{}", parent::render(&summary));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(outcome(&summary))
+}
+
+fn outcome(summary: &Summary) -> i32 {
+    // A missing report leaves the counts short too: say that first.
+    if !summary.complete {
+        EXIT_INCOMPLETE
+    } else if summary.established < summary.conns_target {
+        EXIT_NOT_ALL_ESTABLISHED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The run the arguments ask for; anything wrong with them is a usage error.
+fn config(args: &Args) -> anyhow::Result<LoadConfig> {
+    let xdp = xdp_client(args)?;
     if args.conns == 0 || args.conns > 2_000_000 {
-        bail!("--conns must be between 1 and 2,000,000");
+        return Err(usage("--conns must be between 1 and 2,000,000"));
     }
     if !args.rate.is_finite() || args.rate < 0.0 {
-        bail!("--rate must be a number ≥ 0");
+        return Err(usage("--rate must be a number ≥ 0"));
     }
     if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
+        return Err(usage("--concurrency must be at least 1"));
     }
     if !args.path.starts_with('/') {
-        bail!("--path must start with '/'");
-    }
-    let sources = match &args.src {
-        Some(list) => sources::parse_list(list).map_err(anyhow::Error::msg)?,
-        None => sources::local_addresses_in(Ipv4Addr::new(198, 19, 0, 0), 16),
-    };
-    let per_source = if sources.is_empty() {
-        args.conns
-    } else {
-        args.conns.div_ceil(sources.len() as u64)
-    };
-    if per_source > CONNS_PER_SOURCE as u64 + 4_000 {
-        bail!(
-            "{} connections over {} source address(es) is {per_source} per address, more than the ~64K ports one address has; add addresses (netns-scripts/setup.sh --conns {}) or pass --src",
-            args.conns,
-            sources.len().max(1),
-            args.conns
-        );
-    }
-    let fd_limit = host::process::hard_fd_limit() as u64;
-    let procs = match xdp {
-        Some(_) => 1,
-        None => args
-            .procs
-            .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_PROC) as usize)
-            .max(1),
-    };
-    if xdp.is_none() && args.conns.div_ceil(procs as u64) + 64 > fd_limit {
-        bail!(
-            "{} connections over {procs} processes is more than one process may hold ({fd_limit} files); raise --procs",
-            args.conns
-        );
+        return Err(usage("--path must start with '/'"));
     }
     if args.send_interval > Duration::ZERO && args.payload < 21 {
-        bail!("--payload must be at least 21 bytes (a marker and the send time) for data rounds");
+        return Err(usage(
+            "--payload must be at least 21 bytes (a marker and the send time) for data rounds",
+        ));
     }
-    let cfg = LoadConfig {
+    let sources = match &args.src {
+        Some(list) => sources::parse_list(list).map_err(usage)?,
+        None => sources::local_addresses_in(Ipv4Addr::new(198, 19, 0, 0), 16),
+    };
+    let procs = procs(args, &sources, xdp.is_some())?;
+    Ok(LoadConfig {
         server: args.server,
         host: args.host.clone().unwrap_or_else(|| args.server.to_string()),
         path: args.path.clone(),
@@ -235,16 +234,70 @@ fn run() -> anyhow::Result<i32> {
         expect_broadcasts: args.expect_broadcasts,
         progress: args.progress,
         xdp,
-    };
-    let summary = parent::run(&cfg)?;
-    println!("ws-load summary\n{}", parent::render(&summary));
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(if summary.established < summary.conns_target || !summary.complete {
-        2
-    } else {
-        0
     })
+}
+
+/// The userspace-stack client's settings (`--stack xdp`), checked.
+fn xdp_client(args: &Args) -> anyhow::Result<Option<XdpClient>> {
+    if args.stack == Stack::Kernel {
+        return Ok(None);
+    }
+    if args.procs.is_some_and(|p| p != 1) {
+        return Err(usage("--stack xdp runs one process for every connection (no --procs)"));
+    }
+    if !(128..=1 << 20).contains(&args.rx_buf) || !(128..=1 << 20).contains(&args.tx_buf) {
+        return Err(usage("--rx-buf and --tx-buf must be 128 bytes to 1 MiB"));
+    }
+    let server_mac = match &args.server_mac {
+        Some(text) => Some(host::iface::parse_mac(text).ok_or_else(|| {
+            usage(format!(
+                "--server-mac '{text}' is not a MAC address like 02:00:00:00:00:01"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(Some(XdpClient {
+        iface: args.iface.clone().unwrap_or_default(),
+        server_mac,
+        rx_buf: args.rx_buf,
+        tx_buf: args.tx_buf,
+        xdp_mode: match args.xdp_mode {
+            xdp_prog::Mode::Native => "native",
+            xdp_prog::Mode::Generic => "generic",
+            xdp_prog::Mode::Auto => "auto",
+        }
+        .into(),
+    }))
+}
+
+/// Load processes: enough that none holds more files than it may, and ports enough per address.
+fn procs(args: &Args, sources: &[Ipv4Addr], xdp: bool) -> anyhow::Result<usize> {
+    let per_source = if sources.is_empty() {
+        args.conns
+    } else {
+        args.conns.div_ceil(sources.len() as u64)
+    };
+    if per_source > CONNS_PER_SOURCE as u64 + 4_000 {
+        return Err(usage(format!(
+            "{} connections over {} source address(es) is {per_source} per address, more than the ~64K ports one address has; add addresses (netns-scripts/setup.sh --conns {}) or pass --src",
+            args.conns,
+            sources.len().max(1),
+            args.conns
+        )));
+    }
+    if xdp {
+        return Ok(1);
+    }
+    let procs = args
+        .procs
+        .unwrap_or_else(|| args.conns.div_ceil(CONNS_PER_PROC) as usize)
+        .max(1);
+    let fd_limit = host::process::hard_fd_limit() as u64;
+    if args.conns.div_ceil(procs as u64) + 64 > fd_limit {
+        return Err(usage(format!(
+            "{} connections over {procs} processes is more than one process may hold ({fd_limit} files); raise --procs",
+            args.conns
+        )));
+    }
+    Ok(procs)
 }

@@ -1,28 +1,33 @@
-//! One load process on the kernel stack: opens its share of connections at its rate with bounded
-//! concurrency, holds them (pings, data rounds, long-polls), measures, and closes them cleanly.
-//! Reports progress and a final line as JSON on stdout.
+//! One load process on the kernel stack: an epoll loop over its share of the connections (kernel
+//! sockets, so at most ~20,000 per process here). `schedule.rs` decides when to connect, time out,
+//! ping, stop and close; `session.rs` speaks the protocol; this file does the socket I/O. Reports
+//! progress and a final line as JSON on stdout.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use host::monotonic_ns;
+use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use super::schedule::{Conns, Round, Schedule, Step, Timing};
 use super::session::{self, ended, eof, fail, set_state, Fate, Peer, Proto, Shared, State};
-use super::{ChildLine, ChildPlan};
+use super::{emit, ChildLine, ChildPlan};
 
 const READ_CHUNK: usize = 64 * 1024;
-const TICK: Duration = Duration::from_millis(100);
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// How long closing may take before the process reports and exits anyway.
-const CLOSE_GRACE: Duration = Duration::from_secs(3);
+const TIMING: Timing = Timing {
+    tick: Duration::from_millis(100),
+    close_grace: Duration::from_secs(3),
+    // Connecting is cheap here (a non-blocking connect): only the rate and concurrency bound it.
+    connect_burst: usize::MAX,
+    connect_poll: Duration::from_millis(5),
+};
 
 struct Conn {
     stream: TcpStream,
@@ -31,6 +36,7 @@ struct Conn {
     inp: Vec<u8>,
     /// Bytes the kernel did not take yet.
     out: Vec<u8>,
+    /// Registered for writable events (while connecting, or with output waiting).
     writable: bool,
 }
 
@@ -44,199 +50,199 @@ impl Peer for Conn {
     }
 }
 
+/// The process's connections: a slab of sockets whose slot is the epoll token.
+struct Client {
+    poll: Poll,
+    slab: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    sh: Shared,
+    scratch: Vec<u8>,
+}
+
+impl Conns for Client {
+    fn live(&self) -> usize {
+        self.slab.len() - self.free.len()
+    }
+
+    fn handshaking(&self) -> usize {
+        self.sh.handshaking
+    }
+
+    fn open(&self) -> u64 {
+        self.sh.c.open
+    }
+
+    fn reached_expected(&self) -> u64 {
+        self.sh.c.reached_expected
+    }
+
+    fn state(&self, slot: usize, n: u64) -> Option<State> {
+        let conn = self.slab.get(slot)?.as_ref()?;
+        (conn.p.n == n).then_some(conn.p.state)
+    }
+}
+
 pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     host::process::raise_fd_limit();
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
-    let mut poll = Poll::new()?;
+    let mut sched = Schedule::new(&plan, TIMING, monotonic_ns());
+    let mut k = Client::new(plan)?;
     let mut events = Events::with_capacity(4096);
-    let mut slab: Vec<Option<Conn>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut inflight: VecDeque<(usize, u64, u64)> = VecDeque::new();
-    let mut scratch = vec![0u8; READ_CHUNK];
-    let mut sh = Shared::new(plan);
-    let start = Instant::now();
-    let end_n = sh.plan.first + sh.plan.count;
-    let mut next_n = sh.plan.first;
-    let mut hold_started: Option<Instant> = None;
-    let mut closing_started: Option<Instant> = None;
-    let mut next_tick = start;
-    let mut tick_no: u64 = 0;
-    let mut next_progress = start;
     let mut stdout = io::stdout().lock();
-    let connect_timeout_ns = sh.plan.connect_timeout_ms * 1_000_000;
-    let duration = Duration::from_millis(sh.plan.duration_ms);
-
     loop {
-        let now = Instant::now();
-        // Open new connections within the rate and the concurrency bound.
-        if closing_started.is_none() && next_n < end_n {
-            let allowed = if sh.plan.rate > 0.0 {
-                ((now - start).as_secs_f64() * sh.plan.rate).floor() as u64 + 1
-            } else {
-                u64::MAX
+        if stop.load(Ordering::Relaxed) {
+            sched.stop();
+        }
+        match sched.next(monotonic_ns(), &k) {
+            Step::Wait(wait) => k.io(&mut events, wait)?,
+            Step::Connect(n) => k.connect(n, &mut sched),
+            Step::TimeOut { slot, cause } => k.time_out(slot, cause),
+            Step::Periodic(round) => k.periodic(round),
+            Step::BeginClose(_) => k.begin_close(),
+            Step::Progress => {
+                k.sh.c.done_connecting = sched.done_connecting();
+                emit(&mut stdout, &ChildLine::Progress(Box::new(k.sh.c.clone())))?;
+            }
+            Step::Finish => break,
+        }
+    }
+    k.sh.c.done_connecting = sched.done_connecting();
+    emit(&mut stdout, &ChildLine::Final(Box::new(session::final_line(&k.sh))))
+}
+
+impl Client {
+    fn new(plan: ChildPlan) -> anyhow::Result<Client> {
+        Ok(Client {
+            poll: Poll::new()?,
+            slab: Vec::new(),
+            free: Vec::new(),
+            sh: Shared::new(plan),
+            scratch: vec![0u8; READ_CHUNK],
+        })
+    }
+
+    /// Start connection `n`: a non-blocking connect, registered for its completion.
+    fn connect(&mut self, n: u64, sched: &mut Schedule) {
+        session::attempt(&mut self.sh);
+        let stream = match open(&self.sh.plan, n) {
+            Ok(stream) => stream,
+            Err(cause) => return fail(&mut self.sh.c, cause),
+        };
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            self.slab.len() - 1
+        });
+        let mut conn = Conn {
+            stream,
+            p: Proto::new(n),
+            inp: Vec::new(),
+            out: Vec::new(),
+            writable: true,
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut conn.stream, Token(slot), interest) {
+            fail(&mut self.sh.c, &format!("register: {e}"));
+            self.free.push(slot);
+            return;
+        }
+        sched.opened(slot, n, conn.p.since_ns);
+        self.sh.handshaking += 1;
+        self.slab[slot] = Some(conn);
+    }
+
+    /// Take a connection out of the slab (its socket closes when it is dropped).
+    fn remove(&mut self, slot: usize) -> Option<Conn> {
+        let mut conn = self.slab.get_mut(slot)?.take()?;
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.free.push(slot);
+        Some(conn)
+    }
+
+    fn time_out(&mut self, slot: usize, cause: &str) {
+        if let Some(mut conn) = self.remove(slot) {
+            session::timed_out(&mut conn.p, &mut self.sh, cause);
+        }
+    }
+
+    /// Pings and data rounds of this tick.
+    fn periodic(&mut self, round: Round) {
+        for (slot, is_ping) in round.slots(self.slab.len()) {
+            let Some(conn) = self.slab[slot].as_mut() else {
+                continue;
             };
-            while next_n < end_n && sh.handshaking < sh.plan.concurrency && next_n - sh.plan.first < allowed {
-                let n = next_n;
-                next_n += 1;
-                sh.c.attempted += 1;
-                if sh.c.first_attempt_ns == 0 {
-                    sh.c.first_attempt_ns = monotonic_ns();
-                }
-                match open(&sh.plan, n) {
-                    Ok(stream) => {
-                        let slot = free.pop().unwrap_or_else(|| {
-                            slab.push(None);
-                            slab.len() - 1
-                        });
-                        let mut conn = Conn {
-                            stream,
-                            p: Proto::new(n),
-                            inp: Vec::new(),
-                            out: Vec::new(),
-                            writable: true,
-                        };
-                        if let Err(e) = poll.registry().register(
-                            &mut conn.stream,
-                            Token(slot),
-                            Interest::READABLE | Interest::WRITABLE,
-                        ) {
-                            fail(&mut sh.c, &format!("register: {e}"));
-                            free.push(slot);
-                            continue;
-                        }
-                        inflight.push_back((slot, n, conn.p.since_ns + connect_timeout_ns));
-                        sh.handshaking += 1;
-                        slab[slot] = Some(conn);
-                    }
-                    Err(cause) => fail(&mut sh.c, cause),
-                }
+            let _ = session::periodic_frame(conn, &mut self.sh, is_ping);
+            if !conn.out.is_empty() && !conn.writable {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                let _ = self.poll.registry().reregister(&mut conn.stream, Token(slot), interest);
+                conn.writable = true;
             }
         }
-        if !sh.c.done_connecting && next_n >= end_n && inflight.is_empty() {
-            sh.c.done_connecting = true;
-            hold_started = Some(now);
-        }
+    }
 
-        let wait = if next_n < end_n && closing_started.is_none() {
-            Duration::from_millis(5)
-        } else {
-            TICK
-        };
-        if let Err(e) = poll.poll(&mut events, Some(wait)) {
+    /// Start the close handshake on every open connection; drop the others.
+    fn begin_close(&mut self) {
+        self.sh.closing = true;
+        for slot in 0..self.slab.len() {
+            let Some(conn) = self.slab[slot].as_mut() else {
+                continue;
+            };
+            if session::begin_close(conn, &mut self.sh) == Fate::Drop {
+                self.remove(slot);
+            }
+        }
+    }
+
+    /// Wait for socket events at most `wait`, and handle them.
+    fn io(&mut self, events: &mut Events, wait: Duration) -> anyhow::Result<()> {
+        if let Err(e) = self.poll.poll(events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e).context("epoll_wait");
             }
         }
         for event in events.iter() {
-            let slot = event.token().0;
-            let Some(conn) = slab.get_mut(slot).and_then(Option::as_mut) else {
-                continue;
-            };
-            let mut fate = Fate::Keep;
-            if event.is_writable() {
-                fate = writable(conn, &mut sh);
-            }
-            if fate == Fate::Keep && (event.is_readable() || event.is_read_closed() || event.is_error()) {
-                fate = readable(conn, &mut sh, &mut scratch);
-            }
-            if fate == Fate::Keep && conn.writable != (!conn.out.is_empty() || conn.p.state == State::Connecting) {
-                let want = !conn.writable;
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                if poll
-                    .registry()
-                    .reregister(&mut conn.stream, Token(slot), interest)
-                    .is_ok()
-                {
-                    conn.writable = want;
-                }
-            }
-            if fate == Fate::Drop {
-                if let Some(mut conn) = slab[slot].take() {
-                    // Handlers account for what they end; anything still open failed on a write.
-                    ended(&mut conn.p, &mut sh, "write_error");
-                    let _ = poll.registry().deregister(&mut conn.stream);
-                }
-                free.push(slot);
-            }
+            self.event(event);
         }
-
-        let now = Instant::now();
-        if now >= next_tick {
-            next_tick = now + TICK;
-            tick_no += 1;
-            // Handshake timeouts, oldest first.
-            let now_ns = monotonic_ns();
-            while let Some(&(slot, n, deadline)) = inflight.front() {
-                let pending = slab.get(slot).and_then(Option::as_ref).filter(|c| c.p.n == n);
-                match pending {
-                    Some(c) if matches!(c.p.state, State::Connecting | State::Handshake) => {
-                        if deadline > now_ns {
-                            break;
-                        }
-                        fail(
-                            &mut sh.c,
-                            if c.p.state == State::Connecting {
-                                "connect_timeout"
-                            } else {
-                                "handshake_timeout"
-                            },
-                        );
-                        if let Some(mut conn) = slab[slot].take() {
-                            set_state(&mut conn.p, State::Done, &mut sh);
-                            let _ = poll.registry().deregister(&mut conn.stream);
-                        }
-                        free.push(slot);
-                        inflight.pop_front();
-                    }
-                    _ => {
-                        inflight.pop_front();
-                    }
-                }
-            }
-            if closing_started.is_none() {
-                periodic(&mut slab, &mut sh, tick_no, &poll);
-            }
-        }
-
-        // When to stop holding.
-        let stop_now = stop.load(Ordering::Relaxed);
-        if closing_started.is_none() {
-            let held = hold_started.is_some_and(|t| t.elapsed() >= Duration::from_millis(sh.plan.hold_ms));
-            let got_all = sh.plan.expect_broadcasts > 0 && sh.c.done_connecting && sh.c.reached_expected >= sh.c.open;
-            if held || got_all || stop_now || start.elapsed() >= duration {
-                closing_started = Some(Instant::now());
-                sh.closing = true;
-                begin_close(&mut slab, &mut sh);
-            }
-        }
-        let live = slab.len() - free.len();
-        if let Some(t) = closing_started {
-            if live == 0 || t.elapsed() >= CLOSE_GRACE {
-                break;
-            }
-        }
-        if Instant::now() >= next_progress {
-            next_progress += PROGRESS_EVERY;
-            emit(&mut stdout, &ChildLine::Progress(Box::new(sh.c.clone())))?;
-        }
+        Ok(())
     }
 
-    let final_line = session::final_line(&sh);
-    emit(&mut stdout, &ChildLine::Final(Box::new(final_line)))?;
-    Ok(())
-}
-
-fn emit(out: &mut impl Write, line: &ChildLine) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *out, line)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
+    fn event(&mut self, event: &Event) {
+        let slot = event.token().0;
+        let Some(conn) = self.slab.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut fate = Fate::Keep;
+        if event.is_writable() {
+            fate = writable(conn, &mut self.sh);
+        }
+        if fate == Fate::Keep && (event.is_readable() || event.is_read_closed() || event.is_error()) {
+            fate = readable(conn, &mut self.sh, &mut self.scratch);
+        }
+        // Writable events only while they are wanted: connecting, or output waiting.
+        let want = !conn.out.is_empty() || conn.p.state == State::Connecting;
+        if fate == Fate::Keep && conn.writable != want {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(slot), interest)
+                .is_ok()
+            {
+                conn.writable = want;
+            }
+        }
+        if fate == Fate::Drop {
+            if let Some(mut conn) = self.remove(slot) {
+                // Handlers account for what they end; anything still open failed on a write.
+                ended(&mut conn.p, &mut self.sh, "write_error");
+            }
+        }
+    }
 }
 
 /// A non-blocking connect from this connection's source address.
@@ -391,33 +397,6 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
     }
 }
 
-/// Pings and data rounds, spread evenly over the ticks (`session::periodic_slots`).
-fn periodic(slab: &mut [Option<Conn>], sh: &mut Shared, tick_no: u64, poll: &Poll) {
-    for (slot, is_ping) in session::periodic_slots(&sh.plan, TICK.as_millis() as u64, tick_no, slab.len()) {
-        let Some(conn) = slab[slot].as_mut() else {
-            continue;
-        };
-        let _ = session::periodic_frame(conn, sh, is_ping);
-        if !conn.out.is_empty() && !conn.writable {
-            let _ = poll
-                .registry()
-                .reregister(&mut conn.stream, Token(slot), Interest::READABLE | Interest::WRITABLE);
-            conn.writable = true;
-        }
-    }
-}
-
-/// Start the close handshake on every open connection; drop the others.
-fn begin_close(slab: &mut [Option<Conn>], sh: &mut Shared) {
-    for entry in slab.iter_mut() {
-        if let Some(conn) = entry.as_mut() {
-            if session::begin_close(conn, sh) == Fate::Drop {
-                *entry = None;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,21 +437,41 @@ mod tests {
     /// the handshake window is released exactly once per connection (found in review).
     #[test]
     fn closing_accounts_for_every_attempt() {
-        let mut sh = Shared::new(plan());
-        sh.c.attempted = 3;
-        sh.handshaking = 2;
+        let mut k = Client::new(plan()).unwrap();
+        k.sh.c.attempted = 3;
+        k.sh.handshaking = 2;
         let mut open = conn(State::Handshake, 2);
-        set_state(&mut open.p, State::Open, &mut sh);
-        session::established(&open.p, &mut sh);
-        assert_eq!((sh.handshaking, sh.c.open), (1, 1));
-        let mut slab = vec![Some(conn(State::Connecting, 0)), Some(open), None];
-        sh.c.failed.insert("refused".into(), 1); // the third attempt
-        begin_close(&mut slab, &mut sh);
+        set_state(&mut open.p, State::Open, &mut k.sh);
+        session::established(&open.p, &mut k.sh);
+        assert_eq!((k.sh.handshaking, k.sh.c.open), (1, 1));
+        k.slab = vec![Some(conn(State::Connecting, 0)), Some(open), None];
+        k.free = vec![2];
+        k.sh.c.failed.insert("refused".into(), 1); // the third attempt
+        k.begin_close();
+        let sh = &k.sh;
         assert_eq!(sh.handshaking, 0);
         assert_eq!(sh.c.open, 0);
         assert_eq!(sh.c.attempted, sh.c.established + sh.c.failed_total(), "{:?}", sh.c);
         assert_eq!(sh.c.failed.get("aborted_in_handshake"), Some(&1));
-        assert!(slab[0].is_none() && slab[1].as_ref().is_some_and(|c| c.p.state == State::Closing));
+        assert!(k.slab[0].is_none() && k.slab[1].as_ref().is_some_and(|c| c.p.state == State::Closing));
+        // The dropped one's slot is free again, so closing ends once the open one is done.
+        assert_eq!(k.live(), 1);
+    }
+
+    /// The schedule sees a slot only for the connection in it, and its time-out counts the cause
+    /// once and frees the slot.
+    #[test]
+    fn a_time_out_counts_its_cause_once_and_frees_the_slot() {
+        let mut k = Client::new(plan()).unwrap();
+        k.sh.handshaking = 2;
+        k.slab = vec![Some(conn(State::Connecting, 7)), Some(conn(State::Handshake, 8))];
+        assert_eq!(k.state(0, 7), Some(State::Connecting));
+        assert_eq!(k.state(0, 8), None, "another connection's slot");
+        assert_eq!(k.state(5, 7), None);
+        k.time_out(1, "handshake_timeout");
+        k.time_out(1, "handshake_timeout");
+        assert_eq!(k.sh.c.failed.get("handshake_timeout"), Some(&1));
+        assert_eq!((k.sh.handshaking, k.live(), k.free.as_slice()), (1, 1, &[1][..]));
     }
 
     /// A broken frame on an established connection is the server's fault, not a failed connection.

@@ -1,17 +1,22 @@
 //! The load generator: many WebSocket (or long-poll) clients spread over source addresses and
 //! processes, each process an epoll loop over kernel sockets (one process may hold at most 20,000
-//! files here). The parent process plans the shards, shows progress, merges what the child
-//! processes report (counters and HDR histograms) and writes the summary.
+//! files here), or one process on the userspace stack over AF_XDP. The parent process plans the
+//! shards, shows progress, merges what the child processes report (counters and HDR histograms)
+//! and writes the summary. A load process is three layers: `schedule.rs` decides when (pacing,
+//! timeouts, rounds, hold, close), `session.rs` speaks the protocol of one connection, and
+//! `kernel_child.rs` / `xdp_child.rs` do the I/O.
 
 pub mod client;
 pub mod hist;
 pub mod kernel_child;
 pub mod parent;
+pub mod schedule;
 pub mod session;
 pub mod sources;
 pub mod xdp_child;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -141,6 +146,14 @@ pub struct XdpClientCounters {
 pub enum ChildLine {
     Progress(Box<ChildCounters>),
     Final(Box<ChildFinal>),
+}
+
+/// Write one line for the parent, at once (it shows progress as the lines come).
+fn emit(out: &mut impl Write, line: &ChildLine) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// The environment variable that carries a child's plan.

@@ -105,6 +105,20 @@ pub fn fail(c: &mut ChildCounters, cause: &str) {
     *c.failed.entry(cause.to_string()).or_default() += 1;
 }
 
+/// A connection attempt starts (counted whether or not the transport gets that far).
+pub fn attempt(sh: &mut Shared) {
+    sh.c.attempted += 1;
+    if sh.c.first_attempt_ns == 0 {
+        sh.c.first_attempt_ns = monotonic_ns();
+    }
+}
+
+/// The schedule gave up on a connection still handshaking (`connect_timeout`, `handshake_timeout`).
+pub fn timed_out(conn: &mut Proto, sh: &mut Shared, cause: &str) {
+    fail(&mut sh.c, cause);
+    set_state(conn, State::Done, sh);
+}
+
 /// TCP is up: send the upgrade request (or the first long-poll).
 pub fn connected<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
     let mut req = Vec::with_capacity(256);
@@ -179,109 +193,134 @@ pub fn eof(conn: &mut Proto, sh: &mut Shared, how: &str) -> Fate {
 pub fn consume<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
     let mut pos = 0;
     loop {
-        match conn.proto().state {
+        let read = match conn.proto().state {
             State::Connecting | State::Done => return (Fate::Keep, pos),
-            State::Handshake => {
-                let key = client::key_for(conn.proto().n, sh.seed);
-                match client::check_upgrade_response(&buf[pos..], &key) {
-                    Handshake::Partial => return (Fate::Keep, pos),
-                    Handshake::Accepted { len } => {
-                        pos += len;
-                        set_state(conn.proto(), State::Open, sh);
-                        established(conn.proto(), sh);
-                    }
-                    Handshake::Rejected(code) => {
-                        fail(&mut sh.c, &format!("http_{code}"));
-                        set_state(conn.proto(), State::Done, sh);
-                        return (Fate::Drop, buf.len());
-                    }
-                    Handshake::Invalid(_) => {
-                        fail(&mut sh.c, "bad_handshake");
-                        set_state(conn.proto(), State::Done, sh);
-                        return (Fate::Drop, buf.len());
-                    }
-                }
-            }
-            State::Polling => match client::parse_poll_answer(&buf[pos..]) {
-                PollAnswer::Partial => return (Fate::Keep, pos),
-                PollAnswer::Complete { len, status, body } => {
-                    let body = &buf[pos + body.start..pos + body.end];
-                    pos += len;
-                    sh.c.polls_answered += 1;
-                    if status == 200 && body == br#"{"kind":"timeout"}"# {
-                        sh.c.poll_timeouts += 1;
-                    } else {
-                        message_seen(sh);
-                        record_push(conn.proto(), body, sh);
-                    }
-                    if sh.closing {
-                        leave_open(conn.proto(), sh);
-                        return (Fate::Drop, buf.len());
-                    }
-                    let mut req = Vec::with_capacity(128);
-                    client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.proto().n);
-                    sh.c.polls_sent += 1;
-                    if conn.send(&req) == Fate::Drop {
-                        return (eof(conn.proto(), sh, "error"), buf.len());
-                    }
-                }
-                PollAnswer::Invalid(_) => {
-                    // Established already: a server fault, not a failed connection.
-                    ended(conn.proto(), sh, "bad_poll_answer");
-                    return (Fate::Drop, buf.len());
-                }
-            },
-            State::Open | State::Closing => {
-                let f = match frame::decode(&mut buf[pos..], Role::Client, MAX_SERVER_FRAME) {
-                    Ok(None) => return (Fate::Keep, pos),
-                    Ok(Some(f)) => f,
-                    Err(_) => {
-                        ended(conn.proto(), sh, "bad_server_frame");
-                        return (Fate::Drop, buf.len());
-                    }
-                };
-                pos += f.wire_len;
-                match f.op {
-                    Op::Text | Op::Binary | Op::Continue => {
-                        message_seen(sh);
-                        if let Some(sent) = client::parse_echo(f.payload) {
-                            sh.c.echoes += 1;
-                            sh.echo_rtt_us
-                                .saturating_record((monotonic_ns().saturating_sub(sent) / 1000).max(1));
-                        } else {
-                            record_push(conn.proto(), f.payload, sh);
-                        }
-                    }
-                    Op::Ping => {
-                        let payload = f.payload.to_vec();
-                        sh.frame_buf.clear();
-                        client::masked_frame(&mut sh.frame_buf, Op::Pong, &payload, sh.rng.u32(..).to_ne_bytes());
-                        let bytes = std::mem::take(&mut sh.frame_buf);
-                        let fate = conn.send(&bytes);
-                        sh.frame_buf = bytes;
-                        if fate == Fate::Drop {
-                            return (eof(conn.proto(), sh, "error"), buf.len());
-                        }
-                    }
-                    Op::Pong => sh.c.pongs += 1,
-                    Op::Close => {
-                        if conn.proto().state == State::Open {
-                            let code = frame::parse_close(f.payload).ok().flatten();
-                            let key = code.map_or("no_code".to_string(), |c| c.to_string());
-                            *sh.c.closed_by_server.entry(key).or_default() += 1;
-                            leave_open(conn.proto(), sh);
-                            // Answer the close handshake, then we are done with this one.
-                            let mut reply = Vec::with_capacity(8);
-                            let echo = code.unwrap_or(close_code::NORMAL).to_be_bytes();
-                            client::masked_frame(&mut reply, Op::Close, &echo, sh.rng.u32(..).to_ne_bytes());
-                            let _ = conn.send(&reply);
-                        }
-                        return (Fate::Drop, buf.len());
-                    }
-                }
-            }
+            State::Handshake => upgrade_answer(conn, sh, &buf[pos..]),
+            State::Polling => poll_answer(conn, sh, &buf[pos..]),
+            State::Open | State::Closing => server_frame(conn, sh, &mut buf[pos..]),
+        };
+        match read {
+            Read::Used(len) => pos += len,
+            Read::Partial => return (Fate::Keep, pos),
+            Read::End(fate) => return (fate, buf.len()),
         }
     }
+}
+
+/// What one handler made of the bytes at the front.
+enum Read {
+    /// A whole message of this many bytes, handled; more may follow.
+    Used(usize),
+    /// Not a whole message yet: wait for more bytes.
+    Partial,
+    /// The connection ends here (whatever is left is dropped with it).
+    End(Fate),
+}
+
+/// The server's answer to our upgrade request.
+fn upgrade_answer<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
+    let key = client::key_for(conn.proto().n, sh.seed);
+    match client::check_upgrade_response(buf, &key) {
+        Handshake::Partial => Read::Partial,
+        Handshake::Accepted { len } => {
+            set_state(conn.proto(), State::Open, sh);
+            established(conn.proto(), sh);
+            Read::Used(len)
+        }
+        Handshake::Rejected(code) => {
+            fail(&mut sh.c, &format!("http_{code}"));
+            set_state(conn.proto(), State::Done, sh);
+            Read::End(Fate::Drop)
+        }
+        Handshake::Invalid(_) => {
+            fail(&mut sh.c, "bad_handshake");
+            set_state(conn.proto(), State::Done, sh);
+            Read::End(Fate::Drop)
+        }
+    }
+}
+
+/// The answer to a long-poll: a push or a timeout; then the next poll (unless closing).
+fn poll_answer<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
+    match client::parse_poll_answer(buf) {
+        PollAnswer::Partial => Read::Partial,
+        PollAnswer::Complete { len, status, body } => {
+            let body = &buf[body];
+            sh.c.polls_answered += 1;
+            if status == 200 && body == br#"{"kind":"timeout"}"# {
+                sh.c.poll_timeouts += 1;
+            } else {
+                message_seen(sh);
+                record_push(conn.proto(), body, sh);
+            }
+            if sh.closing {
+                leave_open(conn.proto(), sh);
+                return Read::End(Fate::Drop);
+            }
+            let mut req = Vec::with_capacity(128);
+            client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.proto().n);
+            sh.c.polls_sent += 1;
+            if conn.send(&req) == Fate::Drop {
+                return Read::End(eof(conn.proto(), sh, "error"));
+            }
+            Read::Used(len)
+        }
+        PollAnswer::Invalid(_) => {
+            // Established already: a server fault, not a failed connection.
+            ended(conn.proto(), sh, "bad_poll_answer");
+            Read::End(Fate::Drop)
+        }
+    }
+}
+
+/// One WebSocket frame from the server: a message (push or echo), a ping, a pong or a close.
+fn server_frame<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &mut [u8]) -> Read {
+    let f = match frame::decode(buf, Role::Client, MAX_SERVER_FRAME) {
+        Ok(None) => return Read::Partial,
+        Ok(Some(f)) => f,
+        Err(_) => {
+            ended(conn.proto(), sh, "bad_server_frame");
+            return Read::End(Fate::Drop);
+        }
+    };
+    match f.op {
+        Op::Text | Op::Binary | Op::Continue => {
+            message_seen(sh);
+            if let Some(sent) = client::parse_echo(f.payload) {
+                sh.c.echoes += 1;
+                sh.echo_rtt_us
+                    .saturating_record((monotonic_ns().saturating_sub(sent) / 1000).max(1));
+            } else {
+                record_push(conn.proto(), f.payload, sh);
+            }
+        }
+        Op::Ping => {
+            sh.frame_buf.clear();
+            client::masked_frame(&mut sh.frame_buf, Op::Pong, f.payload, sh.rng.u32(..).to_ne_bytes());
+            let bytes = std::mem::take(&mut sh.frame_buf);
+            let fate = conn.send(&bytes);
+            sh.frame_buf = bytes;
+            if fate == Fate::Drop {
+                return Read::End(eof(conn.proto(), sh, "error"));
+            }
+        }
+        Op::Pong => sh.c.pongs += 1,
+        Op::Close => {
+            if conn.proto().state == State::Open {
+                let code = frame::parse_close(f.payload).ok().flatten();
+                let key = code.map_or("no_code".to_string(), |c| c.to_string());
+                *sh.c.closed_by_server.entry(key).or_default() += 1;
+                leave_open(conn.proto(), sh);
+                // Answer the close handshake, then we are done with this one.
+                let mut reply = Vec::with_capacity(8);
+                let echo = code.unwrap_or(close_code::NORMAL).to_be_bytes();
+                client::masked_frame(&mut reply, Op::Close, &echo, sh.rng.u32(..).to_ne_bytes());
+                let _ = conn.send(&reply);
+            }
+            return Read::End(Fate::Drop);
+        }
+    }
+    Read::Used(f.wire_len)
 }
 
 /// Count a server message and when it came (messages per second over the receiving span).
@@ -315,25 +354,6 @@ fn record_push(conn: &mut Proto, payload: &[u8], sh: &mut Shared) {
             sh.c.reached_expected += 1;
         }
     }
-}
-
-/// Which slots get a heartbeat ping (`true`) or a data-round frame (`false`) on tick `tick_no`:
-/// each job visits every k-th slot per tick (k = interval / tick), so every connection is served
-/// once per interval and no tick touches them all.
-pub fn periodic_slots(
-    plan: &ChildPlan,
-    tick_ms: u64,
-    tick_no: u64,
-    slots: usize,
-) -> impl Iterator<Item = (usize, bool)> + use<> {
-    let jobs = [(plan.ping_interval_ms, true), (plan.send_interval_ms, false)];
-    jobs.into_iter()
-        .filter(move |&(interval_ms, _)| interval_ms > 0 && slots > 0)
-        .flat_map(move |(interval_ms, is_ping)| {
-            let k = (interval_ms / tick_ms.max(1)).max(1) as usize;
-            let phase = (tick_no % k as u64) as usize;
-            (phase..slots).step_by(k).map(move |slot| (slot, is_ping))
-        })
 }
 
 /// A heartbeat ping or a data-round frame on an open connection.

@@ -2,14 +2,13 @@
 //! AF_XDP socket on the client's veth, with no file descriptor per connection and a port space
 //! of its own (64,512 ports per source address). The XDP program on the veth steers everything
 //! the server sends to our socket (client mode), so the client kernel never sees those segments.
-//! The protocol is `session.rs`, the same as the kernel-stack load process.
+//! `schedule.rs` decides when and `session.rs` speaks the protocol, as for the kernel-stack load
+//! process; this file does the I/O on the stack.
 
-use std::collections::VecDeque;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use host::iface::{iface_ipv4, mac_of, neighbour_mac};
@@ -18,13 +17,17 @@ use stack::xdp_link::{XdpLink, XdpLinkConfig};
 use stack::{clock, CloseReason, ConnId, ConnectError, Event, Link, Stack, StackConfig};
 use xdp_prog::{Attachment, Steer};
 
-use super::session::{self, ended, eof, fail, set_state, Fate, Peer, Proto, Shared, State};
-use super::{ChildLine, ChildPlan};
+use super::schedule::{Conns, Round, Schedule, Step, Timing};
+use super::session::{self, ended, eof, fail, Fate, Peer, Proto, Shared, State};
+use super::{emit, ChildFinal, ChildLine, ChildPlan, XdpClientCounters};
 
-const TICK: Duration = Duration::from_millis(100);
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// How long closing may take before the process reports and exits anyway.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+const TIMING: Timing = Timing {
+    tick: Duration::from_millis(100),
+    close_grace: Duration::from_secs(5),
+    connect_burst: CONNECT_BURST,
+    // Every connection is in this process: receive between bursts without sleeping.
+    connect_poll: Duration::ZERO,
+};
 /// RX ring (and fill) frames of the client's AF_XDP socket: 64 MiB of UMEM.
 const RX_FRAMES: u32 = 32_768;
 /// Frames taken per poll, and polls per loop round at most (the whole RX ring).
@@ -122,267 +125,244 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
     result
 }
 
-fn emit(out: &mut impl Write, line: &ChildLine) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *out, line)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
+/// Every connection of the run: protocol state by stack slot, and the stack they live on.
+struct Client<'a> {
+    stack: &'a mut Stack<XdpLink>,
+    server: SocketAddrV4,
+    conns: Vec<Option<Proto>>,
+    live: usize,
+    sh: Shared,
+    scratch: Vec<u8>,
+    events: Vec<Event>,
+    /// The last receive poll found nothing, so the next I/O round may sleep.
+    idle: bool,
 }
 
-/// The load loop: connect within the rate and concurrency, hold, measure, close.
-fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut sh = Shared::new(plan.clone());
-    let mut conns: Vec<Option<Proto>> = vec![None; stack.capacity()];
-    let mut live = 0usize;
-    let mut inflight: VecDeque<(u32, u64, u64)> = VecDeque::new();
-    let mut scratch = vec![0u8; stack.rx_capacity()];
-    let mut events = Vec::with_capacity(1024);
-    let start = Instant::now();
-    let end_n = plan.first + plan.count;
-    let mut next_n = plan.first;
-    let mut hold_started: Option<Instant> = None;
-    let mut closing_started: Option<Instant> = None;
-    let mut next_tick = start;
-    let mut tick_no: u64 = 0;
-    let mut next_progress = start;
-    let mut stdout = std::io::stdout().lock();
-    let connect_timeout_ns = plan.connect_timeout_ms * 1_000_000;
-    let duration = Duration::from_millis(plan.duration_ms);
+impl Conns for Client<'_> {
+    fn live(&self) -> usize {
+        self.live
+    }
 
+    fn handshaking(&self) -> usize {
+        self.sh.handshaking
+    }
+
+    fn open(&self) -> u64 {
+        self.sh.c.open
+    }
+
+    fn reached_expected(&self) -> u64 {
+        self.sh.c.reached_expected
+    }
+
+    fn state(&self, slot: usize, n: u64) -> Option<State> {
+        let p = self.conns.get(slot)?.as_ref()?;
+        (p.n == n).then_some(p.state)
+    }
+}
+
+/// The load loop: the schedule says what to do, the stack does the I/O.
+fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut sched = Schedule::new(plan, TIMING, monotonic_ns());
+    let mut c = Client {
+        conns: vec![None; stack.capacity()],
+        scratch: vec![0u8; stack.rx_capacity()],
+        stack,
+        server,
+        live: 0,
+        sh: Shared::new(plan.clone()),
+        events: Vec::with_capacity(1024),
+        idle: false,
+    };
+    let mut stdout = std::io::stdout().lock();
     loop {
-        let now = Instant::now();
-        if closing_started.is_none() && next_n < end_n {
-            let allowed = if plan.rate > 0.0 {
-                ((now - start).as_secs_f64() * plan.rate).floor() as u64 + 1
-            } else {
-                u64::MAX
-            };
-            let mut burst = 0;
-            while next_n < end_n
-                && sh.handshaking < plan.concurrency
-                && next_n - plan.first < allowed
-                && burst < CONNECT_BURST
-            {
-                let n = next_n;
-                next_n += 1;
-                burst += 1;
-                sh.c.attempted += 1;
-                if sh.c.first_attempt_ns == 0 {
-                    sh.c.first_attempt_ns = monotonic_ns();
-                }
-                match stack.connect(server) {
-                    Ok(id) => {
-                        let p = Proto::new(n);
-                        inflight.push_back((id.0, n, p.since_ns + connect_timeout_ns));
-                        conns[id.0 as usize] = Some(p);
-                        sh.handshaking += 1;
-                        live += 1;
-                    }
-                    Err(ConnectError::NoCapacity(_)) => fail(&mut sh.c, "no_capacity"),
-                    Err(ConnectError::NoSourcePort(_)) => fail(&mut sh.c, "no_free_port"),
-                    Err(_) => fail(&mut sh.c, "other_error"),
-                }
+        if stop.load(Ordering::Relaxed) {
+            sched.stop();
+        }
+        match sched.next(monotonic_ns(), &c) {
+            Step::Wait(wait) => c.io(wait),
+            Step::Connect(n) => c.connect(n, &mut sched),
+            Step::TimeOut { slot, cause } => c.time_out(slot, cause),
+            Step::Periodic(round) => c.periodic(round),
+            Step::BeginClose(_) => c.begin_close(),
+            Step::Progress => {
+                c.sh.c.done_connecting = sched.done_connecting();
+                emit(&mut stdout, &ChildLine::Progress(Box::new(c.sh.c.clone())))?;
+            }
+            Step::Finish => break,
+        }
+    }
+    c.sh.c.done_connecting = sched.done_connecting();
+    let last = c.finish();
+    emit(&mut stdout, &ChildLine::Final(Box::new(last)))
+}
+
+impl Client<'_> {
+    fn connect(&mut self, n: u64, sched: &mut Schedule) {
+        session::attempt(&mut self.sh);
+        match self.stack.connect(self.server) {
+            Ok(id) => {
+                let p = Proto::new(n);
+                sched.opened(id.0 as usize, n, p.since_ns);
+                self.conns[id.0 as usize] = Some(p);
+                self.sh.handshaking += 1;
+                self.live += 1;
+            }
+            Err(ConnectError::NoCapacity(_)) => fail(&mut self.sh.c, "no_capacity"),
+            Err(ConnectError::NoSourcePort(_)) => fail(&mut self.sh.c, "no_free_port"),
+            Err(_) => fail(&mut self.sh.c, "other_error"),
+        }
+    }
+
+    fn time_out(&mut self, slot: usize, cause: &str) {
+        if let Some(p) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+            session::timed_out(p, &mut self.sh, cause);
+        }
+        self.drop_conn(ConnId(slot as u32), "timeout", true);
+    }
+
+    /// Pings and data rounds of this tick.
+    fn periodic(&mut self, round: Round) {
+        for (slot, is_ping) in round.slots(self.conns.len()) {
+            let id = ConnId(slot as u32);
+            let Some(p) = self.conns[slot].as_mut() else { continue };
+            let stack = &mut *self.stack;
+            // A frame that does not fit now is skipped this round (the connection is busy).
+            let _ = session::periodic_frame(&mut XdpPeer { p, stack, id }, &mut self.sh, is_ping);
+        }
+    }
+
+    /// Start the close handshake on every open connection; reset the others.
+    fn begin_close(&mut self) {
+        self.sh.closing = true;
+        for slot in 0..self.conns.len() {
+            let id = ConnId(slot as u32);
+            let Some(p) = self.conns[slot].as_mut() else { continue };
+            let stack = &mut *self.stack;
+            if session::begin_close(&mut XdpPeer { p, stack, id }, &mut self.sh) == Fate::Drop {
+                self.drop_conn(id, "closing", true);
             }
         }
-        if !sh.c.done_connecting && next_n >= end_n && inflight.is_empty() {
-            sh.c.done_connecting = true;
-            hold_started = Some(now);
-        }
+    }
 
+    /// Send what the steps queued, sleep a little if nothing is going on, then receive.
+    fn io(&mut self, wait: Duration) {
+        self.stack.flush(clock::now());
+        if self.idle && !wait.is_zero() && !self.stack.has_work() {
+            self.stack.link().wait(1);
+        }
         let mut frames = 0;
         for _ in 0..RX_ROUNDS {
-            let n = stack.poll(clock::now(), &mut events);
+            let n = self.stack.poll(clock::now(), &mut self.events);
             frames += n;
             if n < RX_BATCH {
                 break;
             }
         }
+        self.idle = frames == 0;
+        let mut events = std::mem::take(&mut self.events);
         for ev in events.drain(..) {
-            match ev {
-                Event::Connected(id) => {
-                    let Some(p) = conns[id.0 as usize].as_mut() else {
-                        continue;
-                    };
-                    let fate = session::connected(&mut XdpPeer { p, stack, id }, &mut sh);
-                    if fate == Fate::Drop {
-                        drop_conn(&mut conns, &mut live, stack, id, &mut sh, "write_error", true);
-                    }
-                }
-                Event::Readable(id) => {
-                    if receive(&mut conns, stack, id, &mut sh, &mut scratch) == Fate::Drop {
-                        drop_conn(&mut conns, &mut live, stack, id, &mut sh, "error", false);
-                    }
-                }
-                Event::Closed(id, reason) => {
-                    if reason == CloseReason::PeerClosed {
-                        let _ = receive(&mut conns, stack, id, &mut sh, &mut scratch);
-                    }
-                    if let Some(p) = conns[id.0 as usize].as_mut() {
-                        let how = if reason == CloseReason::PeerClosed {
-                            "eof"
-                        } else {
-                            "reset"
-                        };
-                        let _ = eof(p, &mut sh, how);
-                    }
-                    drop_conn(&mut conns, &mut live, stack, id, &mut sh, "eof", false);
-                }
-                Event::Accepted(id) => stack.abort(id), // we listen on nothing
-                Event::Writable(_) => {}
-            }
+            self.event(ev);
         }
+        self.events = events;
+    }
 
-        let now = Instant::now();
-        if now >= next_tick {
-            next_tick = now + TICK;
-            tick_no += 1;
-            let now_ns = monotonic_ns();
-            while let Some(&(slot, n, deadline)) = inflight.front() {
-                let pending = conns[slot as usize].as_ref().filter(|p| p.n == n).map(|p| p.state);
-                match pending {
-                    Some(state @ (State::Connecting | State::Handshake)) => {
-                        if deadline > now_ns {
-                            break;
-                        }
-                        fail(
-                            &mut sh.c,
-                            if state == State::Connecting {
-                                "connect_timeout"
-                            } else {
-                                "handshake_timeout"
-                            },
-                        );
-                        if let Some(p) = conns[slot as usize].as_mut() {
-                            set_state(p, State::Done, &mut sh);
-                        }
-                        drop_conn(&mut conns, &mut live, stack, ConnId(slot), &mut sh, "timeout", true);
-                        inflight.pop_front();
-                    }
-                    _ => {
-                        inflight.pop_front();
-                    }
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Connected(id) => {
+                let Some(p) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+                    return;
+                };
+                let stack = &mut *self.stack;
+                if session::connected(&mut XdpPeer { p, stack, id }, &mut self.sh) == Fate::Drop {
+                    self.drop_conn(id, "write_error", true);
                 }
             }
-            if closing_started.is_none() {
-                periodic(&mut conns, stack, &mut sh, tick_no);
-            }
-        }
-
-        let stop_now = stop.load(Ordering::Relaxed);
-        if closing_started.is_none() {
-            let held = hold_started.is_some_and(|t| t.elapsed() >= Duration::from_millis(plan.hold_ms));
-            let got_all = plan.expect_broadcasts > 0 && sh.c.done_connecting && sh.c.reached_expected >= sh.c.open;
-            if held || got_all || stop_now || start.elapsed() >= duration {
-                closing_started = Some(Instant::now());
-                sh.closing = true;
-                for slot in 0..conns.len() {
-                    let id = ConnId(slot as u32);
-                    let Some(p) = conns[slot].as_mut() else { continue };
-                    if session::begin_close(&mut XdpPeer { p, stack, id }, &mut sh) == Fate::Drop {
-                        drop_conn(&mut conns, &mut live, stack, id, &mut sh, "closing", true);
-                    }
+            Event::Readable(id) => {
+                if self.receive(id) == Fate::Drop {
+                    self.drop_conn(id, "error", false);
                 }
             }
-        }
-        stack.flush(clock::now());
-        if let Some(t) = closing_started {
-            if live == 0 || t.elapsed() >= CLOSE_GRACE {
-                break;
+            Event::Closed(id, reason) => {
+                let how = if reason == CloseReason::PeerClosed {
+                    // What arrived before the FIN still counts.
+                    let _ = self.receive(id);
+                    "eof"
+                } else {
+                    "reset"
+                };
+                if let Some(p) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                    let _ = eof(p, &mut self.sh, how);
+                }
+                self.drop_conn(id, "eof", false);
             }
-        }
-        if Instant::now() >= next_progress {
-            next_progress += PROGRESS_EVERY;
-            emit(&mut stdout, &ChildLine::Progress(Box::new(sh.c.clone())))?;
-        }
-        let connecting = closing_started.is_none() && next_n < end_n;
-        if frames == 0 && !stack.has_work() && !connecting {
-            stack.link().wait(1);
+            Event::Accepted(id) => self.stack.abort(id), // we listen on nothing
+            Event::Writable(_) => {}
         }
     }
-    // Whatever did not finish closing in the grace time is reset, so the server is not left
-    // holding it.
-    for (slot, conn) in conns.iter_mut().enumerate() {
-        if conn.take().is_some() {
-            stack.abort(ConnId(slot as u32));
-        }
-    }
-    stack.flush(clock::now());
-    let mut last = session::final_line(&sh);
-    last.xdp = Some(super::XdpClientCounters {
-        link: stack.link_counters(),
-        stack: stack.stats(),
-    });
-    emit(&mut stdout, &ChildLine::Final(Box::new(last)))?;
-    Ok(())
-}
 
-/// Let the session read what arrived on `id` (in place, copied out of the receive ring).
-fn receive(
-    conns: &mut [Option<Proto>],
-    stack: &mut Stack<XdpLink>,
-    id: ConnId,
-    sh: &mut Shared,
-    scratch: &mut [u8],
-) -> Fate {
-    loop {
-        let Some(p) = conns[id.0 as usize].as_mut() else {
-            return Fate::Keep;
-        };
-        let n = stack.peek(id, scratch);
-        if n == 0 {
-            return Fate::Keep;
-        }
-        sh.c.bytes_in += n as u64;
-        let (fate, used) = session::consume(&mut XdpPeer { p, stack, id }, sh, &mut scratch[..n]);
-        if fate == Fate::Drop {
-            return Fate::Drop;
-        }
-        stack.discard(id, used);
-        // Not counted twice: what stays is presented again with more behind it.
-        sh.c.bytes_in -= (n - used) as u64;
-        if used == 0 {
-            if n == scratch.len() {
-                // A server message longer than our receive buffer can never complete here.
-                if let Some(p) = conns[id.0 as usize].as_mut() {
-                    ended(p, sh, "message_over_rx_buf");
-                }
+    /// Let the session read what arrived on `id` (in place, copied out of the receive ring).
+    fn receive(&mut self, id: ConnId) -> Fate {
+        loop {
+            let Some(p) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+                return Fate::Keep;
+            };
+            let n = self.stack.peek(id, &mut self.scratch);
+            if n == 0 {
+                return Fate::Keep;
+            }
+            self.sh.c.bytes_in += n as u64;
+            let stack = &mut *self.stack;
+            let (fate, used) = session::consume(&mut XdpPeer { p, stack, id }, &mut self.sh, &mut self.scratch[..n]);
+            if fate == Fate::Drop {
                 return Fate::Drop;
             }
-            return Fate::Keep;
+            self.stack.discard(id, used);
+            // Not counted twice: what stays is presented again with more behind it.
+            self.sh.c.bytes_in -= (n - used) as u64;
+            if used == 0 {
+                if n == self.scratch.len() {
+                    // A server message longer than our receive buffer can never complete here.
+                    if let Some(p) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                        ended(p, &mut self.sh, "message_over_rx_buf");
+                    }
+                    return Fate::Drop;
+                }
+                return Fate::Keep;
+            }
         }
     }
-}
 
-/// Forget a connection: count it if it was still open, and close (or reset) it on the stack.
-fn drop_conn(
-    conns: &mut [Option<Proto>],
-    live: &mut usize,
-    stack: &mut Stack<XdpLink>,
-    id: ConnId,
-    sh: &mut Shared,
-    how: &str,
-    reset: bool,
-) {
-    let Some(mut p) = conns[id.0 as usize].take() else {
-        return;
-    };
-    ended(&mut p, sh, how);
-    *live -= 1;
-    if stack.is_owned(id) {
-        if reset {
-            stack.abort(id);
-        } else {
-            stack.close(id);
+    /// Forget a connection: count it if it was still open, and close (or reset) it on the stack.
+    fn drop_conn(&mut self, id: ConnId, how: &str, reset: bool) {
+        let Some(mut p) = self.conns.get_mut(id.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        ended(&mut p, &mut self.sh, how);
+        self.live -= 1;
+        if self.stack.is_owned(id) {
+            if reset {
+                self.stack.abort(id);
+            } else {
+                self.stack.close(id);
+            }
         }
     }
-}
 
-/// Pings and data rounds, spread evenly over the ticks (`session::periodic_slots`).
-fn periodic(conns: &mut [Option<Proto>], stack: &mut Stack<XdpLink>, sh: &mut Shared, tick_no: u64) {
-    for (slot, is_ping) in session::periodic_slots(&sh.plan, TICK.as_millis() as u64, tick_no, conns.len()) {
-        let id = ConnId(slot as u32);
-        let Some(p) = conns[slot].as_mut() else { continue };
-        // A frame that does not fit now is skipped this round (the connection is busy).
-        let _ = session::periodic_frame(&mut XdpPeer { p, stack, id }, sh, is_ping);
+    /// Reset whatever did not finish closing in the grace time, so the server is not left
+    /// holding it, and make the final line.
+    fn finish(mut self) -> ChildFinal {
+        for (slot, conn) in self.conns.iter_mut().enumerate() {
+            if conn.take().is_some() {
+                self.stack.abort(ConnId(slot as u32));
+            }
+        }
+        self.stack.flush(clock::now());
+        let mut last = session::final_line(&self.sh);
+        last.xdp = Some(XdpClientCounters {
+            link: self.stack.link_counters(),
+            stack: self.stack.stats(),
+        });
+        last
     }
 }
