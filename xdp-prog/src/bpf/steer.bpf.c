@@ -26,9 +26,9 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-// Steered endpoints. Address 0 matches any address on that port; with STEER_ARP set, an entry
-// with port 0 marks an address whose ARP requests go to the sockets too. Entries of kind
-// STEER_SOURCE match the sender of a segment instead (a client stack's servers).
+// Steered endpoints. Address 0 matches any address on that port. Entries of kind STEER_SOURCE
+// match the sender of a segment instead (a client stack's servers), STEER_LOCAL entries (port 0)
+// the client stack's own addresses.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, STEER_MAX_ENDPOINTS);
@@ -43,6 +43,7 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+// Written and read by the loader only (where the program is attached); the program ignores it.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -54,19 +55,6 @@ struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
 };
-
-// The ARP payload for IPv4 over Ethernet (RFC 826).
-struct arp_ipv4 {
-	__be16 htype;
-	__be16 ptype;
-	__u8 hlen;
-	__u8 plen;
-	__be16 oper;
-	__u8 sha[ETH_ALEN];
-	__be32 spa;
-	__u8 tha[ETH_ALEN];
-	__be32 tpa;
-} __attribute__((packed));
 
 static __always_inline void count(__u32 which)
 {
@@ -132,19 +120,6 @@ int steer(struct xdp_md *ctx)
 		l3 = vlan + 1;
 	}
 
-	if (proto == bpf_htons(ETH_P_ARP)) {
-		__u32 zero = 0;
-		struct steer_config *cfg = bpf_map_lookup_elem(&config, &zero);
-		if (!cfg || !(cfg->flags & STEER_FLAG_ARP))
-			return pass(STEER_PASSED);
-		struct arp_ipv4 *arp = l3;
-		if ((void *)(arp + 1) > end)
-			return pass(STEER_MALFORMED);
-		struct steer_endpoint key = { .addr = arp->tpa, .port = 0, .kind = STEER_DEST };
-		if (arp->ptype != bpf_htons(ETH_P_IP) || !bpf_map_lookup_elem(&endpoints, &key))
-			return pass(STEER_PASSED);
-		return to_socket(ctx, STEER_ARP_REDIRECTED);
-	}
 	if (proto != bpf_htons(ETH_P_IP))
 		return pass(STEER_PASSED);
 
