@@ -507,6 +507,29 @@ impl Steering {
         unregister_in(&self.xsks, queue)
     }
 
+    /// Run the program once on `frame`, as if it had come in on queue 0, without any interface
+    /// (BPF_PROG_TEST_RUN), and return its XDP action; the counters count it like any frame.
+    /// Tests use it to hold the program to the stack's parser frame by frame.
+    pub fn run_once(&self, frame: &[u8]) -> Result<u32> {
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+            data_in: frame.as_ptr().cast(),
+            data_size_in: frame.len() as u32,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: the kernel reads `data_size_in` bytes from `data_in`, our live slice, and writes
+        // into `opts` only (no output buffers are given).
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), &mut opts) };
+        if rc != 0 {
+            return Err(SteerError::Io {
+                what: format!("running the program on a {}-byte test frame", frame.len()),
+                source: std::io::Error::from_raw_os_error(-rc),
+            });
+        }
+        Ok(opts.retval)
+    }
+
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let mut c = Counters::default();

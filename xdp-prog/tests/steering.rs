@@ -85,6 +85,151 @@ fn the_verifier_accepts_the_program() {
     assert_eq!(s.counters().unwrap(), xdp_prog::Counters::default());
 }
 
+/// The program steers exactly the frames the stack's parser (`stack::wire::parse`) accepts: for
+/// each frame to the steered endpoint, run once through the program (BPF_PROG_TEST_RUN, no
+/// interface, no socket: a steered frame counts as `no_socket`), steered ⇔ parsed. Every frame
+/// is counted once, in the counter named beside it.
+#[test]
+fn steers_exactly_what_the_stacks_parser_accepts() {
+    if !privileged("steers_exactly_what_the_stacks_parser_accepts") {
+        return;
+    }
+    let steering = Steering::load().unwrap();
+    steering.set_endpoints(&[SERVER.parse().unwrap()]).unwrap();
+    let (client, mac) = ([198, 19, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let syn = frames::syn(client, SERVER_IP, 41000, 8080);
+    let eth =
+        |tags: &[(u16, u16)], ethertype: u16, payload: &[u8]| frames::ethernet([2; 6], mac, tags, ethertype, payload);
+    let with_ip = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = syn.clone();
+        edit(&mut p);
+        eth(&[], 0x0800, &p)
+    };
+    let segment = frames::tcp_syn_segment(client, SERVER_IP, 41000, 8080);
+    let udp = frames::ipv4(client, SERVER_IP, 1, 0, 17, &[0x9c, 0x40, 0x1f, 0x90, 0, 8, 0, 0]);
+    let mut with_options = vec![0x46];
+    with_options.extend_from_slice(&syn[1..20]);
+    with_options.extend_from_slice(&[1, 1, 1, 0]); // NOP, NOP, NOP, end of options
+    with_options.extend_from_slice(&segment);
+    let total = with_options.len() as u16;
+    with_options[2..4].copy_from_slice(&total.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("SYN, don't-fragment", eth(&[], 0x0800, &syn), "no_socket"),
+        ("SYN, no flags", with_ip(&|p| p[6] = 0), "no_socket"),
+        ("SYN with IP options", eth(&[], 0x0800, &with_options), "no_socket"),
+        (
+            "SYN and Ethernet padding",
+            {
+                let mut f = eth(&[], 0x0800, &syn);
+                f.extend_from_slice(&[0; 30]);
+                f
+            },
+            "no_socket",
+        ),
+        (
+            "first fragment (more-fragments, offset 0)",
+            with_ip(&|p| p[6] = 0x20),
+            "passed_fragment",
+        ),
+        (
+            "first fragment with don't-fragment too",
+            with_ip(&|p| p[6] = 0x60),
+            "passed_fragment",
+        ),
+        (
+            "last fragment (offset 8 bytes)",
+            with_ip(&|p| p[7] = 1),
+            "passed_fragment",
+        ),
+        (
+            "middle fragment",
+            with_ip(&|p| p[6..8].copy_from_slice(&[0x20, 3])),
+            "passed_fragment",
+        ),
+        (
+            "largest offset",
+            with_ip(&|p| p[6..8].copy_from_slice(&[0x1f, 0xff])),
+            "passed_fragment",
+        ),
+        ("802.1Q, VLAN 7", eth(&[(0x8100, 7)], 0x0800, &syn), "passed_vlan"),
+        (
+            "802.1Q priority tag (VLAN 0)",
+            eth(&[(0x8100, 0)], 0x0800, &syn),
+            "passed_vlan",
+        ),
+        (
+            "802.1ad outside 802.1Q",
+            eth(&[(0x88a8, 8), (0x8100, 9)], 0x0800, &syn),
+            "passed_vlan",
+        ),
+        ("802.1ad alone", eth(&[(0x88a8, 8)], 0x0800, &syn), "passed_vlan"),
+        (
+            "ARP request for the endpoint",
+            frames::arp_request(mac, client, SERVER_IP),
+            "passed",
+        ),
+        ("UDP to the endpoint's port", eth(&[], 0x0800, &udp), "passed"),
+        ("IPv6 ethertype", eth(&[], 0x86dd, &syn), "passed"),
+        (
+            "IP version 6 in an IPv4 ethertype",
+            with_ip(&|p| p[0] = 0x65),
+            "malformed",
+        ),
+        ("header length 16", with_ip(&|p| p[0] = 0x44), "malformed"),
+        (
+            "total length past the frame",
+            with_ip(&|p| p[2..4].copy_from_slice(&400u16.to_be_bytes())),
+            "malformed",
+        ),
+        (
+            "total length short of a TCP header",
+            with_ip(&|p| p[2..4].copy_from_slice(&39u16.to_be_bytes())),
+            "malformed",
+        ),
+        (
+            "frame cut inside the TCP header",
+            {
+                let mut f = eth(&[], 0x0800, &syn);
+                f.truncate(14 + 20 + 10);
+                f
+            },
+            "malformed",
+        ),
+        (
+            "frame cut inside the IPv4 header",
+            eth(&[], 0x0800, &syn)[..14 + 12].to_vec(),
+            "malformed",
+        ),
+    ];
+    let json = |c: xdp_prog::Counters| serde_json::to_value(c).unwrap();
+    for (what, frame, counter) in &cases {
+        let before = json(steering.counters().unwrap());
+        let action = steering.run_once(frame).unwrap();
+        let after = json(steering.counters().unwrap());
+        let counted: Vec<&String> = after
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| before[k.as_str()] != **v)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(counted, [counter], "{what}: counted in {counted:?}");
+        assert_eq!(
+            after[counter].as_u64(),
+            before[counter].as_u64().map(|n| n + 1),
+            "{what}"
+        );
+        assert_eq!(action, 2, "{what}: XDP_PASS (a steered frame falls back: no socket)");
+        let steered = *counter == "no_socket";
+        let parsed = stack::wire::parse(frame);
+        assert_eq!(
+            steered,
+            parsed.is_ok(),
+            "{what}: steered {steered}, but the stack's parser says {parsed:?}"
+        );
+    }
+}
+
 #[test]
 fn steers_only_its_endpoint_falls_back_without_a_socket_and_detaches() {
     if !privileged("steers_only_its_endpoint_falls_back_without_a_socket_and_detaches") {
