@@ -476,6 +476,22 @@ fn attach_script_status_and_detach_script() {
     assert_eq!(first["attached"]["name"], "steer", "{first}");
     assert_eq!(first["ours"], true);
     assert_eq!(first["endpoints"], serde_json::json!(["198.18.0.1:8080"]));
+    let counters = first["counters"].as_object().unwrap();
+    let mut names: Vec<&str> = counters.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "malformed",
+            "no_socket",
+            "passed",
+            "passed_fragment",
+            "passed_vlan",
+            "redirected"
+        ],
+        "{first}"
+    );
+    assert!(first.get("steer_arp").is_none(), "no ARP steering any more: {first}");
     // Idempotent: a second run replaces our program instead of failing.
     script("attach.sh");
     let second = status();
