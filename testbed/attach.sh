@@ -8,13 +8,12 @@ cd "$(dirname "$0")/.."
 
 usage() {
     cat <<USAGE
-usage: testbed/attach.sh [--prefix P] [--endpoint ADDR:PORT]... [--mode auto|native|generic] [--steer-arp]
+usage: testbed/attach.sh [--prefix P] [--endpoint ADDR:PORT]... [--mode auto|native|generic]
 
   --prefix P        testbed prefix given to netns-scripts/setup.sh (default wsb): attaches to
                     P-s0 in namespace P-srv
   --endpoint A:P    TCP endpoint to steer into AF_XDP sockets (repeatable; default 198.18.0.1:8080)
   --mode M          native (driver) XDP, generic (skb), or auto = native with a fallback (default)
-  --steer-arp       also steer ARP requests for the endpoint addresses (for a stack owning them)
 
 Prints the status afterwards (xdp-steer status). Needs root.
 USAGE
@@ -22,14 +21,12 @@ USAGE
 
 prefix=wsb
 mode=auto
-arp=()
 endpoints=()
 while (($#)); do
     case $1 in
         --prefix) prefix=${2:?--prefix needs a value}; shift 2 ;;
         --endpoint) endpoints+=(--endpoint "${2:?--endpoint needs a value}"); shift 2 ;;
         --mode) mode=${2:?--mode needs a value}; shift 2 ;;
-        --steer-arp) arp=(--steer-arp); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "attach.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -57,5 +54,5 @@ fi
 if [[ -e $pin/prog ]] || ip -n "$ns" link show dev "$dev" | grep -q 'prog/xdp'; then
     "$steer" detach "$dev" --netns "$ns" --pin "$pin"
 fi
-"$steer" attach "$dev" --netns "$ns" --mode "$mode" "${endpoints[@]}" "${arp[@]}" --pin "$pin"
+"$steer" attach "$dev" --netns "$ns" --mode "$mode" "${endpoints[@]}" --pin "$pin"
 "$steer" status "$dev" --netns "$ns" --pin "$pin"

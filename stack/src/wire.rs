@@ -62,7 +62,7 @@ pub struct Segment {
 /// Why a frame was not a TCP/IPv4 segment we can hand to smoltcp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotTcp {
-    /// Not IPv4 (ARP, IPv6…): the XDP program should not have sent it here.
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged…): the XDP program should not have sent it here.
     NotIpv4,
     /// IPv4 but not TCP, or a fragment.
     NotTcp,
@@ -71,6 +71,11 @@ pub enum NotTcp {
 }
 
 /// Parse an Ethernet frame far enough to find its 4-tuple. Never panics on any input.
+///
+/// Only untagged IPv4 TCP that is not a fragment, which is exactly what the XDP program
+/// (`xdp-prog/src/bpf/steer.bpf.c`) steers to us: VLAN-tagged frames and fragments stay with the
+/// kernel, which owns the VLAN interfaces and reassembles fragments (`xdp-prog`'s tests hold the
+/// program to this function frame by frame).
 pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
     if frame.len() < ETH_HEADER + 20 {
         return Err(NotTcp::Malformed);
@@ -178,6 +183,45 @@ mod tests {
         let mut ihl = good.clone();
         ihl[14] = 0x44;
         assert_eq!(parse(&ihl).unwrap_err(), NotTcp::Malformed);
+    }
+
+    /// VLAN-tagged frames and every fragment are not ours, as the XDP program passes them to the
+    /// kernel (its counters `passed_vlan` and `passed_fragment`); don't-fragment alone is fine.
+    #[test]
+    fn rejects_vlan_tags_and_every_fragment() {
+        let good = frame([198, 19, 0, 2], [198, 18, 0, 1], 40000, 8080, TCP_SYN);
+        let tagged = |tags: &[[u8; 4]]| {
+            let mut f = good[..12].to_vec();
+            tags.iter().for_each(|t| f.extend_from_slice(t));
+            f.extend_from_slice(&good[12..]);
+            f
+        };
+        for (what, f) in [
+            ("802.1Q, VLAN 7", tagged(&[[0x81, 0x00, 0, 7]])),
+            ("802.1Q priority tag (VLAN 0)", tagged(&[[0x81, 0x00, 0, 0]])),
+            (
+                "802.1ad outside 802.1Q",
+                tagged(&[[0x88, 0xa8, 0, 8], [0x81, 0x00, 0, 9]]),
+            ),
+        ] {
+            assert_eq!(parse(&f).unwrap_err(), NotTcp::NotIpv4, "{what}");
+        }
+        let flags_and_offset = |v: u16| {
+            let mut f = good.clone();
+            f[20..22].copy_from_slice(&v.to_be_bytes());
+            f
+        };
+        for (what, v) in [
+            ("first fragment: more-fragments, offset 0", 0x2000),
+            ("more-fragments and don't-fragment", 0x6000),
+            ("last fragment: offset, no more-fragments", 0x0003),
+            ("middle fragment", 0x2003),
+            ("largest offset", 0x1fff),
+        ] {
+            assert_eq!(parse(&flags_and_offset(v)).unwrap_err(), NotTcp::NotTcp, "{what}");
+        }
+        assert!(parse(&flags_and_offset(0x4000)).is_ok(), "don't-fragment alone");
+        assert!(parse(&good).is_ok());
     }
 
     #[test]

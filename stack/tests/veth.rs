@@ -30,7 +30,7 @@ fn start_server(tb: &Netns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Re
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = spawn_in_ns(&tb.srv, move || {
         let steering = Steering::attach(&dev, Mode::Native).expect("attach");
-        steering.set_endpoints(&[ADDR.parse().unwrap()], false).unwrap();
+        steering.set_endpoints(&[ADDR.parse().unwrap()]).unwrap();
         let link = XdpLink::open(&XdpLinkConfig::new(&dev, 0)).expect("AF_XDP socket");
         steering.register_socket(0, link.fd()).unwrap();
         let config = StackConfig {
@@ -134,7 +134,7 @@ fn one_stack_per_queue_each_serves_the_flows_of_its_queue() {
     // stack on its own thread.
     let (steering, links, mac) = in_ns(&tb.srv, move || {
         let steering = Steering::attach(&dev, Mode::Native).expect("attach");
-        steering.set_endpoints(&[ADDR.parse().unwrap()], false).unwrap();
+        steering.set_endpoints(&[ADDR.parse().unwrap()]).unwrap();
         let links: Vec<XdpLink> = (0..queues)
             .map(|q| XdpLink::open(&XdpLinkConfig::new(&dev, q)).expect("AF_XDP socket"))
             .collect();

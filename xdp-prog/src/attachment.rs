@@ -92,10 +92,10 @@ impl Attachment {
         let mut added = Added::default();
         match &what {
             &Steer::To(listen) => {
-                let (mut endpoints, arp) = att.steering.endpoints()?;
+                let mut endpoints = att.steering.endpoints();
                 if !endpoints.contains(&listen) {
                     endpoints.push(listen);
-                    att.steering.set_endpoints(&endpoints, arp)?;
+                    att.steering.set_endpoints(&endpoints)?;
                     added.dest = Some(listen);
                 }
             }
@@ -162,10 +162,9 @@ impl Attachment {
         } else {
             let added = std::mem::take(&mut self.added);
             if let Some(listen) = added.dest {
-                if let Ok((mut endpoints, arp)) = self.steering.endpoints() {
-                    endpoints.retain(|e| *e != listen);
-                    let _ = self.steering.set_endpoints(&endpoints, arp);
-                }
+                let mut endpoints = self.steering.endpoints();
+                endpoints.retain(|e| *e != listen);
+                let _ = self.steering.set_endpoints(&endpoints);
             }
             if added.source.is_some() || !added.locals.is_empty() {
                 let (mut sources, mut locals) = self.steering.sources();

@@ -16,9 +16,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
 
-use crate::maps::{
-    Config, Counters, EndpointKey, FLAG_ARP, KIND_DEST, KIND_LOCAL, KIND_SOURCE, MAX_ENDPOINTS, MAX_QUEUES,
-};
+use crate::maps::{Config, Counters, EndpointKey, KIND_DEST, KIND_LOCAL, KIND_SOURCE, MAX_ENDPOINTS, MAX_QUEUES};
 use crate::skel::SteerSkelBuilder;
 
 /// How to attach.
@@ -417,25 +415,10 @@ impl Steering {
             .map_err(bpf("writing the config map"))
     }
 
-    /// Replace the steered endpoints. With `arp`, ARP requests for their addresses are steered too
-    /// (for a stack that owns its address; the default leaves ARP to the kernel).
-    pub fn set_endpoints(&self, endpoints: &[SocketAddrV4], arp: bool) -> Result<()> {
-        let mut wanted: Vec<EndpointKey> = endpoints.iter().map(|&e| EndpointKey::new(e)).collect();
-        if arp {
-            wanted.extend(
-                endpoints
-                    .iter()
-                    .map(|e| EndpointKey::new(SocketAddrV4::new(*e.ip(), 0))),
-            );
-        }
-        self.replace_keys(KIND_DEST, wanted)?;
-        let mut cfg = self.config()?;
-        cfg.flags = if arp {
-            cfg.flags | FLAG_ARP
-        } else {
-            cfg.flags & !FLAG_ARP
-        };
-        self.set_config(cfg)
+    /// Replace the steered endpoints: untagged, unfragmented TCP/IPv4 segments to them go to the
+    /// sockets. ARP is never steered: the kernel keeps the address and answers ARP for it.
+    pub fn set_endpoints(&self, endpoints: &[SocketAddrV4]) -> Result<()> {
+        self.replace_keys(KIND_DEST, endpoints.iter().map(|&e| EndpointKey::new(e)).collect())
     }
 
     /// Replace the servers whose segments are steered (client mode: a userspace stack that
@@ -484,15 +467,14 @@ impl Steering {
             .filter_map(|k| bytemuck::try_pod_read_unaligned::<EndpointKey>(&k).ok())
             .filter(|k| k.kind() == kind)
             .map(|k| k.endpoint())
-            .filter(|e| e.port() != 0)
             .collect();
         out.sort();
         out
     }
 
-    /// The steered endpoints (ARP address markers left out), and whether ARP is steered.
-    pub fn endpoints(&self) -> Result<(Vec<SocketAddrV4>, bool)> {
-        Ok((self.keys_of_kind(KIND_DEST), self.config()?.flags & FLAG_ARP != 0))
+    /// The steered endpoints.
+    pub fn endpoints(&self) -> Vec<SocketAddrV4> {
+        self.keys_of_kind(KIND_DEST)
     }
 
     /// The servers whose segments are steered (client mode), and the local addresses they are
@@ -523,6 +505,29 @@ impl Steering {
     /// Stop steering this queue to a socket (its segments go to the kernel again).
     pub fn unregister_socket(&self, queue: u32) -> Result<()> {
         unregister_in(&self.xsks, queue)
+    }
+
+    /// Run the program once on `frame`, as if it had come in on queue 0, without any interface
+    /// (BPF_PROG_TEST_RUN), and return its XDP action; the counters count it like any frame.
+    /// Tests use it to hold the program to the stack's parser frame by frame.
+    pub fn run_once(&self, frame: &[u8]) -> Result<u32> {
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+            data_in: frame.as_ptr().cast(),
+            data_size_in: frame.len() as u32,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: the kernel reads `data_size_in` bytes from `data_in`, our live slice, and writes
+        // into `opts` only (no output buffers are given).
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), &mut opts) };
+        if rc != 0 {
+            return Err(SteerError::Io {
+                what: format!("running the program on a {}-byte test frame", frame.len()),
+                source: std::io::Error::from_raw_os_error(-rc),
+            });
+        }
+        Ok(opts.retval)
     }
 
     /// The counters, summed over CPUs.

@@ -365,7 +365,7 @@ mod veth {
         let stop2 = stop.clone();
         let server = spawn_in_ns(&tb.srv, move || -> Result<StackStats> {
             let steering = Steering::attach(&dev, Mode::Native)?;
-            steering.set_endpoints(&["198.18.0.1:8080".parse()?], false)?;
+            steering.set_endpoints(&["198.18.0.1:8080".parse()?])?;
             let link = XdpLink::open(&XdpLinkConfig::new(&dev, 0))?;
             steering.register_socket(0, link.fd())?;
             let config = StackConfig {

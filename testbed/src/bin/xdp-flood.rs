@@ -161,7 +161,7 @@ fn run() -> anyhow::Result<()> {
             let setup = (|| -> anyhow::Result<(Steering, afxdp::Socket)> {
                 netns::enter(&srv)?;
                 let steering = Steering::attach(&s0, Mode::Native)?;
-                steering.set_endpoints(&["198.18.0.1:8080".parse()?], false)?;
+                steering.set_endpoints(&["198.18.0.1:8080".parse()?])?;
                 let xsk = afxdp::Socket::bind(&afxdp::Config {
                     rx_frames: frames,
                     tx_frames: 0,

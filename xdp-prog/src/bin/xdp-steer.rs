@@ -12,7 +12,7 @@ use host::netns;
 use xdp_prog::{attached_program, Mode, Steering};
 
 /// Steer TCP segments for WebSocket endpoints into AF_XDP sockets; everything else goes to the
-/// kernel (ARP, ICMP, other ports, the admin endpoint).
+/// kernel (ARP, ICMP, other ports, the admin endpoint, VLAN-tagged frames, IP fragments).
 ///
 /// `attach` loads the program (printing the verifier's log if the kernel refuses it) and attaches
 /// it. With --pin DIR (a directory on a bpffs) the program and its maps are pinned there and stay
@@ -48,9 +48,6 @@ enum Cmd {
         /// Attach mode.
         #[arg(long, value_enum, default_value = "auto")]
         mode: Mode,
-        /// Steer ARP requests for the endpoints' addresses to the sockets too.
-        #[arg(long)]
-        steer_arp: bool,
         /// Pin the program and maps in this bpffs directory and exit, leaving it attached.
         #[arg(long)]
         pin: Option<PathBuf>,
@@ -105,12 +102,11 @@ fn run() -> anyhow::Result<()> {
             locals,
             netns,
             mode,
-            steer_arp,
             pin,
         } => {
             enter(&netns)?;
             let mut steering = Steering::attach(&iface, mode)?;
-            steering.set_endpoints(&endpoints, steer_arp)?;
+            steering.set_endpoints(&endpoints)?;
             steering.set_sources(&sources, &locals)?;
             let (_, how) = steering.attachment().context("attached")?;
             let mut list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
@@ -178,10 +174,7 @@ fn run() -> anyhow::Result<()> {
                 Some(dir) if dir.join("prog").exists() => Some(Steering::open_pinned(dir)?),
                 _ => None,
             };
-            let (endpoints, arp) = match &pinned {
-                Some(s) => s.endpoints()?,
-                None => (vec![], false),
-            };
+            let endpoints = pinned.as_ref().map(Steering::endpoints).unwrap_or_default();
             let (sources, locals) = pinned.as_ref().map(Steering::sources).unwrap_or_default();
             let counters = pinned.as_ref().map(Steering::counters).transpose()?;
             let ours = matches!((&attached, &pinned), (Some((id, _, _)), Some(s)) if *id == s.program_id());
@@ -194,7 +187,6 @@ fn run() -> anyhow::Result<()> {
                     "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "sources": sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "locals": locals.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "steer_arp": arp,
                     "counters": counters,
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -219,19 +211,15 @@ fn run() -> anyhow::Result<()> {
                                 " (NOT the one attached)"
                             }
                         );
-                        println!(
-                            "endpoints: {}{}",
-                            list.join(", "),
-                            if arp { "; ARP steered too" } else { "" }
-                        );
+                        println!("endpoints: {}", list.join(", "));
                         if !sources.is_empty() {
                             let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
                             println!("client mode, everything from: {} to {locals:?}", list.join(", "));
                         }
                         if let Some(c) = counters {
                             println!(
-                                "counters: redirected {}  passed {}  no-socket {}  malformed {}  arp-redirected {}",
-                                c.redirected, c.passed, c.no_socket, c.malformed, c.arp_redirected
+                                "counters: redirected {}  passed {}  no-socket {}  malformed {}  passed-vlan {}  passed-fragment {}",
+                                c.redirected, c.passed, c.no_socket, c.malformed, c.passed_vlan, c.passed_fragment
                             );
                         }
                     }

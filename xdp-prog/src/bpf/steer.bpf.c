@@ -2,9 +2,13 @@
 //
 // XDP steering: TCP segments for one of the configured endpoints (address, port), or in client
 // mode from one of the configured servers, go to the AF_XDP socket of the receive queue they
-// arrived on (XSKMAP[rx_queue_index]); everything else
-// (ARP, ICMP, other ports, the admin endpoint, ssh) goes to the kernel. With no socket bound on
-// a queue, bpf_redirect_map falls back to XDP_PASS, so the kernel still answers.
+// arrived on (XSKMAP[rx_queue_index]); everything else (ARP, ICMP, other ports, the admin
+// endpoint, ssh) goes to the kernel. With no socket bound on a queue, bpf_redirect_map falls
+// back to XDP_PASS, so the kernel still answers.
+//
+// Only what the userspace stack parses is steered (stack/src/wire.rs, `parse`: one definition,
+// tested on both sides): untagged IPv4 TCP, not a fragment. The stack answers untagged frames
+// only; the kernel owns the VLAN interfaces and reassembles fragments, so those are its own.
 //
 // Every access is bounds-checked against data_end, as the verifier requires.
 
@@ -18,6 +22,11 @@
 
 #include "steer.h"
 
+// IPv4 flags-and-offset: more fragments, and the fragment offset (the kernel's IP_MF, IP_OFFSET
+// are not in the UAPI headers). Don't-fragment (0x4000) is neither.
+#define FRAG_MORE 0x2000
+#define FRAG_OFFSET 0x1fff
+
 // AF_XDP sockets by receive queue.
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -26,9 +35,9 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-// Steered endpoints. Address 0 matches any address on that port; with STEER_ARP set, an entry
-// with port 0 marks an address whose ARP requests go to the sockets too. Entries of kind
-// STEER_SOURCE match the sender of a segment instead (a client stack's servers).
+// Steered endpoints. Address 0 matches any address on that port. Entries of kind STEER_SOURCE
+// match the sender of a segment instead (a client stack's servers), STEER_LOCAL entries (port 0)
+// the client stack's own addresses.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, STEER_MAX_ENDPOINTS);
@@ -43,30 +52,13 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+// Written and read by the loader only (where the program is attached); the program ignores it.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct steer_config);
 } config SEC(".maps");
-
-struct vlan_hdr {
-	__be16 tci;
-	__be16 proto;
-};
-
-// The ARP payload for IPv4 over Ethernet (RFC 826).
-struct arp_ipv4 {
-	__be16 htype;
-	__be16 ptype;
-	__u8 hlen;
-	__u8 plen;
-	__be16 oper;
-	__u8 sha[ETH_ALEN];
-	__be32 spa;
-	__u8 tha[ETH_ALEN];
-	__be32 tpa;
-} __attribute__((packed));
 
 static __always_inline void count(__u32 which)
 {
@@ -118,45 +110,30 @@ int steer(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > end)
 		return pass(STEER_MALFORMED);
 
-	__be16 proto = eth->h_proto;
-	void *l3 = eth + 1;
-	// Up to two VLAN tags (802.1Q, or 802.1ad outside 802.1Q).
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		struct vlan_hdr *vlan = l3;
-		if ((void *)(vlan + 1) > end)
-			return pass(STEER_MALFORMED);
-		proto = vlan->proto;
-		l3 = vlan + 1;
-	}
-
-	if (proto == bpf_htons(ETH_P_ARP)) {
-		__u32 zero = 0;
-		struct steer_config *cfg = bpf_map_lookup_elem(&config, &zero);
-		if (!cfg || !(cfg->flags & STEER_FLAG_ARP))
-			return pass(STEER_PASSED);
-		struct arp_ipv4 *arp = l3;
-		if ((void *)(arp + 1) > end)
-			return pass(STEER_MALFORMED);
-		struct steer_endpoint key = { .addr = arp->tpa, .port = 0, .kind = STEER_DEST };
-		if (arp->ptype != bpf_htons(ETH_P_IP) || !bpf_map_lookup_elem(&endpoints, &key))
-			return pass(STEER_PASSED);
-		return to_socket(ctx, STEER_ARP_REDIRECTED);
-	}
-	if (proto != bpf_htons(ETH_P_IP))
+	// VLAN-tagged (802.1Q, 802.1ad): the kernel's, whatever the tags carry. The stack answers
+	// untagged frames only, and the kernel terminates VLANs on its VLAN interfaces.
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD))
+		return pass(STEER_PASSED_VLAN);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass(STEER_PASSED);
 
-	struct iphdr *ip = l3;
-	if ((void *)(ip + 1) > end || ip->ihl < 5)
+	// IPv4 fields the stack's parser would reject as malformed.
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
 		return pass(STEER_MALFORMED);
+	__u32 hlen = ip->ihl * 4;
+	__u32 total = bpf_ntohs(ip->tot_len);
+	if (total < hlen || (void *)ip + total > end)
+		return pass(STEER_MALFORMED);
+	// Any fragment, the first (more-fragments set, offset 0) included: the kernel reassembles
+	// them; the stack (smoltcp without reassembly) would drop every one.
+	if (ip->frag_off & bpf_htons(FRAG_MORE | FRAG_OFFSET))
+		return pass(STEER_PASSED_FRAGMENT);
 	if (ip->protocol != IPPROTO_TCP)
 		return pass(STEER_PASSED);
-	// A fragment other than the first has no TCP header: the kernel reassembles those.
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return pass(STEER_PASSED);
-	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+	if (total < hlen + sizeof(struct tcphdr))
+		return pass(STEER_MALFORMED);
+	struct tcphdr *tcp = (void *)ip + hlen;
 	if ((void *)(tcp + 1) > end)
 		return pass(STEER_MALFORMED);
 	if (!endpoint_known(ip->daddr, tcp->dest) && !source_known(ip->saddr, tcp->source, ip->daddr))

@@ -6,14 +6,15 @@
 #define STEER_MAX_QUEUES 64
 #define STEER_MAX_ENDPOINTS 256
 
-// Per-CPU counters, by index.
+// Per-CPU counters, by index. Every frame is counted once, in exactly one of them.
 enum steer_counter {
-	STEER_REDIRECTED = 0,     // TCP segments handed to an AF_XDP socket
-	STEER_PASSED = 1,         // frames for the kernel (not ours)
-	STEER_NO_SOCKET = 2,      // ours, but no socket on that queue: passed to the kernel
-	STEER_MALFORMED = 3,      // too short for its headers: passed to the kernel
-	STEER_ARP_REDIRECTED = 4, // ARP for a steered address handed to a socket
-	STEER_COUNTERS = 5,
+	STEER_REDIRECTED = 0,      // TCP segments handed to an AF_XDP socket
+	STEER_PASSED = 1,          // frames for the kernel (not ours: ARP, ICMP, other ports...)
+	STEER_NO_SOCKET = 2,       // ours, but no socket on that queue: passed to the kernel
+	STEER_MALFORMED = 3,       // too short for their headers, or bad IPv4 fields: passed to the kernel
+	STEER_PASSED_VLAN = 4,     // VLAN-tagged (802.1Q/802.1ad), whatever inside: passed to the kernel
+	STEER_PASSED_FRAGMENT = 5, // IPv4 fragments (MF set or an offset), any protocol: passed to the kernel
+	STEER_COUNTERS = 6,
 };
 
 // A steered endpoint, in network byte order. `kind` says which side of the segment it matches:
@@ -29,10 +30,8 @@ struct steer_endpoint {
 #define STEER_SOURCE 1
 #define STEER_LOCAL 2
 
-#define STEER_FLAG_ARP 1
-
-// The one entry of the config map. The program reads `flags`; the loader keeps where it attached
-// here too, so a pinned attachment describes itself.
+// The one entry of the config map. The program reads nothing from it (`flags` is unused and 0);
+// the loader keeps where it attached here, so a pinned attachment describes itself.
 struct steer_config {
 	__u32 flags;
 	__u32 ifindex;
