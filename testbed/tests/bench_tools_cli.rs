@@ -50,12 +50,25 @@ fn mem_mode_writes_rows_whose_breakdown_adds_up() {
 #[test]
 fn bad_arguments_are_refused_with_a_reason() {
     let out = bench().args(["mem", "--conns", "0"]).output().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("positive"));
     let out = bench().args(["mem", "--rx-buf", "100"]).output().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rx-buf"));
+    let out = bench().args(["veth", "--wave", "0"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "checked before anything starts, root or not"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_xdp-flood"))
+        .args(["--frames", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frames"));
 }
+
 /// The flood benchmark's own accounting holds at a small size: every frame it sent was
 /// redirected by XDP, and every redirected frame was received or counted as dropped by AF_XDP.
 #[test]

@@ -18,11 +18,13 @@ use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use stack::mem_link::{self, Impairments, MemLink};
 use stack::{ConnId, Event, MemoryReport, Stack, StackConfig};
+use ws_server::cli::{usage, UsageError};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Benchmarks of the userspace TCP stack: bytes per connection, per-packet cost, handshake rates"
+    about = "Benchmarks of the userspace TCP stack: bytes per connection, per-packet cost, handshake rates",
+    after_help = "Exit status: 0 measured; 1 the benchmark failed (handshakes that did not complete, not root for veth); 2 usage error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,8 +69,15 @@ const PORT: u16 = 8080;
 /// A WebSocket upgrade request is about this big (browsers send 200–600 B).
 const REQUEST: usize = 200;
 
-fn main() -> Result<()> {
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Err(e) = run() {
+        eprintln!("stack-bench: error: {e:#}");
+        std::process::exit(if e.is::<UsageError>() { 2 } else { 1 });
+    }
+}
+
+fn run() -> Result<()> {
     match Cli::parse().mode {
         Mode::Mem {
             conns,
@@ -78,10 +87,12 @@ fn main() -> Result<()> {
             json,
         } => {
             if conns.is_empty() || conns.contains(&0) {
-                bail!("--conns needs positive counts");
+                return Err(usage("--conns needs positive counts"));
             }
             if rx_buf < REQUEST || tx_buf < REQUEST {
-                bail!("--rx-buf and --tx-buf must be ≥ {REQUEST} (one upgrade-sized exchange must fit)");
+                return Err(usage(format!(
+                    "--rx-buf and --tx-buf must be ≥ {REQUEST} (one upgrade-sized exchange must fit)"
+                )));
             }
             let mut rows = Vec::new();
             println!(
@@ -351,11 +362,13 @@ mod veth {
     }
 
     pub fn run(conns: usize, wave: usize) -> Result<VethResult> {
+        if wave == 0 || wave > 15_000 {
+            return Err(ws_server::cli::usage(
+                "--wave must be 1..=15000 (one process holds at most ~20,000 file descriptors)",
+            ));
+        }
         if !host::is_root() {
             bail!("the veth benchmark needs root (network namespaces, XDP, AF_XDP)");
-        }
-        if wave == 0 || wave > 15_000 {
-            bail!("--wave must be 1..=15000 (one process holds at most ~20,000 file descriptors)");
         }
         let clients = 4;
         let tb = Netns::setup("wsbsb", clients)?;

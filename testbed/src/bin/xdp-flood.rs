@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use host::netns;
 use testkit::Netns;
+use ws_server::cli::{usage, UsageError};
 use xdp_prog::{Mode, Steering};
 
 /// Measure how many packets per second reach an AF_XDP socket through the steering program.
@@ -20,7 +21,12 @@ use xdp_prog::{Mode, Steering};
 /// veth (copy mode, --batch descriptors per kick). Prints sent and received packets per second and
 /// where frames were lost (AF_XDP ring full, fill ring empty, XDP counters); --json writes them.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Exit status: 0 the flood ran (read the loss figures); 1 it could not run (not root, namespaces or XDP failed); 2 usage error."
+)]
 struct Args {
     /// Frames to send (at most 100,000,000).
     #[arg(long, default_value_t = 5_000_000)]
@@ -49,7 +55,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run() {
         eprintln!("xdp-flood: error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(if e.is::<UsageError>() { 2 } else { 1 });
     }
 }
 
@@ -125,14 +131,18 @@ fn syn_frame(dst: [u8; 6], src: [u8; 6], size: usize) -> Vec<u8> {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !host::is_root() {
-        bail!("xdp-flood needs root (network namespaces, XDP, AF_XDP)");
-    }
     if args.packets == 0 || args.packets > 100_000_000 || !(60..=1514).contains(&args.size) || args.seconds > 120 {
-        bail!("--packets must be 1..=100,000,000, --size 60..=1514, --seconds at most 120");
+        return Err(usage(
+            "--packets must be 1..=100,000,000, --size 60..=1514, --seconds at most 120",
+        ));
     }
     if !args.frames.is_power_of_two() || args.batch == 0 || args.batch > args.frames {
-        bail!("--frames must be a power of two and --batch between 1 and --frames");
+        return Err(usage(
+            "--frames must be a power of two and --batch between 1 and --frames",
+        ));
+    }
+    if !host::is_root() {
+        bail!("xdp-flood needs root (network namespaces, XDP, AF_XDP)");
     }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;

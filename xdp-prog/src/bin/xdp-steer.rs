@@ -19,7 +19,12 @@ use xdp_prog::{attached_program, Mode, Steering};
 /// attached after xdp-steer exits, so a server can register its sockets from any process;
 /// without --pin, xdp-steer stays in the foreground and detaches on Ctrl-C. Needs root.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Exit status: 0 done; 1 failed (not root, no such interface or namespace, someone else's program attached, the kernel refused the program: the reason is printed); 2 usage error."
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
