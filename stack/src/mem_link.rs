@@ -22,7 +22,7 @@ struct Direction {
     queue: VecDeque<Vec<u8>>,
     /// A frame held back for reordering.
     held: Option<Vec<u8>>,
-    /// When false, frames sent this way are dropped (a cut cable).
+    /// When true, frames sent this way are dropped (a cut cable).
     cut: bool,
 }
 

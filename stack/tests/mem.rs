@@ -1,5 +1,6 @@
 //! The stack against itself over the in-memory wire: TCP behaviour, the connection table, buffers,
 //! timers, capacity, and hostile frames. No privileges needed.
+//! (Over 600 lines: one scenario per test over the same two-stack rig, `common/mod.rs`.)
 
 mod common;
 

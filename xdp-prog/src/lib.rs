@@ -23,11 +23,13 @@ mod skel {
 }
 
 mod attachment;
+mod interface;
 pub mod maps;
 mod steering;
+mod xsk_map;
 
 pub use attachment::{Attachment, Steer, PIN_ROOT};
+pub use interface::{attached_program, detach_left_over, find_pin, ifindex};
 pub use maps::Counters;
-pub use steering::{
-    attached_program, detach_left_over, find_pin, ifindex, Attached, Mode, SteerError, Steering, XskMap, PROGRAM_NAME,
-};
+pub use steering::{Attached, Mode, SteerError, Steering, PROGRAM_NAME};
+pub use xsk_map::XskMap;

@@ -6,18 +6,20 @@
 //! outlives the process, and an interface that already runs someone else's XDP program is refused,
 //! not silently taken over. Dropping a handle detaches, unless the handle was pinned.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Xdp, XdpFlags};
 
+use crate::interface::{attached_program, ifindex, ifname, prog_info};
 use crate::maps::{Config, Counters, EndpointKey, KIND_DEST, KIND_LOCAL, KIND_SOURCE, MAX_ENDPOINTS, MAX_QUEUES};
 use crate::skel::SteerSkelBuilder;
+use crate::xsk_map::{register_in, unregister_in};
 
 /// How to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -39,7 +41,7 @@ pub enum Attached {
 }
 
 impl Attached {
-    fn flags(self) -> XdpFlags {
+    pub(crate) fn flags(self) -> XdpFlags {
         match self {
             Attached::Native => XdpFlags::DRV_MODE,
             Attached::Generic => XdpFlags::SKB_MODE,
@@ -94,9 +96,9 @@ pub enum SteerError {
     TooManyEndpoints,
 }
 
-type Result<T> = std::result::Result<T, SteerError>;
+pub(crate) type Result<T> = std::result::Result<T, SteerError>;
 
-fn bpf(what: &str) -> impl FnOnce(libbpf_rs::Error) -> SteerError + '_ {
+pub(crate) fn bpf(what: &str) -> impl FnOnce(libbpf_rs::Error) -> SteerError + '_ {
     move |source| SteerError::Bpf {
         what: what.to_string(),
         source,
@@ -117,81 +119,6 @@ fn capture_libbpf_log(_level: libbpf_rs::PrintLevel, line: String) {
     if let Ok(mut log) = LOAD_LOG.lock() {
         log.push_str(&line);
     }
-}
-
-/// The interface index of `iface` in the calling thread's network namespace.
-pub fn ifindex(iface: &str) -> Result<u32> {
-    let name = CString::new(iface).map_err(|_| SteerError::NoSuchInterface(iface.to_string()))?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(SteerError::NoSuchInterface(iface.to_string())),
-        index => Ok(index),
-    }
-}
-
-fn ifname(index: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return format!("ifindex {index}");
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
-}
-
-/// Id and name of a loaded program.
-fn prog_info(fd: BorrowedFd<'_>) -> Result<(u32, String)> {
-    let mut info = libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: the kernel writes at most `len` bytes into `info`.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
-    if rc != 0 {
-        return Err(SteerError::Io {
-            what: "reading program info".into(),
-            source: std::io::Error::from_raw_os_error(-rc),
-        });
-    }
-    // SAFETY: `name` is a fixed array the kernel NUL-terminates.
-    let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    Ok((info.id, name))
-}
-
-/// What runs on an interface now: (program id, name, mode), if anything.
-pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attached>)>> {
-    let index = ifindex(iface)?;
-    let mut opts = libbpf_sys::bpf_xdp_query_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
-        ..Default::default()
-    };
-    // SAFETY: bpf_xdp_query fills the opts struct we own, whose size field is set.
-    let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
-    if rc != 0 {
-        return Err(SteerError::Io {
-            what: format!("querying XDP on {iface}"),
-            source: std::io::Error::from_raw_os_error(-rc),
-        });
-    }
-    if opts.prog_id == 0 {
-        return Ok(None);
-    }
-    let mode = match u32::from(opts.attach_mode) {
-        libbpf_sys::XDP_ATTACHED_DRV => Some(Attached::Native),
-        libbpf_sys::XDP_ATTACHED_SKB => Some(Attached::Generic),
-        _ => None,
-    };
-    // SAFETY: returns a new fd for the program id (or an error).
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(opts.prog_id) };
-    let name = if fd >= 0 {
-        // SAFETY: a fresh fd that we own from here.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        prog_info(fd.as_fd()).map(|(_, n)| n).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok(Some((opts.prog_id, name, mode)))
 }
 
 /// The program's name as the kernel knows it (first 15 bytes of the function name).
@@ -573,92 +500,4 @@ fn verifier_log(e: &libbpf_rs::Error) -> String {
 
 fn map_id(map: &MapHandle) -> Result<u32> {
     map.info().map(|i| i.info.id).map_err(bpf("reading the map's id"))
-}
-
-/// The program's XSKMAP, opened by id from a process that did not load the program.
-pub struct XskMap(MapHandle);
-
-impl XskMap {
-    pub fn open(id: u32) -> Result<XskMap> {
-        MapHandle::from_map_id(id)
-            .map(XskMap)
-            .map_err(bpf(&format!("opening XSKMAP id {id}")))
-    }
-
-    /// Send this queue's steered segments to the AF_XDP socket `fd`.
-    pub fn register(&self, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
-        register_in(&self.0, queue, fd)
-    }
-
-    /// Stop steering this queue to a socket (its segments go to the kernel again).
-    pub fn unregister(&self, queue: u32) -> Result<()> {
-        unregister_in(&self.0, queue)
-    }
-}
-
-fn register_in(xsks: &MapHandle, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
-    if queue >= MAX_QUEUES {
-        return Err(SteerError::BadQueue(queue));
-    }
-    let value = (fd.as_raw_fd() as u32).to_ne_bytes();
-    xsks.update(&queue.to_ne_bytes(), &value, MapFlags::ANY)
-        .map_err(bpf(&format!("registering a socket for queue {queue}")))
-}
-
-fn unregister_in(xsks: &MapHandle, queue: u32) -> Result<()> {
-    if queue >= MAX_QUEUES {
-        return Err(SteerError::BadQueue(queue));
-    }
-    match xsks.delete(&queue.to_ne_bytes()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SteerError::Bpf {
-            what: format!("unregistering queue {queue}"),
-            source: e,
-        }),
-    }
-}
-
-/// Detach a steering program of ours that no handle refers to (left attached by a process that
-/// crashed, or pinned by a script). Returns its id, or `None` if nothing was attached; refuses
-/// another program (`AttachedBySomeoneElse`).
-pub fn detach_left_over(iface: &str) -> Result<Option<u32>> {
-    let Some((id, name, mode)) = attached_program(iface)? else {
-        return Ok(None);
-    };
-    if name != PROGRAM_NAME {
-        return Err(SteerError::AttachedBySomeoneElse {
-            iface: iface.to_string(),
-            id,
-            name,
-        });
-    }
-    // SAFETY: returns a new fd for the program id, or a negative error.
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
-    if fd < 0 {
-        return Err(SteerError::Io {
-            what: format!("opening program {id}"),
-            source: std::io::Error::from_raw_os_error(-fd),
-        });
-    }
-    // SAFETY: a fresh fd we own from here.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let flags = mode.unwrap_or(Attached::Native).flags();
-    Xdp::new(fd.as_fd())
-        .detach(ifindex(iface)? as i32, flags)
-        .map_err(bpf(&format!("detaching program {id} from {iface}")))?;
-    Ok(Some(id))
-}
-
-/// The pin directory under `root` (one level deep, as `testbed/attach.sh` makes them) whose
-/// program is `prog_id`, if any.
-pub fn find_pin(root: &Path, prog_id: u32) -> Option<std::path::PathBuf> {
-    let entries = std::fs::read_dir(root).ok()?;
-    entries.flatten().map(|e| e.path()).find(|dir| {
-        dir.join("prog").exists()
-            && libbpf_rs::Program::fd_from_pinned_path(dir.join("prog"))
-                .ok()
-                .and_then(|fd| prog_info(fd.as_fd()).ok())
-                .is_some_and(|(id, _)| id == prog_id)
-    })
 }

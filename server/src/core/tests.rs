@@ -1,4 +1,5 @@
 //! The core driven by byte slices and a fake clock.
+//! (Over 600 lines: the behaviour tests of one API, in the order of a connection's life.)
 
 use std::collections::HashMap;
 

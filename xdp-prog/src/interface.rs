@@ -1,0 +1,129 @@
+//! What runs on an interface: which XDP program is attached and how, whether it is a left-over
+//! of ours (a process that crashed, a script's pin), and where a pinned one lives.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use libbpf_rs::Xdp;
+
+use crate::steering::{bpf, Attached, Result, SteerError, PROGRAM_NAME};
+
+/// The interface index of `iface` in the calling thread's network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = CString::new(iface).map_err(|_| SteerError::NoSuchInterface(iface.to_string()))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(SteerError::NoSuchInterface(iface.to_string())),
+        index => Ok(index),
+    }
+}
+
+pub(crate) fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("ifindex {index}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// Id and name of a loaded program.
+pub(crate) fn prog_info(fd: BorrowedFd<'_>) -> Result<(u32, String)> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(SteerError::Io {
+            what: "reading program info".into(),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    // SAFETY: `name` is a fixed array the kernel NUL-terminates.
+    let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    Ok((info.id, name))
+}
+
+/// What runs on an interface now: (program id, name, mode), if anything.
+pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attached>)>> {
+    let index = ifindex(iface)?;
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: bpf_xdp_query fills the opts struct we own, whose size field is set.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
+    if rc != 0 {
+        return Err(SteerError::Io {
+            what: format!("querying XDP on {iface}"),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    if opts.prog_id == 0 {
+        return Ok(None);
+    }
+    let mode = match u32::from(opts.attach_mode) {
+        libbpf_sys::XDP_ATTACHED_DRV => Some(Attached::Native),
+        libbpf_sys::XDP_ATTACHED_SKB => Some(Attached::Generic),
+        _ => None,
+    };
+    // SAFETY: returns a new fd for the program id (or an error).
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(opts.prog_id) };
+    let name = if fd >= 0 {
+        // SAFETY: a fresh fd that we own from here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        prog_info(fd.as_fd()).map(|(_, n)| n).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Some((opts.prog_id, name, mode)))
+}
+
+/// Detach a steering program of ours that no handle refers to (left attached by a process that
+/// crashed, or pinned by a script). Returns its id, or `None` if nothing was attached; refuses
+/// another program (`AttachedBySomeoneElse`).
+pub fn detach_left_over(iface: &str) -> Result<Option<u32>> {
+    let Some((id, name, mode)) = attached_program(iface)? else {
+        return Ok(None);
+    };
+    if name != PROGRAM_NAME {
+        return Err(SteerError::AttachedBySomeoneElse {
+            iface: iface.to_string(),
+            id,
+            name,
+        });
+    }
+    // SAFETY: returns a new fd for the program id, or a negative error.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(SteerError::Io {
+            what: format!("opening program {id}"),
+            source: std::io::Error::from_raw_os_error(-fd),
+        });
+    }
+    // SAFETY: a fresh fd we own from here.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let flags = mode.unwrap_or(Attached::Native).flags();
+    Xdp::new(fd.as_fd())
+        .detach(ifindex(iface)? as i32, flags)
+        .map_err(bpf(&format!("detaching program {id} from {iface}")))?;
+    Ok(Some(id))
+}
+
+/// The pin directory under `root` (one level deep, as `testbed/attach.sh` makes them) whose
+/// program is `prog_id`, if any.
+pub fn find_pin(root: &Path, prog_id: u32) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    entries.flatten().map(|e| e.path()).find(|dir| {
+        dir.join("prog").exists()
+            && libbpf_rs::Program::fd_from_pinned_path(dir.join("prog"))
+                .ok()
+                .and_then(|fd| prog_info(fd.as_fd()).ok())
+                .is_some_and(|(id, _)| id == prog_id)
+    })
+}
