@@ -132,9 +132,14 @@ pub fn decode(buf: &mut [u8], role: Role, max_payload: usize) -> Result<Option<F
     } else if len > max_payload as u64 {
         return Err(FrameError::TooBig);
     }
-    // `len` is now at most max(max_payload, 125), so it fits a usize and the sum cannot overflow.
+    // `len` is now at most max(max_payload, 125), so it fits a usize; but with a limit near
+    // usize::MAX (an "unlimited" --max-frame) the sum could overflow (found by tests/fuzz_wire.rs:
+    // a panic in debug builds, an inverted slice range in release). No buffer can hold such a
+    // frame: it is too big.
     let len = len as usize;
-    let wire_len = header_len + len;
+    let Some(wire_len) = header_len.checked_add(len) else {
+        return Err(FrameError::TooBig);
+    };
     if buf.len() < wire_len {
         return Ok(None);
     }
