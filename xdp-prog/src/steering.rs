@@ -22,9 +22,11 @@ use crate::skel::SteerSkelBuilder;
 use crate::xsk_map::{register_in, unregister_in};
 
 /// How to attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Native (driver) mode, falling back to generic with a warning.
+    #[default]
     Auto,
     /// Native (driver) mode only.
     Native,

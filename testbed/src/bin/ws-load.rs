@@ -261,12 +261,7 @@ fn xdp_client(args: &Args) -> anyhow::Result<Option<XdpClient>> {
         server_mac,
         rx_buf: args.rx_buf,
         tx_buf: args.tx_buf,
-        xdp_mode: match args.xdp_mode {
-            xdp_prog::Mode::Native => "native",
-            xdp_prog::Mode::Generic => "generic",
-            xdp_prog::Mode::Auto => "auto",
-        }
-        .into(),
+        xdp_mode: args.xdp_mode,
     }))
 }
 

@@ -69,12 +69,8 @@ pub struct XdpClient {
     pub rx_buf: usize,
     pub tx_buf: usize,
     /// How to attach the XDP program (native, generic, or auto = native with a fallback).
-    #[serde(default = "auto_mode")]
-    pub xdp_mode: String,
-}
-
-fn auto_mode() -> String {
-    "auto".into()
+    #[serde(default)]
+    pub xdp_mode: xdp_prog::Mode,
 }
 
 /// Why connections failed, by cause.
@@ -198,5 +194,27 @@ impl ChildCounters {
 
     pub fn failed_total(&self) -> u64 {
         self.failed.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::XdpClient;
+
+    /// The attach mode crosses to the load process as a checked enum: a plan from an older
+    /// parent without it means auto, and a mode that does not exist is refused, not guessed.
+    #[test]
+    fn the_xdp_mode_is_typed_across_the_process_boundary() {
+        let plan = |mode: &str| {
+            serde_json::from_str::<XdpClient>(&format!(
+                r#"{{"iface":"c0","server_mac":null,"rx_buf":256,"tx_buf":256{mode}}}"#
+            ))
+        };
+        assert_eq!(
+            plan(r#","xdp_mode":"native""#).unwrap().xdp_mode,
+            xdp_prog::Mode::Native
+        );
+        assert_eq!(plan("").unwrap().xdp_mode, xdp_prog::Mode::Auto);
+        assert!(plan(r#","xdp_mode":"bogus""#).is_err());
     }
 }

@@ -82,17 +82,7 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
         Some(mac) => mac,
         None => neighbour_mac(*server.ip()).context("finding the server's MAC (or pass --server-mac)")?,
     };
-    let mut steering = Attachment::prepare(
-        &x.iface,
-        match x.xdp_mode.as_str() {
-            "native" => xdp_prog::Mode::Native,
-            "generic" => xdp_prog::Mode::Generic,
-            _ => xdp_prog::Mode::Auto,
-        },
-        Steer::From(server, sources.clone()),
-        None,
-        1,
-    )?;
+    let mut steering = Attachment::prepare(&x.iface, x.xdp_mode, Steer::From(server, sources.clone()), None, 1)?;
     // A broadcast arrives as one burst of a segment per connection, copied into our RX ring by
     // the server's sendto: a deep ring absorbs it, where a lost segment costs a 1 s
     // retransmission (smoltcp's minimum RTO, as RFC 6298's). The client's memory is not the
