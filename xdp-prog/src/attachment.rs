@@ -52,26 +52,7 @@ impl Attachment {
         pin: Option<&Path>,
         queues: u32,
     ) -> anyhow::Result<Attachment> {
-        let pinned = match pin {
-            Some(dir) => {
-                if !dir.join("prog").exists() {
-                    bail!(
-                        "--xdp-pin {}: nothing pinned there (attach with testbed/attach.sh, or leave --xdp-pin out and the server attaches the program itself)",
-                        dir.display()
-                    );
-                }
-                Some(dir.to_path_buf())
-            }
-            None => match crate::attached_program(iface) {
-                Ok(Some((id, name, _))) if name == crate::PROGRAM_NAME => crate::find_pin(Path::new(PIN_ROOT), id),
-                Ok(_) => None,
-                Err(SteerError::NoSuchInterface(_)) => {
-                    bail!("--iface {iface}: no such interface in this network namespace")
-                }
-                Err(e) => return Err(e.into()),
-            },
-        };
-        let mut att = match pinned {
+        let mut att = match find_pinned(iface, pin)? {
             Some(dir) => adopt(&dir, iface)?,
             None => {
                 if let Some(id) = crate::detach_left_over(iface)? {
@@ -89,33 +70,7 @@ impl Attachment {
             }
         };
         att.queues = queues;
-        let mut added = Added::default();
-        match &what {
-            &Steer::To(listen) => {
-                let mut endpoints = att.steering.endpoints();
-                if !endpoints.contains(&listen) {
-                    endpoints.push(listen);
-                    att.steering.set_endpoints(&endpoints)?;
-                    added.dest = Some(listen);
-                }
-            }
-            Steer::From(server, ours) => {
-                let (mut sources, mut locals) = att.steering.sources();
-                if !sources.contains(server) {
-                    sources.push(*server);
-                    added.source = Some(*server);
-                }
-                for a in ours {
-                    if !locals.contains(a) {
-                        locals.push(*a);
-                        added.locals.push(*a);
-                    }
-                }
-                if added.source.is_some() || !added.locals.is_empty() {
-                    att.steering.set_sources(&sources, &locals)?;
-                }
-            }
-        }
+        let added = att.add(&what)?;
         if !att.ours {
             att.added = added;
         }
@@ -134,6 +89,39 @@ impl Attachment {
             if att.ours { "" } else { ", adopted from its pin" }
         );
         Ok(att)
+    }
+
+    /// Add what `what` steers to the program's maps; returns what was not there before (what is
+    /// ours to remove again).
+    fn add(&mut self, what: &Steer) -> anyhow::Result<Added> {
+        let mut added = Added::default();
+        match what {
+            &Steer::To(listen) => {
+                let mut endpoints = self.steering.endpoints();
+                if !endpoints.contains(&listen) {
+                    endpoints.push(listen);
+                    self.steering.set_endpoints(&endpoints)?;
+                    added.dest = Some(listen);
+                }
+            }
+            Steer::From(server, ours) => {
+                let (mut sources, mut locals) = self.steering.sources();
+                if !sources.contains(server) {
+                    sources.push(*server);
+                    added.source = Some(*server);
+                }
+                for a in ours {
+                    if !locals.contains(a) {
+                        locals.push(*a);
+                        added.locals.push(*a);
+                    }
+                }
+                if added.source.is_some() || !added.locals.is_empty() {
+                    self.steering.set_sources(&sources, &locals)?;
+                }
+            }
+        }
+        Ok(added)
     }
 
     /// The XSKMAP's id, for the workers to register their sockets in.
@@ -179,6 +167,28 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// The pin directory of the program to adopt: `pin` if given (it must hold one), else the pin
+/// under [`PIN_ROOT`] of the program of ours attached to `iface`, if any.
+fn find_pinned(iface: &str, pin: Option<&Path>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if let Some(dir) = pin {
+        if !dir.join("prog").exists() {
+            bail!(
+                "--xdp-pin {}: nothing pinned there (attach with testbed/attach.sh, or leave --xdp-pin out and the server attaches the program itself)",
+                dir.display()
+            );
+        }
+        return Ok(Some(dir.to_path_buf()));
+    }
+    match crate::attached_program(iface) {
+        Ok(Some((id, name, _))) if name == crate::PROGRAM_NAME => Ok(crate::find_pin(Path::new(PIN_ROOT), id)),
+        Ok(_) => Ok(None),
+        Err(SteerError::NoSuchInterface(_)) => {
+            bail!("--iface {iface}: no such interface in this network namespace")
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

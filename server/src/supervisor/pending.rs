@@ -88,55 +88,20 @@ impl Supervisor {
         }
     }
 
+    /// Answer a call once every worker replied (or, `partial`, the wait timed out: 504).
     pub(super) fn complete(&mut self, p: Pending, partial: bool) {
+        let status = if partial { 504 } else { 200 };
         let elapsed_ms = p.started.elapsed().as_secs_f64() * 1000.0;
         match p.kind {
             PendingKind::Stats(format) => {
-                let stats: Vec<WorkerStats> = p
-                    .replies
-                    .into_iter()
-                    .filter_map(|m| match m {
-                        FromWorker::Stats { stats, .. } => Some(*stats),
-                        _ => None,
-                    })
-                    .collect();
-                #[allow(unused_mut)] // the xdp build adds the steering counters
-                let mut report = Report::new(
-                    self.cfg.stack_name(),
-                    self.started.elapsed().as_secs_f64(),
-                    stats,
-                    self.broadcasts_done,
-                    self.last_broadcast.clone(),
-                    host::process::own_rss_bytes(),
-                );
-                #[cfg(feature = "xdp")]
-                {
-                    report.steering = self.xdp.as_ref().and_then(|a| a.counters());
-                }
+                let report = self.report(p.replies);
                 let (body, content_type) = report.render(format);
                 if let Some(request) = p.request {
-                    respond(request, if partial { 504 } else { 200 }, body, content_type);
+                    respond(request, status, body, content_type);
                 }
             }
             PendingKind::Broadcast { seq } => {
-                let mut result = BroadcastResult {
-                    seq,
-                    elapsed_ms,
-                    ..Default::default()
-                };
-                for m in &p.replies {
-                    if let FromWorker::Broadcast {
-                        websockets,
-                        polls,
-                        fanout_us,
-                        ..
-                    } = m
-                    {
-                        result.websockets += websockets;
-                        result.polls += polls;
-                        result.fanout_ms = result.fanout_ms.max(*fanout_us as f64 / 1000.0);
-                    }
-                }
+                let result = broadcast_result(seq, elapsed_ms, &p.replies);
                 log::info!(
                     "broadcast #{seq}: {} websockets and {} polls in {:.1} ms (slowest worker {:.1} ms)",
                     result.websockets,
@@ -147,11 +112,7 @@ impl Supervisor {
                 self.broadcasts_done += 1;
                 self.last_broadcast = Some(result.clone());
                 if let Some(request) = p.request {
-                    respond_json(
-                        request,
-                        if partial { 504 } else { 200 },
-                        &serde_json::to_value(&result).unwrap_or_default(),
-                    );
+                    respond_json(request, status, &serde_json::to_value(&result).unwrap_or_default());
                 }
             }
             PendingKind::Push { id } => {
@@ -160,13 +121,57 @@ impl Supervisor {
                     .iter()
                     .any(|m| matches!(m, FromWorker::Push { delivered: true, .. }));
                 if let Some(request) = p.request {
-                    respond_json(
-                        request,
-                        if partial { 504 } else { 200 },
-                        &serde_json::json!({"id": id, "delivered": delivered}),
-                    );
+                    respond_json(request, status, &serde_json::json!({"id": id, "delivered": delivered}));
                 }
             }
         }
     }
+
+    /// `/stats` from the workers' replies and the supervisor's own figures.
+    fn report(&self, replies: Vec<FromWorker>) -> Report {
+        let stats: Vec<WorkerStats> = replies
+            .into_iter()
+            .filter_map(|m| match m {
+                FromWorker::Stats { stats, .. } => Some(*stats),
+                _ => None,
+            })
+            .collect();
+        #[allow(unused_mut)] // the xdp build adds the steering counters
+        let mut report = Report::new(
+            self.cfg.stack_name(),
+            self.started.elapsed().as_secs_f64(),
+            stats,
+            self.broadcasts_done,
+            self.last_broadcast.clone(),
+            host::process::own_rss_bytes(),
+        );
+        #[cfg(feature = "xdp")]
+        {
+            report.steering = self.xdp.as_ref().and_then(|a| a.counters());
+        }
+        report
+    }
+}
+
+/// A broadcast's result, summed over the workers' replies (the slowest worker's fan-out).
+fn broadcast_result(seq: u64, elapsed_ms: f64, replies: &[FromWorker]) -> BroadcastResult {
+    let mut result = BroadcastResult {
+        seq,
+        elapsed_ms,
+        ..Default::default()
+    };
+    for m in replies {
+        if let FromWorker::Broadcast {
+            websockets,
+            polls,
+            fanout_us,
+            ..
+        } = m
+        {
+            result.websockets += websockets;
+            result.polls += polls;
+            result.fanout_ms = result.fanout_ms.max(*fanout_us as f64 / 1000.0);
+        }
+    }
+    result
 }

@@ -74,27 +74,35 @@ impl Net {
                 self.stats.tx_starved += 1;
             }
             self.mark_dirty(s);
-        } else if deadline.is_none() {
+        } else {
+            self.schedule(s, now, deadline);
+        }
+    }
+
+    /// Keep slot `s`'s next smoltcp deadline in the wheel (one live entry at most: a deadline
+    /// that moved later leaves the earlier entry to fire, find nothing and re-arm).
+    fn schedule(&mut self, s: usize, now: Instant, deadline: Option<Instant>) {
+        let Some(at) = deadline else {
             // Nothing left to time: any entry still in the wheel is stale and fires nothing.
             self.slots[s].timer = NO_TIMER;
-        } else if let Some(at) = deadline {
-            let tick = if at <= now {
-                tick_of(now).wrapping_add(1)
-            } else {
-                // Round up: a timer that fires early only finds nothing to do yet.
-                tick_of(at).wrapping_add(u32::from(at.total_micros() % 1000 != 0))
-            };
-            let current = self.slots[s].timer;
-            if current == NO_TIMER || !not_after(current, tick) || !not_after(tick_of(now), current) {
-                self.slots[s].timer = tick;
-                self.wheel.insert(
-                    tick,
-                    Entry {
-                        id: s as u32,
-                        tag: tick,
-                    },
-                );
-            }
+            return;
+        };
+        let tick = if at <= now {
+            tick_of(now).wrapping_add(1)
+        } else {
+            // Round up: a timer that fires early only finds nothing to do yet.
+            tick_of(at).wrapping_add(u32::from(at.total_micros() % 1000 != 0))
+        };
+        let current = self.slots[s].timer;
+        if current == NO_TIMER || !not_after(current, tick) || !not_after(tick_of(now), current) {
+            self.slots[s].timer = tick;
+            self.wheel.insert(
+                tick,
+                Entry {
+                    id: s as u32,
+                    tag: tick,
+                },
+            );
         }
     }
 

@@ -144,6 +144,12 @@ pub fn render(r: &BenchReport) -> String {
         thousands(c.memory.kernel_sockbuf_bytes_per_conn)
     });
     row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
+    breakdowns(&mut out, r);
+    out
+}
+
+/// Below the table: each stack's memory breakdown and notes.
+fn breakdowns(out: &mut String, r: &BenchReport) {
     for c in &r.results {
         let _ = writeln!(
             out,
@@ -161,7 +167,6 @@ pub fn render(r: &BenchReport) -> String {
             let _ = writeln!(out, "  note: {n}");
         }
     }
-    out
 }
 
 #[cfg(test)]

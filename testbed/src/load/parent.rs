@@ -132,62 +132,78 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<Summary> {
     let (tx, rx) = mpsc::channel();
     let mut children: Vec<Child> = Vec::new();
     for plan in &plans {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--child")
-            .env(CHILD_PLAN_ENV, serde_json::to_string(plan)?)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; a child must not outlive a killed parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
+        match spawn_child(&exe, plan, tx.clone()) {
+            Ok(child) => children.push(child),
             Err(e) => {
                 stop_children(&mut children);
-                return Err(e).context("starting a load process");
+                return Err(e);
             }
-        };
-        let stdout = child.stdout.take().context("child stdout")?;
-        let tx = tx.clone();
-        let index = plan.index;
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<ChildLine>(&line) {
-                    Ok(l) => {
-                        if tx.send(Msg::Line(index, l)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => log::warn!("load process {index}: unreadable report line: {e}"),
-                }
-            }
-            let _ = tx.send(Msg::Exit);
-        });
-        children.push(child);
+        }
     }
     drop(tx);
+    let started = Instant::now();
+    let finals = collect(cfg, plans.len(), &children, &rx, started)?;
+    stop_children(&mut children);
+    summarize(cfg, &plans, &finals, started.elapsed())
+}
 
+/// Start one load process with its plan; a thread forwards its report lines to `tx`.
+fn spawn_child(exe: &std::path::Path, plan: &ChildPlan, tx: mpsc::Sender<Msg>) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child")
+        .env(CHILD_PLAN_ENV, serde_json::to_string(plan)?)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; a child must not outlive a killed parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting a load process")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let index = plan.index;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<ChildLine>(&line) {
+                Ok(l) => {
+                    if tx.send(Msg::Line(index, l)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => log::warn!("load process {index}: unreadable report line: {e}"),
+            }
+        }
+        let _ = tx.send(Msg::Exit);
+    });
+    Ok(child)
+}
+
+/// Show progress and gather every process's final report until all have exited (or the run's
+/// time is over by 30 s). A signal is forwarded once, so the processes close and still report.
+fn collect(
+    cfg: &LoadConfig,
+    n: usize,
+    children: &[Child],
+    rx: &mpsc::Receiver<Msg>,
+    started: Instant,
+) -> anyhow::Result<Vec<Option<ChildFinal>>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&interrupted))?;
     let mut forwarded = false;
-
-    let started = Instant::now();
     let hard_deadline = started + cfg.duration + Duration::from_secs(30);
-    let mut progress: Vec<ChildCounters> = vec![ChildCounters::default(); plans.len()];
-    let mut finals: Vec<Option<ChildFinal>> = vec![None; plans.len()];
+    let mut progress: Vec<ChildCounters> = vec![ChildCounters::default(); n];
+    let mut finals: Vec<Option<ChildFinal>> = vec![None; n];
     let mut exited = 0;
     let mut display = Display::new(cfg);
-    while exited < plans.len() {
+    while exited < n {
         if interrupted.load(Ordering::Relaxed) && !forwarded {
             forwarded = true;
             eprintln!("ws-load: interrupted; closing connections and collecting reports");
-            for c in &children {
+            for c in children {
                 // SAFETY: kill on the pid of a child we started and have not reaped.
                 unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
             }
@@ -209,8 +225,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<Summary> {
         display.update(&total(&progress), started.elapsed());
     }
     display.finish();
-    stop_children(&mut children);
-    summarize(cfg, &plans, &finals, started.elapsed())
+    Ok(finals)
 }
 
 fn total(counters: &[ChildCounters]) -> ChildCounters {
@@ -363,6 +378,15 @@ impl Display {
 }
 
 /// The human-readable summary.
+/// `cause=count` pairs, or 0.
+fn by_cause(counts: &std::collections::BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "0".into();
+    }
+    let pairs: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(" ")
+}
+
 pub fn render(s: &Summary) -> String {
     let c = &s.counters;
     let lat = |l: &LatencySummary| {
@@ -375,8 +399,6 @@ pub fn render(s: &Summary) -> String {
             )
         }
     };
-    let failed: Vec<String> = c.failed.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let closed: Vec<String> = c.closed_by_server.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut out = String::new();
     let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<22} {v}\n"));
     row(
@@ -387,14 +409,7 @@ pub fn render(s: &Summary) -> String {
         ),
     );
     row("established", format!("{} of {}", s.established, s.conns_target));
-    row(
-        "failed",
-        if failed.is_empty() {
-            "0".into()
-        } else {
-            failed.join(" ")
-        },
-    );
+    row("failed", by_cause(&c.failed));
     row(
         "connect rate",
         format!("{:.0}/s over {:.2} s", s.connect_rate_per_s, s.connect_wall_s),
@@ -416,22 +431,13 @@ pub fn render(s: &Summary) -> String {
         row("pings", format!("sent {} pongs {}", c.pings_sent, c.pongs));
     }
     if c.polls_sent > 0 {
+        let polls = (c.polls_sent, c.polls_answered, c.poll_timeouts);
         row(
             "long-polls",
-            format!(
-                "sent {} answered {} timeouts {}",
-                c.polls_sent, c.polls_answered, c.poll_timeouts
-            ),
+            format!("sent {} answered {} timeouts {}", polls.0, polls.1, polls.2),
         );
     }
-    row(
-        "closed by server",
-        if closed.is_empty() {
-            "0".into()
-        } else {
-            closed.join(" ")
-        },
-    );
+    row("closed by server", by_cause(&c.closed_by_server));
     row(
         "load cpu",
         format!(
