@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
+use proptest::test_runner::Config;
 
 use ws_server::core::device::DeviceHasher;
 use ws_server::core::frame::{
@@ -34,19 +34,9 @@ use ws_server::core::{ConnId, CoreConfig, Io, ServerCore};
 /// The fixed seed of the default run (any value; changing it changes the cases tested).
 const SEED: u64 = 0x6675_7a7a_5f77_6972;
 
-/// `default_cases` unless `PROPTEST_CASES` is set; the fixed seed unless `PROPTEST_RNG_SEED` is.
+/// The suite's configuration (`testkit::fuzz::config`) with this file's seed.
 fn cases(default_cases: u32) -> Config {
-    // `Config::default()` has already read the PROPTEST_* variables.
-    let mut config = Config::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default_cases;
-    }
-    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
-        config.rng_seed = RngSeed::Fixed(SEED);
-    }
-    // tests/fuzz_wire.proptest-regressions (the default looks for a lib.rs beside the test file).
-    config.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions")));
-    config
+    testkit::fuzz::config(default_cases, SEED)
 }
 
 // ---------------------------------------------------------------------------------------------

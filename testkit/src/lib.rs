@@ -5,11 +5,13 @@
 //!   always removed; running code inside one.
 //! - [`child`]: child processes that are always stopped, and finding our other binaries.
 //! - [`http`]: plain HTTP/1.1 to an admin endpoint, from inside a namespace if need be.
+//! - [`fuzz`]: the proptest configuration of the property tests of wire parsers.
 //!
 //! Tests of every crate use it as a dev-dependency; the testbed's own tools (`ws-bench`,
 //! `xdp-flood`) use it too. The server, the stack and the steering loader never do.
 
 pub mod child;
+pub mod fuzz;
 pub mod http;
 pub mod netns;
 
