@@ -197,6 +197,45 @@ struct Bench {
 }
 
 impl Bench {
+    /// A server listening on PORT and a client, each sized for `n` connections.
+    fn new(n: usize, rx_buf: usize, tx_buf: usize) -> Result<Bench> {
+        let (a, b) = mem_link::pair(Impairments::default(), 1);
+        let now = Instant::from_millis(1_000);
+        let server_config = StackConfig {
+            max_conns: n,
+            rx_buf,
+            tx_buf,
+            our_mac: [2, 0, 0, 0, 0, 1],
+            ..StackConfig::default()
+        };
+        // One client address per 60,000 connections: each has about that many ephemeral ports.
+        let addrs = n.div_ceil(60_000) as u32;
+        let client_config = StackConfig {
+            max_conns: n,
+            rx_buf,
+            tx_buf,
+            addr: Ipv4Addr::new(198, 19, 0, 1),
+            source_addrs: (0..addrs)
+                .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i))
+                .collect(),
+            our_mac: [2, 0, 0, 0, 0, 2],
+            next_hop_mac: Some([2, 0, 0, 0, 0, 1]),
+            ..StackConfig::default()
+        };
+        let mut server = Stack::new(server_config, a, now)?;
+        server.listen(PORT);
+        let client = Stack::new(client_config, b, now)?;
+        Ok(Bench {
+            server,
+            client,
+            now,
+            server_time: Default::default(),
+            sev: Vec::new(),
+            cev: Vec::new(),
+            echo: Default::default(),
+        })
+    }
+
     fn step(&mut self) -> usize {
         let t = WallClock::now();
         self.sev.clear();
@@ -224,105 +263,96 @@ impl Bench {
             }
         }
     }
+
+    /// Open `n` connections, in waves so the wire stays short; an error unless the server
+    /// accepted every one.
+    fn connect(&mut self, n: usize) -> Result<Handshakes> {
+        let t = WallClock::now();
+        let mut ids: Vec<ConnId> = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(self.client.connect(SocketAddrV4::new(SERVER, PORT))?);
+            if ids.len().is_multiple_of(4096) {
+                self.settle();
+            }
+        }
+        self.settle();
+        let wall_s = t.elapsed().as_secs_f64();
+        let server_s = self.server_time.as_secs_f64();
+        let accepted = self.server.stats().accepted as usize;
+        if accepted != n {
+            bail!("only {accepted} of {n} handshakes completed");
+        }
+        Ok(Handshakes { ids, wall_s, server_s })
+    }
+
+    /// One exchange per connection, the size of a WebSocket upgrade request; the echo answers it
+    /// (so both buffers of every connection have carried data, as after a real upgrade).
+    fn exchange(&mut self, ids: &[ConnId]) {
+        let request = [b'G'; REQUEST];
+        for (i, id) in ids.iter().enumerate() {
+            self.client.write(*id, &request);
+            if i % 4096 == 4095 {
+                self.settle();
+            }
+        }
+        self.settle();
+        self.drain(ids);
+        self.settle();
+    }
+
+    /// Read (and drop) whatever the client has received on `ids`.
+    fn drain(&mut self, ids: &[ConnId]) {
+        let mut buf = [0u8; 512];
+        for id in ids {
+            while self.client.read(*id, &mut buf) > 0 {}
+        }
+    }
+
+    /// Per-packet cost on a fixed random sample of `sample` connections: the same work at every
+    /// N, so a cost that grows with N shows. Returns (server packets, server ns per packet).
+    fn per_packet_cost(&mut self, ids: &[ConnId], sample: usize) -> (u64, f64) {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let picks: Vec<ConnId> = (0..sample).map(|_| ids[rng.usize(..ids.len())]).collect();
+        let before = (self.server.link_counters(), self.server_time);
+        for _ in 0..5 {
+            for id in &picks {
+                self.client.write(*id, b"0123456789abcdef");
+            }
+            self.settle();
+            self.drain(&picks);
+            self.settle();
+        }
+        let after = (self.server.link_counters(), self.server_time);
+        let packets = (after.0.rx_frames - before.0.rx_frames) + (after.0.tx_frames - before.0.tx_frames);
+        let ns_per_packet = (after.1 - before.1).as_nanos() as f64 / packets.max(1) as f64;
+        (packets, ns_per_packet)
+    }
+}
+
+/// The connect phase: the connections and how long their handshakes took.
+struct Handshakes {
+    ids: Vec<ConnId>,
+    /// Wall time of the phase (both stacks).
+    wall_s: f64,
+    /// Time inside the server stack.
+    server_s: f64,
 }
 
 fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemRow> {
     let wall = WallClock::now();
     let rss0 = host::process::own_rss_bytes() as usize;
-    let (a, b) = mem_link::pair(Impairments::default(), 1);
-    let now = Instant::from_millis(1_000);
-    let server_config = StackConfig {
-        max_conns: n,
-        rx_buf,
-        tx_buf,
-        our_mac: [2, 0, 0, 0, 0, 1],
-        ..StackConfig::default()
-    };
-    let addrs = n.div_ceil(60_000) as u32;
-    let client_config = StackConfig {
-        max_conns: n,
-        rx_buf,
-        tx_buf,
-        addr: Ipv4Addr::new(198, 19, 0, 1),
-        source_addrs: (0..addrs)
-            .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i))
-            .collect(),
-        our_mac: [2, 0, 0, 0, 0, 2],
-        next_hop_mac: Some([2, 0, 0, 0, 0, 1]),
-        ..StackConfig::default()
-    };
-    let mut server = Stack::new(server_config, a, now)?;
-    server.listen(PORT);
-    let client = Stack::new(client_config, b, now)?;
-    let mut bench = Bench {
-        server,
-        client,
-        now,
-        server_time: Default::default(),
-        sev: Vec::new(),
-        cev: Vec::new(),
-        echo: Default::default(),
-    };
-
-    // Handshakes, in waves so the wire stays short.
-    let t = WallClock::now();
-    let mut ids: Vec<ConnId> = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push(bench.client.connect(SocketAddrV4::new(SERVER, PORT))?);
-        if ids.len().is_multiple_of(4096) {
-            bench.settle();
-        }
-    }
-    bench.settle();
-    let handshake_wall = t.elapsed().as_secs_f64();
-    let handshake_server = bench.server_time.as_secs_f64();
-    let accepted = bench.server.stats().accepted as usize;
-    if accepted != n {
-        bail!("only {accepted} of {n} handshakes completed");
-    }
-
-    // One exchange per connection, the size of a WebSocket upgrade request; the echo answers it
-    // (so both buffers of every connection have carried data, as after a real upgrade).
-    let request = [b'G'; REQUEST];
-    for (i, id) in ids.iter().enumerate() {
-        bench.client.write(*id, &request);
-        if i % 4096 == 4095 {
-            bench.settle();
-        }
-    }
-    bench.settle();
-    let mut buf = [0u8; 512];
-    for id in &ids {
-        while bench.client.read(*id, &mut buf) > 0 {}
-    }
-    bench.settle();
-
-    // Per-packet cost on a fixed random sample: the same work at every N.
-    let mut rng = fastrand::Rng::with_seed(42);
-    let picks: Vec<ConnId> = (0..sample).map(|_| ids[rng.usize(..n)]).collect();
-    let before = (bench.server.link_counters(), bench.server_time);
-    for _ in 0..5 {
-        for id in &picks {
-            bench.client.write(*id, b"0123456789abcdef");
-        }
-        bench.settle();
-        for id in &picks {
-            while bench.client.read(*id, &mut buf) > 0 {}
-        }
-        bench.settle();
-    }
-    let after = (bench.server.link_counters(), bench.server_time);
-    let packets = (after.0.rx_frames - before.0.rx_frames) + (after.0.tx_frames - before.0.tx_frames);
-    let ns_per_packet = (after.1 - before.1).as_nanos() as f64 / packets.max(1) as f64;
-
+    let mut bench = Bench::new(n, rx_buf, tx_buf)?;
+    let handshakes = bench.connect(n)?;
+    bench.exchange(&handshakes.ids);
+    let (packets, ns_per_packet) = bench.per_packet_cost(&handshakes.ids, sample);
     let resident = bench.server.resident_memory();
     let rss1 = host::process::own_rss_bytes() as usize;
-    let row = MemRow {
+    Ok(MemRow {
         conns: n,
         rx_buf,
         tx_buf,
-        handshakes_per_s: n as f64 / handshake_wall,
-        server_us_per_handshake: handshake_server * 1e6 / n as f64,
+        handshakes_per_s: n as f64 / handshakes.wall_s,
+        server_us_per_handshake: handshakes.server_s * 1e6 / n as f64,
         server_ns_per_packet: ns_per_packet,
         sample,
         sample_packets: packets,
@@ -331,8 +361,7 @@ fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemR
         resident,
         capacity: bench.server.memory(),
         wall_s: wall.elapsed().as_secs_f64(),
-    };
-    Ok(row)
+    })
 }
 
 mod veth {

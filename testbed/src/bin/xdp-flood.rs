@@ -11,7 +11,7 @@ use clap::Parser;
 use host::netns;
 use testkit::Netns;
 use ws_server::cli::{usage, UsageError};
-use xdp_prog::{Mode, Steering};
+use xdp_prog::{Counters, Mode, Steering};
 
 /// Measure how many packets per second reach an AF_XDP socket through the steering program.
 ///
@@ -129,18 +129,25 @@ fn syn_frame(dst: [u8; 6], src: [u8; 6], size: usize) -> Vec<u8> {
     f
 }
 
+impl Args {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.packets == 0 || self.packets > 100_000_000 || !(60..=1514).contains(&self.size) || self.seconds > 120 {
+            return Err(usage(
+                "--packets must be 1..=100,000,000, --size 60..=1514, --seconds at most 120",
+            ));
+        }
+        if !self.frames.is_power_of_two() || self.batch == 0 || self.batch > self.frames {
+            return Err(usage(
+                "--frames must be a power of two and --batch between 1 and --frames",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.packets == 0 || args.packets > 100_000_000 || !(60..=1514).contains(&args.size) || args.seconds > 120 {
-        return Err(usage(
-            "--packets must be 1..=100,000,000, --size 60..=1514, --seconds at most 120",
-        ));
-    }
-    if !args.frames.is_power_of_two() || args.batch == 0 || args.batch > args.frames {
-        return Err(usage(
-            "--frames must be a power of two and --batch between 1 and --frames",
-        ));
-    }
+    args.check()?;
     if !host::is_root() {
         bail!("xdp-flood needs root (network namespaces, XDP, AF_XDP)");
     }
@@ -155,102 +162,176 @@ fn run() -> anyhow::Result<()> {
         format!("{}-c0", args.prefix),
     );
     let frame = syn_frame(mac(&srv, &s0)?, mac(&cli, &c0)?, args.size);
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
 
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let sender_done = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let (srv, s0, frames, sender_done, stop) = (
-            srv.clone(),
-            s0.clone(),
-            args.frames,
-            Arc::clone(&sender_done),
-            Arc::clone(&stop),
-        );
-        std::thread::spawn(move || -> anyhow::Result<serde_json::Value> {
-            let setup = (|| -> anyhow::Result<(Steering, afxdp::Socket)> {
-                netns::enter(&srv)?;
-                let steering = Steering::attach(&s0, Mode::Native)?;
-                steering.set_endpoints(&["198.18.0.1:8080".parse()?])?;
-                let xsk = afxdp::Socket::bind(&afxdp::Config {
-                    rx_frames: frames,
-                    tx_frames: 0,
-                    ..afxdp::Config::new(&s0, 0)
-                })?;
-                steering.register_socket(0, xsk.fd())?;
-                Ok((steering, xsk))
-            })();
-            let (steering, mut xsk) = match setup {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
-                    return Err(e);
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            let (mut received, mut first, mut last) = (0u64, None, Instant::now());
-            let mut quiet_since = Instant::now();
-            loop {
-                xsk.wait(10);
-                let n = xsk.receive(256, &mut |_, _| {}) as u64;
-                let now = Instant::now();
-                if n > 0 {
-                    received += n;
-                    first.get_or_insert(now);
-                    last = now;
-                    quiet_since = now;
-                }
-                let drained =
-                    sender_done.load(Ordering::Relaxed) && now.duration_since(quiet_since) > Duration::from_millis(300);
-                if drained || now > deadline || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            let span = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
-            let st = xsk.statistics()?;
-            Ok(serde_json::json!({
-                "received": received,
-                "receive_pps": if span > 0.0 { received as f64 / span } else { 0.0 },
-                "xdp_counters": steering.counters()?,
-                "af_xdp": {"rx_dropped": st.rx_dropped, "rx_ring_full": st.rx_ring_full,
-                           "rx_fill_ring_empty_descs": st.rx_fill_ring_empty_descs, "rx_invalid_descs": st.rx_invalid_descs},
-            }))
-        })
+    let receiver = Receiver {
+        ns: srv,
+        dev: s0,
+        frames: args.frames,
+        sender_done: Arc::clone(&sender_done),
+        stop,
+        deadline: Instant::now() + Duration::from_secs(args.seconds),
     };
+    let receiver = std::thread::spawn(move || receiver.run(ready_tx));
+    // Send only once the steering program and the socket are in place, or every frame is lost.
     ready_rx.recv().context("receiver thread")??;
-    let sender = {
-        let (cli, c0, packets, batch, frames, frame) = (
-            cli.clone(),
-            c0.clone(),
-            args.packets,
-            args.batch,
-            args.frames,
-            frame.clone(),
-        );
-        std::thread::spawn(move || -> anyhow::Result<(u64, u64, f64)> {
-            netns::enter(&cli)?;
-            let mut xsk = afxdp::Socket::bind(&afxdp::Config {
-                rx_frames: 0,
-                tx_frames: frames,
-                ..afxdp::Config::new(&c0, 0)
-            })?;
-            let started = Instant::now();
-            let (sent, kicks) = flood(&mut xsk, &frame, packets, batch);
-            Ok((sent, kicks, started.elapsed().as_secs_f64()))
-        })
+    let sender = Sender {
+        ns: cli,
+        dev: c0,
+        frames: args.frames,
+        packets: args.packets,
+        batch: args.batch,
+        frame,
     };
+    let sender = std::thread::spawn(move || sender.run());
     let sent = sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
     sender_done.store(true, Ordering::Relaxed);
     let rx = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     drop(tb);
-    let (sent, kicks, secs) = sent?;
-    let received = rx["received"].as_u64().unwrap_or(0);
-    let report = serde_json::json!({
+    let tx = sent?;
+    let report = report(&args, &tx, &rx);
+    print_report(&args, &tx, rx.received, &report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", Path::new(path).display()))?;
+    }
+    Ok(())
+}
+
+/// What the receiver counted.
+struct Received {
+    received: u64,
+    receive_pps: f64,
+    xdp_counters: Counters,
+    /// The socket's drop statistics (XDP_STATISTICS), as JSON.
+    af_xdp: serde_json::Value,
+}
+
+/// The server end: the steering program on the server veth, an AF_XDP socket on queue 0 that
+/// counts what arrives.
+struct Receiver {
+    ns: String,
+    dev: String,
+    frames: u32,
+    sender_done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+}
+
+impl Receiver {
+    /// Runs on a thread of its own (it enters the server namespace); says through `ready` when
+    /// the socket is registered, or why it could not be.
+    fn run(self, ready: mpsc::Sender<anyhow::Result<()>>) -> anyhow::Result<Received> {
+        let (steering, mut xsk) = match self.setup() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
+                return Err(e);
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let (received, span) = self.count(&mut xsk);
+        let st = xsk.statistics()?;
+        Ok(Received {
+            received,
+            receive_pps: if span > 0.0 { received as f64 / span } else { 0.0 },
+            xdp_counters: steering.counters()?,
+            af_xdp: serde_json::json!({"rx_dropped": st.rx_dropped, "rx_ring_full": st.rx_ring_full,
+                "rx_fill_ring_empty_descs": st.rx_fill_ring_empty_descs, "rx_invalid_descs": st.rx_invalid_descs}),
+        })
+    }
+
+    fn setup(&self) -> anyhow::Result<(Steering, afxdp::Socket)> {
+        netns::enter(&self.ns)?;
+        let steering = Steering::attach(&self.dev, Mode::Native)?;
+        steering.set_endpoints(&["198.18.0.1:8080".parse()?])?;
+        let xsk = afxdp::Socket::bind(&afxdp::Config {
+            rx_frames: self.frames,
+            tx_frames: 0,
+            ..afxdp::Config::new(&self.dev, 0)
+        })?;
+        steering.register_socket(0, xsk.fd())?;
+        Ok((steering, xsk))
+    }
+
+    /// Receive until the sender is done and nothing has arrived for 300 ms (frames still in
+    /// flight), the deadline passes or a signal comes. Returns (frames, seconds from the first to
+    /// the last).
+    fn count(&self, xsk: &mut afxdp::Socket) -> (u64, f64) {
+        let (mut received, mut first, mut last) = (0u64, None, Instant::now());
+        let mut quiet_since = Instant::now();
+        loop {
+            xsk.wait(10);
+            let n = xsk.receive(256, &mut |_, _| {}) as u64;
+            let now = Instant::now();
+            if n > 0 {
+                received += n;
+                first.get_or_insert(now);
+                last = now;
+                quiet_since = now;
+            }
+            let drained = self.sender_done.load(Ordering::Relaxed)
+                && now.duration_since(quiet_since) > Duration::from_millis(300);
+            if drained || now > self.deadline || self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        let span = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+        (received, span)
+    }
+}
+
+/// What the sender did.
+struct Sent {
+    sent: u64,
+    kicks: u64,
+    secs: f64,
+}
+
+/// The client end: an AF_XDP socket on the client veth that sends `packets` copies of `frame`.
+struct Sender {
+    ns: String,
+    dev: String,
+    frames: u32,
+    packets: u64,
+    batch: u32,
+    frame: Vec<u8>,
+}
+
+impl Sender {
+    /// Runs on a thread of its own (it enters the client namespace).
+    fn run(self) -> anyhow::Result<Sent> {
+        netns::enter(&self.ns)?;
+        let mut xsk = afxdp::Socket::bind(&afxdp::Config {
+            rx_frames: 0,
+            tx_frames: self.frames,
+            ..afxdp::Config::new(&self.dev, 0)
+        })?;
+        let started = Instant::now();
+        let (sent, kicks) = flood(&mut xsk, &self.frame, self.packets, self.batch);
+        Ok(Sent {
+            sent,
+            kicks,
+            secs: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The results as written by --json.
+fn report(args: &Args, tx: &Sent, rx: &Received) -> serde_json::Value {
+    let (sent, secs, received) = (tx.sent, tx.secs, rx.received);
+    serde_json::json!({
         "frame_bytes": args.size, "batch": args.batch, "frames": args.frames,
-        "sent": sent, "send_seconds": secs, "send_pps": sent as f64 / secs.max(1e-9), "tx_kicks": kicks,
-        "received": received, "receive_pps": rx["receive_pps"], "lost": sent.saturating_sub(received),
-        "xdp_counters": rx["xdp_counters"], "af_xdp": rx["af_xdp"],
-    });
+        "sent": sent, "send_seconds": secs, "send_pps": sent as f64 / secs.max(1e-9), "tx_kicks": tx.kicks,
+        "received": received, "receive_pps": rx.receive_pps, "lost": sent.saturating_sub(received),
+        "xdp_counters": rx.xdp_counters, "af_xdp": rx.af_xdp,
+    })
+}
+
+/// The results for people (the rates and counters as in the --json `report`).
+fn print_report(args: &Args, tx: &Sent, received: u64, report: &serde_json::Value) -> anyhow::Result<()> {
+    let Sent { sent, kicks, secs } = *tx;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -273,12 +354,8 @@ fn run() -> anyhow::Result<()> {
         sent.saturating_sub(received),
         100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64
     )?;
-    writeln!(out, "  XDP       {}", rx["xdp_counters"])?;
-    writeln!(out, "  AF_XDP    {}", rx["af_xdp"])?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", Path::new(path).display()))?;
-    }
+    writeln!(out, "  XDP       {}", report["xdp_counters"])?;
+    writeln!(out, "  AF_XDP    {}", report["af_xdp"])?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `xdp-steer`: attach, inspect and detach the steering XDP program. See `xdp-steer --help`.
 
-use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use host::netns;
-use xdp_prog::{attached_program, Mode, Steering};
+use xdp_prog::{attached_program, Attached, Counters, Mode, Steering};
 
 /// Steer TCP segments for WebSocket endpoints into AF_XDP sockets; everything else goes to the
 /// kernel (ARP, ICMP, other ports, the admin endpoint, VLAN-tagged frames, IP fragments).
@@ -46,7 +46,7 @@ enum Cmd {
         /// Client mode: one of the client stack's own addresses (repeatable); segments from a
         /// --source server are steered only when addressed to one of these.
         #[arg(long = "local")]
-        locals: Vec<std::net::Ipv4Addr>,
+        locals: Vec<Ipv4Addr>,
         /// Network namespace (as made by `ip netns add`) that holds IFACE.
         #[arg(long)]
         netns: Option<String>,
@@ -110,62 +110,11 @@ fn run() -> anyhow::Result<()> {
             pin,
         } => {
             enter(&netns)?;
-            let mut steering = Steering::attach(&iface, mode)?;
-            steering.set_endpoints(&endpoints)?;
-            steering.set_sources(&sources, &locals)?;
-            let (_, how) = steering.attachment().context("attached")?;
-            let mut list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-            list.extend(sources.iter().map(|s| format!("everything from {s} to {locals:?}")));
-            println!(
-                "attached program {} to {iface} ({how:?} mode), steering {}",
-                steering.program_id(),
-                list.join(", ")
-            );
-            match pin {
-                Some(dir) => {
-                    if let Err(e) = steering.pin(&dir) {
-                        // Do not leave an attachment nobody can find.
-                        let _ = Steering::unpin(&dir);
-                        return Err(e.into());
-                    }
-                    println!(
-                        "pinned under {}; it stays attached (xdp-steer detach {iface} --pin {})",
-                        dir.display(),
-                        dir.display()
-                    );
-                }
-                None => {
-                    println!("no --pin: staying in the foreground; Ctrl-C detaches");
-                    let stop = Arc::new(AtomicBool::new(false));
-                    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
-                    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    steering.detach()?;
-                    println!("detached; counters: {:?}", steering.counters()?);
-                }
-            }
+            attach(&iface, &endpoints, &sources, &locals, mode, pin.as_deref())
         }
         Cmd::Detach { iface, netns, pin } => {
             enter(&netns)?;
-            match pin.as_deref().filter(|d| d.join("prog").exists()) {
-                Some(dir) => {
-                    let mut steering = Steering::open_pinned(dir)?;
-                    steering.detach()?;
-                    Steering::unpin(dir)?;
-                    println!("detached from {iface}; pins under {} removed", dir.display());
-                }
-                None => match xdp_prog::detach_left_over(&iface)? {
-                    None => println!("nothing attached on {iface}"),
-                    Some(id) => {
-                        println!("detached program {id} from {iface}");
-                        if let Some(dir) = pin {
-                            Steering::unpin(&dir)?;
-                        }
-                    }
-                },
-            }
+            detach(&iface, pin.as_deref())
         }
         Cmd::Status {
             iface,
@@ -174,63 +123,185 @@ fn run() -> anyhow::Result<()> {
             json,
         } => {
             enter(&netns)?;
-            let attached = attached_program(&iface)?;
-            let pinned = match &pin {
-                Some(dir) if dir.join("prog").exists() => Some(Steering::open_pinned(dir)?),
-                _ => None,
-            };
-            let endpoints = pinned.as_ref().map(Steering::endpoints).unwrap_or_default();
-            let (sources, locals) = pinned.as_ref().map(Steering::sources).unwrap_or_default();
-            let counters = pinned.as_ref().map(Steering::counters).transpose()?;
-            let ours = matches!((&attached, &pinned), (Some((id, _, _)), Some(s)) if *id == s.program_id());
+            let status = Status::read(iface, pin)?;
             if json {
-                let v = serde_json::json!({
-                    "iface": iface,
-                    "attached": attached.as_ref().map(|(id, name, mode)| serde_json::json!({"id": id, "name": name, "mode": mode})),
-                    "pinned": pin.as_ref().filter(|_| pinned.is_some()).map(|p| p.display().to_string()),
-                    "ours": ours,
-                    "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "sources": sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "locals": locals.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "counters": counters,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&status.json())?);
             } else {
-                match &attached {
-                    None => println!("{iface}: no XDP program attached"),
-                    Some((id, name, mode)) => println!("{iface}: XDP program {id} '{name}' attached ({mode:?})"),
-                }
-                match &pinned {
-                    None => println!(
-                        "no pinned steering state{}",
-                        pin.map(|p| format!(" under {}", p.display())).unwrap_or_default()
-                    ),
-                    Some(s) => {
-                        let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-                        println!(
-                            "pinned program {}{}",
-                            s.program_id(),
-                            if ours {
-                                " (the one attached)"
-                            } else {
-                                " (NOT the one attached)"
-                            }
-                        );
-                        println!("endpoints: {}", list.join(", "));
-                        if !sources.is_empty() {
-                            let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
-                            println!("client mode, everything from: {} to {locals:?}", list.join(", "));
-                        }
-                        if let Some(c) = counters {
-                            println!(
-                                "counters: redirected {}  passed {}  no-socket {}  malformed {}  passed-vlan {}  passed-fragment {}",
-                                c.redirected, c.passed, c.no_socket, c.malformed, c.passed_vlan, c.passed_fragment
-                            );
-                        }
-                    }
-                }
+                status.print();
             }
+            Ok(())
         }
     }
+}
+
+/// `attach`: load, attach and fill the maps; then either pin and exit, or stay until a signal.
+fn attach(
+    iface: &str,
+    endpoints: &[SocketAddrV4],
+    sources: &[SocketAddrV4],
+    locals: &[Ipv4Addr],
+    mode: Mode,
+    pin: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut steering = Steering::attach(iface, mode)?;
+    steering.set_endpoints(endpoints)?;
+    steering.set_sources(sources, locals)?;
+    let (_, how) = steering.attachment().context("attached")?;
+    let mut list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    list.extend(sources.iter().map(|s| format!("everything from {s} to {locals:?}")));
+    println!(
+        "attached program {} to {iface} ({how:?} mode), steering {}",
+        steering.program_id(),
+        list.join(", ")
+    );
+    match pin {
+        Some(dir) => pin_and_leave(&mut steering, iface, dir),
+        None => stay_until_signalled(&mut steering),
+    }
+}
+
+/// Pin the attached program under `dir` so it outlives this process (and is found by `detach`).
+fn pin_and_leave(steering: &mut Steering, iface: &str, dir: &Path) -> anyhow::Result<()> {
+    if let Err(e) = steering.pin(dir) {
+        // Do not leave an attachment nobody can find.
+        let _ = Steering::unpin(dir);
+        return Err(e.into());
+    }
+    println!(
+        "pinned under {}; it stays attached (xdp-steer detach {iface} --pin {})",
+        dir.display(),
+        dir.display()
+    );
     Ok(())
+}
+
+/// Without a pin nothing else can find the attachment: hold it until SIGINT/SIGTERM, then detach.
+fn stay_until_signalled(steering: &mut Steering) -> anyhow::Result<()> {
+    println!("no --pin: staying in the foreground; Ctrl-C detaches");
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    steering.detach()?;
+    println!("detached; counters: {:?}", steering.counters()?);
+    Ok(())
+}
+
+/// `detach`: through the pins when they exist (so only our program is detached), else whatever
+/// program of ours is left on `iface`.
+fn detach(iface: &str, pin: Option<&Path>) -> anyhow::Result<()> {
+    match pin.filter(|d| d.join("prog").exists()) {
+        Some(dir) => {
+            let mut steering = Steering::open_pinned(dir)?;
+            steering.detach()?;
+            Steering::unpin(dir)?;
+            println!("detached from {iface}; pins under {} removed", dir.display());
+        }
+        None => match xdp_prog::detach_left_over(iface)? {
+            None => println!("nothing attached on {iface}"),
+            Some(id) => {
+                println!("detached program {id} from {iface}");
+                if let Some(dir) = pin {
+                    Steering::unpin(dir)?;
+                }
+            }
+        },
+    }
+    Ok(())
+}
+
+/// What `status` reports: the program attached to the interface and, with --pin, the pinned
+/// steering state (which may belong to another program than the one attached).
+struct Status {
+    iface: String,
+    attached: Option<(u32, String, Option<Attached>)>,
+    pin: Option<PathBuf>,
+    pinned: Option<Steering>,
+    endpoints: Vec<SocketAddrV4>,
+    sources: Vec<SocketAddrV4>,
+    locals: Vec<Ipv4Addr>,
+    counters: Option<Counters>,
+    ours: bool,
+}
+
+impl Status {
+    fn read(iface: String, pin: Option<PathBuf>) -> anyhow::Result<Status> {
+        let attached = attached_program(&iface)?;
+        let pinned = match &pin {
+            Some(dir) if dir.join("prog").exists() => Some(Steering::open_pinned(dir)?),
+            _ => None,
+        };
+        let endpoints = pinned.as_ref().map(Steering::endpoints).unwrap_or_default();
+        let (sources, locals) = pinned.as_ref().map(Steering::sources).unwrap_or_default();
+        let counters = pinned.as_ref().map(Steering::counters).transpose()?;
+        let ours = matches!((&attached, &pinned), (Some((id, _, _)), Some(s)) if *id == s.program_id());
+        Ok(Status {
+            iface,
+            attached,
+            pin,
+            pinned,
+            endpoints,
+            sources,
+            locals,
+            counters,
+            ours,
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "iface": self.iface,
+            "attached": self.attached.as_ref().map(|(id, name, mode)| serde_json::json!({"id": id, "name": name, "mode": mode})),
+            "pinned": self.pin.as_ref().filter(|_| self.pinned.is_some()).map(|p| p.display().to_string()),
+            "ours": self.ours,
+            "endpoints": self.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "sources": self.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "locals": self.locals.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "counters": self.counters,
+        })
+    }
+
+    fn print(&self) {
+        let iface = &self.iface;
+        match &self.attached {
+            None => println!("{iface}: no XDP program attached"),
+            Some((id, name, mode)) => println!("{iface}: XDP program {id} '{name}' attached ({mode:?})"),
+        }
+        match &self.pinned {
+            None => println!(
+                "no pinned steering state{}",
+                self.pin
+                    .as_ref()
+                    .map(|p| format!(" under {}", p.display()))
+                    .unwrap_or_default()
+            ),
+            Some(s) => self.print_pinned(s),
+        }
+    }
+
+    fn print_pinned(&self, s: &Steering) {
+        let list: Vec<String> = self.endpoints.iter().map(ToString::to_string).collect();
+        println!(
+            "pinned program {}{}",
+            s.program_id(),
+            if self.ours {
+                " (the one attached)"
+            } else {
+                " (NOT the one attached)"
+            }
+        );
+        println!("endpoints: {}", list.join(", "));
+        if !self.sources.is_empty() {
+            let list: Vec<String> = self.sources.iter().map(ToString::to_string).collect();
+            println!("client mode, everything from: {} to {:?}", list.join(", "), self.locals);
+        }
+        if let Some(c) = &self.counters {
+            println!(
+                "counters: redirected {}  passed {}  no-socket {}  malformed {}  passed-vlan {}  passed-fragment {}",
+                c.redirected, c.passed, c.no_socket, c.malformed, c.passed_vlan, c.passed_fragment
+            );
+        }
+    }
 }
