@@ -144,6 +144,19 @@ impl Tx {
         self.pending.drain(..n);
     }
 
+    /// Commit what is queued, wake the kernel once if it needs it, and take completed chunks
+    /// back: one batch's worth of work (`kick` keeps going until the ring is drained).
+    pub fn kick_once(&mut self) {
+        self.commit();
+        if let Some(ring) = self.ring.as_mut() {
+            if ring.needs_wakeup() {
+                ring.wake();
+                self.wakeups += 1;
+            }
+        }
+        self.reap();
+    }
+
     /// Commit and kick until the ring is drained or the kernel stops taking frames (copy mode
     /// sends at most 32 per kick; a full device queue leaves the rest for the next flush).
     pub(crate) fn kick(&mut self) {

@@ -17,12 +17,12 @@ use anyhow::Context;
 use crate::control::{self, send_line, ControlReader, FromWorker, ToWorker, WorkerConfig, WorkerStats};
 use crate::core::device::DeviceHasher;
 use crate::core::{CoreConfig, ServerCore, TICK_MS};
-use crate::io::{Driver, Transport};
+use crate::io::{Clock, Driver, Transport};
 
 /// Largest HTTP request head (a WebSocket upgrade from a browser is 200-600 bytes).
 pub const MAX_REQUEST: usize = 4096;
-/// How often the control channel is read while the network keeps the worker busy (a transport
-/// that waits also wakes on it at once).
+/// How often the control channel is read at least. The epoll transport also wakes on it at once;
+/// the userspace transport waits 1 ms at most, so a command waits up to about this long there.
 const CONTROL_EVERY: Duration = Duration::from_millis(2);
 /// At shutdown, how long the transport may take to deliver the close frames and FINs.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -44,7 +44,15 @@ pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
 
 /// Entry point of a worker process.
 pub fn run() -> anyhow::Result<()> {
-    // SAFETY: the supervisor passed these two fds (dup2'ed before exec) and nothing else owns them.
+    // `--worker` is a hidden flag, but anyone can pass it: make sure the two fds are open.
+    for fd in [control::FD_FROM_SUPERVISOR, control::FD_TO_SUPERVISOR] {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            anyhow::bail!("--worker is started by ws-server itself, with its control channel on fds 3 and 4");
+        }
+    }
+    // SAFETY: the supervisor passed these two fds (dup2'ed before exec; open, checked above) and
+    // nothing else in this process owns them.
     let (control_in, control_out) = unsafe {
         (
             UnixStream::from_raw_fd(control::FD_FROM_SUPERVISOR),
@@ -84,13 +92,14 @@ fn start<D: Driver>(
             return Err(e);
         }
     };
+    // Everything is built before the worker says it is ready.
+    let core = ServerCore::new(core_config(&cfg), driver.id_space(), 0);
     send_line(
         out,
         &FromWorker::Ready {
             pid: std::process::id(),
         },
     )?;
-    let core = ServerCore::new(core_config(&cfg), driver.id_space(), 0);
     let mut worker = Worker {
         cfg,
         driver,
@@ -98,7 +107,7 @@ fn start<D: Driver>(
         control_in,
         control_out: out.try_clone()?,
         control: ControlReader::default(),
-        started: Instant::now(),
+        clock: Clock::start(),
         expiry_busy_ns: 0,
         recent_expiries: RecentExpiries::new(),
         stop: false,
@@ -113,7 +122,7 @@ struct Worker<D: Driver> {
     control_in: UnixStream,
     control_out: UnixStream,
     control: ControlReader,
-    started: Instant,
+    clock: Clock,
     /// Time spent in ticks that expired at least one connection.
     expiry_busy_ns: u64,
     recent_expiries: RecentExpiries,
@@ -122,7 +131,7 @@ struct Worker<D: Driver> {
 
 impl<D: Driver> Worker<D> {
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     fn run(&mut self) -> anyhow::Result<()> {
@@ -135,7 +144,7 @@ impl<D: Driver> Worker<D> {
         while !self.stop && !terminated.load(Ordering::Relaxed) {
             let now = self.now_ms();
             let wait = Duration::from_millis(next_tick.saturating_sub(now).min(TICK_MS));
-            let turn = self.driver.turn(&mut self.core, now, wait)?;
+            let turn = self.driver.turn(&mut self.core, &self.clock, wait)?;
             let now = self.now_ms();
             if now >= next_tick {
                 next_tick = now + TICK_MS;
@@ -145,6 +154,7 @@ impl<D: Driver> Worker<D> {
                 next_control = Instant::now() + CONTROL_EVERY;
                 self.read_commands()?;
             }
+            self.driver.flush();
             self.send(None)?;
         }
         self.shutdown()

@@ -15,6 +15,7 @@
 //! cases; `PROPTEST_RNG_SEED=<u64>` explores others. A failure prints the shrunk input and is
 //! appended to `server/tests/fuzz_wire.proptest-regressions`, which proptest replays first on every
 //! later run: commit that file with the fix.
+//! (Over 600 lines: one property per parser and its strategies, kept beside the fake transport they share.)
 
 use std::collections::{HashMap, HashSet};
 

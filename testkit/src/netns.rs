@@ -99,7 +99,15 @@ fn lock_prefix(prefix: &str) -> anyhow::Result<std::fs::File> {
         std::env::temp_dir()
     };
     let path = dir.join(format!("wsb-netns-{prefix}.lock"));
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // /run/lock is writable by everyone: never follow a link planted there, never truncate.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));

@@ -40,6 +40,20 @@ pub fn settle<T: Transport>(core: &mut ServerCore, t: &mut T, now_ms: u64) {
     }
 }
 
+/// The worker's clock: milliseconds since the worker started (the core's time).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
 /// What the worker learned from one round of network I/O.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Turn {
@@ -55,8 +69,13 @@ pub trait Driver {
     fn id_space(&self) -> usize;
 
     /// One round: wait at most `wait` for the network, then take in what arrived (new
-    /// connections, bytes, closes) and hand it to `core`, and push out what is ready to leave.
-    fn turn(&mut self, core: &mut ServerCore, now_ms: u64, wait: Duration) -> anyhow::Result<Turn>;
+    /// connections, bytes, closes) and hand it to `core`. The time given to the core is read
+    /// from `clock` after the wait.
+    fn turn(&mut self, core: &mut ServerCore, clock: &Clock, wait: Duration) -> anyhow::Result<Turn>;
+
+    /// Push out what the core wrote since the last flush (in the turn, the tick, the supervisor's
+    /// commands); called once per round of the worker. Transports that write at once do nothing.
+    fn flush(&mut self) {}
 
     /// The transport as the core's [`Io`].
     fn io(&mut self) -> &mut Self::Io;

@@ -1,8 +1,8 @@
 //! The stack: smoltcp used one socket at a time, under our own connection table and timer wheel.
 //!
-//! Per received frame: parse the 4-tuple (`wire`), find the slot (`table`, O(1)), move that one
-//! socket into a one-slot `SocketSet`, let smoltcp process exactly that frame (`port`), move the
-//! socket back. Nothing ever scans the connections per packet. Sockets with output are marked dirty
+//! Per received frame: parse the 4-tuple (`wire`), find the slot (`table`, O(1)), let smoltcp
+//! process exactly that frame (`port`) on that one socket, where it lies, through a one-slot
+//! `SocketSet` over its slab entry (`one_slot.rs`). Nothing ever scans the connections per packet. Sockets with output are marked dirty
 //! and transmit at `flush` — after the application has seen the events, so its reply rides with
 //! the ACK. smoltcp's per-socket deadline (`poll_at`) goes into one timer wheel; an idle
 //! established connection has no deadline and costs no CPU at all.

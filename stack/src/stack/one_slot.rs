@@ -2,7 +2,7 @@
 //! its sockets' storage for the sockets' lifetime ('static here, since their buffers live in a
 //! leaked arena), but we keep a million sockets in our own slab and let smoltcp see one at a time.
 //! `in_set` builds a one-slot set over one slab entry for the duration of a closure, so smoltcp
-//! works on the socket where it lies (no 360-byte copy in and out per segment).
+//! works on the socket where it lies (no copy of the 360-byte socket in and out per segment).
 
 use smoltcp::iface::{SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 pub use sockets::Sockets;
 use sockets::{Bufs, Slot, SlotState};
 
-use super::{settle, Driver, Turn};
+use super::{settle, Clock, Driver, Turn};
 use crate::control::{Outbox, WorkerConfig, WorkerStats};
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId, ServerCore};
@@ -45,7 +45,7 @@ pub struct Epoll {
     poll: Poll,
     events: Events,
     listener: TcpListener,
-    t: Sockets,
+    sockets: Sockets,
     scratch: Vec<u8>,
     /// Accepting stopped for lack of file descriptors; retried every tick.
     accept_paused: bool,
@@ -68,7 +68,7 @@ impl Epoll {
             poll.registry()
                 .register(&mut SourceFd(&control), CONTROL, Interest::READABLE)?;
         }
-        let t = Sockets {
+        let sockets = Sockets {
             slots: (0..fd_limit).map(|_| Slot::FREE).collect(),
             registry: poll.registry().try_clone()?,
             max_pending: cfg.max_pending_bytes,
@@ -86,7 +86,7 @@ impl Epoll {
             poll,
             events: Events::with_capacity(1024),
             listener,
-            t,
+            sockets,
             scratch: vec![0; READ_CHUNK],
             accept_paused: false,
             max_conns: cfg.max_conns.min(fd_limit.saturating_sub(RESERVED_FDS)),
@@ -100,18 +100,22 @@ impl Epoll {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     let id = stream.as_raw_fd() as usize;
-                    if self.t.live >= self.max_conns || id >= self.t.slots.len() {
-                        self.t.refused += 1;
+                    if self.sockets.live >= self.max_conns || id >= self.sockets.slots.len() {
+                        self.sockets.refused += 1;
                         continue; // dropping the stream closes it
                     }
                     // Pushes are small and latency matters more than segment count.
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = self.t.registry.register(&mut stream, Token(id), Interest::READABLE) {
-                        let now = self.t.now_ms;
-                        self.t.log.warn(now, format_args!("epoll register failed: {e}"));
+                    if let Err(e) = self
+                        .sockets
+                        .registry
+                        .register(&mut stream, Token(id), Interest::READABLE)
+                    {
+                        let now = self.sockets.now_ms;
+                        self.sockets.log.warn(now, format_args!("epoll register failed: {e}"));
                         continue;
                     }
-                    let slot = &mut self.t.slots[id];
+                    let slot = &mut self.sockets.slots[id];
                     *slot = Slot {
                         stream: Some(stream),
                         bufs: None,
@@ -119,8 +123,8 @@ impl Epoll {
                         state: SlotState::Live,
                         writable: false,
                     };
-                    self.t.live += 1;
-                    core.open(id as ConnId, self.t.now_ms, &mut self.t);
+                    self.sockets.live += 1;
+                    core.open(id as ConnId, self.sockets.now_ms, &mut self.sockets);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_paused = false;
@@ -133,8 +137,8 @@ impl Epoll {
                     ) =>
                 {
                     // Out of descriptors: the backlog keeps the connections; retry on the next tick.
-                    let now = self.t.now_ms;
-                    self.t
+                    let now = self.sockets.now_ms;
+                    self.sockets
                         .log
                         .warn(now, format_args!("accept: {e}; retrying on the next tick"));
                     self.accept_paused = true;
@@ -143,8 +147,8 @@ impl Epoll {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ECONNABORTED and friends: that one connection is gone, the listener is fine.
-                    let now = self.t.now_ms;
-                    self.t.log.warn(now, format_args!("accept: {e}"));
+                    let now = self.sockets.now_ms;
+                    self.sockets.log.warn(now, format_args!("accept: {e}"));
                 }
             }
         }
@@ -153,7 +157,7 @@ impl Epoll {
     /// Read everything the socket has (epoll is edge-triggered) and feed it to the core.
     fn readable(&mut self, core: &mut ServerCore, id: ConnId) {
         loop {
-            let slot = &mut self.t.slots[id as usize];
+            let slot = &mut self.sockets.slots[id as usize];
             match slot.state {
                 SlotState::Free | SlotState::Doomed => return,
                 SlotState::Closing => return self.drain_closing(id),
@@ -163,12 +167,12 @@ impl Epoll {
                 return;
             };
             let result = stream.read(&mut self.scratch);
-            let now = self.t.now_ms;
+            let now = self.sockets.now_ms;
             match result {
                 Ok(0) => return self.lost(core, id),
                 Ok(n) => {
                     self.consume(core, id, n, now);
-                    settle(core, &mut self.t, now);
+                    settle(core, &mut self.sockets, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -179,29 +183,29 @@ impl Epoll {
 
     /// The peer closed or reset the connection.
     fn lost(&mut self, core: &mut ServerCore, id: ConnId) {
-        let now = self.t.now_ms;
-        core.closed(id, now, &mut self.t);
-        self.t.drop_conn(id);
-        settle(core, &mut self.t, now);
+        let now = self.sockets.now_ms;
+        core.closed(id, now, &mut self.sockets);
+        self.sockets.drop_conn(id);
+        settle(core, &mut self.sockets, now);
     }
 
     /// Hand the `n` bytes just read into the scratch buffer to the core, behind any bytes kept
     /// from before (an incomplete request head or frame). Only a split frame allocates, and only
     /// what it holds: the core bounds it by `max_request` / `max_frame`.
     fn consume(&mut self, core: &mut ServerCore, id: ConnId, n: usize, now: u64) {
-        let slot = &mut self.t.slots[id as usize];
+        let slot = &mut self.sockets.slots[id as usize];
         let kept = slot
             .bufs
             .as_mut()
             .map(|b| std::mem::take(&mut b.inp))
             .unwrap_or_default();
         if kept.is_empty() {
-            let used = core.data(id, &mut self.scratch[..n], now, &mut self.t);
-            self.t.keep_input(id, &self.scratch[used..n]);
+            let used = core.data(id, &mut self.scratch[..n], now, &mut self.sockets);
+            self.sockets.keep_input(id, &self.scratch[used..n]);
         } else {
             let mut inp = kept;
             inp.extend_from_slice(&self.scratch[..n]);
-            let used = core.data(id, &mut inp, now, &mut self.t);
+            let used = core.data(id, &mut inp, now, &mut self.sockets);
             inp.drain(..used);
             self.restore_input(id, inp);
         }
@@ -209,7 +213,7 @@ impl Epoll {
 
     /// Keep what the core left unconsumed (releasing memory it no longer needs).
     fn restore_input(&mut self, id: ConnId, mut inp: Vec<u8>) {
-        let slot = &mut self.t.slots[id as usize];
+        let slot = &mut self.sockets.slots[id as usize];
         if slot.state != SlotState::Live {
             return;
         }
@@ -231,15 +235,15 @@ impl Epoll {
     /// We closed this one: discard what the peer still sends until its FIN.
     fn drain_closing(&mut self, id: ConnId) {
         loop {
-            let Some(stream) = self.t.slots[id as usize].stream.as_mut() else {
+            let Some(stream) = self.sockets.slots[id as usize].stream.as_mut() else {
                 return;
             };
             match stream.read(&mut self.scratch) {
-                Ok(0) => return self.t.drop_conn(id),
+                Ok(0) => return self.sockets.drop_conn(id),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.t.drop_conn(id),
+                Err(_) => return self.sockets.drop_conn(id),
             }
         }
     }
@@ -253,14 +257,16 @@ impl Driver for Epoll {
         self.fd_limit
     }
 
-    fn turn(&mut self, core: &mut ServerCore, now_ms: u64, wait: Duration) -> anyhow::Result<Turn> {
-        self.t.now_ms = now_ms;
+    fn turn(&mut self, core: &mut ServerCore, clock: &Clock, wait: Duration) -> anyhow::Result<Turn> {
         let mut turn = Turn::default();
         if let Err(e) = self.poll.poll(&mut self.events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e).context("epoll_wait");
             }
         }
+        // After the wait: what arrived is stamped with when it arrived.
+        let now_ms = clock.now_ms();
+        self.sockets.now_ms = now_ms;
         // Handling an event needs `self` whole: lend the events out (an empty `Events` allocates
         // nothing) and put them back.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
@@ -273,9 +279,9 @@ impl Driver for Epoll {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.readable(core, id);
                     }
-                    if event.is_writable() && self.t.slots[fd].state != SlotState::Free {
-                        self.t.flush(id);
-                        settle(core, &mut self.t, now_ms);
+                    if event.is_writable() && self.sockets.slots[fd].state != SlotState::Free {
+                        self.sockets.flush(id);
+                        settle(core, &mut self.sockets, now_ms);
                     }
                 }
             }
@@ -285,21 +291,21 @@ impl Driver for Epoll {
     }
 
     fn io(&mut self) -> &mut Sockets {
-        &mut self.t
+        &mut self.sockets
     }
 
     /// Drop closed connections whose linger time is over; retry a paused accept.
     fn housekeeping(&mut self, core: &mut ServerCore, now_ms: u64) {
-        self.t.now_ms = now_ms;
+        self.sockets.now_ms = now_ms;
         let instant = Instant::now();
-        while let Some(&(id, epoch, deadline)) = self.t.lingering.front() {
+        while let Some(&(id, epoch, deadline)) = self.sockets.lingering.front() {
             if deadline > instant {
                 break;
             }
-            self.t.lingering.pop_front();
-            let slot = &self.t.slots[id as usize];
+            self.sockets.lingering.pop_front();
+            let slot = &self.sockets.slots[id as usize];
             if slot.epoch == epoch && slot.state == SlotState::Closing {
-                self.t.drop_conn(id);
+                self.sockets.drop_conn(id);
             }
         }
         if self.accept_paused {
@@ -309,24 +315,24 @@ impl Driver for Epoll {
 
     fn stats(&self, _core: &ServerCore, into: &mut WorkerStats) {
         let (pending, buffered) = self
-            .t
+            .sockets
             .slots
             .iter()
             .filter_map(|s| s.bufs.as_ref())
             .fold((0u64, 0u64), |(p, n), b| (p + b.out.len() as u64, n + 1));
-        into.refused = self.t.refused;
-        into.slow_consumers_dropped = self.t.slow_dropped;
+        into.refused = self.sockets.refused;
+        into.slow_consumers_dropped = self.sockets.slow_dropped;
         into.pending_output_bytes = pending;
         into.buffered_conns = buffered;
-        into.lingering = self.t.lingering.len() as u64;
-        into.open_fds = self.t.live as u64;
+        into.lingering = self.sockets.lingering.len() as u64;
+        into.open_fds = self.sockets.live as u64;
         into.fd_limit = self.fd_limit as u64;
     }
 
     /// Give the kernel up to `grace` to flush the close frames, reading until the peers' FINs.
     fn drain(&mut self, _core: &mut ServerCore, _now_ms: u64, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
-        while self.t.live > 0 && Instant::now() < deadline {
+        while self.sockets.live > 0 && Instant::now() < deadline {
             if self
                 .poll
                 .poll(&mut self.events, Some(Duration::from_millis(50)))
@@ -337,10 +343,10 @@ impl Driver for Epoll {
             let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
             for event in events.iter() {
                 let Token(fd) = event.token();
-                if fd < self.t.slots.len() {
+                if fd < self.sockets.slots.len() {
                     let id = fd as ConnId;
                     if event.is_writable() {
-                        self.t.flush(id);
+                        self.sockets.flush(id);
                     }
                     if event.is_readable() || event.is_read_closed() {
                         self.drain_closing(id);
@@ -349,7 +355,7 @@ impl Driver for Epoll {
             }
             self.events = events;
         }
-        self.t.live
+        self.sockets.live
     }
 
     fn describe(&self) -> String {

@@ -20,7 +20,7 @@ fn rig(idle_timeout_ms: u64) -> Rig {
         ..WorkerConfig::for_tests()
     };
     let mut e = Epoll::new(&cfg, -1).unwrap();
-    e.t.linger = Duration::from_millis(200);
+    e.sockets.linger = Duration::from_millis(200);
     let core = ServerCore::new(crate::worker::core_config(&cfg), e.id_space(), 0);
     Rig { e, core }
 }
@@ -29,8 +29,8 @@ fn accept_one(r: &mut Rig) -> (std::net::TcpStream, ConnId) {
     let client = std::net::TcpStream::connect(r.e.listener.local_addr().unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     r.e.accept(&mut r.core);
-    let id = (0..r.e.t.slots.len())
-        .find(|&i| r.e.t.slots[i].state == SlotState::Live)
+    let id = (0..r.e.sockets.slots.len())
+        .find(|&i| r.e.sockets.slots[i].state == SlotState::Live)
         .unwrap() as ConnId;
     (client, id)
 }
@@ -46,17 +46,21 @@ fn closing_with_output_a_peer_never_reads_is_dropped_after_linger() {
     r.e.readable(&mut r.core, id);
     assert!(r.core.is_open(id));
     let payload = "x".repeat(60_000);
-    while r.e.t.slots[id as usize].bufs.as_ref().is_none_or(|b| b.out.is_empty()) {
-        r.core.broadcast(payload.as_bytes(), 10, &mut r.e.t);
+    while r.e.sockets.slots[id as usize]
+        .bufs
+        .as_ref()
+        .is_none_or(|b| b.out.is_empty())
+    {
+        r.core.broadcast(payload.as_bytes(), 10, &mut r.e.sockets);
     }
     // Idle expiry while output is pending.
     r.e.call(&mut r.core, 5_000, |core, t| core.tick(5_000, t));
     assert_eq!(r.core.stats().expired, 1);
-    assert_eq!(r.e.t.slots[id as usize].state, SlotState::Closing);
+    assert_eq!(r.e.sockets.slots[id as usize].state, SlotState::Closing);
     std::thread::sleep(Duration::from_millis(300));
     r.e.housekeeping(&mut r.core, 5_100);
-    assert_eq!(r.e.t.slots[id as usize].state, SlotState::Free);
-    assert_eq!(r.e.t.live, 0);
+    assert_eq!(r.e.sockets.slots[id as usize].state, SlotState::Free);
+    assert_eq!(r.e.sockets.live, 0);
 }
 
 /// Bytes trickled into an incomplete request head keep a buffer of their own size, not of
@@ -70,7 +74,7 @@ fn trickled_bytes_keep_a_buffer_of_their_size() {
         std::thread::sleep(Duration::from_millis(30));
         r.e.readable(&mut r.core, id);
     }
-    let inp = &r.e.t.slots[id as usize].bufs.as_ref().unwrap().inp;
+    let inp = &r.e.sockets.slots[id as usize].bufs.as_ref().unwrap().inp;
     assert_eq!(inp.as_slice(), b"GET");
     assert!(inp.capacity() < 1024, "3 buffered bytes hold {} bytes", inp.capacity());
 }

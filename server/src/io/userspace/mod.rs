@@ -4,7 +4,7 @@
 //! core's connection id.
 //!
 //! A packet's path: the AF_XDP RX ring → `Stack::poll` (`stack/src/stack/ingress.rs`: parse,
-//! 4-tuple lookup, smoltcp on that one socket) → a stack `Event` → `Served::event` (`serve.rs`)
+//! 4-tuple lookup, smoltcp on that one socket) → a stack `Event` → `ServedStack::event` (`serve.rs`)
 //! → `ServerCore::data` → the core answers through `StackIo` into the connection's send buffer →
 //! `Stack::flush` (`stack/src/stack/egress.rs`) builds segments in TX chunks → the TX ring.
 //!
@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 use stack::xdp_link::{XdpLink, XdpLinkConfig};
 use stack::{clock, Event, Link, Stack, StackConfig};
 
-pub use serve::{Served, StackIo, CLOSE_AFTER_OUT_MS};
+pub use serve::{ServedStack, StackIo, CLOSE_AFTER_OUT_MS};
 pub use stats::XdpWorkerStats;
 
-use super::{Driver, Turn};
+use super::{Clock, Driver, Turn};
 use crate::control::{WorkerConfig, WorkerStats};
 use crate::core::frame::MAX_HEADER;
 use crate::core::ServerCore;
@@ -61,7 +61,7 @@ pub struct XdpWorkerConfig {
 pub struct Userspace {
     x: XdpWorkerConfig,
     max_conns: usize,
-    s: Served<XdpLink>,
+    served: ServedStack<XdpLink>,
     events: Vec<Event>,
     xsks: xdp_prog::XskMap,
     umem_bytes: u64,
@@ -102,7 +102,7 @@ impl Userspace {
         // fit too, so that the core sees it is too long (431) rather than wait for more.
         let spill_size = (max_request + 1).max(cfg.max_frame + MAX_HEADER);
         Ok(Userspace {
-            s: Served::new(stack, x.spill_buffers, spill_size),
+            served: ServedStack::new(stack, x.spill_buffers, spill_size),
             events: Vec::with_capacity(1024),
             xsks,
             umem_bytes,
@@ -120,11 +120,11 @@ impl Userspace {
         // Take in everything the RX ring holds (up to its size) before sending more: after a
         // broadcast every segment sent comes back as an ACK, and a full ring drops them.
         for _ in 0..RX_ROUNDS {
-            let n = self.s.t.stack.poll(clock::now(), &mut self.events);
+            let n = self.served.io.stack.poll(clock::now(), &mut self.events);
             frames += n;
             let mut events = std::mem::take(&mut self.events);
             for ev in events.drain(..) {
-                self.s.event(core, ev, now_ms);
+                self.served.event(core, ev, now_ms);
             }
             self.events = events;
             if n < RX_BATCH {
@@ -142,27 +142,36 @@ impl Driver for Userspace {
         self.max_conns
     }
 
-    /// Wait (1 ms at most, and only when the last turn was idle), receive, transmit. A broadcast
-    /// writes into every send buffer, then one flush hands the segments to the TX ring in batches
-    /// (a syscall per batch of frames, never one per connection).
-    fn turn(&mut self, core: &mut ServerCore, now_ms: u64, wait: Duration) -> anyhow::Result<Turn> {
-        self.s.t.now_ms = now_ms;
-        if self.last_frames == 0 && !self.s.t.stack.has_work() && !wait.is_zero() {
-            self.s.t.stack.link().wait(1);
+    /// Wait (1 ms at most, and only when the last turn was idle), then receive up to a ring-full.
+    /// Sending is `flush`, once the worker has also run its tick and commands: a broadcast writes
+    /// into every send buffer, then one flush hands the segments to the TX ring in batches (a
+    /// syscall per batch of frames, never one per connection).
+    fn turn(&mut self, core: &mut ServerCore, clock: &Clock, wait: Duration) -> anyhow::Result<Turn> {
+        if self.last_frames == 0 && !self.served.io.stack.has_work() && !wait.is_zero() {
+            self.served.io.stack.link().wait(1);
         }
+        let now_ms = clock.now_ms();
+        self.served.io.now_ms = now_ms;
         self.last_frames = self.receive(core, now_ms);
-        self.s.t.stack.flush(clock::now());
-        if let Some(started) = self.broadcast_started.filter(|_| !self.s.t.stack.has_work()) {
+        Ok(Turn::default())
+    }
+
+    /// Everything the core wrote since the last flush (answers to this turn's input, and what
+    /// ticks and commands wrote) leaves in one pass over the dirty sockets, after the worker
+    /// has also run its tick and commands: a reply rides with the ACK, and a broadcast does not
+    /// wait for the next turn's input.
+    fn flush(&mut self) {
+        self.served.io.stack.flush(clock::now());
+        if let Some(started) = self.broadcast_started.filter(|_| !self.served.io.stack.has_work()) {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             log::info!("queue {}: broadcast handed to the link in {ms:.1} ms", self.x.queue);
             self.last_broadcast_tx_ms = Some(ms);
             self.broadcast_started = None;
         }
-        Ok(Turn::default())
     }
 
     fn io(&mut self) -> &mut StackIo<XdpLink> {
-        &mut self.s.t
+        &mut self.served.io
     }
 
     fn call<R>(
@@ -171,16 +180,16 @@ impl Driver for Userspace {
         now_ms: u64,
         f: impl FnOnce(&mut ServerCore, &mut StackIo<XdpLink>) -> R,
     ) -> R {
-        self.s.call(core, now_ms, f)
+        self.served.call(core, now_ms, f)
     }
 
     /// Reset the closed connections whose output did not leave in time.
     fn housekeeping(&mut self, _core: &mut ServerCore, now_ms: u64) {
-        self.s.t.expire_close_after_out(now_ms);
+        self.served.io.expire_close_after_out(now_ms);
     }
 
     fn stats(&self, core: &ServerCore, into: &mut WorkerStats) {
-        let t = &self.s.t;
+        let t = &self.served.io;
         let stack = &t.stack;
         into.refused = stack.stats().syn_refused;
         into.slow_consumers_dropped = t.slow_dropped;
@@ -210,28 +219,28 @@ impl Driver for Userspace {
     /// Let the stack deliver the close frames and FINs for a while; close frames still waiting
     /// for room go out as the peers make it.
     fn drain(&mut self, _core: &mut ServerCore, now_ms: u64, grace: Duration) -> usize {
-        self.s.t.now_ms = now_ms;
+        self.served.io.now_ms = now_ms;
         let deadline = Instant::now() + grace;
-        while self.s.t.stack.in_use() > 0 && Instant::now() < deadline {
-            let frames = self.s.t.stack.poll(clock::now(), &mut self.events);
+        while self.served.io.stack.in_use() > 0 && Instant::now() < deadline {
+            let frames = self.served.io.stack.poll(clock::now(), &mut self.events);
             for ev in self.events.drain(..) {
                 match ev {
-                    Event::Writable(id) => self.s.t.drain_out(id.0),
+                    Event::Writable(id) => self.served.io.drain_out(id.0),
                     Event::Closed(id, _) | Event::Accepted(id) => {
-                        self.s.t.forget(id.0);
-                        if self.s.t.stack.is_owned(id) {
-                            self.s.t.stack.close(id);
+                        self.served.io.forget(id.0);
+                        if self.served.io.stack.is_owned(id) {
+                            self.served.io.stack.close(id);
                         }
                     }
                     Event::Readable(_) | Event::Connected(_) => {}
                 }
             }
-            self.s.t.stack.flush(clock::now());
-            if frames == 0 && !self.s.t.stack.has_work() {
-                self.s.t.stack.link().wait(1);
+            self.served.io.stack.flush(clock::now());
+            if frames == 0 && !self.served.io.stack.has_work() {
+                self.served.io.stack.link().wait(1);
             }
         }
-        self.s.t.stack.in_use()
+        self.served.io.stack.in_use()
     }
 
     fn describe(&self) -> String {

@@ -174,8 +174,8 @@ impl<L: Link> Transport for StackIo<L> {
 }
 
 /// The stack of one worker, and the buffers its connections share for the core.
-pub struct Served<L: Link> {
-    pub t: StackIo<L>,
+pub struct ServedStack<L: Link> {
+    pub io: StackIo<L>,
     /// One connection's receive buffer, copied for the core to parse (and unmask) in place.
     scratch: Box<[u8]>,
     /// The same for a spilled head or frame (one spill buffer's size).
@@ -183,12 +183,12 @@ pub struct Served<L: Link> {
     rx_buf: usize,
 }
 
-impl<L: Link> Served<L> {
+impl<L: Link> ServedStack<L> {
     /// `spill_buffers` of `spill_size` bytes for input, as many for output.
-    pub fn new(stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> Served<L> {
+    pub fn new(stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> ServedStack<L> {
         let rx_buf = stack.config().rx_buf;
-        Served {
-            t: StackIo {
+        ServedStack {
+            io: StackIo {
                 stack,
                 inp: SpillPool::new(spill_buffers, spill_size),
                 out: SpillPool::new(spill_buffers, spill_size),
@@ -213,9 +213,9 @@ impl<L: Link> Served<L> {
         now_ms: u64,
         f: impl FnOnce(&mut ServerCore, &mut StackIo<L>) -> R,
     ) -> R {
-        self.t.now_ms = now_ms;
-        let r = f(core, &mut self.t);
-        settle(core, &mut self.t, now_ms);
+        self.io.now_ms = now_ms;
+        let r = f(core, &mut self.io);
+        settle(core, &mut self.io, now_ms);
         r
     }
 
@@ -224,14 +224,14 @@ impl<L: Link> Served<L> {
         match ev {
             Event::Accepted(id) => {
                 // Nothing of an earlier connection on this id may reach this one.
-                self.t.forget(id.0);
-                core.open(id.0, now_ms, &mut self.t);
-                settle(core, &mut self.t, now_ms);
+                self.io.forget(id.0);
+                core.open(id.0, now_ms, &mut self.io);
+                settle(core, &mut self.io, now_ms);
                 self.feed(core, id.0, now_ms);
             }
             Event::Readable(id) => self.feed(core, id.0, now_ms),
             Event::Writable(id) => {
-                self.t.drain_out(id.0);
+                self.io.drain_out(id.0);
                 self.feed(core, id.0, now_ms);
             }
             Event::Closed(id, reason) => {
@@ -240,12 +240,12 @@ impl<L: Link> Served<L> {
                     self.feed(core, id.0, now_ms);
                 }
                 if core.is_open(id.0) {
-                    core.closed(id.0, now_ms, &mut self.t);
-                    settle(core, &mut self.t, now_ms);
+                    core.closed(id.0, now_ms, &mut self.io);
+                    settle(core, &mut self.io, now_ms);
                 }
-                self.t.forget(id.0);
-                if self.t.stack.is_owned(id) {
-                    self.t.stack.close(id);
+                self.io.forget(id.0);
+                if self.io.stack.is_owned(id) {
+                    self.io.stack.close(id);
                 }
             }
             Event::Connected(_) => {}
@@ -256,32 +256,32 @@ impl<L: Link> Served<L> {
     fn feed(&mut self, core: &mut ServerCore, id: u32, now_ms: u64) {
         let cid = ConnId(id);
         loop {
-            if !core.is_open(id) || !self.t.stack.is_owned(cid) {
-                self.t.inp.release(id);
+            if !core.is_open(id) || !self.io.stack.is_owned(cid) {
+                self.io.inp.release(id);
                 return;
             }
-            if self.t.inp.holds(id) {
+            if self.io.inp.holds(id) {
                 if !self.feed_spilled(core, id, now_ms) {
                     return;
                 }
                 continue;
             }
-            let n = self.t.stack.peek(cid, &mut self.scratch);
+            let n = self.io.stack.peek(cid, &mut self.scratch);
             if n == 0 {
                 return;
             }
-            if self.t.out.holds(id) {
+            if self.io.out.holds(id) {
                 // Output is backed up: read on once the peer has taken it (TCP pushes back).
                 // `Writable` comes only when there is room again, and draining fills it.
-                self.t.stack.want_write(cid);
+                self.io.stack.want_write(cid);
                 return;
             }
-            let used = core.data(id, &mut self.scratch[..n], now_ms, &mut self.t);
-            settle(core, &mut self.t, now_ms);
+            let used = core.data(id, &mut self.scratch[..n], now_ms, &mut self.io);
+            settle(core, &mut self.io, now_ms);
             if !core.is_open(id) {
                 return;
             }
-            self.t.stack.discard(cid, used);
+            self.io.stack.discard(cid, used);
             if used == n {
                 return;
             }
@@ -289,18 +289,18 @@ impl<L: Link> Served<L> {
                 return; // an incomplete head or frame: the rest is on its way
             }
             // The receive buffer is full and still holds no whole head or frame: spill it.
-            if !self.t.inp.take(id, &self.scratch[used..n]) {
-                self.t.log.warn(
+            if !self.io.inp.take(id, &self.scratch[used..n]) {
+                self.io.log.warn(
                     now_ms,
                     format_args!("conn {id}: no spill buffer free for a large head or frame: reset"),
                 );
-                self.t.stack.abort(cid);
-                self.t.forget(id);
-                core.closed(id, now_ms, &mut self.t);
-                settle(core, &mut self.t, now_ms);
+                self.io.stack.abort(cid);
+                self.io.forget(id);
+                core.closed(id, now_ms, &mut self.io);
+                settle(core, &mut self.io, now_ms);
                 return;
             }
-            self.t.stack.discard(cid, n - used);
+            self.io.stack.discard(cid, n - used);
         }
     }
 
@@ -308,30 +308,30 @@ impl<L: Link> Served<L> {
     /// Returns whether to go on (the buffer emptied, or the core made progress on new bytes).
     fn feed_spilled(&mut self, core: &mut ServerCore, id: u32, now_ms: u64) -> bool {
         let cid = ConnId(id);
-        if self.t.out.holds(id) {
-            self.t.stack.want_write(cid);
+        if self.io.out.holds(id) {
+            self.io.stack.want_write(cid);
             return false;
         }
-        let Some((buf, len)) = self.t.inp.get(id) else {
+        let Some((buf, len)) = self.io.inp.get(id) else {
             return false;
         };
-        let got = self.t.stack.read(cid, &mut buf[*len..]);
+        let got = self.io.stack.read(cid, &mut buf[*len..]);
         *len += got;
         let held = *len;
         // The core parses (and unmasks) a copy: the buffer stays the transport's while the core
         // calls it. Only the few spilled connections pay for this copy.
         self.big[..held].copy_from_slice(&buf[..held]);
-        let used = core.data(id, &mut self.big[..held], now_ms, &mut self.t);
-        settle(core, &mut self.t, now_ms);
+        let used = core.data(id, &mut self.big[..held], now_ms, &mut self.io);
+        settle(core, &mut self.io, now_ms);
         if !core.is_open(id) {
-            self.t.inp.release(id);
+            self.io.inp.release(id);
             return false;
         }
-        self.t.inp.consume(id, used);
-        if !self.t.inp.holds(id) {
+        self.io.inp.consume(id, used);
+        if !self.io.inp.holds(id) {
             return true; // emptied: back to parsing in the receive buffer
         }
         // Still incomplete: go on only if more bytes came and more are waiting.
-        got > 0 && self.t.stack.readable(cid) > 0
+        got > 0 && self.io.stack.readable(cid) > 0
     }
 }

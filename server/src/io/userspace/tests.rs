@@ -8,7 +8,7 @@ use smoltcp::time::{Duration, Instant};
 use stack::mem_link::{self, MemLink};
 use stack::{CloseReason, ConnId, Event, Stack, StackConfig};
 
-use super::serve::Served;
+use super::serve::ServedStack;
 use crate::core::device::DeviceHasher;
 use crate::core::frame::{self, Op, Role, MAX_HEADER};
 use crate::core::{CoreConfig, ServerCore};
@@ -17,7 +17,7 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 struct Rig {
-    srv: Served<MemLink>,
+    srv: ServedStack<MemLink>,
     core: ServerCore,
     cli: Stack<MemLink>,
     now: Instant,
@@ -61,7 +61,7 @@ impl Rig {
             ..StackConfig::default()
         };
         Rig {
-            srv: Served::new(stack, spill, spill_size),
+            srv: ServedStack::new(stack, spill, spill_size),
             core,
             cli: Stack::new(cli_cfg, b, now).unwrap(),
             now,
@@ -75,15 +75,15 @@ impl Rig {
 
     fn step(&mut self) {
         let mut events = Vec::new();
-        self.srv.t.stack.poll(self.now, &mut events);
+        self.srv.io.stack.poll(self.now, &mut events);
         let now_ms = self.now_ms();
         for ev in events {
             self.srv.event(&mut self.core, ev, now_ms);
         }
         // As the worker does every tick: timers of the core, closes waiting for output.
         self.srv.call(&mut self.core, now_ms, |core, t| core.tick(now_ms, t));
-        self.srv.t.expire_close_after_out(now_ms);
-        self.srv.t.stack.flush(self.now);
+        self.srv.io.expire_close_after_out(now_ms);
+        self.srv.io.stack.flush(self.now);
         self.cli.poll(self.now, &mut self.cli_events);
         self.cli.flush(self.now);
         self.now += Duration::from_millis(1);
@@ -166,7 +166,11 @@ fn a_request_head_longer_than_the_receive_buffer_upgrades_through_a_spill_buffer
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(r.core.stats().upgrades, 1);
-    assert_eq!(r.srv.t.inp.in_use(), 0, "the buffer went back once the head was parsed");
+    assert_eq!(
+        r.srv.io.inp.in_use(),
+        0,
+        "the buffer went back once the head was parsed"
+    );
 }
 
 #[test]
@@ -180,8 +184,8 @@ fn a_frame_longer_than_both_buffers_is_echoed_whole() {
     let got = frames(r.drain(c));
     assert_eq!(got, vec![(Op::Binary, payload)]);
     assert_eq!(r.core.stats().echoed, 1);
-    assert_eq!((r.srv.t.inp.in_use(), r.srv.t.out.in_use()), (0, 0));
-    assert_eq!(r.srv.t.slow_dropped, 0);
+    assert_eq!((r.srv.io.inp.in_use(), r.srv.io.out.in_use()), (0, 0));
+    assert_eq!(r.srv.io.slow_dropped, 0);
 }
 
 #[test]
@@ -195,7 +199,7 @@ fn a_burst_of_pushes_beyond_the_send_buffer_arrives_whole_and_in_order() {
         r.srv
             .call(&mut r.core, now, |core, t| core.broadcast(msg.as_bytes(), now, t));
     }
-    assert_eq!(r.srv.t.out.in_use(), 1, "~1 KB waits behind the 256-byte send buffer");
+    assert_eq!(r.srv.io.out.in_use(), 1, "~1 KB waits behind the 256-byte send buffer");
     r.settle(300);
     let got = frames(r.drain(c));
     assert_eq!(got.len(), 10);
@@ -203,8 +207,8 @@ fn a_burst_of_pushes_beyond_the_send_buffer_arrives_whole_and_in_order() {
         assert_eq!(*op, Op::Text);
         assert!(payload.starts_with(format!("{{\"n\":{i},").as_bytes()));
     }
-    assert_eq!(r.srv.t.out.in_use(), 0);
-    assert_eq!(r.srv.t.slow_dropped, 0);
+    assert_eq!(r.srv.io.out.in_use(), 0);
+    assert_eq!(r.srv.io.slow_dropped, 0);
 }
 
 #[test]
@@ -244,9 +248,9 @@ fn a_client_that_stops_reading_is_reset_as_a_slow_consumer_and_others_go_on() {
             .call(&mut r.core, now, |core, t| core.broadcast(&[b'z'; 100], now, t));
         r.settle(5);
     }
-    assert_eq!(r.srv.t.slow_dropped, 1);
+    assert_eq!(r.srv.io.slow_dropped, 1);
     assert_eq!(r.core.stats().connections, 0);
-    assert_eq!(r.srv.t.out.in_use(), 0, "its spill buffer went back");
+    assert_eq!(r.srv.io.out.in_use(), 0, "its spill buffer went back");
     // A new connection is served as usual.
     let c = r.connect();
     let answer = r.upgrade(c, 200);
@@ -261,10 +265,10 @@ fn with_every_spill_buffer_taken_a_large_head_is_reset_and_counted() {
     // Half a large head: it holds the only input spill buffer.
     let big = format!("GET /ws HTTP/1.1\r\nX-Pad: {}", "p".repeat(600));
     r.send(a, big.as_bytes());
-    assert_eq!(r.srv.t.inp.in_use(), 1);
+    assert_eq!(r.srv.io.inp.in_use(), 1);
     let b = r.connect();
     r.send(b, big.as_bytes());
-    assert_eq!(r.srv.t.inp.exhausted, 1);
+    assert_eq!(r.srv.io.inp.exhausted, 1);
     assert!(
         r.cli_events.contains(&Event::Closed(b, CloseReason::Aborted)),
         "{:?}",
@@ -281,11 +285,11 @@ fn a_head_cut_off_by_the_request_timeout_leaves_nothing_for_the_next_connection(
     let a = r.connect();
     let partial = format!("GET /evil?id=attacker HTTP/1.1\r\nX-Pad: {}", "p".repeat(600));
     r.send(a, partial.as_bytes());
-    assert_eq!(r.srv.t.inp.in_use(), 1);
+    assert_eq!(r.srv.io.inp.in_use(), 1);
     r.settle(2_100);
     let answer = String::from_utf8_lossy(&r.drain(a)).to_string();
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    assert_eq!(r.srv.t.inp.in_use(), 0, "the buffer went back with the close");
+    assert_eq!(r.srv.io.inp.in_use(), 0, "the buffer went back with the close");
     r.settle(200);
     // The next client gets a clean start (often on the same id).
     let b = r.connect();
@@ -313,10 +317,10 @@ fn a_closed_connection_whose_peer_takes_nothing_is_reset_after_a_while() {
     }
     r.settle(50);
     r.srv.call(&mut r.core, now, |core, t| core.shutdown(now, t));
-    assert_eq!(r.srv.t.close_after_out.len(), 1);
+    assert_eq!(r.srv.io.close_after_out.len(), 1);
     r.settle(super::CLOSE_AFTER_OUT_MS as usize + 500);
-    assert!(r.srv.t.close_after_out.is_empty());
-    assert_eq!(r.srv.t.out.in_use(), 0);
+    assert!(r.srv.io.close_after_out.is_empty());
+    assert_eq!(r.srv.io.out.in_use(), 0);
     assert!(
         r.cli_events.contains(&Event::Closed(c, CloseReason::Aborted)),
         "{:?}",
@@ -352,5 +356,5 @@ fn a_head_longer_than_allowed_gets_431_at_once() {
     r.settle(100);
     let answer = String::from_utf8_lossy(&r.drain(c)).to_string();
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-    assert_eq!(r.srv.t.inp.in_use(), 0);
+    assert_eq!(r.srv.io.inp.in_use(), 0);
 }
