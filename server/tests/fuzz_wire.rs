@@ -82,12 +82,8 @@ fn raw_frame(first: u8, mask: Option<[u8; 4]>, len: u64, payload: &[u8]) -> Vec<
 
 /// A frame as a client sends it, with the project's encoder.
 fn client_frame(fin: bool, op: Op, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut hdr = [0u8; MAX_HEADER];
-    let n = encode_header(&mut hdr, fin, op, payload.len(), Some(mask));
-    let mut out = hdr[..n].to_vec();
-    let mut body = payload.to_vec();
-    apply_mask(&mut body, mask);
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    ws_server::core::frame::encode(&mut out, fin, op, payload, Some(mask));
     out
 }
 

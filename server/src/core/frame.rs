@@ -155,6 +155,19 @@ pub fn decode(buf: &mut [u8], role: Role, max_payload: usize) -> Result<Option<F
     }))
 }
 
+/// Append a whole frame to `out`: the header, then the payload, masked with `mask` if given (as a
+/// client sends it; the server never masks).
+pub fn encode(out: &mut Vec<u8>, fin: bool, op: Op, payload: &[u8], mask: Option<[u8; 4]>) {
+    let mut header = [0u8; MAX_HEADER];
+    let n = encode_header(&mut header, fin, op, payload.len(), mask);
+    out.extend_from_slice(&header[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(mask) = mask {
+        apply_mask(&mut out[start..], mask);
+    }
+}
+
 /// Write a frame header for a payload of `len` bytes into `out`; returns the header length.
 pub fn encode_header(out: &mut [u8; MAX_HEADER], fin: bool, op: Op, len: usize, mask: Option<[u8; 4]>) -> usize {
     let header = FrameHeader {
@@ -279,13 +292,8 @@ mod tests {
 
     /// A masked client frame, as a browser would send it.
     fn client_frame(fin: bool, op: Op, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut hdr = [0u8; MAX_HEADER];
-        let n = encode_header(&mut hdr, fin, op, payload.len(), Some(mask));
-        let mut out = hdr[..n].to_vec();
-        let mut body = payload.to_vec();
-        apply_mask(&mut body, mask);
-        out.extend_from_slice(&body);
+        let mut out = Vec::new();
+        encode(&mut out, fin, op, payload, Some([0x37, 0xfa, 0x21, 0x3d]));
         out
     }
 

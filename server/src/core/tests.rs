@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::frame::{apply_mask, decode, encode_header, Op, Role, MAX_HEADER};
+use super::frame::{decode, Op, Role};
 use super::*;
 
 /// Send a keep-alive long-poll request on `id`.
@@ -82,13 +82,8 @@ fn upgrade(device: Option<&str>) -> Vec<u8> {
 }
 
 fn masked(fin: bool, op: Op, payload: &[u8]) -> Vec<u8> {
-    let mask = [9, 8, 7, 6];
-    let mut hdr = [0u8; MAX_HEADER];
-    let n = encode_header(&mut hdr, fin, op, payload.len(), Some(mask));
-    let mut out = hdr[..n].to_vec();
-    let mut body = payload.to_vec();
-    apply_mask(&mut body, mask);
-    out.extend(body);
+    let mut out = Vec::new();
+    super::frame::encode(&mut out, fin, op, payload, Some([9, 8, 7, 6]));
     out
 }
 

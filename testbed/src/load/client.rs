@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use base64::Engine;
-use ws_server::core::frame::{self, Op, MAX_HEADER};
+use ws_server::core::frame::{self, Op};
 
 /// The Sec-WebSocket-Key of connection `n`: 16 bytes from `n` and a per-run `seed`, in base64.
 pub fn key_for(n: u64, seed: u64) -> String {
@@ -117,12 +117,7 @@ pub fn parse_poll_answer(buf: &[u8]) -> PollAnswer {
 
 /// Append a masked client frame carrying `payload`.
 pub fn masked_frame(out: &mut Vec<u8>, op: Op, payload: &[u8], mask: [u8; 4]) {
-    let mut header = [0u8; MAX_HEADER];
-    let n = frame::encode_header(&mut header, true, op, payload.len(), Some(mask));
-    out.extend_from_slice(&header[..n]);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    frame::apply_mask(&mut out[start..], mask);
+    frame::encode(out, true, op, payload, Some(mask));
 }
 
 /// The payload of a data-round frame: a marker and the send time, padded to `len` bytes, so the

@@ -10,7 +10,7 @@ use stack::{CloseReason, ConnId, Event, Stack, StackConfig};
 
 use super::serve::ServedStack;
 use crate::core::device::DeviceHasher;
-use crate::core::frame::{self, Op, Role, MAX_HEADER};
+use crate::core::frame::{self, Op, Role};
 use crate::core::{CoreConfig, ServerCore};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -133,13 +133,8 @@ impl Rig {
 }
 
 fn masked(op: Op, payload: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; MAX_HEADER];
-    let mask = [9, 8, 7, 6];
-    let n = frame::encode_header(&mut header, true, op, payload.len(), Some(mask));
-    let mut out = header[..n].to_vec();
-    let start = out.len();
-    out.extend_from_slice(payload);
-    frame::apply_mask(&mut out[start..], mask);
+    let mut out = Vec::new();
+    frame::encode(&mut out, true, op, payload, Some([9, 8, 7, 6]));
     out
 }
 
