@@ -140,7 +140,8 @@ pub struct Report {
     #[serde(flatten)]
     pub totals: CoreStats,
     pub refused: u64,
-    pub slow_consumers_dropped: u64,
+    /// Connections with output waiting in the workers' message logs.
+    pub output_waiting: u64,
     pub expiry: ExpiryReport,
     pub last_broadcast: Option<BroadcastResult>,
     pub memory: MemoryReport,
@@ -199,7 +200,7 @@ impl Report {
             stack: stack.to_string(),
             uptime_s,
             refused: sum(|w| w.refused),
-            slow_consumers_dropped: sum(|w| w.slow_consumers_dropped),
+            output_waiting: sum(|w| w.output_waiting),
             expiry: ExpiryReport {
                 expired: totals.expired,
                 expired_last_10s,

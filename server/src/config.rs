@@ -12,7 +12,6 @@ pub struct ServerConfig {
     /// Worker processes (kernel stack: sharing the port; xdp: one per receive queue).
     pub workers: usize,
     pub max_conns_per_worker: usize,
-    pub max_pending_bytes: usize,
     pub push_interval: Option<Duration>,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -20,6 +19,8 @@ pub struct ServerConfig {
     pub echo: bool,
     pub max_frame: usize,
     pub max_message: usize,
+    /// Bytes of each worker's message log.
+    pub log_size: usize,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.
     #[cfg(feature = "xdp")]
     pub xdp: Option<XdpOptions>,

@@ -20,8 +20,6 @@ pub struct WorkerConfig {
     pub listen: std::net::SocketAddr,
     /// Connections this worker holds at most; past it new connections are closed at once.
     pub max_conns: usize,
-    /// Output bytes queued per connection before it counts as a slow consumer and is dropped.
-    pub max_pending_bytes: usize,
     pub idle_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub poll_hold_ms: (u64, u64),
@@ -30,6 +28,8 @@ pub struct WorkerConfig {
     pub max_message: usize,
     pub device_key: [u64; 2],
     pub seed: u64,
+    /// Bytes of the worker's message log.
+    pub log_size: usize,
     /// Serve on the userspace stack over AF_XDP instead of kernel sockets.
     #[cfg(feature = "xdp")]
     #[serde(default)]
@@ -44,7 +44,6 @@ impl WorkerConfig {
             index: 0,
             listen: "127.0.0.1:0".parse().expect("a socket address"),
             max_conns: 1000,
-            max_pending_bytes: 256 << 20,
             idle_timeout_ms: 300_000,
             request_timeout_ms: 10_000,
             poll_hold_ms: (30_000, 30_000),
@@ -53,6 +52,7 @@ impl WorkerConfig {
             max_message: 64 * 1024,
             device_key: [1, 2],
             seed: 1,
+            log_size: 1 << 20,
             #[cfg(feature = "xdp")]
             xdp: None,
         }
@@ -63,8 +63,10 @@ impl WorkerConfig {
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum ToWorker {
     Config(WorkerConfig),
+    /// `payload` is the push JSON, which carries `seq` too; the log indexes broadcasts by it.
     Broadcast {
         req: u64,
+        seq: u64,
         payload: String,
     },
     Push {
@@ -123,11 +125,12 @@ pub struct WorkerStats {
     pub core: CoreStats,
     /// Connections refused because this worker was at `max_conns` or out of file descriptors.
     pub refused: u64,
-    /// Connections dropped because their unsent output passed `max_pending_bytes`.
-    pub slow_consumers_dropped: u64,
-    /// Bytes waiting in user space because the kernel socket buffer was full.
-    pub pending_output_bytes: u64,
-    /// Connections with a user-space buffer (pending output or a partial frame) right now.
+    /// Connections with output waiting in the message log (behind the newest broadcast, or with
+    /// output of their own): 0 once everything queued has been handed to the transport.
+    pub output_waiting: u64,
+    /// Bytes of the message log (allocated once; resident as far as it has been written).
+    pub log_bytes: u64,
+    /// Connections holding a partial request head or frame in a user-space buffer right now.
     pub buffered_conns: u64,
     /// Closed by the core, still flushing or waiting for the peer's FIN.
     pub lingering: u64,

@@ -70,10 +70,17 @@ struct Args {
     /// Largest message, all fragments together.
     #[arg(long, default_value = "64K", value_parser = parse_size)]
     max_message: usize,
-    /// Unsent output allowed per connection before it is dropped as a slow consumer (kernel
-    /// stack; with --stack xdp the limit is the send buffer plus one spill buffer).
-    #[arg(long, default_value = "256K", value_parser = parse_size)]
-    max_pending: usize,
+    /// Each worker's message log: every outgoing message is stored there once and every
+    /// connection writes it from there as its socket takes it. A connection that falls this far
+    /// behind (it stopped reading) is closed with 4008 as a slow reader. Allocated once per
+    /// worker; resident as far as it has been written. At least 1M (the largest admin message,
+    /// JSON-escaped, must fit), at most 1G.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    log_size: usize,
+    /// No longer used: output waits in the message log (--log-size). Accepted so that existing
+    /// command lines keep working.
+    #[arg(long, hide = true, value_parser = parse_size)]
+    max_pending: Option<usize>,
     /// --stack xdp: the interface whose WebSocket traffic the userspace stack serves (its IPv4
     /// address is the server's; the kernel keeps answering ARP and ICMP for it).
     #[arg(long, required_if_eq("stack", "xdp"))]
@@ -130,6 +137,12 @@ fn run() -> anyhow::Result<()> {
     if args.max_frame < 125 {
         return Err(usage("--max-frame must be at least 125 bytes"));
     }
+    if !(1 << 20..=1 << 30).contains(&args.log_size) {
+        return Err(usage("--log-size must be 1M to 1G"));
+    }
+    if args.max_pending.is_some() {
+        log::warn!("--max-pending is no longer used: output waits in the message log (--log-size)");
+    }
     if args.stack == Stack::Xdp {
         return run_xdp(args);
     }
@@ -164,7 +177,6 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         admin: args.admin,
         workers,
         max_conns_per_worker,
-        max_pending_bytes: args.max_pending,
         push_interval: (!args.push_interval.is_zero()).then_some(args.push_interval),
         idle_timeout: args.idle_timeout,
         request_timeout: args.request_timeout,
@@ -172,6 +184,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         echo: args.echo,
         max_frame: args.max_frame,
         max_message: args.max_message,
+        log_size: args.log_size,
         #[cfg(feature = "xdp")]
         xdp: None,
     }

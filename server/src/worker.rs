@@ -39,6 +39,7 @@ pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
         request_timeout_ms: cfg.request_timeout_ms,
         device_hasher: DeviceHasher::new(cfg.device_key),
         seed: cfg.seed ^ cfg.index as u64,
+        log_size: cfg.log_size,
     }
 }
 
@@ -154,7 +155,7 @@ impl<D: Driver> Worker<D> {
                 next_control = Instant::now() + CONTROL_EVERY;
                 self.read_commands()?;
             }
-            self.driver.flush();
+            self.driver.flush(&self.core);
             self.send(None)?;
         }
         self.shutdown()
@@ -201,9 +202,13 @@ impl<D: Driver> Worker<D> {
         let (core, driver) = (&mut self.core, &mut self.driver);
         match cmd {
             ToWorker::Config(_) => None,
-            ToWorker::Broadcast { req, payload } => {
+            ToWorker::Broadcast { req, seq, payload } => {
                 let started = Instant::now();
-                let fanout = driver.call(core, now, |core, io| core.broadcast(payload.as_bytes(), now, io));
+                let queued = driver.call(core, now, |core, io| core.broadcast(payload.as_bytes(), seq, now, io));
+                let fanout = queued.unwrap_or_else(|e| {
+                    log::error!("worker {}: broadcast #{seq} not queued: {e}", self.cfg.index);
+                    Default::default()
+                });
                 let fanout_us = started.elapsed().as_micros() as u64;
                 driver.broadcast_written(started);
                 Some(FromWorker::Broadcast {
@@ -245,6 +250,8 @@ impl<D: Driver> Worker<D> {
             expiry_busy_ns: self.expiry_busy_ns,
             expired_last_10s: self.recent_expiries.sum(),
             core_heap_bytes: self.core.heap_bytes() as u64,
+            output_waiting: self.core.output_behind(),
+            log_bytes: self.core.log_bytes() as u64,
             rss_bytes: host::process::own_rss_bytes(),
             ..WorkerStats::default()
         };

@@ -593,7 +593,7 @@ fn check_parse(buf: &[u8]) -> Parsed<'_> {
             range.start <= s.as_ptr() && s.as_ptr_range().end <= range.end
         };
         match request {
-            Request::Upgrade { key, device } => {
+            Request::Upgrade { key, device, .. } => {
                 assert!(inside(key) && key.len() == 24, "key {key:?}");
                 if let Some(d) = device {
                     assert!(inside(d) && !d.is_empty() && d.len() <= MAX_DEVICE_ID, "device {d:?}");
@@ -637,6 +637,7 @@ proptest! {
         let expected = Request::Upgrade {
             key: head.key.as_bytes(),
             device: head.device.as_deref().map(str::as_bytes),
+            since: None,
         };
         prop_assert_eq!(check_parse(&buf), Parsed::Complete { len: head.bytes.len(), request: expected },
                         "{}", String::from_utf8_lossy(&head.bytes));
@@ -649,7 +650,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // 3. The core, driven as a transport would drive it.
 
-/// A transport that records what the core asks of it, and fails on a send or close to a
+/// A transport that records what the core asks of it, and fails on a write or close to a
 /// connection the core already closed.
 #[derive(Default)]
 struct Recorder {
@@ -661,14 +662,17 @@ struct Recorder {
 }
 
 impl Io for Recorder {
-    fn send(&mut self, id: ConnId, parts: &[&[u8]]) {
-        assert!(!self.closed.contains(&id), "send on {id} after its close");
-        let out = self.sent.entry(id).or_default();
-        for p in parts {
-            out.extend_from_slice(p);
-        }
+    /// Takes everything (a transport with room to spare).
+    fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
+        assert!(!self.closed.contains(&id), "write on {id} after its close");
+        self.sent.entry(id).or_default().extend_from_slice(bytes);
+        bytes.len()
     }
     fn close(&mut self, id: ConnId) {
+        assert!(self.closed.insert(id), "{id} closed twice");
+        self.closes.push(id);
+    }
+    fn abort(&mut self, id: ConnId) {
         assert!(self.closed.insert(id), "{id} closed twice");
         self.closes.push(id);
     }
@@ -1128,7 +1132,7 @@ proptest! {
                     core.tick(now, &mut io);
                 }
                 Step::Broadcast => {
-                    core.broadcast(b"{\"kind\":\"news\"}", now, &mut io);
+                    let _ = core.broadcast(b"{\"kind\":\"news\"}", 1, now, &mut io);
                 }
                 Step::Push(d) => {
                     core.push(format!("dev{d}").as_bytes(), b"{}", now, &mut io);

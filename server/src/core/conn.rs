@@ -11,68 +11,144 @@ use super::TICK_MS;
 #[repr(u8)]
 pub(super) enum Phase {
     /// No connection has this id.
-    Free,
+    Free = 0,
     /// Waiting for a request head (new connection, or a long-poll connection between requests).
-    Http,
+    Http = 1,
     /// Upgraded.
-    Ws,
+    Ws = 2,
     /// A long-poll request is being held.
-    Poll,
+    Poll = 3,
+    /// Closed by the core: its last output (a close frame, an HTTP answer) is leaving; then the
+    /// transport is told to close. Already counted as closed.
+    Closing = 4,
 }
 
 /// Which data message is being received in fragments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Frag {
-    None,
-    Text,
-    Binary,
+    None = 0,
+    Text = 1,
+    Binary = 2,
 }
 
 /// Per-connection state of the core: 32 bytes (asserted in a test). Buffers are not here: bytes
-/// of an incomplete frame stay in the transport's receive buffer until the frame is whole.
+/// of an incomplete frame stay in the transport's receive buffer until the frame is whole, and
+/// output stays in the worker's message log (`log.rs`) until the transport takes it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Conn {
-    /// Keyed hash of the device id, 0 for none: unregistering on close, checking targeted pushes.
+    /// 8 bytes: keyed hash of the device id, 0 for none: unregistering on close, checking
+    /// targeted pushes.
     pub(super) device: u64,
-    /// Incarnation of this id; timer entries carry it so a reused id ignores old timers.
+    /// 4: incarnation of this id; timer entries carry it so a reused id ignores old timers.
     pub(super) gen: u32,
-    /// Tick of the last byte received: the heartbeat clock that expiry reads.
+    /// 4: tick of the last byte received: the heartbeat clock that expiry reads.
     pub(super) last_active: u32,
-    /// Tick the held long-poll is answered at (Poll phase), or the request head must be complete
-    /// by (Http phase).
-    pub(super) deadline: u32,
-    /// Payload bytes so far of the fragmented message in progress (limit: `max_message`).
-    pub(super) msg_len: u32,
-    /// Unfinished UTF-8 sequence at the end of the last text fragment.
+    /// 4, by phase (one field, since a connection is in one phase at a time): Http, the tick the
+    /// request head must be complete by; Poll, the tick the held long-poll is answered at;
+    /// Closing, the tick its last output must have left by; Ws, the payload bytes so far of the
+    /// fragmented message in progress (limit: `max_message`).
+    pub(super) timed: u32,
+    /// 4: unfinished UTF-8 sequence at the end of the last text fragment.
     pub(super) utf8: Utf8Carry,
-    pub(super) phase: Phase,
-    pub(super) frag: Frag,
-    /// Answer the held long-poll with keep-alive (HTTP/1.1 without `Connection: close`).
-    pub(super) keep_alive: bool,
+    /// 4: the next broadcast to send (low 32 bits of its entry number in the message log).
+    pub(super) cursor: u32,
+    /// 4: bits 0-19, bytes of the broadcast at `cursor` already written (a frame is at most 1 MiB);
+    /// 20-22, the phase; 23, keep-alive; 24, an output timer is armed; 25-26, the fragmented
+    /// message's kind.
+    pub(super) bits: u32,
 }
+
+const OFFSET_BITS: u32 = 20;
+/// The largest broadcast frame whose progress `Conn` can hold.
+pub(super) const MAX_BROADCAST_FRAME: usize = 1 << OFFSET_BITS;
+const OFFSET_MASK: u32 = (1 << OFFSET_BITS) - 1;
+const PHASE_SHIFT: u32 = 20;
+const KEEP_ALIVE: u32 = 1 << 23;
+const OUTPUT_TIMER: u32 = 1 << 24;
+const FRAG_SHIFT: u32 = 25;
 
 impl Conn {
     pub(super) const FREE: Conn = Conn {
         device: 0,
         gen: 0,
         last_active: 0,
-        deadline: 0,
-        msg_len: 0,
+        timed: 0,
         utf8: Utf8Carry::EMPTY,
-        phase: Phase::Free,
-        frag: Frag::None,
-        keep_alive: false,
+        cursor: 0,
+        bits: 0,
     };
+
+    pub(super) fn phase(&self) -> Phase {
+        match (self.bits >> PHASE_SHIFT) & 7 {
+            1 => Phase::Http,
+            2 => Phase::Ws,
+            3 => Phase::Poll,
+            4 => Phase::Closing,
+            _ => Phase::Free,
+        }
+    }
+
+    pub(super) fn set_phase(&mut self, phase: Phase) {
+        self.bits = (self.bits & !(7 << PHASE_SHIFT)) | ((phase as u32) << PHASE_SHIFT);
+    }
+
+    pub(super) fn frag(&self) -> Frag {
+        match (self.bits >> FRAG_SHIFT) & 3 {
+            1 => Frag::Text,
+            2 => Frag::Binary,
+            _ => Frag::None,
+        }
+    }
+
+    pub(super) fn set_frag(&mut self, frag: Frag) {
+        self.bits = (self.bits & !(3 << FRAG_SHIFT)) | ((frag as u32) << FRAG_SHIFT);
+    }
+
+    pub(super) fn keep_alive(&self) -> bool {
+        self.bits & KEEP_ALIVE != 0
+    }
+
+    pub(super) fn set_keep_alive(&mut self, on: bool) {
+        self.set_bit(KEEP_ALIVE, on);
+    }
+
+    pub(super) fn output_timer(&self) -> bool {
+        self.bits & OUTPUT_TIMER != 0
+    }
+
+    pub(super) fn set_output_timer(&mut self, on: bool) {
+        self.set_bit(OUTPUT_TIMER, on);
+    }
+
+    /// Bytes of the broadcast at `cursor` already written (0: at a frame boundary).
+    pub(super) fn offset(&self) -> u32 {
+        self.bits & OFFSET_MASK
+    }
+
+    pub(super) fn set_offset(&mut self, offset: u32) {
+        debug_assert!(offset <= OFFSET_MASK);
+        self.bits = (self.bits & !OFFSET_MASK) | (offset & OFFSET_MASK);
+    }
+
+    fn set_bit(&mut self, bit: u32, on: bool) {
+        if on {
+            self.bits |= bit;
+        } else {
+            self.bits &= !bit;
+        }
+    }
 }
 
-/// Timer kinds, in the low bit of an entry's tag; the generation is in the other 31 bits.
+/// Timer kinds, in the low two bits of an entry's tag; the generation is in the other 30 bits.
 pub(super) const TIMER_IDLE: u32 = 0;
 pub(super) const TIMER_DEADLINE: u32 = 1;
-pub(super) const GEN_MASK: u32 = u32::MAX >> 1;
+/// Output is waiting for the transport: is the connection still within the message log?
+pub(super) const TIMER_OUTPUT: u32 = 2;
+pub(super) const GEN_MASK: u32 = u32::MAX >> 2;
 
 pub(super) fn tag(gen: u32, kind: u32) -> u32 {
-    (gen << 1) | kind
+    (gen << 2) | kind
 }
 
 /// Why a connection ended, for the counters.
@@ -82,6 +158,8 @@ pub(super) enum Ended {
     Client,
     Server,
     Expired,
+    /// Fell out of the message log: it did not take its output in time.
+    SlowReader,
 }
 
 /// Timeouts in ticks (0: off).
@@ -93,20 +171,21 @@ pub(super) struct Timeouts {
 
 /// When a timer entry is due, from its connection's state; `None` if the entry is stale (the id was
 /// reused, the connection ended, the long-poll it was for was answered, the request came).
-/// `deadline` is the long-poll answer time in the Poll phase and the request-head deadline in the
-/// Http phase: one field, since a connection is in one phase at a time.
-pub(super) fn due_of(conns: &[Conn], ticks: Timeouts, entry: Entry) -> Option<u32> {
+/// An output entry is due at once: it was scheduled for the moment to look.
+pub(super) fn due_of(conns: &[Conn], ticks: Timeouts, entry: Entry, now: u32) -> Option<u32> {
     let c = conns.get(entry.id as usize)?;
-    if c.phase == Phase::Free || entry.tag >> 1 != c.gen {
+    if c.phase() == Phase::Free || entry.tag >> 2 != c.gen {
         return None;
     }
-    match entry.tag & 1 {
-        TIMER_IDLE => Some(c.last_active.wrapping_add(ticks.idle)),
-        _ => match c.phase {
-            Phase::Poll => Some(c.deadline),
-            Phase::Http if ticks.request > 0 => Some(c.deadline),
+    match entry.tag & 3 {
+        TIMER_IDLE if c.phase() != Phase::Closing => Some(c.last_active.wrapping_add(ticks.idle)),
+        TIMER_DEADLINE => match c.phase() {
+            Phase::Poll | Phase::Closing => Some(c.timed),
+            Phase::Http if ticks.request > 0 => Some(c.timed),
             _ => None,
         },
+        TIMER_OUTPUT if c.output_timer() => Some(now),
+        _ => None,
     }
 }
 

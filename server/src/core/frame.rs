@@ -82,6 +82,8 @@ pub mod close_code {
     pub const IDLE_TIMEOUT: u16 = 4001;
     /// A newer connection registered the same device id.
     pub const REPLACED: u16 = 4002;
+    /// The client did not take its messages while the message log held them (a slow reader).
+    pub const SLOW_READER: u16 = 4008;
 }
 
 /// One decoded frame; `payload` is already unmasked, in place in the caller's buffer.

@@ -12,8 +12,13 @@ pub const MAX_DEVICE_ID: usize = 128;
 /// What a complete request asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// `GET /ws[?id=…]` with valid RFC 6455 §4.2.1 upgrade headers.
-    Upgrade { key: &'a [u8], device: Option<&'a [u8]> },
+    /// `GET /ws[?id=…][&since=SEQ]` with valid RFC 6455 §4.2.1 upgrade headers. `since`: the
+    /// client has every broadcast up to that sequence number, and wants the ones after it.
+    Upgrade {
+        key: &'a [u8],
+        device: Option<&'a [u8]>,
+        since: Option<u64>,
+    },
     /// `GET /poll[?id=…]`: hold the request until a push or the hold timer.
     Poll { device: Option<&'a [u8]>, keep_alive: bool },
     /// Anything else, with the status we answer; the connection is then closed.
@@ -109,9 +114,9 @@ fn route<'a>(req: &httparse::Request<'_, 'a>) -> Request<'a> {
     if method != "GET" {
         return Request::Reject(Reject::MethodNotAllowed);
     }
-    let device = match device_id(query) {
-        Ok(d) => d,
-        Err(why) => return Request::Reject(Reject::BadRequest(why)),
+    let (device, since) = match (device_id(query), since(query)) {
+        (Ok(d), Ok(s)) => (d, s),
+        (Err(why), _) | (_, Err(why)) => return Request::Reject(Reject::BadRequest(why)),
     };
     if minor == 1 && header(req.headers, "host").is_none() {
         return Request::Reject(Reject::BadRequest("HTTP/1.1 request without Host"));
@@ -121,10 +126,15 @@ fn route<'a>(req: &httparse::Request<'_, 'a>) -> Request<'a> {
         let keep_alive = minor == 1 && !close || header_has_token(req.headers, "connection", "keep-alive");
         return Request::Poll { device, keep_alive };
     }
-    upgrade(req.headers, minor, device)
+    upgrade(req.headers, minor, device, since)
 }
 
-fn upgrade<'a>(headers: &[httparse::Header<'a>], minor: u8, device: Option<&'a [u8]>) -> Request<'a> {
+fn upgrade<'a>(
+    headers: &[httparse::Header<'a>],
+    minor: u8,
+    device: Option<&'a [u8]>,
+    since: Option<u64>,
+) -> Request<'a> {
     if !header_has_token(headers, "upgrade", "websocket") {
         return Request::Reject(Reject::UpgradeRequired("this path needs a WebSocket upgrade"));
     }
@@ -145,7 +155,18 @@ fn upgrade<'a>(headers: &[httparse::Header<'a>], minor: u8, device: Option<&'a [
     if !is_base64_of_16_bytes(key) {
         return Request::Reject(Reject::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
     }
-    Request::Upgrade { key, device }
+    Request::Upgrade { key, device, since }
+}
+
+/// `since=<seq>` from the query string: a decimal sequence number.
+fn since(query: Option<&str>) -> Result<Option<u64>, &'static str> {
+    let Some(value) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since="))) else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(seq) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(seq)),
+        _ => Err("since must be a sequence number (decimal digits)"),
+    }
 }
 
 /// `id=<device>` from the query string: non-empty, at most 128 bytes of URL-safe characters (no
@@ -271,11 +292,12 @@ mod tests {
         match parse(raw.as_bytes()) {
             Parsed::Complete {
                 len,
-                request: Request::Upgrade { key, device },
+                request: Request::Upgrade { key, device, since },
             } => {
                 assert_eq!(len, raw.len());
                 assert_eq!(key, KEY.as_bytes());
                 assert_eq!(device, Some(&b"aa:bb:cc:dd:ee:ff"[..]));
+                assert_eq!(since, None);
             }
             other => panic!("{other:?}"),
         }
@@ -355,6 +377,19 @@ mod tests {
         }
         let raw = upgrade_request(&format!("/ws?id={}", "x".repeat(128)), "");
         assert!(matches!(request_of(&raw), Request::Upgrade { .. }));
+    }
+
+    #[test]
+    fn since_is_a_sequence_number() {
+        let raw = upgrade_request("/ws?id=d1&since=42", "");
+        assert!(matches!(request_of(&raw), Request::Upgrade { since: Some(42), .. }));
+        for bad in ["", "-1", "+1", "4x", "99999999999999999999"] {
+            let raw = upgrade_request(&format!("/ws?since={bad}"), "");
+            assert!(
+                matches!(request_of(&raw), Request::Reject(Reject::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

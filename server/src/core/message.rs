@@ -61,6 +61,13 @@ pub fn parse_ts(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
+/// What a client that reconnected with `?since=SEQ` gets first when the broadcasts after SEQ are
+/// no longer all in the log: `{"ts":…,"seq":0,"kind":"gap","since":SEQ,"oldest":OLDEST}`, where
+/// OLDEST is the first broadcast still kept (the live ones follow). The application resyncs.
+pub fn format_gap(ts_ns: u64, since: u64, oldest: u64) -> String {
+    format!("{TS_PREFIX}{ts_ns},\"seq\":0,\"kind\":\"gap\",\"since\":{since},\"oldest\":{oldest}}}")
+}
+
 /// Whether a push message is a targeted push (the load generator counts those per device).
 pub fn is_targeted(payload: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"\"kind\":\"push\",";
@@ -86,5 +93,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v["data"], "quote \" and \u{1F600}");
         assert_eq!(parse_ts(b"hello"), None);
+        let g: serde_json::Value = serde_json::from_str(&format_gap(9, 4, 7)).unwrap();
+        assert_eq!(
+            (g["kind"].as_str(), g["since"].as_u64(), g["oldest"].as_u64()),
+            (Some("gap"), Some(4), Some(7))
+        );
     }
 }

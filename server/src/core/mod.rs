@@ -1,7 +1,12 @@
-//! The server core, sans-I/O: events in (a connection opened, bytes arrived, the peer went away, the
-//! clock moved, an admin asked for a push), actions out through [`Io`] (send these bytes, close this
-//! connection). It never touches a socket, so the same code runs over the kernel stack, the userspace
-//! stack and the unit tests, which drive it with byte slices and a fake clock.
+//! The server core, sans-I/O: events in (a connection opened, bytes arrived, the transport has room
+//! again, the peer went away, the clock moved, an admin asked for a push), actions out through
+//! [`Io`] (write these bytes, close this connection). It never touches a socket, so the same code
+//! runs over the kernel stack, the userspace stack and the unit tests, which drive it with byte
+//! slices and a fake clock.
+//!
+//! - `conn.rs`: the 32 bytes kept per connection, and its timers.
+//! - `log.rs`, `output.rs`: every outgoing message stored once; what each connection writes next.
+//! - `websocket.rs`: frames in, close handshakes.
 
 #![forbid(unsafe_code)]
 
@@ -9,15 +14,22 @@ mod conn;
 pub mod device;
 pub mod frame;
 pub mod http;
+pub mod log;
 pub mod message;
+mod output;
 pub mod ratelog;
 pub mod stats;
 mod websocket;
 
-use conn::{due_of, tag, tick_of, Conn, Ended, Phase, Timeouts, GEN_MASK, TIMER_DEADLINE, TIMER_IDLE};
+use conn::{
+    due_of, tag, tick_of, Conn, Ended, Phase, Timeouts, GEN_MASK, MAX_BROADCAST_FRAME, TIMER_DEADLINE, TIMER_IDLE,
+    TIMER_OUTPUT,
+};
 use device::{DeviceHasher, DeviceMap};
 use frame::{close_code, Op, MAX_HEADER};
 use http::{Parsed, Reject, Request, Response};
+use log::{LogError, MessageLog};
+use output::Targeted;
 use ratelog::RateLimitedLog;
 use stats::CoreStats;
 use timing::wheel::{Due, Entry, TimerWheel};
@@ -28,11 +40,16 @@ pub type ConnId = u32;
 
 /// Actions the core asks of its transport.
 pub trait Io {
-    /// Queue `parts` (in order) on the connection. Never fails here: a transport that cannot take
-    /// the bytes drops the connection and reports it with [`ServerCore::closed`] afterwards.
-    fn send(&mut self, id: ConnId, parts: &[&[u8]]);
-    /// Flush what is queued, then close. The core has already forgotten the connection.
+    /// Take up to all of `bytes` for the connection now (what its send buffer has room for) and
+    /// return how many were taken; the core keeps the rest. When it takes fewer than all, the
+    /// transport calls [`ServerCore::writable`] once it has room again. A connection that failed
+    /// takes nothing and is reported with [`ServerCore::closed`] after the core call.
+    fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize;
+    /// Close after what was written (FIN). The core has forgotten the connection.
     fn close(&mut self, id: ConnId);
+    /// Reset at once (RST); what was written and not sent is dropped. The core has forgotten
+    /// the connection.
+    fn abort(&mut self, id: ConnId);
     /// A device id (its hash) is now held by this core; a multi-process transport tells the others.
     fn device_claimed(&mut self, _hash: u64) {}
     /// This core no longer holds the device id.
@@ -44,6 +61,9 @@ pub trait Io {
 pub const TICK_MS: u64 = 100;
 /// Slots of the timer wheel: 4096 ticks = 409.6 s per revolution; longer timers go round again.
 const WHEEL_SLOTS: usize = 4096;
+/// A connection the core closed must have sent its last output (a close frame, an HTTP answer)
+/// within this, or it is reset: a peer that keeps its window shut would hold it forever.
+const CLOSE_AFTER_OUTPUT_TICKS: u32 = 100;
 
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -66,6 +86,9 @@ pub struct CoreConfig {
     pub device_hasher: DeviceHasher,
     /// Seed of the long-poll hold randomness.
     pub seed: u64,
+    /// Bytes of the message log (every outgoing message, stored once); a connection that falls
+    /// this far behind is closed as a slow reader.
+    pub log_size: usize,
 }
 
 impl Default for CoreConfig {
@@ -80,15 +103,25 @@ impl Default for CoreConfig {
             request_timeout_ms: 10_000,
             device_hasher: DeviceHasher::random(),
             seed: 0x5eed,
+            log_size: 4 << 20,
         }
     }
 }
 
-/// What one broadcast reached.
+/// What one broadcast was queued to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fanout {
     pub websockets: u64,
     pub polls: u64,
+}
+
+/// Why a broadcast or push was not queued at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("a broadcast frame of {0} bytes is over the 1 MiB a connection can track")]
+    TooBig(usize),
 }
 
 pub struct ServerCore {
@@ -103,6 +136,13 @@ pub struct ServerCore {
     rng: fastrand::Rng,
     log: RateLimitedLog,
     now_ms: u64,
+    /// Every outgoing message, stored once.
+    msglog: MessageLog,
+    /// Output for one connection each, waiting in the log.
+    targeted: Targeted,
+    /// WebSockets that have not yet written the newest broadcast (a count kept as cursors move,
+    /// so knowing when a broadcast has left costs nothing per connection).
+    behind: u64,
 }
 
 impl ServerCore {
@@ -116,6 +156,9 @@ impl ServerCore {
         ServerCore {
             ticks,
             rng: fastrand::Rng::with_seed(cfg.seed),
+            msglog: MessageLog::new(cfg.log_size),
+            targeted: Targeted::with_capacity(1024),
+            behind: 0,
             cfg,
             conns: Vec::with_capacity(capacity),
             devices: DeviceMap::default(),
@@ -141,6 +184,18 @@ impl ServerCore {
             + self.devices.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
             + self.wheel.heap_bytes()
             + self.fired.capacity() * std::mem::size_of::<Entry>()
+            + self.targeted.heap_bytes()
+    }
+
+    /// Bytes of the message log (allocated at start; resident as far as it was written).
+    pub fn log_bytes(&self) -> usize {
+        self.msglog.heap_bytes()
+    }
+
+    /// Connections with output waiting in the log: behind the newest broadcast, or with output
+    /// of their own. 0: everything queued has been handed to the transport.
+    pub fn output_behind(&self) -> u64 {
+        self.behind + self.targeted.waiting() as u64
     }
 
     pub fn device_hash(&self, id: &[u8]) -> u64 {
@@ -149,7 +204,7 @@ impl ServerCore {
 
     /// Whether `id` is a live connection.
     pub fn is_open(&self, id: ConnId) -> bool {
-        self.conns.get(id as usize).is_some_and(|c| c.phase != Phase::Free)
+        self.conns.get(id as usize).is_some_and(|c| c.phase() != Phase::Free)
     }
 
     /// The transport accepted a connection.
@@ -159,10 +214,10 @@ impl ServerCore {
         if idx >= self.conns.len() {
             self.conns.resize(idx + 1, Conn::FREE);
         }
-        if self.conns[idx].phase != Phase::Free {
+        if self.conns[idx].phase() != Phase::Free {
             // The transport reused an id it never reported closed: end the old connection first.
-            log::error!("transport reopened live connection {id}; treating the old one as closed");
-            self.forget(id, Ended::Peer, io);
+            ::log::error!("transport reopened live connection {id}; treating the old one as closed");
+            self.closed(id, now_ms, io);
         }
         let now = tick_of(now_ms);
         let c = &mut self.conns[idx];
@@ -170,9 +225,9 @@ impl ServerCore {
         *c = Conn {
             gen,
             last_active: now,
-            phase: Phase::Http,
             ..Conn::FREE
         };
+        c.set_phase(Phase::Http);
         self.stats.accepted += 1;
         self.stats.connections += 1;
         if self.ticks.idle > 0 {
@@ -193,12 +248,12 @@ impl ServerCore {
             return;
         }
         let c = &mut self.conns[id as usize];
-        c.deadline = tick_of(self.now_ms).wrapping_add(self.ticks.request);
+        c.timed = tick_of(self.now_ms).wrapping_add(self.ticks.request);
         let entry = Entry {
             id,
             tag: tag(c.gen, TIMER_DEADLINE),
         };
-        self.wheel.insert(c.deadline, entry);
+        self.wheel.insert(c.timed, entry);
     }
 
     /// Bytes arrived. Returns how many were consumed; the rest (an incomplete request head or
@@ -214,14 +269,15 @@ impl ServerCore {
         let Some(c) = self.conns.get_mut(id as usize) else {
             return buf.len();
         };
-        if c.phase == Phase::Free || buf.is_empty() {
+        if matches!(c.phase(), Phase::Free | Phase::Closing) || buf.is_empty() {
+            // Closing: what the peer sends after we closed is dropped.
             return buf.len();
         }
         c.last_active = tick_of(self.now_ms);
         let mut pos = 0;
         loop {
-            match self.conns[id as usize].phase {
-                Phase::Free => return buf.len(),
+            match self.conns[id as usize].phase() {
+                Phase::Free | Phase::Closing => return buf.len(),
                 // Only the first `max_request` bytes may hold the head. Parsing all of `buf` let a
                 // head longer than that through when it came in one read, yet the same head cut into
                 // two reads got 431 (found by tests/fuzz_wire.rs); now the answer (complete, malformed
@@ -253,14 +309,22 @@ impl ServerCore {
 
     fn request(&mut self, id: ConnId, request: Request<'_>, io: &mut impl Io) {
         match request {
-            Request::Upgrade { key, device } => {
+            Request::Upgrade { key, device, since } => {
                 let response = Response::switching_protocols(key);
-                self.send(id, &[response.as_bytes()], io);
-                self.conns[id as usize].phase = Phase::Ws;
+                self.emit(id, &[response.as_bytes()], io);
+                if !self.is_open(id) {
+                    return;
+                }
+                let c = &mut self.conns[id as usize];
+                c.set_phase(Phase::Ws);
+                c.cursor = self.msglog.next_entry() as u32;
                 self.stats.upgrades += 1;
                 self.stats.websockets += 1;
                 if let Some(device) = device {
                     self.register_device(id, device, io);
+                }
+                if let Some(seq) = since {
+                    self.resume(id, seq, io);
                 }
             }
             Request::Poll { device, keep_alive } => {
@@ -268,9 +332,9 @@ impl ServerCore {
                 let hold = self.rng.u64(lo.min(hi)..=hi.max(lo));
                 let deadline = tick_of(self.now_ms + hold);
                 let c = &mut self.conns[id as usize];
-                c.phase = Phase::Poll;
-                c.keep_alive = keep_alive;
-                c.deadline = deadline;
+                c.set_phase(Phase::Poll);
+                c.set_keep_alive(keep_alive);
+                c.timed = deadline;
                 let gen = c.gen;
                 self.wheel.insert(
                     deadline,
@@ -296,8 +360,28 @@ impl ServerCore {
             format_args!("conn {id}: rejected request: {}", reject.reason()),
         );
         let response = Response::reject(reject);
-        self.send(id, &[response.as_bytes()], io);
+        self.emit(id, &[response.as_bytes()], io);
         self.close(id, Ended::Server, io);
+    }
+
+    /// `?since=SEQ`: send the broadcasts after SEQ still in the log (the cursor goes back to the
+    /// first of them), or one gap message when some of them are gone; the live ones follow.
+    fn resume(&mut self, id: ConnId, seq: u64, io: &mut impl Io) {
+        match self.msglog.resume_after(seq) {
+            Ok(entry) => {
+                self.stats.resumed += 1;
+                self.conns[id as usize].cursor = entry as u32;
+                if entry < self.msglog.next_entry() {
+                    self.behind += 1;
+                }
+                self.pump(id, io);
+            }
+            Err(oldest) => {
+                self.stats.resume_gaps += 1;
+                let gap = message::format_gap(message::unix_ns(), seq, oldest);
+                self.send_frame(id, true, Op::Text, gap.as_bytes(), io);
+            }
+        }
     }
 
     fn register_device(&mut self, id: ConnId, device: &[u8], io: &mut impl Io) {
@@ -331,30 +415,36 @@ impl ServerCore {
         }
     }
 
-    fn send(&mut self, id: ConnId, parts: &[&[u8]], io: &mut impl Io) {
-        self.stats.bytes_out += parts.iter().map(|p| p.len() as u64).sum::<u64>();
-        io.send(id, parts);
-    }
-
+    /// Close `id` from our side: counted now; its last targeted output (a close frame, an HTTP
+    /// answer) still leaves, and then the transport closes it (`output.rs`, `pump`).
     fn close(&mut self, id: ConnId, ended: Ended, io: &mut impl Io) {
-        self.forget(id, ended, io);
-        io.close(id);
+        if matches!(self.conns[id as usize].phase(), Phase::Free | Phase::Closing) {
+            return;
+        }
+        self.end(id, ended, io);
+        let c = &mut self.conns[id as usize];
+        c.set_phase(Phase::Closing);
+        c.timed = tick_of(self.now_ms).wrapping_add(CLOSE_AFTER_OUTPUT_TICKS);
+        let entry = Entry {
+            id,
+            tag: tag(c.gen, TIMER_DEADLINE),
+        };
+        self.wheel.insert(c.timed, entry);
+        self.pump(id, io);
     }
 
-    /// Drop the core's state of a connection; its id may be reused by the transport afterwards.
-    fn forget(&mut self, id: ConnId, ended: Ended, io: &mut impl Io) {
+    /// Count the end of a connection and let go of its device id; its slot stays until `freed`.
+    fn end(&mut self, id: ConnId, ended: Ended, io: &mut impl Io) {
         self.unregister_device(id, io);
-        let c = &mut self.conns[id as usize];
-        match c.phase {
+        let c = self.conns[id as usize];
+        if c.phase() == Phase::Ws && (self.full_cursor(c.cursor) != self.msglog.next_entry() || c.offset() > 0) {
+            self.behind -= 1;
+        }
+        match c.phase() {
             Phase::Ws => self.stats.websockets -= 1,
             Phase::Poll => self.stats.polls_held -= 1,
-            Phase::Http | Phase::Free => {}
+            Phase::Http | Phase::Free | Phase::Closing => {}
         }
-        // Bumping the generation makes this connection's timer entries stale.
-        *c = Conn {
-            gen: (c.gen + 1) & GEN_MASK,
-            ..Conn::FREE
-        };
         self.stats.connections -= 1;
         self.stats.closed += 1;
         match ended {
@@ -362,15 +452,30 @@ impl ServerCore {
             Ended::Client => self.stats.closed_by_client += 1,
             Ended::Server => self.stats.closed_by_server += 1,
             Ended::Expired => self.stats.expired += 1,
+            Ended::SlowReader => self.stats.closed_by_server += 1,
+        }
+    }
+
+    /// The connection is gone: drop its output, and give a fresh generation to its slot (its
+    /// timer entries become stale); the transport may reuse the id.
+    fn freed(&mut self, id: ConnId) -> Conn {
+        self.targeted.forget(id);
+        Conn {
+            gen: (self.conns[id as usize].gen + 1) & GEN_MASK,
+            ..Conn::FREE
         }
     }
 
     /// The transport lost the connection (FIN, RST, error). Unknown ids are ignored.
     pub fn closed(&mut self, id: ConnId, now_ms: u64, io: &mut impl Io) {
         self.now_ms = now_ms;
-        if self.is_open(id) {
-            self.forget(id, Ended::Peer, io);
+        match self.conns.get(id as usize).map(|c| c.phase()) {
+            None | Some(Phase::Free) => return,
+            // Already counted when we closed it.
+            Some(Phase::Closing) => {}
+            Some(_) => self.end(id, Ended::Peer, io),
         }
+        self.conns[id as usize] = self.freed(id);
     }
 
     /// Run the timers due by `now_ms`: idle expiry and long-poll answers.
@@ -378,43 +483,72 @@ impl ServerCore {
         self.now_ms = now_ms;
         let now = tick_of(now_ms);
         let (conns, ticks, fired) = (&self.conns, self.ticks, &mut self.fired);
-        self.wheel.advance(now, |entry, now| match due_of(conns, ticks, entry) {
-            None => Due::Drop,
-            Some(due) if due.wrapping_sub(now) as i32 <= 0 => {
-                fired.push(entry);
-                Due::Drop
-            }
-            Some(due) => Due::At(due),
-        });
+        self.wheel
+            .advance(now, |entry, now| match due_of(conns, ticks, entry, now) {
+                None => Due::Drop,
+                Some(due) if due.wrapping_sub(now) as i32 <= 0 => {
+                    fired.push(entry);
+                    Due::Drop
+                }
+                Some(due) => Due::At(due),
+            });
         let mut fired = std::mem::take(&mut self.fired);
         for entry in fired.drain(..) {
             // Firing one entry can end or change its connection, and two entries of one connection
             // can come due in the same tick (a stale long-poll entry beside a fresh one, or expiry
             // beside a poll deadline): decide again, on the state as it is now.
-            if due_of(&self.conns, self.ticks, entry).is_none_or(|due| due.wrapping_sub(now) as i32 > 0) {
+            if due_of(&self.conns, self.ticks, entry, now).is_none_or(|due| due.wrapping_sub(now) as i32 > 0) {
                 continue;
             }
-            if entry.tag & 1 == TIMER_IDLE {
-                self.end_with_close_frame(entry.id, close_code::IDLE_TIMEOUT, "idle timeout", io);
-            } else if self.conns[entry.id as usize].phase == Phase::Poll {
-                self.stats.polls_timed_out += 1;
-                self.answer_poll(entry.id, br#"{"kind":"timeout"}"#, io);
-            } else {
-                self.stats.request_timeouts += 1;
-                self.reject(entry.id, Reject::RequestTimeout, io);
-            }
+            self.fire(entry, io);
         }
         self.fired = fired;
     }
 
-    fn answer_poll(&mut self, id: ConnId, body: &[u8], io: &mut impl Io) {
-        let keep_alive = self.conns[id as usize].keep_alive;
-        let head = Response::poll_answer_head(body.len(), keep_alive);
-        self.send(id, &[head.as_bytes(), body], io);
+    fn fire(&mut self, entry: Entry, io: &mut impl Io) {
+        let id = entry.id;
+        match (entry.tag & 3, self.conns[id as usize].phase()) {
+            (TIMER_IDLE, _) => self.end_with_close_frame(id, close_code::IDLE_TIMEOUT, "idle timeout", io),
+            (TIMER_OUTPUT, _) => self.check_output(id, io),
+            (_, Phase::Poll) => {
+                self.stats.polls_timed_out += 1;
+                self.answer_poll(id, br#"{"kind":"timeout"}"#, None, io);
+            }
+            (_, Phase::Closing) => {
+                // Its last output did not leave in time: reset.
+                self.stats.close_timeouts += 1;
+                self.conns[id as usize] = self.freed(id);
+                io.abort(id);
+            }
+            _ => {
+                self.stats.request_timeouts += 1;
+                self.reject(id, Reject::RequestTimeout, io);
+            }
+        }
+    }
+
+    /// Answer a held long-poll with `body`, or with the payload already stored in the log at
+    /// `stored` (a broadcast's: never copied per connection).
+    fn answer_poll(&mut self, id: ConnId, body: &[u8], stored: Option<(u64, u32)>, io: &mut impl Io) {
+        let keep_alive = self.conns[id as usize].keep_alive();
+        let len = stored.map_or(body.len(), |(_, len)| len as usize);
+        let head = Response::poll_answer_head(len, keep_alive);
+        match stored {
+            Some((at, len)) => {
+                self.emit(id, &[head.as_bytes()], io);
+                if self.is_open(id) {
+                    self.emit_stored(id, at, len, io);
+                }
+            }
+            None => self.emit(id, &[head.as_bytes(), body], io),
+        }
+        if !self.is_open(id) {
+            return;
+        }
         self.stats.messages_out += 1;
         self.stats.polls_held -= 1;
         // Back to waiting for a request; without keep-alive the connection ends here.
-        self.conns[id as usize].phase = Phase::Http;
+        self.conns[id as usize].set_phase(Phase::Http);
         if keep_alive {
             self.await_request(id);
         } else {
@@ -422,34 +556,52 @@ impl ServerCore {
         }
     }
 
-    /// Send a text message to every WebSocket and answer every held long-poll with it. The frame
-    /// header is built once; each connection gets the same two slices.
-    pub fn broadcast(&mut self, payload: &[u8], now_ms: u64, io: &mut impl Io) -> Fanout {
+    /// Queue a text message, with the server's sequence number `seq`, to every WebSocket and
+    /// answer every held long-poll with it. The frame is stored once in the message log; each
+    /// connection writes it from there as its transport takes it.
+    pub fn broadcast(&mut self, payload: &[u8], seq: u64, now_ms: u64, io: &mut impl Io) -> Result<Fanout, PushError> {
         self.now_ms = now_ms;
-        self.stats.broadcasts += 1;
         let mut header = [0u8; MAX_HEADER];
         let n = frame::encode_header(&mut header, true, Op::Text, payload.len(), None);
+        if n + payload.len() > MAX_BROADCAST_FRAME {
+            return Err(PushError::TooBig(n + payload.len()));
+        }
+        let entry = self.msglog.broadcast(seq, &header[..n], payload)?;
+        let stored = self
+            .msglog
+            .entry(entry)
+            .map(|b| (b.at + u64::from(b.header_len), payload.len() as u32));
+        self.stats.broadcasts += 1;
+        // Every WebSocket now has this one to write.
+        self.behind = self.stats.websockets;
         let mut fanout = Fanout::default();
         for idx in 0..self.conns.len() {
             let id = idx as ConnId;
-            match self.conns[idx].phase {
+            match self.conns[idx].phase() {
                 Phase::Ws => {
-                    self.send(id, &[&header[..n], payload], io);
+                    // Connections that were caught up start now; the others are waiting for room
+                    // and reach it in turn.
+                    let c = self.conns[idx];
+                    if c.cursor == entry as u32 && c.offset() == 0 && !self.targeted.holds(id) {
+                        self.pump(id, io);
+                    }
                     self.stats.messages_out += 1;
+                    self.stats.bytes_out += (n + payload.len()) as u64;
                     fanout.websockets += 1;
                 }
                 Phase::Poll => {
                     self.stats.polls_answered_by_push += 1;
-                    self.answer_poll(id, payload, io);
+                    self.answer_poll(id, payload, stored, io);
                     fanout.polls += 1;
                 }
-                Phase::Free | Phase::Http => {}
+                Phase::Free | Phase::Http | Phase::Closing => {}
             }
         }
-        fanout
+        Ok(fanout)
     }
 
-    /// Send a text message to the connection of one device. Returns whether it was delivered.
+    /// Queue a text message to the connection of one device. Returns whether it was queued (the
+    /// device is connected here).
     pub fn push(&mut self, device: &[u8], payload: &[u8], now_ms: u64, io: &mut impl Io) -> bool {
         let hash = self.cfg.device_hasher.hash(device);
         self.push_hash(hash, payload, now_ms, io)
@@ -462,7 +614,7 @@ impl ServerCore {
             .get(&hash)
             .copied()
             .filter(|&id| self.conns[id as usize].device == hash);
-        let delivered = match target.map(|id| (id, self.conns[id as usize].phase)) {
+        let queued = match target.map(|id| (id, self.conns[id as usize].phase())) {
             Some((id, Phase::Ws)) => {
                 self.send_frame(id, true, Op::Text, payload, io);
                 self.stats.messages_out += 1;
@@ -470,17 +622,17 @@ impl ServerCore {
             }
             Some((id, Phase::Poll)) => {
                 self.stats.polls_answered_by_push += 1;
-                self.answer_poll(id, payload, io);
+                self.answer_poll(id, payload, None, io);
                 true
             }
             _ => false,
         };
-        if delivered {
+        if queued {
             self.stats.pushes_delivered += 1;
         } else {
             self.stats.pushes_missed += 1;
         }
-        delivered
+        queued
     }
 
     /// Another core registered this device more recently: close our connection for it.
@@ -500,7 +652,7 @@ impl ServerCore {
     pub fn shutdown(&mut self, now_ms: u64, io: &mut impl Io) {
         self.now_ms = now_ms;
         for idx in 0..self.conns.len() {
-            if self.conns[idx].phase != Phase::Free {
+            if !matches!(self.conns[idx].phase(), Phase::Free | Phase::Closing) {
                 self.end_with_close_frame(idx as ConnId, close_code::GOING_AWAY, "server shutting down", io);
             }
         }

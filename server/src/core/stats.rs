@@ -21,8 +21,15 @@ pub struct CoreStats {
     pub closed_by_peer: u64,
     /// The client sent a WebSocket close frame.
     pub closed_by_client: u64,
-    /// We closed: protocol error, rejected request, replaced device, shutdown.
+    /// We closed: protocol error, rejected request, replaced device, shutdown, slow reader.
     pub closed_by_server: u64,
+    /// Of those, connections whose output fell out of the message log (close code 4008).
+    #[serde(default)]
+    pub slow_readers_closed: u64,
+    /// Connections we closed whose last output (a close frame, an HTTP answer) did not leave in
+    /// time: reset.
+    #[serde(default)]
+    pub close_timeouts: u64,
     /// Silent for longer than the idle timeout.
     pub expired: u64,
 
@@ -44,8 +51,15 @@ pub struct CoreStats {
     pub echoed: u64,
 
     pub broadcasts: u64,
+    /// Targeted pushes queued to a connected device, and those for a device not connected here.
     pub pushes_delivered: u64,
     pub pushes_missed: u64,
+    /// Reconnections with `?since=SEQ` that got every broadcast after SEQ from the log, and those
+    /// that got a gap message instead (SEQ no longer in the log).
+    #[serde(default)]
+    pub resumed: u64,
+    #[serde(default)]
+    pub resume_gaps: u64,
     pub polls: u64,
     pub polls_answered_by_push: u64,
     pub polls_timed_out: u64,
@@ -67,6 +81,8 @@ impl CoreStats {
             closed_by_peer,
             closed_by_client,
             closed_by_server,
+            slow_readers_closed,
+            close_timeouts,
             expired,
             upgrades,
             rejected_requests,
@@ -82,6 +98,8 @@ impl CoreStats {
             broadcasts,
             pushes_delivered,
             pushes_missed,
+            resumed,
+            resume_gaps,
             polls,
             polls_answered_by_push,
             polls_timed_out

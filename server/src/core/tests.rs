@@ -12,26 +12,40 @@ fn poll(core: &mut ServerCore, io: &mut Recorder, id: ConnId, now: u64) {
     assert_eq!(core.data(id, &mut req, now, io), req.len());
 }
 
-/// A transport that records what the core asks of it.
+/// A transport that records what the core asks of it. A connection with a `room` takes at most
+/// that many more bytes (a send buffer that fills); the others take everything.
 #[derive(Default)]
 struct Recorder {
     out: HashMap<ConnId, Vec<u8>>,
+    room: HashMap<ConnId, usize>,
     closed: Vec<ConnId>,
+    aborted: Vec<ConnId>,
     claimed: Vec<u64>,
     released: Vec<u64>,
 }
 
 impl Io for Recorder {
-    fn send(&mut self, id: ConnId, parts: &[&[u8]]) {
-        assert!(!self.closed.contains(&id), "send after close on {id}");
-        let out = self.out.entry(id).or_default();
-        for p in parts {
-            out.extend_from_slice(p);
-        }
+    fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
+        assert!(!self.closed.contains(&id), "write after close on {id}");
+        let n = match self.room.get_mut(&id) {
+            Some(room) => {
+                let n = bytes.len().min(*room);
+                *room -= n;
+                n
+            }
+            None => bytes.len(),
+        };
+        self.out.entry(id).or_default().extend_from_slice(&bytes[..n]);
+        n
     }
     fn close(&mut self, id: ConnId) {
         assert!(!self.closed.contains(&id), "double close of {id}");
         self.closed.push(id);
+    }
+    fn abort(&mut self, id: ConnId) {
+        assert!(!self.closed.contains(&id), "abort after close of {id}");
+        self.closed.push(id);
+        self.aborted.push(id);
     }
     fn device_claimed(&mut self, hash: u64) {
         self.claimed.push(hash);
@@ -332,7 +346,7 @@ fn long_poll_is_held_then_answered_at_its_deadline() {
 
     // The next poll on the same connection, answered early by a broadcast.
     poll(&mut core, &mut io, 1, 2_500);
-    let fanout = core.broadcast(b"{\"ts\":1}", 3_000, &mut io);
+    let fanout = core.broadcast(b"{\"ts\":1}", 1, 3_000, &mut io).unwrap();
     assert_eq!(
         fanout,
         Fanout {
@@ -414,7 +428,7 @@ fn a_request_while_a_poll_is_held_is_rejected() {
 fn broadcast_reaches_websockets_and_polls_but_not_pending_handshakes() {
     let (mut core, mut io) = upgraded(cfg(), &[0, 2, 7]);
     core.open(3, 0, &mut io); // no request yet
-    let fanout = core.broadcast(b"{\"ts\":42}", 10, &mut io);
+    let fanout = core.broadcast(b"{\"ts\":42}", 1, 10, &mut io).unwrap();
     assert_eq!(
         fanout,
         Fanout {
@@ -550,7 +564,7 @@ fn two_timer_entries_due_in_one_tick_answer_a_poll_once() {
     let mut io = Recorder::default();
     core.open(1, 0, &mut io);
     poll(&mut core, &mut io, 1, 0);
-    core.broadcast(b"{\"ts\":1}", 10, &mut io);
+    core.broadcast(b"{\"ts\":1}", 1, 10, &mut io).unwrap();
     io.take(1);
     poll(&mut core, &mut io, 1, 50);
     core.tick(2_000, &mut io);

@@ -22,7 +22,7 @@ impl ServerCore {
                 self.protocol_error(id, e, io);
                 return buf.len();
             }
-            if self.conns[id as usize].phase != Phase::Ws {
+            if self.conns[id as usize].phase() != Phase::Ws {
                 return buf.len();
             }
         }
@@ -40,7 +40,7 @@ impl ServerCore {
         let c = &mut self.conns[id as usize];
         match op {
             Op::Text | Op::Binary => {
-                if c.frag != Frag::None {
+                if c.frag() != Frag::None {
                     return Err(FrameError::Protocol("new message before the fragmented one ended"));
                 }
                 if op == Op::Text {
@@ -48,23 +48,24 @@ impl ServerCore {
                     c.utf8.feed(payload, fin)?;
                 }
                 if !fin {
-                    c.frag = if op == Op::Text { Frag::Text } else { Frag::Binary };
-                    c.msg_len = payload.len() as u32;
+                    c.set_frag(if op == Op::Text { Frag::Text } else { Frag::Binary });
+                    // In the Ws phase `timed` counts the fragmented message's bytes.
+                    c.timed = payload.len() as u32;
                 }
             }
             Op::Continue => {
-                if c.frag == Frag::None {
+                if c.frag() == Frag::None {
                     return Err(FrameError::Protocol("continuation frame without a message"));
                 }
-                c.msg_len = c.msg_len.saturating_add(payload.len() as u32);
-                if c.msg_len as usize > max_message {
+                c.timed = c.timed.saturating_add(payload.len() as u32);
+                if c.timed as usize > max_message {
                     return Err(FrameError::TooBig);
                 }
-                if c.frag == Frag::Text {
+                if c.frag() == Frag::Text {
                     c.utf8.feed(payload, fin)?;
                 }
                 if fin {
-                    c.frag = Frag::None;
+                    c.set_frag(Frag::None);
                 }
             }
             Op::Ping => {
@@ -81,7 +82,9 @@ impl ServerCore {
                     None => 0,
                 };
                 self.send_frame(id, true, Op::Close, &reply[..n], io);
-                self.close(id, Ended::Client, io);
+                if self.is_open(id) {
+                    self.close(id, Ended::Client, io);
+                }
                 return Ok(());
             }
         }
@@ -107,10 +110,13 @@ impl ServerCore {
 
     /// Send a close frame (WebSocket connections only) and close.
     pub(super) fn end_with_close_frame(&mut self, id: ConnId, code: u16, reason: &str, io: &mut impl Io) {
-        if self.conns[id as usize].phase == Phase::Ws {
+        if self.conns[id as usize].phase() == Phase::Ws {
             let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
             let n = frame::close_payload(&mut payload, code, reason);
             self.send_frame(id, true, Op::Close, &payload[..n], io);
+        }
+        if matches!(self.conns[id as usize].phase(), Phase::Free | Phase::Closing) {
+            return; // gone while sending (a slow reader), or already closing
         }
         let ended = if code == close_code::IDLE_TIMEOUT {
             Ended::Expired
@@ -123,6 +129,6 @@ impl ServerCore {
     pub(super) fn send_frame(&mut self, id: ConnId, fin: bool, op: Op, payload: &[u8], io: &mut impl Io) {
         let mut header = [0u8; MAX_HEADER];
         let n = frame::encode_header(&mut header, fin, op, payload.len(), None);
-        self.send(id, &[&header[..n], payload], io);
+        self.emit(id, &[&header[..n], payload], io);
     }
 }

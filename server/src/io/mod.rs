@@ -75,7 +75,7 @@ pub trait Driver {
 
     /// Push out what the core wrote since the last flush (in the turn, the tick, the supervisor's
     /// commands); called once per round of the worker. Transports that write at once do nothing.
-    fn flush(&mut self) {}
+    fn flush(&mut self, _core: &ServerCore) {}
 
     /// The transport as the core's [`Io`].
     fn io(&mut self) -> &mut Self::Io;

@@ -80,7 +80,6 @@ impl WorkerPlan {
                 index: 0,
                 listen: cfg.listen,
                 max_conns: cfg.max_conns_per_worker,
-                max_pending_bytes: cfg.max_pending_bytes,
                 idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
                 request_timeout_ms: cfg.request_timeout.as_millis() as u64,
                 poll_hold_ms: (cfg.poll_hold.0.as_millis() as u64, cfg.poll_hold.1.as_millis() as u64),
@@ -89,6 +88,7 @@ impl WorkerPlan {
                 max_message: cfg.max_message,
                 device_key: hasher.key(),
                 seed: fastrand::u64(..),
+                log_size: cfg.log_size,
                 #[cfg(feature = "xdp")]
                 xdp: None,
             },
@@ -294,6 +294,7 @@ impl Supervisor {
                 w,
                 &ToWorker::Broadcast {
                     req,
+                    seq,
                     payload: payload.clone(),
                 },
             );

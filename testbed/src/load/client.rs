@@ -155,7 +155,7 @@ mod tests {
         upgrade_request(&mut req, "198.18.0.1:8080", "/ws", Some("dev-"), 7, &key);
         match ws_server::core::http::parse(&req) {
             ws_server::core::http::Parsed::Complete {
-                request: ws_server::core::http::Request::Upgrade { key: k, device },
+                request: ws_server::core::http::Request::Upgrade { key: k, device, .. },
                 ..
             } => {
                 assert_eq!(k, key.as_bytes());

@@ -71,14 +71,12 @@ impl Epoll {
         let sockets = Sockets {
             slots: (0..fd_limit).map(|_| Slot::FREE).collect(),
             registry: poll.registry().try_clone()?,
-            max_pending: cfg.max_pending_bytes,
             live: 0,
             doomed: Vec::new(),
             lingering: VecDeque::new(),
             linger: LINGER,
             outbox: Outbox::default(),
             refused: 0,
-            slow_dropped: 0,
             log: RateLimitedLog::new(5),
             now_ms: 0,
         };
@@ -154,7 +152,10 @@ impl Epoll {
         }
     }
 
-    /// Read everything the socket has (epoll is edge-triggered) and feed it to the core.
+    /// Read everything the socket has (epoll is edge-triggered) and feed it to the core. While
+    /// the core holds output the connection has not taken (its echoes, its pongs), its input
+    /// waits in the kernel: TCP pushes back on a client that sends but does not read, and the
+    /// shared message log is not filled by one connection. Reading resumes in `writable`.
     fn readable(&mut self, core: &mut ServerCore, id: ConnId) {
         loop {
             let slot = &mut self.sockets.slots[id as usize];
@@ -162,6 +163,9 @@ impl Epoll {
                 SlotState::Free | SlotState::Doomed => return,
                 SlotState::Closing => return self.drain_closing(id),
                 SlotState::Live => {}
+            }
+            if core.input_paused(id) {
+                return;
             }
             let Some(stream) = slot.stream.as_mut() else {
                 return;
@@ -178,6 +182,17 @@ impl Epoll {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.lost(core, id),
             }
+        }
+    }
+
+    /// The kernel has room again: the core writes what waits; input paused behind it resumes.
+    fn writable(&mut self, core: &mut ServerCore, id: ConnId) {
+        let now = self.sockets.now_ms;
+        self.sockets.set_writable(id, false);
+        core.writable(id, now, &mut self.sockets);
+        settle(core, &mut self.sockets, now);
+        if self.sockets.slots[id as usize].state == SlotState::Live && !core.input_paused(id) {
+            self.readable(core, id);
         }
     }
 
@@ -224,10 +239,10 @@ impl Epoll {
         }
         match slot.bufs.as_mut() {
             Some(bufs) => bufs.inp = inp,
-            None if !inp.is_empty() => slot.bufs = Some(Box::new(Bufs { out: Vec::new(), inp })),
+            None if !inp.is_empty() => slot.bufs = Some(Box::new(Bufs { inp })),
             None => {}
         }
-        if slot.bufs.as_ref().is_some_and(|b| b.inp.is_empty() && b.out.is_empty()) {
+        if slot.bufs.as_ref().is_some_and(|b| b.inp.is_empty()) {
             slot.bufs = None;
         }
     }
@@ -279,9 +294,8 @@ impl Driver for Epoll {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.readable(core, id);
                     }
-                    if event.is_writable() && self.sockets.slots[fd].state != SlotState::Free {
-                        self.sockets.flush(id);
-                        settle(core, &mut self.sockets, now_ms);
+                    if event.is_writable() && self.sockets.slots[fd].state == SlotState::Live {
+                        self.writable(core, id);
                     }
                 }
             }
@@ -314,23 +328,17 @@ impl Driver for Epoll {
     }
 
     fn stats(&self, _core: &ServerCore, into: &mut WorkerStats) {
-        let (pending, buffered) = self
-            .sockets
-            .slots
-            .iter()
-            .filter_map(|s| s.bufs.as_ref())
-            .fold((0u64, 0u64), |(p, n), b| (p + b.out.len() as u64, n + 1));
         into.refused = self.sockets.refused;
-        into.slow_consumers_dropped = self.sockets.slow_dropped;
-        into.pending_output_bytes = pending;
-        into.buffered_conns = buffered;
+        into.buffered_conns = self.sockets.slots.iter().filter(|s| s.bufs.is_some()).count() as u64;
         into.lingering = self.sockets.lingering.len() as u64;
         into.open_fds = self.sockets.live as u64;
         into.fd_limit = self.fd_limit as u64;
     }
 
-    /// Give the kernel up to `grace` to flush the close frames, reading until the peers' FINs.
-    fn drain(&mut self, _core: &mut ServerCore, _now_ms: u64, grace: Duration) -> usize {
+    /// Give the core up to `grace` to write the close frames (as the kernel makes room), reading
+    /// until the peers' FINs.
+    fn drain(&mut self, core: &mut ServerCore, now_ms: u64, grace: Duration) -> usize {
+        self.sockets.now_ms = now_ms;
         let deadline = Instant::now() + grace;
         while self.sockets.live > 0 && Instant::now() < deadline {
             if self
@@ -345,11 +353,14 @@ impl Driver for Epoll {
                 let Token(fd) = event.token();
                 if fd < self.sockets.slots.len() {
                     let id = fd as ConnId;
-                    if event.is_writable() {
-                        self.sockets.flush(id);
+                    if event.is_writable() && self.sockets.slots[fd].state == SlotState::Live {
+                        self.sockets.set_writable(id, false);
+                        core.writable(id, now_ms, &mut self.sockets);
+                        settle(core, &mut self.sockets, now_ms);
                     }
                     if event.is_readable() || event.is_read_closed() {
-                        self.drain_closing(id);
+                        // The peer's close frame and FIN: the core drops data while closing.
+                        self.readable(core, id);
                     }
                 }
             }

@@ -1,10 +1,12 @@
 //! The worker's kernel sockets as the core's [`Io`]: a flat table indexed by file descriptor (no
-//! hash map; 24 bytes a slot). User-space buffers exist only while needed (output the kernel would
-//! not take yet, or an incomplete frame), so an idle connection costs its slot, the core's 32 bytes
-//! and the kernel's socket.
+//! hash map; 24 bytes a slot). A write goes straight from the core's message log into the kernel's
+//! socket buffer; what the kernel does not take stays in the log (never copied per connection),
+//! and EPOLLOUT says when to go on. A user-space buffer exists only while a request head or frame
+//! is incomplete, so an idle connection costs its slot, the core's 32 bytes and the kernel's
+//! socket.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
@@ -21,10 +23,10 @@ pub(super) enum SlotState {
     Free,
     /// The core owns the connection.
     Live,
-    /// The core closed it: flush what is queued, send FIN, read until the peer's FIN or `LINGER`.
+    /// The core closed it: FIN sent, read until the peer's FIN or `LINGER`.
     Closing,
-    /// The transport failed (reset, slow consumer) while the core still owns it: report it to the
-    /// core as closed right after the current core call.
+    /// The transport failed (a reset, a write error) while the core still owns it: report it to
+    /// the core as closed right after the current core call.
     Doomed,
 }
 
@@ -32,19 +34,17 @@ pub(super) enum SlotState {
 pub(super) struct Slot {
     /// 4 bytes: the socket (an fd; `None` uses the fd's niche).
     pub(super) stream: Option<TcpStream>,
-    /// 8 bytes: buffers, allocated only while output is pending or a frame is incomplete.
+    /// 8 bytes: a buffer, allocated only while a request head or frame is incomplete.
     pub(super) bufs: Option<Box<Bufs>>,
     /// 4 bytes: incarnation of this fd, so a linger deadline never hits a later connection.
     pub(super) epoch: u32,
     pub(super) state: SlotState,
-    /// Whether epoll is also watching for writability (only while output is pending).
+    /// Whether epoll is also watching for writability (only while the core has output waiting).
     pub(super) writable: bool,
 }
 
 #[derive(Default)]
 pub(super) struct Bufs {
-    /// Output the kernel's socket buffer did not take yet.
-    pub(super) out: Vec<u8>,
     /// Received bytes the core did not consume yet (an incomplete request head or frame).
     pub(super) inp: Vec<u8>,
 }
@@ -63,7 +63,6 @@ impl Slot {
 pub struct Sockets {
     pub(super) slots: Vec<Slot>,
     pub(super) registry: Registry,
-    pub(super) max_pending: usize,
     pub(super) live: usize,
     /// Failed while the core owned them; reported to the core after the current call.
     pub(super) doomed: Vec<ConnId>,
@@ -73,7 +72,6 @@ pub struct Sockets {
     /// Messages for the supervisor produced inside core calls (device claims).
     pub(super) outbox: Outbox,
     pub(super) refused: u64,
-    pub(super) slow_dropped: u64,
     pub(super) log: RateLimitedLog,
     /// The time of the current round (ms), for log rate limits.
     pub(super) now_ms: u64,
@@ -121,8 +119,8 @@ impl Sockets {
         }
     }
 
-    /// Output is flushed: send FIN, then wait for the peer's FIN (bounded by the linger deadline
-    /// set when the core closed it).
+    /// Send FIN (the core has written everything), then wait for the peer's FIN (bounded by the
+    /// linger deadline set when the core closed it).
     fn finish(&mut self, id: ConnId) {
         let slot = &mut self.slots[id as usize];
         if let Some(stream) = slot.stream.as_ref() {
@@ -132,40 +130,7 @@ impl Sockets {
             }
         }
         slot.bufs = None;
-    }
-
-    /// Write queued output; a connection that fails is doomed (or dropped, if closing).
-    pub(super) fn flush(&mut self, id: ConnId) {
-        let slot = &mut self.slots[id as usize];
-        let (Some(stream), Some(bufs)) = (slot.stream.as_mut(), slot.bufs.as_mut()) else {
-            return;
-        };
-        let mut written = 0;
-        let failed = loop {
-            if written == bufs.out.len() {
-                break false;
-            }
-            match stream.write(&bufs.out[written..]) {
-                Ok(0) => break true,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break true,
-            }
-        };
-        bufs.out.drain(..written);
-        let drained = bufs.out.is_empty();
-        if bufs.out.is_empty() && bufs.inp.is_empty() {
-            slot.bufs = None;
-        }
-        if failed {
-            self.doom(id);
-        } else if drained {
-            self.set_writable(id, false);
-            if self.slots[id as usize].state == SlotState::Closing {
-                self.finish(id);
-            }
-        }
+        self.set_writable(id, false);
     }
 
     /// Keep `bytes` as the start of the connection's unconsumed input.
@@ -179,50 +144,30 @@ impl Sockets {
 }
 
 impl Io for Sockets {
-    fn send(&mut self, id: ConnId, parts: &[&[u8]]) {
-        let max_pending = self.max_pending;
+    fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
         let slot = &mut self.slots[id as usize];
         if slot.state != SlotState::Live {
-            return;
-        }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if let Some(bufs) = slot.bufs.as_mut().filter(|b| !b.out.is_empty()) {
-            if bufs.out.len() + total > max_pending {
-                self.slow_dropped += 1;
-                self.doom(id);
-            } else {
-                parts.iter().for_each(|p| bufs.out.extend_from_slice(p));
-            }
-            return;
+            return 0;
         }
         let Some(stream) = slot.stream.as_mut() else {
-            return;
+            return 0;
         };
-        let mut slices = [IoSlice::new(&[]); 4];
-        let n_parts = parts.len().min(slices.len());
-        for (s, p) in slices.iter_mut().zip(parts) {
-            *s = IoSlice::new(p);
-        }
-        let sent = match stream.write_vectored(&slices[..n_parts]) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
-            Err(_) => {
-                self.doom(id);
-                return;
+        let written = loop {
+            match stream.write(bytes) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(_) => {
+                    self.doom(id);
+                    return 0;
+                }
             }
         };
-        if sent == total && parts.len() <= slices.len() {
-            return;
+        if written < bytes.len() {
+            // The core keeps the rest; EPOLLOUT says when the kernel has room again.
+            self.set_writable(id, true);
         }
-        // Queue whatever the kernel did not take.
-        let bufs = slot.bufs.get_or_insert_with(Box::default);
-        let mut skip = sent;
-        for p in parts {
-            let from = skip.min(p.len());
-            bufs.out.extend_from_slice(&p[from..]);
-            skip -= from;
-        }
-        self.set_writable(id, true);
+        written
     }
 
     fn close(&mut self, id: ConnId) {
@@ -230,18 +175,25 @@ impl Io for Sockets {
         match slot.state {
             SlotState::Live => {
                 slot.state = SlotState::Closing;
-                // Whatever happens next (a peer that never reads would keep the output pending
-                // forever), the slot is dropped LINGER after this.
+                // A peer that never sends its FIN cannot hold the slot: dropped LINGER after this.
                 self.lingering.push_back((id, slot.epoch, Instant::now() + self.linger));
-                if slot.bufs.as_ref().is_some_and(|b| !b.out.is_empty()) {
-                    self.set_writable(id, true);
-                } else {
-                    self.finish(id);
-                }
+                self.finish(id);
             }
             // Already failed: the pending report to the core finds it forgotten and ignores it.
             SlotState::Doomed | SlotState::Closing | SlotState::Free => {}
         }
+    }
+
+    fn abort(&mut self, id: ConnId) {
+        let slot = &mut self.slots[id as usize];
+        if slot.state != SlotState::Live {
+            return;
+        }
+        if let Some(stream) = slot.stream.as_ref() {
+            // Linger 0: the close that follows sends RST and drops what the kernel still holds.
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+        self.drop_conn(id);
     }
 
     fn device_claimed(&mut self, hash: u64) {

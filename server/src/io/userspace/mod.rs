@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use stack::xdp_link::{XdpLink, XdpLinkConfig};
 use stack::{clock, Event, Link, Stack, StackConfig};
 
-pub use serve::{ServedStack, StackIo, CLOSE_AFTER_OUT_MS};
+pub use serve::{ServedStack, StackIo};
 pub use stats::XdpWorkerStats;
 
 use super::{Clock, Driver, Turn};
@@ -160,9 +160,10 @@ impl Driver for Userspace {
     /// ticks and commands wrote) leaves in one pass over the dirty sockets, after the worker
     /// has also run its tick and commands: a reply rides with the ACK, and a broadcast does not
     /// wait for the next turn's input.
-    fn flush(&mut self) {
+    fn flush(&mut self, core: &ServerCore) {
         self.served.io.stack.flush(clock::now());
-        if let Some(started) = self.broadcast_started.filter(|_| !self.served.io.stack.has_work()) {
+        let sent = !self.served.io.stack.has_work() && core.output_behind() == 0;
+        if let Some(started) = self.broadcast_started.filter(|_| sent) {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             log::info!("queue {}: broadcast handed to the link in {ms:.1} ms", self.x.queue);
             self.last_broadcast_tx_ms = Some(ms);
@@ -183,17 +184,16 @@ impl Driver for Userspace {
         self.served.call(core, now_ms, f)
     }
 
-    /// Reset the closed connections whose output did not leave in time.
+    /// Nothing of its own: closes that take too long are the core's timers.
     fn housekeeping(&mut self, _core: &mut ServerCore, now_ms: u64) {
-        self.served.io.expire_close_after_out(now_ms);
+        self.served.io.now_ms = now_ms;
     }
 
     fn stats(&self, core: &ServerCore, into: &mut WorkerStats) {
         let t = &self.served.io;
         let stack = &t.stack;
         into.refused = stack.stats().syn_refused;
-        into.slow_consumers_dropped = t.slow_dropped;
-        into.pending_output_bytes = t.out.held_bytes() as u64;
+
         into.buffered_conns = t.inp.in_use() as u64;
         into.lingering = (stack.in_use() as u64).saturating_sub(core.stats().connections);
         into.xdp = Some(Box::new(XdpWorkerStats {
@@ -205,9 +205,7 @@ impl Driver for Userspace {
             spill_in_use: t.inp.in_use() as u64,
             spill_capacity: t.inp.capacity() as u64,
             spill_exhausted: t.inp.exhausted,
-            out_spill_in_use: t.out.in_use() as u64,
-            out_spill_exhausted: t.out.exhausted,
-            tx_pending_conns: (stack.pending_output() + t.out.in_use()) as u64,
+            tx_pending_conns: stack.pending_output() as u64 + core.output_behind(),
             last_broadcast_tx_ms: self.last_broadcast_tx_ms,
         }));
     }
@@ -218,14 +216,14 @@ impl Driver for Userspace {
 
     /// Let the stack deliver the close frames and FINs for a while; close frames still waiting
     /// for room go out as the peers make it.
-    fn drain(&mut self, _core: &mut ServerCore, now_ms: u64, grace: Duration) -> usize {
+    fn drain(&mut self, core: &mut ServerCore, now_ms: u64, grace: Duration) -> usize {
         self.served.io.now_ms = now_ms;
         let deadline = Instant::now() + grace;
         while self.served.io.stack.in_use() > 0 && Instant::now() < deadline {
             let frames = self.served.io.stack.poll(clock::now(), &mut self.events);
             for ev in self.events.drain(..) {
                 match ev {
-                    Event::Writable(id) => self.served.io.drain_out(id.0),
+                    Event::Writable(id) => core.writable(id.0, now_ms, &mut self.served.io),
                     Event::Closed(id, _) | Event::Accepted(id) => {
                         self.served.io.forget(id.0);
                         if self.served.io.stack.is_owned(id) {

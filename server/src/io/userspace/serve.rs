@@ -5,10 +5,10 @@
 //! Input is parsed where it lies: the bytes in a connection's receive buffer are copied to one
 //! scratch buffer (`peek`), the core consumes whole request heads and frames, and only those are
 //! dropped from the stack (`discard`); an incomplete head or frame stays in the receive buffer, or
-//! moves to a spill buffer when it is bigger than that (see `spill.rs`). Output is written straight
-//! into the connection's send buffer; what does not fit waits in an output spill buffer until the
-//! peer's ACKs make room (and input from that connection waits too). A connection whose output
-//! does not fit even there (or finds the pool empty) is a slow consumer and is reset, counted.
+//! moves to a spill buffer when it is bigger than that (see `spill.rs`). Output is written from the
+//! core's message log straight into the connection's send buffer; what does not fit stays in the
+//! log until the peer's ACKs make room (`Writable`), and while output of its own waits, input from
+//! that connection waits too.
 
 use stack::{CloseReason, ConnId, Event, Link, Stack};
 
@@ -18,134 +18,49 @@ use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId as CoreId, Io, ServerCore};
 use crate::io::{settle, Transport};
 
-/// How long a connection the core closed may take to send its waiting output before it is
-/// reset (a peer that stops reading and keeps its window shut would hold it forever).
-pub const CLOSE_AFTER_OUT_MS: u64 = 10_000;
-
-/// The stack as the core's [`Io`].
+/// The stack as the core's [`Io`]: a write goes from the core's message log into the
+/// connection's (small) send buffer; what does not fit stays in the log until the peer's ACKs make
+/// room (`Writable`).
 pub struct StackIo<L: Link> {
     pub stack: Stack<L>,
     /// Input waiting for the rest of a head or frame larger than the receive buffer.
     pub inp: SpillPool,
-    /// Output waiting for room in a connection's send buffer.
-    pub out: SpillPool,
-    /// Closed by the core while output was still waiting: FIN once it is sent, or a reset at
-    /// this deadline (ms).
-    pub close_after_out: std::collections::HashMap<u32, u64>,
-    /// Reset as slow consumers during a core call; reported to the core right after it.
+    /// Failed during a core call (never set by this transport today: the stack reports resets as
+    /// events); kept for the contract.
     pub doomed: Vec<u32>,
     /// Messages for the supervisor produced inside core calls (device claims).
     pub outbox: Outbox,
-    pub slow_dropped: u64,
     pub log: RateLimitedLog,
     pub now_ms: u64,
 }
 
 impl<L: Link> StackIo<L> {
-    /// The peer is too slow (or the pools are empty): reset, and report it after the core call.
-    fn slow_consumer(&mut self, id: u32, total: usize) {
-        self.slow_dropped += 1;
-        self.log.warn(
-            self.now_ms,
-            format_args!(
-                "conn {id}: {total} bytes fit neither its send buffer nor a spill buffer: reset as a slow consumer"
-            ),
-        );
-        self.forget(id);
-        self.stack.abort(ConnId(id));
-        self.doomed.push(id);
-    }
-
-    /// Move waiting output into the send buffer; FIN when it is all out and the core closed.
-    pub fn drain_out(&mut self, id: u32) {
-        let cid = ConnId(id);
-        let Some((buf, len)) = self.out.get(id) else { return };
-        let n = self.stack.write(cid, &buf[..*len]);
-        self.out.consume(id, n);
-        if !self.out.holds(id) && self.close_after_out.remove(&id).is_some() {
-            self.stack.close(cid);
-        }
-    }
-
-    /// Reset the closed connections whose output did not get out in time. O(pool), per tick.
-    pub fn expire_close_after_out(&mut self, now_ms: u64) {
-        let late: Vec<u32> = self
-            .close_after_out
-            .iter()
-            .filter(|(_, &at)| at <= now_ms)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in late {
-            self.log.warn(
-                now_ms,
-                format_args!("conn {id}: closed, but its peer took nothing for {CLOSE_AFTER_OUT_MS} ms: reset"),
-            );
-            self.forget(id);
-            let cid = ConnId(id);
-            if self.stack.is_owned(cid) {
-                self.stack.abort(cid);
-            }
-        }
-    }
-
     /// Forget whatever waits for a connection that is gone (so nothing of it can reach the next
     /// connection that gets its id).
     pub fn forget(&mut self, id: u32) {
         self.inp.release(id);
-        self.out.release(id);
-        self.close_after_out.remove(&id);
     }
 }
 
 impl<L: Link> Io for StackIo<L> {
-    fn send(&mut self, id: u32, parts: &[&[u8]]) {
-        let cid = ConnId(id);
-        if !self.stack.is_owned(cid) {
-            return;
-        }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if !self.out.holds(id) {
-            if self.stack.write_space(cid) >= total {
-                for part in parts {
-                    self.stack.write(cid, part);
-                }
-                return;
-            }
-            // What fits goes now, the rest waits in an output spill buffer.
-            if !self.out.take(id, &[]) {
-                return self.slow_consumer(id, total);
-            }
-            let mut queued = true;
-            for part in parts {
-                let n = if self.out.get(id).is_some_and(|(_, len)| *len == 0) {
-                    self.stack.write(cid, part)
-                } else {
-                    0
-                };
-                queued &= self.out.append(id, &part[n..]);
-            }
-            if !queued {
-                return self.slow_consumer(id, total);
-            }
-            if self.out.get(id).is_some_and(|(_, len)| *len == 0) {
-                self.out.release(id);
-            }
-            return;
-        }
-        for part in parts {
-            if !self.out.append(id, part) {
-                return self.slow_consumer(id, total);
-            }
-        }
+    fn write(&mut self, id: u32, bytes: &[u8]) -> usize {
+        // A short write asks the stack for `Writable` by itself.
+        self.stack.write(ConnId(id), bytes)
     }
 
     fn close(&mut self, id: u32) {
-        let cid = ConnId(id);
         self.inp.release(id);
-        if self.out.holds(id) {
-            self.close_after_out.insert(id, self.now_ms + CLOSE_AFTER_OUT_MS);
-        } else if self.stack.is_owned(cid) {
+        let cid = ConnId(id);
+        if self.stack.is_owned(cid) {
             self.stack.close(cid);
+        }
+    }
+
+    fn abort(&mut self, id: u32) {
+        self.inp.release(id);
+        let cid = ConnId(id);
+        if self.stack.is_owned(cid) {
+            self.stack.abort(cid);
         }
     }
 
@@ -184,18 +99,15 @@ pub struct ServedStack<L: Link> {
 }
 
 impl<L: Link> ServedStack<L> {
-    /// `spill_buffers` of `spill_size` bytes for input, as many for output.
+    /// `spill_buffers` of `spill_size` bytes for input.
     pub fn new(stack: Stack<L>, spill_buffers: usize, spill_size: usize) -> ServedStack<L> {
         let rx_buf = stack.config().rx_buf;
         ServedStack {
             io: StackIo {
                 stack,
                 inp: SpillPool::new(spill_buffers, spill_size),
-                out: SpillPool::new(spill_buffers, spill_size),
-                close_after_out: std::collections::HashMap::with_capacity(spill_buffers),
                 doomed: Vec::new(),
                 outbox: Outbox::default(),
-                slow_dropped: 0,
                 log: RateLimitedLog::new(5),
                 now_ms: 0,
             },
@@ -231,7 +143,8 @@ impl<L: Link> ServedStack<L> {
             }
             Event::Readable(id) => self.feed(core, id.0, now_ms),
             Event::Writable(id) => {
-                self.io.drain_out(id.0);
+                core.writable(id.0, now_ms, &mut self.io);
+                settle(core, &mut self.io, now_ms);
                 self.feed(core, id.0, now_ms);
             }
             Event::Closed(id, reason) => {
@@ -270,9 +183,9 @@ impl<L: Link> ServedStack<L> {
             if n == 0 {
                 return;
             }
-            if self.io.out.holds(id) {
-                // Output is backed up: read on once the peer has taken it (TCP pushes back).
-                // `Writable` comes only when there is room again, and draining fills it.
+            if core.input_paused(id) {
+                // Its own output is backed up: read on once the peer has taken it (TCP pushes
+                // back). `Writable` comes when there is room again.
                 self.io.stack.want_write(cid);
                 return;
             }
@@ -308,7 +221,7 @@ impl<L: Link> ServedStack<L> {
     /// Returns whether to go on (the buffer emptied, or the core made progress on new bytes).
     fn feed_spilled(&mut self, core: &mut ServerCore, id: u32, now_ms: u64) -> bool {
         let cid = ConnId(id);
-        if self.io.out.holds(id) {
+        if core.input_paused(id) {
             self.io.stack.want_write(cid);
             return false;
         }

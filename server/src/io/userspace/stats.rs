@@ -18,11 +18,8 @@ pub struct XdpWorkerStats {
     pub spill_capacity: u64,
     /// Connections reset because every input spill buffer was taken.
     pub spill_exhausted: u64,
-    /// Output spill buffers (messages waiting for room in the send buffer).
-    pub out_spill_in_use: u64,
-    /// Connections reset because every output spill buffer was taken.
-    pub out_spill_exhausted: u64,
-    /// Connections whose output waits for the link, and for room in their send buffer.
+    /// Connections whose output waits for the link, or for room in their send buffer (behind in
+    /// the message log).
     pub tx_pending_conns: u64,
     /// From the last broadcast's start until the stack had sent every frame of it.
     pub last_broadcast_tx_ms: Option<f64>,
