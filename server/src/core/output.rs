@@ -390,3 +390,7 @@ impl ServerCore {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "output_tests.rs"]
+mod tests;

@@ -1,0 +1,281 @@
+//! The message log through the core: messages of every size to many connections through small
+//! send buffers, back to back, in order; a reader that stops is closed and nobody else waits;
+//! `since` inside and outside the log.
+
+use std::collections::HashMap;
+
+use crate::core::device::DeviceHasher;
+use crate::core::frame::{close_code, decode, Op, Role};
+use crate::core::{ConnId, CoreConfig, Io, ServerCore};
+
+/// A transport whose connections have small send buffers: a write takes what fits, and the
+/// test plays the peer taking it (`ack`), which makes room again.
+struct Pipes {
+    buffer: usize,
+    room: HashMap<ConnId, usize>,
+    /// Everything each connection was given, in order.
+    got: HashMap<ConnId, Vec<u8>>,
+    closed: Vec<ConnId>,
+    aborted: Vec<ConnId>,
+    /// Connections waiting for room (a short write asks to be told).
+    waiting: Vec<ConnId>,
+}
+
+impl Pipes {
+    fn new(buffer: usize) -> Pipes {
+        Pipes {
+            buffer,
+            room: HashMap::new(),
+            got: HashMap::new(),
+            closed: Vec::new(),
+            aborted: Vec::new(),
+            waiting: Vec::new(),
+        }
+    }
+
+    /// The peers of `ids` read everything; the core is told of the room. Returns whether
+    /// anything moved.
+    fn ack(&mut self, core: &mut ServerCore, ids: &[ConnId], now: u64) -> bool {
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut moved = false;
+        for id in waiting {
+            if !ids.contains(&id) || self.closed.contains(&id) {
+                self.waiting.push(id);
+                continue;
+            }
+            self.room.insert(id, self.buffer);
+            moved = true;
+            core.writable(id, now, self);
+        }
+        moved
+    }
+
+    /// The server frames `id` received.
+    fn frames(&self, id: ConnId) -> Vec<(Op, Vec<u8>)> {
+        let mut bytes = self.got.get(&id).cloned().unwrap_or_default();
+        let mut pos = 0;
+        let mut out = Vec::new();
+        while pos < bytes.len() {
+            let Ok(Some(f)) = decode(&mut bytes[pos..], Role::Client, 1 << 20) else {
+                break;
+            };
+            out.push((f.op, f.payload.to_vec()));
+            pos += f.wire_len;
+        }
+        out
+    }
+}
+
+impl Io for Pipes {
+    fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
+        assert!(!self.closed.contains(&id), "write after close on {id}");
+        let room = self.room.entry(id).or_insert(self.buffer);
+        let n = bytes.len().min(*room);
+        *room -= n;
+        self.got.entry(id).or_default().extend_from_slice(&bytes[..n]);
+        if n < bytes.len() && !self.waiting.contains(&id) {
+            self.waiting.push(id);
+        }
+        n
+    }
+    fn close(&mut self, id: ConnId) {
+        assert!(!self.closed.contains(&id), "double close of {id}");
+        self.closed.push(id);
+    }
+    fn abort(&mut self, id: ConnId) {
+        self.close(id);
+        self.aborted.push(id);
+    }
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_request(query: &str) -> Vec<u8> {
+    format!("GET /ws{query} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes()
+}
+
+fn core_with(log_size: usize, conns: usize) -> ServerCore {
+    let cfg = CoreConfig {
+        idle_timeout_ms: 0,
+        log_size,
+        device_hasher: DeviceHasher::new([3, 4]),
+        ..CoreConfig::default()
+    };
+    ServerCore::new(cfg, conns, 0)
+}
+
+/// Open and upgrade `ids` (with `query` after /ws), and clear what they got.
+fn upgrade_all(core: &mut ServerCore, io: &mut Pipes, ids: &[ConnId], query: &str) {
+    for &id in ids {
+        core.open(id, 0, io);
+        let mut req = upgrade_request(query);
+        assert_eq!(core.data(id, &mut req, 0, io), req.len());
+        // The 101 answer may be longer than the buffer: let it out.
+        while io.waiting.contains(&id) {
+            io.ack(core, &[id], 0);
+        }
+        // Keep what came after the 101 answer (a replay of `since`).
+        let got = io.got.remove(&id).unwrap_or_default();
+        assert!(got.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&got));
+        let head = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        if head < got.len() {
+            io.got.insert(id, got[head..].to_vec());
+        }
+    }
+}
+
+/// A payload of `len` bytes whose every byte says where it is and in which message.
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + ((i as u64 * 7 + seq) % 26) as u8).collect()
+}
+
+#[test]
+fn messages_of_every_size_reach_a_thousand_connections_through_256_byte_buffers() {
+    let ids: Vec<ConnId> = (0..1000).collect();
+    for len in [100, 300, 1024, 16 << 10, 64 << 10] {
+        let mut core = core_with(4 << 20, ids.len());
+        let mut io = Pipes::new(256);
+        upgrade_all(&mut core, &mut io, &ids, "");
+        let msg = payload(len as u64, len);
+        let fanout = core.broadcast(&msg, 1, 10, &mut io).unwrap();
+        assert_eq!(fanout.websockets, 1000);
+        let mut rounds = 0;
+        while io.ack(&mut core, &ids, 20) {
+            rounds += 1;
+            assert!(rounds < 1000, "{len} B: stuck");
+        }
+        assert_eq!(core.output_behind(), 0, "{len} B: everything left");
+        for &id in &ids {
+            assert_eq!(io.frames(id), vec![(Op::Text, msg.clone())], "{len} B to {id}");
+        }
+        assert_eq!(core.stats().slow_readers_closed, 0);
+        assert!(io.closed.is_empty(), "{len} B: nobody was closed");
+        // Stored once: the log's index and bytes, not a copy per connection.
+        assert!(core.heap_bytes() < 1 << 20, "{len} B: {} heap bytes", core.heap_bytes());
+    }
+}
+
+#[test]
+fn ten_broadcasts_back_to_back_arrive_whole_and_in_order() {
+    let ids: Vec<ConnId> = (0..50).collect();
+    let mut core = core_with(1 << 20, ids.len());
+    let mut io = Pipes::new(256);
+    upgrade_all(&mut core, &mut io, &ids, "");
+    let msgs: Vec<Vec<u8>> = (0..10).map(|seq| payload(seq, 300 + seq as usize * 100)).collect();
+    for (seq, m) in msgs.iter().enumerate() {
+        core.broadcast(m, seq as u64, 10, &mut io).unwrap();
+    }
+    while io.ack(&mut core, &ids, 20) {}
+    for &id in &ids {
+        let got: Vec<Vec<u8>> = io.frames(id).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(got, msgs, "connection {id}");
+    }
+}
+
+#[test]
+fn a_reader_that_stops_is_closed_when_it_falls_out_of_the_log_and_nobody_waits_for_it() {
+    let ids: Vec<ConnId> = (0..10).collect();
+    let mut core = core_with(64 << 10, ids.len());
+    let mut io = Pipes::new(256);
+    upgrade_all(&mut core, &mut io, &ids, "");
+    let readers = &ids[1..];
+    let mut now = 10;
+    for seq in 0..20 {
+        core.broadcast(&payload(seq, 4096), seq, now, &mut io).unwrap();
+        while io.ack(&mut core, readers, now) {}
+        now += 100;
+        core.tick(now, &mut io);
+    }
+    for _ in 0..20 {
+        now += 100;
+        core.tick(now, &mut io);
+    }
+    assert_eq!(core.stats().slow_readers_closed, 1);
+    assert_eq!(io.aborted, vec![0], "reset: it was in the middle of a frame");
+    for &id in readers {
+        assert_eq!(io.frames(id).len(), 20, "reader {id} got every message");
+    }
+    assert_eq!(core.stats().connections, 9);
+    assert_eq!(core.output_behind(), 0);
+}
+
+#[test]
+fn a_push_does_not_overtake_broadcasts_and_a_close_frame_comes_after_them() {
+    let mut core = core_with(1 << 20, 4);
+    let mut io = Pipes::new(256);
+    let dev = upgrade_request("?id=dev-1");
+    core.open(1, 0, &mut io);
+    let mut req = dev.clone();
+    core.data(1, &mut req, 0, &mut io);
+    while io.ack(&mut core, &[1], 0) {}
+    io.got.clear();
+    core.broadcast(&payload(1, 1000), 1, 10, &mut io).unwrap();
+    assert!(core.push(b"dev-1", b"the push", 10, &mut io));
+    core.broadcast(&payload(2, 1000), 2, 10, &mut io).unwrap();
+    core.shutdown(10, &mut io);
+    assert!(io.closed.is_empty(), "the close waits for what is queued before it");
+    while io.ack(&mut core, &[1], 20) {}
+    let got = io.frames(1);
+    let ops: Vec<Op> = got.iter().map(|(op, _)| *op).collect();
+    assert_eq!(ops, vec![Op::Text, Op::Text, Op::Text, Op::Close]);
+    assert_eq!(got[0].1, payload(1, 1000));
+    assert_eq!(got[1].1, b"the push");
+    assert_eq!(got[2].1, payload(2, 1000));
+    assert_eq!(&got[3].1[..2], &close_code::GOING_AWAY.to_be_bytes());
+    assert_eq!(io.closed, vec![1], "closed once the close frame left");
+}
+
+#[test]
+fn a_long_poll_answered_by_a_broadcast_gets_it_whole_through_a_small_buffer() {
+    let mut core = core_with(1 << 20, 4);
+    let mut io = Pipes::new(256);
+    core.open(2, 0, &mut io);
+    let mut req = b"GET /poll HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+    core.data(2, &mut req, 0, &mut io);
+    let msg = payload(9, 5000);
+    let fanout = core.broadcast(&msg, 9, 10, &mut io).unwrap();
+    assert_eq!(fanout.polls, 1);
+    while io.ack(&mut core, &[2], 20) {}
+    let got = io.got.remove(&2).unwrap();
+    let text = String::from_utf8(got).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Length: 5000"), "{head}");
+    assert_eq!(body.as_bytes(), &msg[..]);
+    assert_eq!(io.closed, vec![2], "Connection: close: closed after the answer");
+}
+
+#[test]
+fn since_replays_what_the_log_still_holds_or_says_there_is_a_gap() {
+    let mut core = core_with(1 << 20, 8);
+    let mut io = Pipes::new(1 << 20);
+    for seq in [10, 12, 15] {
+        core.broadcast(&payload(seq, 50), seq, 10, &mut io).unwrap();
+    }
+    // Inside the log: everything after 10, then the live ones.
+    upgrade_all(&mut core, &mut io, &[1], "?since=10");
+    core.broadcast(&payload(16, 50), 16, 20, &mut io).unwrap();
+    let got: Vec<Vec<u8>> = io.frames(1).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, vec![payload(12, 50), payload(15, 50), payload(16, 50)]);
+    // Caught up: nothing to replay.
+    upgrade_all(&mut core, &mut io, &[2], "?since=16");
+    assert!(io.frames(2).is_empty());
+    // A sequence number this log never had (an earlier run of the server): a gap message.
+    upgrade_all(&mut core, &mut io, &[3], "?since=99");
+    let gap = io.frames(3);
+    assert_eq!(gap.len(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&gap[0].1).unwrap();
+    assert_eq!((v["kind"].as_str(), v["since"].as_u64(), v["oldest"].as_u64()), (Some("gap"), Some(99), Some(10)));
+    assert_eq!((core.stats().resumed, core.stats().resume_gaps), (2, 1));
+    // Outside the log: older broadcasts were overwritten.
+    let mut small = core_with(1024, 4);
+    let mut io = Pipes::new(1 << 20);
+    for seq in 1..=20 {
+        small.broadcast(&payload(seq, 100), seq, 10, &mut io).unwrap();
+    }
+    upgrade_all(&mut small, &mut io, &[1], "?since=2");
+    let gap = io.frames(1);
+    let v: serde_json::Value = serde_json::from_slice(&gap[0].1).unwrap();
+    assert_eq!(v["kind"], "gap");
+    assert!(v["oldest"].as_u64().unwrap() > 3, "{v}");
+}
