@@ -25,15 +25,22 @@ struct Rig {
 }
 
 impl Rig {
-    /// A server with 256-byte buffers and `spill` spill buffers of `spill_size` bytes each.
+    /// A server with 256-byte buffers and `spill` spill buffers of `spill_size` bytes each, and
+    /// a small (16 KiB) message log, so that a client that stops reading falls out of it within a
+    /// test.
     fn new(echo: bool, spill: usize, spill_size: usize, client_rx: usize) -> Rig {
+        Rig::build(echo, spill, spill_size, client_rx, 16, 16 << 10)
+    }
+
+    fn build(echo: bool, spill: usize, spill_size: usize, client_rx: usize, conns: usize, log_size: usize) -> Rig {
         let (a, b) = mem_link::pair(Default::default(), 7);
         let now = Instant::from_millis(1_000);
         let srv_cfg = StackConfig {
-            max_conns: 16,
+            max_conns: conns,
             rx_buf: 256,
             tx_buf: 256,
             our_mac: [2, 0, 0, 0, 0, 1],
+            rx_batch: 4 * conns,
             ..StackConfig::default()
         };
         let mut stack = Stack::new(srv_cfg, a, now).unwrap();
@@ -45,15 +52,15 @@ impl Rig {
                 idle_timeout_ms: 0,
                 request_timeout_ms: 2_000,
                 device_hasher: DeviceHasher::new([1, 2]),
-                // Small, so that a client that stops reading falls out of it within a test.
-                log_size: 16 << 10,
+                log_size,
                 ..CoreConfig::default()
             },
-            16,
+            conns,
             0,
         );
         let cli_cfg = StackConfig {
-            max_conns: 16,
+            max_conns: conns,
+            rx_batch: 4 * conns,
             rx_buf: client_rx,
             tx_buf: 4096,
             addr: Ipv4Addr::new(198, 19, 0, 1),
@@ -378,4 +385,53 @@ fn a_head_longer_than_allowed_gets_431_at_once() {
     let answer = String::from_utf8_lossy(&r.drain(c)).to_string();
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     assert_eq!(r.srv.io.inp.in_use(), 0);
+}
+
+/// The issue this design answers: messages of any size, to many connections, through 256-byte
+/// buffers, over TCP. Every connection gets every byte, in order; nobody is reset.
+#[test]
+fn messages_of_every_size_reach_a_thousand_connections_over_tcp() {
+    const N: usize = 1000;
+    let mut r = Rig::build(false, 4, 4096, 4096, N, 4 << 20);
+    let conns: Vec<ConnId> = (0..N)
+        .map(|_| r.cli.connect(SocketAddrV4::new(SERVER, 8080)).unwrap())
+        .collect();
+    r.settle(30);
+    for &c in &conns {
+        let req = format!(
+            "GET /ws?id=m{} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            c.0
+        );
+        assert_eq!(r.cli.write(c, req.as_bytes()), req.len());
+    }
+    r.settle(30);
+    for &c in &conns {
+        assert!(r.drain(c).starts_with(b"HTTP/1.1 101 "), "connection {}", c.0);
+    }
+    assert_eq!(r.core.stats().websockets, N as u64);
+    for (seq, len) in [100usize, 300, 1024, 16 << 10, 64 << 10].into_iter().enumerate() {
+        let msg: Vec<u8> = (0..len).map(|i| b'a' + ((i * 7 + seq) % 26) as u8).collect();
+        let now = r.now_ms();
+        r.srv
+            .call(&mut r.core, now, |core, t| core.broadcast(&msg, seq as u64, now, t))
+            .unwrap();
+        let mut got: Vec<Vec<u8>> = vec![Vec::new(); N];
+        let whole = len + if len < 126 { 2 } else if len < 65536 { 4 } else { 10 };
+        for _ in 0..5_000 {
+            r.step();
+            for (i, &c) in conns.iter().enumerate() {
+                got[i].extend(r.drain(c));
+            }
+            if got.iter().all(|g| g.len() >= whole) {
+                break;
+            }
+        }
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(frames(g.clone()), vec![(Op::Text, msg.clone())], "{len} B to connection {i}");
+        }
+        assert_eq!(r.core.output_behind(), 0, "{len} B: everything left the log");
+    }
+    assert_eq!(r.core.stats().slow_readers_closed, 0);
+    assert_eq!(r.core.stats().connections, N as u64, "nobody was closed");
+    assert!(!r.cli_events.iter().any(|e| matches!(e, Event::Closed(..))), "no client saw a close");
 }
