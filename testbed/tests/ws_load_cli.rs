@@ -20,7 +20,7 @@ fn help_lists_every_exit_status() {
     assert_eq!(code, Some(0));
     let (_, status) = help.split_once("Exit status:").expect("an exit status section");
     let codes: Vec<&str> = status.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert_eq!(codes, ["0", "1", "2", "3", "4"], "{status}");
+    assert_eq!(codes, ["0", "1", "2", "3", "4", "5"], "{status}");
     assert!(status.contains("2  usage error"), "{status}");
     assert!(status.contains("3  not every connection was established"), "{status}");
 }

@@ -96,6 +96,24 @@ pub struct Frame<'a> {
     pub wire_len: usize,
 }
 
+/// The opcode, header length and payload length of the frame at the front of `buf`, once its
+/// header is whole (no check beyond the opcode: `decode` checks). A reader that cannot hold a
+/// whole large frame reads it in pieces with this.
+pub fn header(buf: &[u8]) -> Option<(Op, usize, u64)> {
+    let mut cursor = Cursor::new(buf);
+    let (header, len) = FrameHeader::parse(&mut cursor).ok()??;
+    let op = match header.opcode {
+        OpCode::Data(Data::Continue) => Op::Continue,
+        OpCode::Data(Data::Text) => Op::Text,
+        OpCode::Data(Data::Binary) => Op::Binary,
+        OpCode::Control(Control::Close) => Op::Close,
+        OpCode::Control(Control::Ping) => Op::Ping,
+        OpCode::Control(Control::Pong) => Op::Pong,
+        _ => return None,
+    };
+    Some((op, cursor.position() as usize, len))
+}
+
 /// Decode the first frame of `buf`. `Ok(None)`: not all of it is here yet (nothing is consumed).
 /// `max_payload` bounds data frames; control frames are bounded by the RFC.
 pub fn decode(buf: &mut [u8], role: Role, max_payload: usize) -> Result<Option<Frame<'_>>, FrameError> {

@@ -265,7 +265,10 @@ fn since_replays_what_the_log_still_holds_or_says_there_is_a_gap() {
     let gap = io.frames(3);
     assert_eq!(gap.len(), 1);
     let v: serde_json::Value = serde_json::from_slice(&gap[0].1).unwrap();
-    assert_eq!((v["kind"].as_str(), v["since"].as_u64(), v["oldest"].as_u64()), (Some("gap"), Some(99), Some(10)));
+    assert_eq!(
+        (v["kind"].as_str(), v["since"].as_u64(), v["oldest"].as_u64()),
+        (Some("gap"), Some(99), Some(10))
+    );
     assert_eq!((core.stats().resumed, core.stats().resume_gaps), (2, 1));
     // Outside the log: older broadcasts were overwritten.
     let mut small = core_with(1024, 4);

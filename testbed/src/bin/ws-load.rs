@@ -118,6 +118,7 @@ const EXIT_ERROR: i32 = 1;
 const EXIT_USAGE: i32 = 2;
 const EXIT_NOT_ALL_ESTABLISHED: i32 = 3;
 const EXIT_INCOMPLETE: i32 = 4;
+const EXIT_CORRUPT: i32 = 5;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -125,7 +126,8 @@ Exit status:
   1  error: the run could not be done (permissions, interface, no load process reported)
   2  usage error: a bad flag, value or combination of them; nothing was started
   3  not every connection was established (the summary counts the failures by cause)
-  4  a load process did not report its final line: the summary is partial";
+  4  a load process did not report its final line: the summary is partial
+  5  a pattern message arrived with a byte other than the one sent (see \"corrupt\")";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -182,6 +184,8 @@ fn outcome(summary: &Summary) -> i32 {
     // A missing report leaves the counts short too: say that first.
     if !summary.complete {
         EXIT_INCOMPLETE
+    } else if summary.counters.corrupt > 0 {
+        EXIT_CORRUPT
     } else if summary.established < summary.conns_target {
         EXIT_NOT_ALL_ESTABLISHED
     } else {

@@ -426,6 +426,8 @@ mod tests {
                 state,
                 since_ns: 0,
                 broadcasts: 0,
+                stream_left: 0,
+                stream_check: 0,
             },
             inp: Vec::new(),
             out: Vec::new(),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod hist;
 pub mod kernel_child;
 pub mod parent;
+pub mod pattern;
 pub mod schedule;
 pub mod session;
 pub mod sources;
@@ -95,6 +96,12 @@ pub struct ChildCounters {
     /// Open connections that received --expect-broadcasts broadcasts.
     pub reached_expected: u64,
     pub bytes_in: u64,
+    /// Bytes of pattern messages checked, and messages with a byte that was not the pattern's
+    /// (or cut short).
+    #[serde(default)]
+    pub checked_bytes: u64,
+    #[serde(default)]
+    pub corrupt: u64,
     pub pings_sent: u64,
     pub pongs: u64,
     pub sent_frames: u64,
@@ -172,6 +179,8 @@ impl ChildCounters {
         self.targeted += o.targeted;
         self.reached_expected += o.reached_expected;
         self.bytes_in += o.bytes_in;
+        self.checked_bytes += o.checked_bytes;
+        self.corrupt += o.corrupt;
         self.pings_sent += o.pings_sent;
         self.pongs += o.pongs;
         self.sent_frames += o.sent_frames;

@@ -423,6 +423,12 @@ pub fn render(s: &Summary) -> String {
         ),
     );
     row("push latency", lat(&s.push_latency));
+    if c.checked_bytes > 0 || c.corrupt > 0 {
+        row(
+            "checked",
+            format!("{} pattern bytes, {} corrupt messages", c.checked_bytes, c.corrupt),
+        );
+    }
     if c.sent_frames > 0 {
         row("data rounds", format!("sent {} echoed {}", c.sent_frames, c.echoes));
         row("echo rtt", lat(&s.echo_rtt));

@@ -9,6 +9,7 @@ use ws_server::core::frame::{self, close_code, Op, Role};
 use ws_server::core::message;
 
 use super::client::{self, Handshake, PollAnswer};
+use super::pattern::{Check, Found};
 use super::{hist, ChildCounters, ChildFinal, ChildPlan};
 
 /// Largest server frame we accept (pushes are small; echoes are at most the payload size).
@@ -38,6 +39,11 @@ pub struct Proto {
     pub since_ns: u64,
     /// Broadcasts received (for --expect-broadcasts).
     pub broadcasts: u32,
+    /// Bytes still to come of a server message larger than the transport can hold at once,
+    /// read in pieces (0: none). Meanwhile `since_ns` holds its `ts`.
+    pub stream_left: u32,
+    /// The byte check of that message, and (top bit) whether it is a targeted push.
+    pub stream_check: u32,
 }
 
 impl Proto {
@@ -47,6 +53,8 @@ impl Proto {
             state: State::Connecting,
             since_ns: monotonic_ns(),
             broadcasts: 0,
+            stream_left: 0,
+            stream_check: 0,
         }
     }
 }
@@ -56,6 +64,10 @@ pub trait Peer {
     fn proto(&mut self) -> &mut Proto;
     /// Queue bytes for the server; `Fate::Drop` if the connection failed.
     fn send(&mut self, bytes: &[u8]) -> Fate;
+    /// The most bytes the transport can present at once (a larger message is read in pieces).
+    fn room(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// What the connection handlers share.
@@ -193,10 +205,12 @@ pub fn eof(conn: &mut Proto, sh: &mut Shared, how: &str) -> Fate {
 pub fn consume<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &mut [u8]) -> (Fate, usize) {
     let mut pos = 0;
     loop {
+        let streaming = conn.proto().stream_left > 0;
         let read = match conn.proto().state {
             State::Connecting | State::Done => return (Fate::Keep, pos),
             State::Handshake => upgrade_answer(conn, sh, &buf[pos..]),
             State::Polling => poll_answer(conn, sh, &buf[pos..]),
+            State::Open | State::Closing if streaming => stream_piece(conn, sh, &buf[pos..]),
             State::Open | State::Closing => server_frame(conn, sh, &mut buf[pos..]),
         };
         match read {
@@ -276,7 +290,7 @@ fn poll_answer<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
 /// One WebSocket frame from the server: a message (push or echo), a ping, a pong or a close.
 fn server_frame<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &mut [u8]) -> Read {
     let f = match frame::decode(buf, Role::Client, MAX_SERVER_FRAME) {
-        Ok(None) => return Read::Partial,
+        Ok(None) => return start_stream(conn, sh, buf),
         Ok(Some(f)) => f,
         Err(_) => {
             ended(conn.proto(), sh, "bad_server_frame");
@@ -323,6 +337,60 @@ fn server_frame<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &mut [u8]) -> Read 
     Read::Used(f.wire_len)
 }
 
+/// A data message too large for the transport to present whole: read it in pieces, checking
+/// every byte, and count it when its last byte is in (`Partial` if its header is not whole yet,
+/// or it fits).
+fn start_stream<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
+    let Some((op, head, len)) = frame::header(buf) else {
+        return Read::Partial;
+    };
+    let whole = head as u64 + len;
+    if whole <= conn.room() as u64 || buf.len() <= head || !matches!(op, Op::Text | Op::Binary) {
+        return Read::Partial;
+    }
+    let payload = &buf[head..];
+    let (check, found) = Check::start(payload);
+    count_check(sh, found);
+    let targeted = message::is_targeted(payload);
+    let p = conn.proto();
+    p.since_ns = message::parse_ts(payload).unwrap_or(0);
+    p.stream_left = (len - payload.len() as u64) as u32;
+    p.stream_check = check.bits() & !TARGETED | if targeted { TARGETED } else { 0 };
+    Read::Used(buf.len())
+}
+
+/// The top bit of `stream_check`: the message in pieces is a targeted push.
+const TARGETED: u32 = 1 << 31;
+
+/// The next piece of a message read in pieces.
+fn stream_piece<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
+    if buf.is_empty() {
+        return Read::Partial;
+    }
+    let p = conn.proto();
+    let n = buf.len().min(p.stream_left as usize);
+    let (check, found) = Check::from_bits(p.stream_check & !TARGETED).feed(&buf[..n]);
+    count_check(sh, found);
+    p.stream_left -= n as u32;
+    p.stream_check = (p.stream_check & TARGETED) | check.bits();
+    if p.stream_left == 0 {
+        if check.truncated() {
+            sh.c.corrupt += 1;
+        }
+        message_seen(sh);
+        let (ts, targeted) = (p.since_ns, p.stream_check & TARGETED != 0);
+        count_push(conn.proto(), ts, targeted, sh);
+    }
+    Read::Used(n)
+}
+
+fn count_check(sh: &mut Shared, found: Found) {
+    sh.c.checked_bytes += found.checked;
+    if found.corrupt {
+        sh.c.corrupt += 1;
+    }
+}
+
 /// Count a server message and when it came (messages per second over the receiving span).
 fn message_seen(sh: &mut Shared) {
     let now = monotonic_ns();
@@ -337,11 +405,21 @@ fn record_push(conn: &mut Proto, payload: &[u8], sh: &mut Shared) {
     let Some(ts) = message::parse_ts(payload) else {
         return;
     };
+    let (check, found) = Check::start(payload);
+    count_check(sh, found);
+    if check.truncated() {
+        sh.c.corrupt += 1;
+    }
+    count_push(conn, ts, message::is_targeted(payload), sh);
+}
+
+/// A push (stamped `ts`) has been received whole.
+fn count_push(conn: &mut Proto, ts: u64, targeted: bool, sh: &mut Shared) {
     sh.c.pushes += 1;
     let now = message::unix_ns();
     sh.push_latency_us
         .saturating_record((now.saturating_sub(ts) / 1000).max(1));
-    if message::is_targeted(payload) {
+    if targeted {
         sh.c.targeted += 1;
         if sh.targeted_devices.len() < MAX_LISTED_TARGETS {
             sh.targeted_devices.push(conn.n);
@@ -438,4 +516,84 @@ fn rusage() -> (f64, f64, u64) {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss as u64 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transport that presents at most `room` bytes at once.
+    struct Small {
+        p: Proto,
+        room: usize,
+    }
+
+    impl Peer for Small {
+        fn proto(&mut self) -> &mut Proto {
+            &mut self.p
+        }
+        fn send(&mut self, _: &[u8]) -> Fate {
+            Fate::Keep
+        }
+        fn room(&self) -> usize {
+            self.room
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared::new(
+            serde_json::from_value(serde_json::json!({
+                "index": 0, "server": "127.0.0.1:1", "host": "h", "path": "/ws", "first": 0, "count": 1,
+                "sources": [], "rate": 0.0, "concurrency": 1, "connect_timeout_ms": 1000, "hold_ms": 0,
+                "duration_ms": 1000, "ping_interval_ms": 0, "send_interval_ms": 0, "payload": 0,
+                "id_prefix": null, "poll": false, "expect_broadcasts": 1
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Feed `wire` through a window of `room` bytes, as the userspace client does.
+    fn feed(conn: &mut Small, sh: &mut Shared, wire: &[u8]) {
+        let mut pos = 0;
+        while pos < wire.len() {
+            let end = (pos + conn.room).min(wire.len());
+            let mut window = wire[pos..end].to_vec();
+            let (fate, used) = consume(conn, sh, &mut window);
+            assert_eq!(fate, Fate::Keep);
+            assert!(used > 0, "stuck at {pos}");
+            pos += used;
+        }
+    }
+
+    #[test]
+    fn a_message_larger_than_the_window_is_read_in_pieces_and_checked() {
+        let mut sh = shared();
+        let mut conn = Small {
+            p: Proto::new(0),
+            room: 256,
+        };
+        conn.p.state = State::Open;
+        sh.c.open = 1;
+        let data = super::super::pattern::text(60_000);
+        let msg = message::format_push(message::unix_ns(), 3, message::Kind::Broadcast, Some(&data));
+        let mut wire = Vec::new();
+        frame::encode(&mut wire, true, Op::Text, msg.as_bytes(), None);
+        let small = message::format_push(message::unix_ns(), 4, message::Kind::Push, Some("hi"));
+        frame::encode(&mut wire, true, Op::Text, small.as_bytes(), None);
+        feed(&mut conn, &mut sh, &wire);
+        assert_eq!((sh.c.broadcasts, sh.c.targeted, sh.c.messages), (1, 1, 2));
+        assert_eq!(sh.c.checked_bytes, 60_000 - 8);
+        assert_eq!(sh.c.corrupt, 0);
+        assert_eq!(sh.c.reached_expected, 1);
+        // One changed byte in the middle of the large one is found.
+        let mut bad = wire.clone();
+        bad[30_000] ^= 1;
+        let mut conn = Small {
+            p: Proto::new(0),
+            room: 256,
+        };
+        conn.p.state = State::Open;
+        feed(&mut conn, &mut sh, &bad);
+        assert_eq!(sh.c.corrupt, 1);
+    }
 }

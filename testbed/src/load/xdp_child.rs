@@ -56,6 +56,11 @@ impl Peer for XdpPeer<'_> {
         self.stack.write(self.id, bytes);
         Fate::Keep
     }
+
+    /// A message larger than the receive buffer is read in pieces.
+    fn room(&self) -> usize {
+        self.stack.rx_capacity()
+    }
 }
 
 pub fn run(plan: ChildPlan) -> anyhow::Result<()> {

@@ -416,7 +416,14 @@ fn messages_of_every_size_reach_a_thousand_connections_over_tcp() {
             .call(&mut r.core, now, |core, t| core.broadcast(&msg, seq as u64, now, t))
             .unwrap();
         let mut got: Vec<Vec<u8>> = vec![Vec::new(); N];
-        let whole = len + if len < 126 { 2 } else if len < 65536 { 4 } else { 10 };
+        let whole = len
+            + if len < 126 {
+                2
+            } else if len < 65536 {
+                4
+            } else {
+                10
+            };
         for _ in 0..5_000 {
             r.step();
             for (i, &c) in conns.iter().enumerate() {
@@ -427,11 +434,18 @@ fn messages_of_every_size_reach_a_thousand_connections_over_tcp() {
             }
         }
         for (i, g) in got.iter().enumerate() {
-            assert_eq!(frames(g.clone()), vec![(Op::Text, msg.clone())], "{len} B to connection {i}");
+            assert_eq!(
+                frames(g.clone()),
+                vec![(Op::Text, msg.clone())],
+                "{len} B to connection {i}"
+            );
         }
         assert_eq!(r.core.output_behind(), 0, "{len} B: everything left the log");
     }
     assert_eq!(r.core.stats().slow_readers_closed, 0);
     assert_eq!(r.core.stats().connections, N as u64, "nobody was closed");
-    assert!(!r.cli_events.iter().any(|e| matches!(e, Event::Closed(..))), "no client saw a close");
+    assert!(
+        !r.cli_events.iter().any(|e| matches!(e, Event::Closed(..))),
+        "no client saw a close"
+    );
 }
