@@ -116,16 +116,25 @@ pub const HELP: &str = "ws-server admin endpoint
 GET  /stats            JSON: connections, accepted, closed, expired, messages, bytes, stack, per-worker
 GET  /conns            {\"closed\":N,\"conns\":M}
 GET  /metrics          Prometheus text format
-POST /broadcast        push the body (or the server time) to every connection
-POST /push?id=DEVICE   push the body (or the server time) to one device
+POST /broadcast        push the body (or the server time) to every connection; answers the
+                       sequence number and how many connections it was queued to
+POST /push?id=DEVICE   push the body (or the server time) to one device; answers whether it was
+                       queued to a connected device (\"queued\":true) or the device is not connected
+Bodies up to 64 KiB. Delivery is at most once: see the README's \"Delivery\".
 ";
 
 /// The last broadcast, as the admin sees it (also the answer to `POST /broadcast`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BroadcastResult {
     pub seq: u64,
+    /// Connections it was queued to: `websockets + polls`.
+    #[serde(default)]
+    pub queued: u64,
     pub websockets: u64,
     pub polls: u64,
+    /// The message's size (the JSON push, without the frame header).
+    #[serde(default)]
+    pub payload_bytes: u64,
     /// Longest time one worker spent handing the message to all its connections.
     pub fanout_ms: f64,
     /// From the admin's command to the last worker's reply.
@@ -170,6 +179,37 @@ pub struct MemoryReport {
     pub supervisor_rss_bytes: u64,
     /// The cores' tables (connection states, device registry, timer wheel).
     pub core_heap_bytes: u64,
+    /// The workers' message logs, resident (as far as written: at most `--log-size` each).
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+/// The answer to `POST /push?id=`: queued to the device's connection (a WebSocket or a held
+/// long-poll), or the device is not connected to any worker. Queued is not delivered: the
+/// connection may still close before its client reads it (at most once).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushResult {
+    pub id: String,
+    pub seq: u64,
+    pub queued: bool,
+    /// `"queued to a connected device"` or `"not connected"`.
+    pub result: String,
+}
+
+impl PushResult {
+    pub fn new(id: String, seq: u64, queued: bool) -> PushResult {
+        let result = if queued {
+            "queued to a connected device"
+        } else {
+            "not connected"
+        };
+        PushResult {
+            id,
+            seq,
+            queued,
+            result: result.into(),
+        }
+    }
 }
 
 /// `GET /conns` (seed 003's format).
@@ -212,6 +252,7 @@ impl Report {
                 rss_bytes: supervisor_rss_bytes + sum(|w| w.rss_bytes),
                 supervisor_rss_bytes,
                 core_heap_bytes: sum(|w| w.core_heap_bytes),
+                log_bytes: sum(|w| w.log_bytes),
             },
             workers: per_worker.len(),
             totals,
@@ -242,7 +283,7 @@ impl Report {
     fn prometheus(&self) -> String {
         let mut reg = Registry::with_prefix("wsserver");
         let t = &self.totals;
-        let gauges: [(&str, &str, u64); 6] = [
+        let gauges: [(&str, &str, u64); 8] = [
             ("connections", "Open connections", t.connections),
             ("websockets", "Upgraded WebSocket connections", t.websockets),
             ("polls_held", "Long-poll requests being held", t.polls_held),
@@ -253,13 +294,19 @@ impl Report {
                 self.memory.rss_bytes,
             ),
             ("workers", "Worker processes", self.workers as u64),
+            (
+                "output_waiting",
+                "Connections with output waiting in the message logs",
+                self.output_waiting,
+            ),
+            ("log_bytes", "Message log memory of all workers", self.memory.log_bytes),
         ];
         for (name, help, v) in gauges {
             let g: Gauge = Gauge::default();
             g.set(v as i64);
             reg.register(name, help, g);
         }
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 20] = [
             ("accepted", "Connections accepted", t.accepted),
             ("closed", "Connections ended, any reason", t.closed),
             ("expired", "Connections expired by the idle timeout", t.expired),
@@ -286,6 +333,28 @@ impl Report {
             ("bytes_out", "Bytes sent", t.bytes_out),
             ("broadcasts", "Broadcasts", t.broadcasts),
             ("refused", "Connections refused at capacity", self.refused),
+            (
+                "pushes_queued",
+                "Targeted pushes queued to a connected device",
+                t.pushes_queued,
+            ),
+            (
+                "pushes_missed",
+                "Targeted pushes for a device not connected",
+                t.pushes_missed,
+            ),
+            (
+                "slow_readers_closed",
+                "Connections closed (4008) for falling out of the message log",
+                t.slow_readers_closed,
+            ),
+            (
+                "close_timeouts",
+                "Connections reset because their close frame could not be sent in time",
+                t.close_timeouts,
+            ),
+            ("resumed", "Reconnections with since= served from the log", t.resumed),
+            ("resume_gaps", "Reconnections with since= told of a gap", t.resume_gaps),
         ];
         for (name, help, v) in counters {
             let c: Counter = Counter::default();

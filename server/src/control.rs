@@ -101,7 +101,8 @@ pub enum FromWorker {
     },
     Push {
         req: u64,
-        delivered: bool,
+        /// Queued to the device's connection on this worker.
+        queued: bool,
     },
     Stats {
         req: u64,
@@ -128,7 +129,7 @@ pub struct WorkerStats {
     /// Connections with output waiting in the message log (behind the newest broadcast, or with
     /// output of their own): 0 once everything queued has been handed to the transport.
     pub output_waiting: u64,
-    /// Bytes of the message log (allocated once; resident as far as it has been written).
+    /// Resident bytes of the message log (as far as it has been written: at most `--log-size`).
     pub log_bytes: u64,
     /// Connections holding a partial request head or frame in a user-space buffer right now.
     pub buffered_conns: u64,

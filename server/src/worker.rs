@@ -219,8 +219,8 @@ impl<D: Driver> Worker<D> {
                 })
             }
             ToWorker::Push { req, hash, payload } => {
-                let delivered = driver.call(core, now, |core, io| core.push_hash(hash, payload.as_bytes(), now, io));
-                Some(FromWorker::Push { req, delivered })
+                let queued = driver.call(core, now, |core, io| core.push_hash(hash, payload.as_bytes(), now, io));
+                Some(FromWorker::Push { req, queued })
             }
             ToWorker::Evict { hash } => {
                 driver.call(core, now, |core, io| core.evict_device(hash, now, io));

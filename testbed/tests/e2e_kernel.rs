@@ -54,12 +54,15 @@ fn broadcast_targeted_push_and_stats_agree() {
     assert_eq!(peers.len(), 4, "{peers:?}");
 
     let pushed = admin_post(&ns, "/push?id=dev-17", b"only for dev-17");
-    assert_eq!(pushed["delivered"], true);
+    assert_eq!(pushed["queued"], true);
     let missed = admin_post(&ns, "/push?id=nobody", b"x");
-    assert_eq!(missed["delivered"], false);
+    assert_eq!(missed["queued"], false);
+    assert_eq!(missed["result"], "not connected", "{missed}");
+    assert!(missed["seq"].as_u64() > pushed["seq"].as_u64(), "{pushed} {missed}");
     for _ in 0..2 {
         let b = admin_post(&ns, "/broadcast", b"");
         assert_eq!(b["websockets"], 2400, "{b}");
+        assert_eq!(b["queued"], 2400, "{b}");
     }
     let summary = finish_load(load, &json, Duration::from_secs(60));
     assert_eq!(summary["established"], 2400, "{summary}");
@@ -78,7 +81,7 @@ fn broadcast_targeted_push_and_stats_agree() {
     assert_eq!(stats["closed"], 2400);
     assert_eq!(stats["closed_by_client"], 2400);
     assert_eq!(stats["messages_out"], 4801);
-    assert_eq!(stats["pushes_delivered"], 1);
+    assert_eq!(stats["pushes_queued"], 1);
     assert_eq!(stats["broadcasts"], 2);
     assert_eq!(stats["devices"], 0, "device ids are released on close");
     assert_eq!(stats["workers"], 2);

@@ -86,9 +86,9 @@ fn both_client_kinds_at_five_thousand_each() {
         "every silent one got 4001: {s}"
     );
 
-    assert_eq!(admin_post(&ns, "/push?id=x-17", b"for x-17")["delivered"], true);
-    assert_eq!(admin_post(&ns, "/push?id=k-4023", b"for k-4023")["delivered"], true);
-    assert_eq!(admin_post(&ns, "/push?id=nobody", b"x")["delivered"], false);
+    assert_eq!(admin_post(&ns, "/push?id=x-17", b"for x-17")["queued"], true);
+    assert_eq!(admin_post(&ns, "/push?id=k-4023", b"for k-4023")["queued"], true);
+    assert_eq!(admin_post(&ns, "/push?id=nobody", b"x")["queued"], false);
     for _ in 0..2 {
         let b = admin_post(&ns, "/broadcast", b"");
         assert_eq!(b["websockets"], 10_000, "{b}");
@@ -131,7 +131,7 @@ fn server_counts_both_clients(ns: &Netns, x: &serde_json::Value, k: &serde_json:
     assert_eq!(stats["expired"], 300);
     assert_eq!(stats["closed_by_client"], 10_000);
     assert_eq!(stats["closed"], 10_300);
-    assert_eq!(stats["pushes_delivered"], 2);
+    assert_eq!(stats["pushes_queued"], 2);
     assert_eq!(stats["broadcasts"], 2);
     assert_eq!(stats["devices"], 0, "device ids are released on close");
     assert_eq!(stats["slow_readers_closed"], 0);
@@ -329,7 +329,7 @@ fn two_queues_two_workers() {
             "no segment reached the wrong worker: {w}"
         );
     }
-    assert_eq!(admin_post(&ns, "/push?id=dev-1234", b"to one")["delivered"], true);
+    assert_eq!(admin_post(&ns, "/push?id=dev-1234", b"to one")["queued"], true);
     // dev-5 connects again (a plain socket from the client namespace): the older connection, on
     // whichever worker, is closed with 4002.
     let cli = ns.cli.clone();

@@ -59,7 +59,8 @@ impl MessageLog {
         MessageLog {
             ring: vec![0u8; capacity].into_boxed_slice(),
             head: 0,
-            broadcasts: VecDeque::with_capacity(max_entries.min(1 << 16)),
+            // The index grows with use (per broadcast, never per packet) up to `max_entries`.
+            broadcasts: VecDeque::with_capacity(64),
             first_entry: 0,
             max_entries,
             evicted_seq: 0,
@@ -70,9 +71,10 @@ impl MessageLog {
         self.ring.len()
     }
 
-    /// Bytes held by the log (the ring and its index), for the memory breakdown.
-    pub fn heap_bytes(&self) -> usize {
-        self.ring.len() + self.broadcasts.capacity() * std::mem::size_of::<Broadcast>()
+    /// Resident bytes of the log (the ring as far as it has been written, and its index), for the
+    /// memory breakdown: at most the capacity, whatever the traffic.
+    pub fn resident_bytes(&self) -> usize {
+        (self.head.min(self.ring.len() as u64) as usize) + self.broadcasts.capacity() * std::mem::size_of::<Broadcast>()
     }
 
     /// The oldest absolute position still in the ring.

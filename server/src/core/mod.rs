@@ -187,9 +187,9 @@ impl ServerCore {
             + self.targeted.heap_bytes()
     }
 
-    /// Bytes of the message log (allocated at start; resident as far as it was written).
+    /// Resident bytes of the message log (its ring as far as it was written, and its index).
     pub fn log_bytes(&self) -> usize {
-        self.msglog.heap_bytes()
+        self.msglog.resident_bytes()
     }
 
     /// Connections with output waiting in the log: behind the newest broadcast, or with output
@@ -628,7 +628,7 @@ impl ServerCore {
             _ => false,
         };
         if queued {
-            self.stats.pushes_delivered += 1;
+            self.stats.pushes_queued += 1;
         } else {
             self.stats.pushes_missed += 1;
         }

@@ -52,7 +52,7 @@ pub struct CoreStats {
 
     pub broadcasts: u64,
     /// Targeted pushes queued to a connected device, and those for a device not connected here.
-    pub pushes_delivered: u64,
+    pub pushes_queued: u64,
     pub pushes_missed: u64,
     /// Reconnections with `?since=SEQ` that got every broadcast after SEQ from the log, and those
     /// that got a gap message instead (SEQ no longer in the log).
@@ -96,7 +96,7 @@ impl CoreStats {
             pings,
             echoed,
             broadcasts,
-            pushes_delivered,
+            pushes_queued,
             pushes_missed,
             resumed,
             resume_gaps,

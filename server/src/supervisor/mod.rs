@@ -271,10 +271,15 @@ impl Supervisor {
                 let hash = self.hasher.hash(id.as_bytes());
                 match self.directory.holder(hash) {
                     Some(worker) => {
-                        let req = self.pending.start(PendingKind::Push { id }, 1, Some(request));
+                        let seq = self.push_seq;
+                        let req = self.pending.start(PendingKind::Push { id, seq }, 1, Some(request));
                         self.send(worker, &ToWorker::Push { req, hash, payload });
                     }
-                    None => respond_json(request, 200, &serde_json::json!({"id": id, "delivered": false})),
+                    None => respond_json(
+                        request,
+                        200,
+                        &serde_json::to_value(admin::PushResult::new(id, self.push_seq, false)).unwrap_or_default(),
+                    ),
                 }
             }
             AdminRequest::Help => respond(request, 200, admin::HELP.to_string(), "text/plain"),
@@ -286,9 +291,12 @@ impl Supervisor {
         self.push_seq += 1;
         let seq = self.push_seq;
         let payload = message::format_push(message::unix_ns(), seq, Kind::Broadcast, text.as_deref());
-        let req = self
-            .pending
-            .start(PendingKind::Broadcast { seq }, self.workers.len(), request);
+        let payload_bytes = payload.len() as u64;
+        let req = self.pending.start(
+            PendingKind::Broadcast { seq, payload_bytes },
+            self.workers.len(),
+            request,
+        );
         for w in 0..self.workers.len() {
             self.send(
                 w,

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Supervisor;
-use crate::admin::{respond, respond_json, BroadcastResult, Report, StatsFormat};
+use crate::admin::{self, respond, respond_json, BroadcastResult, Report, StatsFormat};
 use crate::control::{FromWorker, WorkerStats};
 
 pub(super) enum PendingKind {
     Stats(StatsFormat),
-    Broadcast { seq: u64 },
-    Push { id: String },
+    Broadcast { seq: u64, payload_bytes: u64 },
+    Push { id: String, seq: u64 },
 }
 
 /// An admin request (or a periodic push) waiting for worker replies.
@@ -100,8 +100,8 @@ impl Supervisor {
                     respond(request, status, body, content_type);
                 }
             }
-            PendingKind::Broadcast { seq } => {
-                let result = broadcast_result(seq, elapsed_ms, &p.replies);
+            PendingKind::Broadcast { seq, payload_bytes } => {
+                let result = broadcast_result(seq, payload_bytes, elapsed_ms, &p.replies);
                 log::info!(
                     "broadcast #{seq}: {} websockets and {} polls in {:.1} ms (slowest worker {:.1} ms)",
                     result.websockets,
@@ -115,13 +115,14 @@ impl Supervisor {
                     respond_json(request, status, &serde_json::to_value(&result).unwrap_or_default());
                 }
             }
-            PendingKind::Push { id } => {
-                let delivered = p
+            PendingKind::Push { id, seq } => {
+                let queued = p
                     .replies
                     .iter()
-                    .any(|m| matches!(m, FromWorker::Push { delivered: true, .. }));
+                    .any(|m| matches!(m, FromWorker::Push { queued: true, .. }));
                 if let Some(request) = p.request {
-                    respond_json(request, status, &serde_json::json!({"id": id, "delivered": delivered}));
+                    let result = admin::PushResult::new(id, seq, queued);
+                    respond_json(request, status, &serde_json::to_value(&result).unwrap_or_default());
                 }
             }
         }
@@ -154,9 +155,10 @@ impl Supervisor {
 }
 
 /// A broadcast's result, summed over the workers' replies (the slowest worker's fan-out).
-fn broadcast_result(seq: u64, elapsed_ms: f64, replies: &[FromWorker]) -> BroadcastResult {
+fn broadcast_result(seq: u64, payload_bytes: u64, elapsed_ms: f64, replies: &[FromWorker]) -> BroadcastResult {
     let mut result = BroadcastResult {
         seq,
+        payload_bytes,
         elapsed_ms,
         ..Default::default()
     };
@@ -173,5 +175,6 @@ fn broadcast_result(seq: u64, elapsed_ms: f64, replies: &[FromWorker]) -> Broadc
             result.fanout_ms = result.fanout_ms.max(*fanout_us as f64 / 1000.0);
         }
     }
+    result.queued = result.websockets + result.polls;
     result
 }

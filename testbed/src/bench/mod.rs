@@ -34,6 +34,8 @@ pub struct BenchConfig {
     pub conns: u64,
     pub rate: f64,
     pub broadcasts: u32,
+    /// Each broadcast's body: a checkable pattern of this many bytes; 0: the server's time.
+    pub message_size: usize,
     pub settle: Duration,
     pub prefix: String,
     pub out_dir: PathBuf,
@@ -45,6 +47,8 @@ pub struct BenchConfig {
 pub struct BroadcastRun {
     pub seq: u64,
     pub websockets: u64,
+    /// The push message's size (JSON around the body; the frame header not counted).
+    pub payload_bytes: u64,
     /// Slowest worker's time to hand the frame to every connection.
     pub fanout_ms: f64,
     /// Admin command to the last worker's reply.
@@ -78,16 +82,27 @@ pub struct StackResult {
     pub connect_wall_s: f64,
     pub server_workers: usize,
     pub load_procs: usize,
+    /// The body size asked for (`--message-size`; 0: the server's time).
+    pub message_size: usize,
     pub broadcasts: Vec<BroadcastRun>,
     pub fanout_ms_median: f64,
     pub deliveries_expected: u64,
     pub deliveries: u64,
+    /// Pattern bytes the clients checked, and messages with a wrong byte or cut short (must be 0).
+    pub checked_bytes: u64,
+    pub corrupt: u64,
+    /// Connections the server closed as slow readers during the broadcasts (must be 0: the
+    /// clients read).
+    pub slow_readers_closed: u64,
     pub push_latency: LatencySummary,
     pub cpu: CpuReport,
     pub memory: MemReport,
     /// The server's whole RSS while holding the connections, divided by them: includes what it
     /// allocated at start (tables sized for its capacity), which the Δ figure leaves out.
     pub server_rss_total_per_conn: f64,
+    /// The same after the broadcasts: a message is stored once, so this must not grow with the
+    /// message size.
+    pub server_rss_after_broadcasts_per_conn: f64,
     /// The headline: the server's whole RSS plus its share of kernel memory (slab, socket
     /// buffers), divided by the connections held. Nothing the server set up at start is left out.
     pub all_in_total_bytes_per_conn: f64,
@@ -157,6 +172,9 @@ struct Measured {
     after: Snapshot,
     held_stats: Option<ws_server::admin::Report>,
     broadcasts: Vec<BroadcastRun>,
+    /// The server's RSS and stats after the broadcasts.
+    rss_after_broadcasts: u64,
+    end_stats: Option<ws_server::admin::Report>,
     end_cpu: measure::CpuTimes,
     end_system: SystemCpu,
     summary: Summary,
@@ -199,11 +217,15 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow:
     let after = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
     let held_stats = admin.report();
     let broadcasts = steps::broadcasts(cfg, stop, &admin, stack, &mut notes)?;
-    // The server's own account after the broadcasts (link drops, retransmissions, spill use).
-    if let Some(report) = admin.report() {
+    let rss_after_broadcasts = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?
+        .server_mem
+        .rss;
+    // The server's own account after the broadcasts (link drops, retransmissions, slow readers).
+    let end_stats = admin.report();
+    if let Some(report) = &end_stats {
         let _ = std::fs::write(
             cfg.out_dir.join(format!("{name}-server-stats.json")),
-            serde_json::to_string_pretty(&report).unwrap_or_default(),
+            serde_json::to_string_pretty(report).unwrap_or_default(),
         );
     }
     if load.wait_timeout(Duration::from_secs(60)).is_none() {
@@ -226,6 +248,8 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow:
         after,
         held_stats,
         broadcasts,
+        rss_after_broadcasts,
+        end_stats,
         end_cpu,
         end_system,
         summary,
@@ -264,6 +288,10 @@ fn sum_up(cfg: &BenchConfig, stack: Stack, started: Instant, m: Measured) -> Sta
         fanout_ms_median: fanouts.get(fanouts.len() / 2).copied().unwrap_or(0.0),
         deliveries_expected: m.broadcasts.iter().map(|b| b.websockets).sum(),
         deliveries: summary.counters.pushes,
+        checked_bytes: summary.counters.checked_bytes,
+        corrupt: summary.counters.corrupt,
+        slow_readers_closed: m.end_stats.as_ref().map_or(0, |s| s.totals.slow_readers_closed),
+        message_size: cfg.message_size,
         broadcasts: m.broadcasts,
         push_latency: summary.push_latency.clone(),
         cpu: CpuReport {
@@ -277,6 +305,7 @@ fn sum_up(cfg: &BenchConfig, stack: Stack, started: Instant, m: Measured) -> Sta
         },
         memory,
         server_rss_total_per_conn: m.after.server_mem.rss as f64 / held.max(1) as f64,
+        server_rss_after_broadcasts_per_conn: m.rss_after_broadcasts as f64 / held.max(1) as f64,
         all_in_total_bytes_per_conn: all_in_total,
         xdp_breakdown,
         notes: m.notes,

@@ -21,7 +21,7 @@ pub(super) fn xdp_breakdown(stats: &Report, rss: u64, held: u64) -> Vec<(String,
             .sum();
         total as f64
     };
-    let parts: [(&str, f64); 8] = [
+    let parts: [(&str, f64); 9] = [
         ("smoltcp sockets", sum_of(&|_, x| x.resident.socket_bytes as u64)),
         ("rx + tx buffers (arena)", sum_of(&|_, x| x.resident.arena_bytes as u64)),
         ("4-tuple table", sum_of(&|_, x| x.resident.table_bytes as u64)),
@@ -39,6 +39,7 @@ pub(super) fn xdp_breakdown(stats: &Report, rss: u64, held: u64) -> Vec<(String,
             "server core (32 B state, devices, timers)",
             sum_of(&|w, _| w.core_heap_bytes),
         ),
+        ("message log (shared by all)", sum_of(&|w, _| w.log_bytes)),
     ];
     let sum: f64 = parts.iter().map(|(_, v)| v).sum();
     let mut rows: Vec<(String, f64)> = parts.iter().map(|(name, v)| (name.to_string(), per(*v))).collect();
@@ -109,6 +110,19 @@ pub fn render(r: &BenchReport) -> String {
             thousands(c.deliveries_expected as f64)
         )
     });
+    row("message size (push payload bytes)", &|c| {
+        c.broadcasts
+            .first()
+            .map_or("-".into(), |b| thousands(b.payload_bytes as f64))
+    });
+    row("corrupt messages / bytes checked", &|c| {
+        format!(
+            "{} / {}",
+            thousands(c.corrupt as f64),
+            thousands(c.checked_bytes as f64)
+        )
+    });
+    row("closed as slow readers", &|c| thousands(c.slow_readers_closed as f64));
     row("delivery latency p50 (ms)", &|c| {
         format!("{:.1}", c.push_latency.p50_ms)
     });
@@ -131,6 +145,9 @@ pub fn render(r: &BenchReport) -> String {
         thousands(c.all_in_total_bytes_per_conn)
     });
     row("  server RSS total / N", &|c| thousands(c.server_rss_total_per_conn));
+    row("  same, after the broadcasts", &|c| {
+        thousands(c.server_rss_after_broadcasts_per_conn)
+    });
     row("bytes/conn Δ (from the idle server)", &|c| {
         thousands(c.memory.all_in_bytes_per_conn)
     });

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use ws_server::admin::{BroadcastResult, ConnsReport, Report};
 
 use super::{stack_name, BenchConfig, BroadcastRun, Stack};
+use crate::load::pattern;
 use testkit::http::http_in_netns;
 use testkit::{sibling_binary, wait_for, ChildGuard, Netns};
 
@@ -57,9 +58,9 @@ impl<'a> Admin<'a> {
         self.get::<ConnsReport>("/conns").map(|c| c.conns)
     }
 
-    /// `POST /broadcast` of the server time.
-    fn broadcast(&self) -> anyhow::Result<BroadcastResult> {
-        let (status, body) = http_in_netns(&self.netns.srv, "POST", self.addr, "/broadcast", b"")?;
+    /// `POST /broadcast` of `body` (empty: the server time).
+    fn broadcast(&self, body: &[u8]) -> anyhow::Result<BroadcastResult> {
+        let (status, body) = http_in_netns(&self.netns.srv, "POST", self.addr, "/broadcast", body)?;
         if status != 200 {
             bail!("the broadcast failed: {status} {body}");
         }
@@ -178,20 +179,28 @@ pub(super) fn broadcasts(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<BroadcastRun>> {
     let name = stack_name(stack);
+    let body = match cfg.message_size {
+        0 => String::new(),
+        n => pattern::text(n),
+    };
     let mut runs = Vec::new();
     for i in 0..cfg.broadcasts {
         check_stop(stop)?;
-        let b = admin.broadcast().with_context(|| format!("broadcast {}", i + 1))?;
+        let b = admin
+            .broadcast(body.as_bytes())
+            .with_context(|| format!("broadcast {}", i + 1))?;
         let mut run = BroadcastRun {
             handed_to_link_ms: None,
             seq: b.seq,
             websockets: b.websockets,
+            payload_bytes: b.payload_bytes,
             fanout_ms: b.fanout_ms,
             elapsed_ms: b.elapsed_ms,
         };
         eprintln!(
-            "[{name}] broadcast {}: {} connections, fan-out {:.1} ms",
+            "[{name}] broadcast {} ({} bytes): {} connections, fan-out {:.1} ms",
             i + 1,
+            run.payload_bytes,
             run.websockets,
             run.fanout_ms
         );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use testbed::bench::{self, BenchConfig, Stack};
-use ws_server::cli::{parse_duration, usage, UsageError};
+use ws_server::cli::{parse_duration, parse_size, usage, UsageError};
 
 /// Benchmark ws-server on each stack at N concurrent WebSocket connections, side by side.
 ///
@@ -40,6 +40,11 @@ struct Args {
     /// Broadcasts to send once every connection is held.
     #[arg(long, default_value_t = 3)]
     broadcasts: u32,
+    /// Size of each broadcast's body (bytes; K and M suffixes): a pattern whose every byte the
+    /// load generator checks. 0 broadcasts the server's time (about 40 bytes). At most 64K, the
+    /// admin's limit; the frame adds the push's JSON (about 70 bytes) and the header.
+    #[arg(long, default_value = "0", value_parser = parse_size, value_name = "BYTES")]
+    message_size: usize,
     /// Pause between "all connected" and the memory measurement.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     settle: Duration,
@@ -78,6 +83,12 @@ fn run() -> anyhow::Result<()> {
             "--broadcasts must be at least 1 (latency is measured on broadcasts)",
         ));
     }
+    if args.message_size > ws_server::admin::MAX_BODY {
+        return Err(usage(format!(
+            "--message-size must be at most {} bytes (the admin's body limit)",
+            ws_server::admin::MAX_BODY
+        )));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
@@ -86,6 +97,7 @@ fn run() -> anyhow::Result<()> {
         conns: args.conns,
         rate: args.rate,
         broadcasts: args.broadcasts,
+        message_size: args.message_size,
         settle: args.settle,
         prefix: args.prefix.clone(),
         out_dir: args.out.clone(),

@@ -29,7 +29,7 @@ pub fn standard_clients(prefix: &str, stack_args: &[&str]) {
     let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(next(), "connected");
     assert_eq!(next(), "pong");
-    assert_eq!(admin_post(&ns, "/push?id=py-1", b"hello python")["delivered"], true);
+    assert_eq!(admin_post(&ns, "/push?id=py-1", b"hello python")["queued"], true);
     let push: serde_json::Value =
         serde_json::from_str(next().strip_prefix("message ").expect("a message line")).unwrap();
     assert_eq!(push["kind"], "push");
@@ -232,7 +232,7 @@ pub fn long_poll_and_echo(prefix: &str, stack_args: &[&str]) {
     );
     wait_conns(&ns, 400, Duration::from_secs(30));
     let pushed = admin_post(&ns, "/push?id=dev-5", b"early");
-    assert_eq!(pushed["delivered"], true, "a held poll is answered by a targeted push");
+    assert_eq!(pushed["queued"], true, "a held poll is answered by a targeted push");
     let p = finish_load(polls, &jp, Duration::from_secs(60));
     let e = finish_load(echo, &je, Duration::from_secs(60));
     let pc = &p["counters"];
