@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub max_message: usize,
     /// Bytes of each worker's message log.
     pub log_size: usize,
+    /// How long a connection may take no output before it is closed as a slow reader (0: off).
+    pub write_timeout: Duration,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.
     #[cfg(feature = "xdp")]
     pub xdp: Option<XdpOptions>,

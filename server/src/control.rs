@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     pub seed: u64,
     /// Bytes of the worker's message log.
     pub log_size: usize,
+    /// Milliseconds a connection may take no output before it is closed as a slow reader (0: off).
+    #[serde(default)]
+    pub write_timeout_ms: u64,
     /// Serve on the userspace stack over AF_XDP instead of kernel sockets.
     #[cfg(feature = "xdp")]
     #[serde(default)]
@@ -53,6 +56,7 @@ impl WorkerConfig {
             device_key: [1, 2],
             seed: 1,
             log_size: 1 << 20,
+            write_timeout_ms: 30_000,
             #[cfg(feature = "xdp")]
             xdp: None,
         }

@@ -77,6 +77,12 @@ struct Args {
     /// JSON-escaped, must fit), at most 1G.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     log_size: usize,
+    /// A connection with output waiting that takes no byte of it for this long (its client
+    /// stopped reading, or advertises a zero window) is closed with 4008 as a slow reader, even
+    /// if it has not fallen out of the log: its socket buffers are freed. Checked in steps of
+    /// 1/15 of it (at least 1s). 0: only falling out of the log closes.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
     /// No longer used: output waits in the message log (--log-size). Accepted so that existing
     /// command lines keep working.
     #[arg(long, hide = true, value_parser = parse_size)]
@@ -140,6 +146,9 @@ fn run() -> anyhow::Result<()> {
     if !(1 << 20..=1 << 30).contains(&args.log_size) {
         return Err(usage("--log-size must be 1M to 1G"));
     }
+    if !args.write_timeout.is_zero() && args.write_timeout < Duration::from_secs(1) {
+        return Err(usage("--write-timeout must be 0 (off) or at least 1s"));
+    }
     if args.max_pending.is_some() {
         log::warn!("--max-pending is no longer used: output waits in the message log (--log-size)");
     }
@@ -185,6 +194,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         max_frame: args.max_frame,
         max_message: args.max_message,
         log_size: args.log_size,
+        write_timeout: args.write_timeout,
         #[cfg(feature = "xdp")]
         xdp: None,
     }

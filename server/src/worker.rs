@@ -40,6 +40,7 @@ pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
         device_hasher: DeviceHasher::new(cfg.device_key),
         seed: cfg.seed ^ cfg.index as u64,
         log_size: cfg.log_size,
+        write_timeout_ms: cfg.write_timeout_ms,
     }
 }
 

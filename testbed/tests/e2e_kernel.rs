@@ -295,3 +295,30 @@ fn stats_of_many_workers_is_one_plain_body() {
     let stats: serde_json::Value = serde_json::from_str(&body).expect("one JSON body, not chunks");
     assert_eq!(stats["workers"], 40);
 }
+
+/// 2,000 connections get broadcasts of 300 B, 4 KiB and 60 KiB, every byte, nobody closed.
+#[test]
+fn broadcasts_of_300_b_to_60_kib_reach_two_thousand_connections() {
+    if !privileged("broadcasts_of_300_b_to_60_kib_reach_two_thousand_connections") {
+        return;
+    }
+    messages::large_broadcasts_reach_everyone("wsbth", &["--workers", "2"], messages::Clients::Kernel);
+}
+
+/// Python's `websockets` receives a 60 KiB broadcast and a 60 KiB targeted push.
+#[test]
+fn python_websockets_receives_60_kib_messages() {
+    if !privileged("python_websockets_receives_60_kib_messages") {
+        return;
+    }
+    messages::a_standard_client_receives_60_kib_messages("wsbti", &["--workers", "1"]);
+}
+
+/// 50 clients that never read are closed as slow readers; 1,000 readers get all 20 broadcasts.
+#[test]
+fn never_reading_clients_are_closed_and_the_readers_get_everything() {
+    if !privileged("never_reading_clients_are_closed_and_the_readers_get_everything") {
+        return;
+    }
+    messages::never_readers_are_closed_and_nobody_else_waits("wsbtj", &["--workers", "1"], messages::Clients::Kernel);
+}

@@ -393,3 +393,54 @@ fn the_program_attach_sh_pinned_is_adopted_and_left_attached() {
     assert!(ok, "{out}");
     assert!(!attached().contains("prog/xdp"));
 }
+
+/// 2,000 userspace-stack clients get broadcasts of 300 B, 4 KiB and 60 KiB through the xdp
+/// server's 256-byte send buffers, every byte, nobody closed.
+#[test]
+fn broadcasts_of_300_b_to_60_kib_reach_two_thousand_connections_on_xdp() {
+    if !privileged("broadcasts_of_300_b_to_60_kib_reach_two_thousand_connections_on_xdp") {
+        return;
+    }
+    messages::large_broadcasts_reach_everyone(
+        "wsbtk",
+        &["--stack", "xdp", "--iface", "wsbtk-s0", "--max-conns", "4000"],
+        messages::Clients::Xdp,
+    );
+}
+
+/// The same with Linux TCP clients, whose windows are larger than the server's buffers.
+#[test]
+fn broadcasts_of_300_b_to_60_kib_reach_kernel_clients_of_the_xdp_server() {
+    if !privileged("broadcasts_of_300_b_to_60_kib_reach_kernel_clients_of_the_xdp_server") {
+        return;
+    }
+    messages::large_broadcasts_reach_everyone(
+        "wsbtl",
+        &["--stack", "xdp", "--iface", "wsbtl-s0", "--max-conns", "4000"],
+        messages::Clients::Kernel,
+    );
+}
+
+/// Python's `websockets` receives a 60 KiB broadcast and a 60 KiB targeted push from the xdp
+/// server.
+#[test]
+fn python_websockets_receives_60_kib_messages_from_the_xdp_server() {
+    if !privileged("python_websockets_receives_60_kib_messages_from_the_xdp_server") {
+        return;
+    }
+    messages::a_standard_client_receives_60_kib_messages("wsbtm", &["--stack", "xdp", "--iface", "wsbtm-s0"]);
+}
+
+/// 50 clients that never read are closed as slow readers by the xdp server; 1,000 readers get
+/// all 20 broadcasts.
+#[test]
+fn never_reading_clients_are_closed_by_the_xdp_server() {
+    if !privileged("never_reading_clients_are_closed_by_the_xdp_server") {
+        return;
+    }
+    messages::never_readers_are_closed_and_nobody_else_waits(
+        "wsbtn",
+        &["--stack", "xdp", "--iface", "wsbtn-s0", "--max-conns", "4000"],
+        messages::Clients::Xdp,
+    );
+}

@@ -55,7 +55,8 @@ pub(super) struct Conn {
     pub(super) cursor: u32,
     /// 4: bits 0-19, bytes of the broadcast at `cursor` already written (a frame is at most 1 MiB);
     /// 20-22, the phase; 23, keep-alive; 24, an output timer is armed; 25-26, the fragmented
-    /// message's kind.
+    /// message's kind; 27, output taken since the last output check; 28-31, output checks in a
+    /// row that found none taken (the write timeout).
     pub(super) bits: u32,
 }
 
@@ -67,6 +68,10 @@ const PHASE_SHIFT: u32 = 20;
 const KEEP_ALIVE: u32 = 1 << 23;
 const OUTPUT_TIMER: u32 = 1 << 24;
 const FRAG_SHIFT: u32 = 25;
+const PROGRESS: u32 = 1 << 27;
+const STALL_SHIFT: u32 = 28;
+/// The most output checks in a row without progress that `Conn` counts.
+pub(super) const MAX_STALLS: u32 = 15;
 
 impl Conn {
     pub(super) const FREE: Conn = Conn {
@@ -121,6 +126,24 @@ impl Conn {
         self.set_bit(OUTPUT_TIMER, on);
     }
 
+    /// Output was taken since the last output check.
+    pub(super) fn progressed(&self) -> bool {
+        self.bits & PROGRESS != 0
+    }
+
+    pub(super) fn set_progressed(&mut self, on: bool) {
+        self.set_bit(PROGRESS, on);
+    }
+
+    /// Output checks in a row that found no output taken.
+    pub(super) fn stalls(&self) -> u32 {
+        self.bits >> STALL_SHIFT
+    }
+
+    pub(super) fn set_stalls(&mut self, n: u32) {
+        self.bits = (self.bits & !(MAX_STALLS << STALL_SHIFT)) | (n.min(MAX_STALLS) << STALL_SHIFT);
+    }
+
     /// Bytes of the broadcast at `cursor` already written (0: at a frame boundary).
     pub(super) fn offset(&self) -> u32 {
         self.bits & OFFSET_MASK
@@ -167,6 +190,28 @@ pub(super) enum Ended {
 pub(super) struct Timeouts {
     pub(super) idle: u32,
     pub(super) request: u32,
+    pub(super) output: OutputChecks,
+}
+
+/// How often a connection whose output waits is looked at (has it fallen out of the log?), and
+/// after how many looks in a row without progress it is closed (the write timeout). The count
+/// lives in 4 bits of `Conn`, so the interval is a fifteenth of the timeout, at least 1 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct OutputChecks {
+    pub(super) every: u32,
+    /// 0: no write timeout.
+    pub(super) stalls: u32,
+}
+
+impl OutputChecks {
+    pub(super) fn new(timeout_ticks: u32) -> OutputChecks {
+        const AT_LEAST: u32 = 10; // ticks: 1 s
+        let every = timeout_ticks.div_ceil(MAX_STALLS).max(AT_LEAST);
+        OutputChecks {
+            every,
+            stalls: timeout_ticks.div_ceil(every),
+        }
+    }
 }
 
 /// When a timer entry is due, from its connection's state; `None` if the entry is stale (the id was

@@ -22,8 +22,8 @@ pub mod stats;
 mod websocket;
 
 use conn::{
-    due_of, tag, tick_of, Conn, Ended, Phase, Timeouts, GEN_MASK, MAX_BROADCAST_FRAME, TIMER_DEADLINE, TIMER_IDLE,
-    TIMER_OUTPUT,
+    due_of, tag, tick_of, Conn, Ended, OutputChecks, Phase, Timeouts, GEN_MASK, MAX_BROADCAST_FRAME, TIMER_DEADLINE,
+    TIMER_IDLE, TIMER_OUTPUT,
 };
 use device::{DeviceHasher, DeviceMap};
 use frame::{close_code, Op, MAX_HEADER};
@@ -89,6 +89,9 @@ pub struct CoreConfig {
     /// Bytes of the message log (every outgoing message, stored once); a connection that falls
     /// this far behind is closed as a slow reader.
     pub log_size: usize,
+    /// A connection with output waiting that takes none of it for this long is closed as a slow
+    /// reader too (0: only falling out of the log closes).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -104,6 +107,7 @@ impl Default for CoreConfig {
             device_hasher: DeviceHasher::random(),
             seed: 0x5eed,
             log_size: 4 << 20,
+            write_timeout_ms: 30_000,
         }
     }
 }
@@ -152,6 +156,7 @@ impl ServerCore {
         let ticks = Timeouts {
             idle: to_ticks(cfg.idle_timeout_ms),
             request: to_ticks(cfg.request_timeout_ms),
+            output: OutputChecks::new(to_ticks(cfg.write_timeout_ms)),
         };
         ServerCore {
             ticks,

@@ -21,8 +21,14 @@ use super::frame::{self, close_code, Op, MAX_CONTROL_PAYLOAD};
 use super::{ConnId, Io, ServerCore};
 use timing::wheel::Entry;
 
-/// How often a connection whose output waits is checked for having fallen out of the log.
-const OUTPUT_CHECK_TICKS: u32 = 10;
+/// Why a connection is closed as a slow reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SlowReason {
+    /// What it must write next is no longer in the log (or never fit in it).
+    OutOfLog,
+    /// It took none of its output for the write timeout.
+    WriteTimeout,
+}
 
 /// A piece of targeted output in the log, in its connection's queue.
 #[derive(Clone, Copy, Debug)]
@@ -209,7 +215,7 @@ impl ServerCore {
                 self.arm_output_timer(id);
             }
             // Larger than the whole log: this connection can never get it.
-            Err(_) => self.slow_reader(id, io),
+            Err(_) => self.slow_reader(id, SlowReason::OutOfLog, io),
         }
     }
 
@@ -247,14 +253,17 @@ impl ServerCore {
         loop {
             let (at, len, broadcast) = match self.next_output(id) {
                 Next::Nothing => break,
-                Next::Gone => return self.slow_reader(id, io),
+                Next::Gone => return self.slow_reader(id, SlowReason::OutOfLog, io),
                 Next::Broadcast { at, len } => (at, len, true),
                 Next::Targeted { at, len } => (at, len, false),
             };
             let Some(bytes) = self.msglog.bytes(at, len) else {
-                return self.slow_reader(id, io);
+                return self.slow_reader(id, SlowReason::OutOfLog, io);
             };
             let n = io.write(id, bytes) as u32;
+            if n > 0 {
+                self.conns[id as usize].set_progressed(true);
+            }
             if broadcast {
                 let next_entry = self.msglog.next_entry();
                 let c = &mut self.conns[id as usize];
@@ -335,7 +344,7 @@ impl ServerCore {
             return;
         }
         c.set_output_timer(true);
-        let due = tick_of(self.now_ms).wrapping_add(OUTPUT_CHECK_TICKS);
+        let due = tick_of(self.now_ms).wrapping_add(self.ticks.output.every);
         let entry = Entry {
             id,
             tag: tag(c.gen, TIMER_OUTPUT),
@@ -343,28 +352,40 @@ impl ServerCore {
         self.wheel.insert(due, entry);
     }
 
-    /// The output timer of `id` came up: close it if its output left the log, else look again
-    /// later if it still waits.
+    /// The output timer of `id` came up: close it if its output left the log or it has taken
+    /// none for the write timeout, else look again later if it still waits.
     pub(super) fn check_output(&mut self, id: ConnId, io: &mut impl Io) {
-        self.conns[id as usize].set_output_timer(false);
+        let c = &mut self.conns[id as usize];
+        c.set_output_timer(false);
+        let progressed = c.progressed();
+        c.set_progressed(false);
+        let stalls = if progressed { 0 } else { c.stalls() + 1 };
+        c.set_stalls(stalls);
+        // A closing connection has its own deadline (its close frame must leave in time).
+        let timed_out =
+            self.ticks.output.stalls > 0 && stalls >= self.ticks.output.stalls && c.phase() != Phase::Closing;
         match self.next_output(id) {
-            Next::Nothing => {}
-            Next::Gone => self.slow_reader(id, io),
+            Next::Nothing => self.conns[id as usize].set_stalls(0),
+            Next::Gone => self.slow_reader(id, SlowReason::OutOfLog, io),
             Next::Targeted { at, len } | Next::Broadcast { at, len } if !self.msglog.holds(at, len) => {
-                self.slow_reader(id, io)
+                self.slow_reader(id, SlowReason::OutOfLog, io)
             }
+            _ if timed_out => self.slow_reader(id, SlowReason::WriteTimeout, io),
             _ => self.arm_output_timer(id),
         }
     }
 
-    /// `id` fell out of the log: close it with 4008 if that frame can still go out whole and
-    /// cleanly, else reset it. Counted; nobody else waits for it.
-    pub(super) fn slow_reader(&mut self, id: ConnId, io: &mut impl Io) {
+    /// `id` fell out of the log or took no output for the write timeout: close it with 4008 if
+    /// its next frame can still go out whole and cleanly, else reset it. Counted; nobody else
+    /// waits for it.
+    pub(super) fn slow_reader(&mut self, id: ConnId, why: SlowReason, io: &mut impl Io) {
         self.stats.slow_readers_closed += 1;
-        self.log.warn(
-            self.now_ms,
-            format_args!("conn {id}: its output fell out of the message log: closed as a slow reader"),
-        );
+        let why = match why {
+            SlowReason::OutOfLog => "its output fell out of the message log",
+            SlowReason::WriteTimeout => "it took no output for the write timeout",
+        };
+        self.log
+            .warn(self.now_ms, format_args!("conn {id}: {why}: closed as a slow reader"));
         let c = self.conns[id as usize];
         let clean = c.offset() == 0 && self.targeted.front(id).is_none_or(|(_, done)| done == 0);
         let ws = matches!(c.phase(), Phase::Ws | Phase::Closing);

@@ -200,6 +200,52 @@ fn a_reader_that_stops_is_closed_when_it_falls_out_of_the_log_and_nobody_waits_f
 }
 
 #[test]
+fn a_client_that_takes_nothing_for_the_write_timeout_is_closed_and_a_slow_one_is_not() {
+    let ids: Vec<ConnId> = (0..3).collect();
+    let cfg = CoreConfig {
+        idle_timeout_ms: 0,
+        log_size: 1 << 20,
+        write_timeout_ms: 3_000,
+        ..CoreConfig::default()
+    };
+    let mut core = ServerCore::new(cfg, ids.len(), 0);
+    let mut io = Pipes::new(256);
+    upgrade_all(&mut core, &mut io, &ids, "");
+    // 0 never reads; 1 reads 256 bytes every 2 s (slow, but it moves); 2 reads at once. The log
+    // holds everything: only the write timeout can close anyone.
+    let mut now = 10;
+    for seq in 0..3 {
+        core.broadcast(&payload(seq, 1000), seq, now, &mut io).unwrap();
+    }
+    while io.ack(&mut core, &[2], now) {}
+    let mut closed_at = None;
+    while now < 12_000 {
+        now += 100;
+        if (now - 10) % 2_000 == 0 {
+            io.ack(&mut core, &[1], now);
+        }
+        core.tick(now, &mut io);
+        if closed_at.is_none() && io.closed.contains(&0) {
+            closed_at = Some(now);
+        }
+    }
+    let closed_at = closed_at.expect("the client that took nothing was closed");
+    assert!(
+        (3_000..=4_200).contains(&closed_at),
+        "closed at {closed_at} ms (timeout 3 s, checks every 1 s)"
+    );
+    assert_eq!(io.aborted, vec![0], "reset: it was in the middle of a frame");
+    assert_eq!(core.stats().slow_readers_closed, 1);
+    assert!(!io.closed.contains(&1), "a slow reader that moves stays");
+    assert_eq!(io.frames(2).len(), 3);
+    assert!(
+        io.got[&1].len() >= 5 * 256,
+        "the slow one got {} bytes",
+        io.got[&1].len()
+    );
+}
+
+#[test]
 fn a_push_does_not_overtake_broadcasts_and_a_close_frame_comes_after_them() {
     let mut core = core_with(1 << 20, 4);
     let mut io = Pipes::new(256);

@@ -89,6 +89,7 @@ impl WorkerPlan {
                 device_key: hasher.key(),
                 seed: fastrand::u64(..),
                 log_size: cfg.log_size,
+                write_timeout_ms: cfg.write_timeout.as_millis() as u64,
                 #[cfg(feature = "xdp")]
                 xdp: None,
             },

@@ -96,7 +96,7 @@ struct Args {
     /// --stack xdp: the server's MAC address (default: from the kernel's neighbour table).
     #[arg(long)]
     server_mac: Option<String>,
-    /// --stack xdp: receive buffer per connection (a server message must fit in it).
+    /// --stack xdp: receive buffer per connection (a larger server message is read in pieces).
     #[arg(long, default_value = "512", value_parser = parse_size)]
     rx_buf: usize,
     /// --stack xdp: send buffer per connection (a client frame must fit in it).

@@ -19,15 +19,16 @@ pub fn text(len: usize) -> String {
     s
 }
 
-/// Where a check of one message stands; fits a `u32`, kept per connection while a large message
-/// arrives in pieces.
+/// Where a check of one message stands; fits in 31 bits of a `u32` (bit 31 is always 0), kept
+/// per connection while a large message arrives in pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Check(u32);
 
-const NOT_PATTERN: u32 = 1 << 31;
-const DONE: u32 = 1 << 30;
-const CORRUPT: u32 = 1 << 29;
-const INDEX: u32 = (1 << 29) - 1;
+// Bit 31 is left to the caller (the load generator keeps "targeted" there).
+const NOT_PATTERN: u32 = 1 << 30;
+const DONE: u32 = 1 << 29;
+const CORRUPT: u32 = 1 << 28;
+const INDEX: u32 = (1 << 28) - 1;
 
 /// What checking a piece found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

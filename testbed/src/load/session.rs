@@ -345,7 +345,10 @@ fn start_stream<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
         return Read::Partial;
     };
     let whole = head as u64 + len;
-    if whole <= conn.room() as u64 || buf.len() <= head || !matches!(op, Op::Text | Op::Binary) {
+    // The first piece must hold the push's JSON head (its `ts` and where the data starts), or
+    // as much of it as the buffer can.
+    let preview = (len as usize).min(PREVIEW).min(conn.room().saturating_sub(head)).max(1);
+    if whole <= conn.room() as u64 || buf.len() < head + preview || !matches!(op, Op::Text | Op::Binary) {
         return Read::Partial;
     }
     let payload = &buf[head..];
@@ -359,7 +362,12 @@ fn start_stream<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
     Read::Used(buf.len())
 }
 
-/// The top bit of `stream_check`: the message in pieces is a targeted push.
+/// Payload bytes a message read in pieces must show in its first piece: the push JSON's head
+/// (`{"ts":…,"seq":…,"kind":…,"data":"pattern:`) is under 100 bytes.
+const PREVIEW: usize = 128;
+
+/// The top bit of `stream_check` (a `Check` never sets it): the message in pieces is a targeted
+/// push.
 const TARGETED: u32 = 1 << 31;
 
 /// The next piece of a message read in pieces.
@@ -562,6 +570,57 @@ mod tests {
             assert_eq!(fate, Fate::Keep);
             assert!(used > 0, "stuck at {pos}");
             pos += used;
+        }
+    }
+
+    /// Feed `wire` as a receive buffer of `room` bytes fills: it arrives in pieces of the sizes
+    /// `arrivals` cycles through, and the session is shown everything buffered after each.
+    fn feed_arrivals(conn: &mut Small, sh: &mut Shared, wire: &[u8], arrivals: &[usize]) {
+        let (mut buffered, mut pos) = (Vec::new(), 0);
+        for &size in arrivals.iter().cycle() {
+            if pos == wire.len() && buffered.is_empty() {
+                break;
+            }
+            let take = size.min(conn.room - buffered.len()).min(wire.len() - pos);
+            buffered.extend_from_slice(&wire[pos..pos + take]);
+            pos += take;
+            let (fate, used) = consume(conn, sh, &mut buffered);
+            assert_eq!(fate, Fate::Keep);
+            buffered.drain(..used);
+            assert!(take > 0 || used > 0, "stuck at {pos} with {} buffered", buffered.len());
+        }
+    }
+
+    #[test]
+    fn back_to_back_messages_arriving_in_any_pieces_are_read_whole_and_checked() {
+        for arrivals in [&[256][..], &[1], &[7, 300, 13], &[500, 3], &[97]] {
+            let mut sh = shared();
+            let mut conn = Small {
+                p: Proto::new(0),
+                room: 512,
+            };
+            conn.p.state = State::Open;
+            sh.c.open = 1;
+            let mut wire = Vec::new();
+            for (seq, len) in [4096, 4096, 300, 60_000, 100, 4096].into_iter().enumerate() {
+                // The fourth is a large message that is not a pattern: nothing to check in it.
+                let data = match seq {
+                    3 => "x".repeat(len),
+                    _ => super::super::pattern::text(len),
+                };
+                let msg = message::format_push(message::unix_ns(), seq as u64, message::Kind::Broadcast, Some(&data));
+                frame::encode(&mut wire, true, Op::Text, msg.as_bytes(), None);
+            }
+            feed_arrivals(&mut conn, &mut sh, &wire, arrivals);
+            assert_eq!(sh.c.broadcasts, 6, "{arrivals:?}");
+            assert_eq!(sh.c.corrupt, 0, "{arrivals:?}");
+            assert_eq!(
+                sh.c.checked_bytes,
+                (4096 * 3 + 300 + 100 - 5 * 8) as u64,
+                "{arrivals:?}"
+            );
+            let latency = hist::decode(&hist::encode(&sh.push_latency_us)).unwrap();
+            assert!(latency.max() < 60_000_000, "a timestamp read whole: {arrivals:?}");
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use testkit::http::http_in_netns;
 use testkit::{wait_for, ChildGuard, Netns};
 
+pub mod messages;
 pub mod scenarios;
 
 pub const SERVER: &str = "198.18.0.1:8080";
