@@ -106,8 +106,9 @@ struct Args {
     /// spill buffer; smaller is less memory per connection.
     #[arg(long, default_value = "256", value_parser = parse_size)]
     rx_buf: usize,
-    /// --stack xdp: send buffer per connection. A message that does not fit resets the
-    /// connection as a slow consumer; echoed frames must fit it.
+    /// --stack xdp: send buffer per connection. Messages of any size go through it in pieces, from
+    /// the message log, as the client's ACKs make room; larger means fewer round trips per
+    /// message and more memory per connection.
     #[arg(long, default_value = "256", value_parser = parse_size)]
     tx_buf: usize,
     /// --stack xdp: shared buffers (4 KiB or a max frame each) for request heads and frames larger
