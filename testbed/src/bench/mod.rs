@@ -56,6 +56,9 @@ pub struct BroadcastRun {
     /// xdp: from the broadcast's start until its last frame was handed to the link (the server's
     /// own measurement; delivery latency at the clients is the end-to-end figure).
     pub handed_to_link_ms: Option<f64>,
+    /// From the admin command until the server said no connection has output waiting (polled
+    /// every 50 ms): the broadcast is written to every socket (kernel) or sent (xdp).
+    pub written_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -98,6 +98,11 @@ pub fn render(r: &BenchReport) -> String {
     row("broadcast hand-off to all, median (ms)", &|c| {
         format!("{:.1}", c.fanout_ms_median)
     });
+    row("broadcast written to all, median (ms)", &|c| {
+        let mut v: Vec<f64> = c.broadcasts.iter().filter_map(|b| b.written_ms).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).map_or("-".into(), |m| format!("{m:.0}"))
+    });
     row("  xdp: last frame on the link (ms)", &|c| {
         let mut v: Vec<f64> = c.broadcasts.iter().filter_map(|b| b.handed_to_link_ms).collect();
         v.sort_by(f64::total_cmp);

@@ -119,7 +119,12 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyh
     let mut cmd = netns.command(&netns.cli, &sibling_binary("ws-load")?);
     cmd.args(["--stack", name, "--server", SERVER])
         .args(["--conns", &cfg.conns.to_string(), "--rate", &cfg.rate.to_string()])
-        .args(["--hold", "600s", "--expect-broadcasts", &cfg.broadcasts.to_string()])
+        .args([
+            "--hold",
+            &format!("{}s", hold_budget(cfg).as_secs()),
+            "--expect-broadcasts",
+            &cfg.broadcasts.to_string(),
+        ])
         .args(["--progress", "lines"])
         .arg("--json")
         .arg(&json)
@@ -168,9 +173,22 @@ pub(super) fn wait_held(
     Ok(held)
 }
 
-/// `cfg.broadcasts` broadcasts, each measured on its own: the clients drain before the next one
-/// (the xdp server says when its output has left; for the kernel, a multiple of the hand-off time
-/// is waited).
+/// How long one broadcast may take to leave the server before the benchmark says so and moves on:
+/// a minute, plus its bytes to every connection at 20 MB/s (far slower than either stack).
+fn output_budget(cfg: &BenchConfig) -> Duration {
+    let frame = cfg.message_size.max(100) as f64 + 100.0;
+    Duration::from_secs_f64(60.0 + cfg.conns as f64 * frame / 20e6)
+}
+
+/// How long the load generator holds the connections: time to connect, then every broadcast's
+/// budget (it ends earlier, once every connection got every broadcast).
+fn hold_budget(cfg: &BenchConfig) -> Duration {
+    let connect = Duration::from_secs_f64(120.0 + 3.0 * cfg.conns as f64 / cfg.rate.max(1000.0));
+    connect + output_budget(cfg) * cfg.broadcasts + Duration::from_secs(600)
+}
+
+/// `cfg.broadcasts` broadcasts, each measured on its own: the next one starts once the server
+/// says every connection's output has been written (for xdp: sent on the link).
 pub(super) fn broadcasts(
     cfg: &BenchConfig,
     stop: &AtomicBool,
@@ -186,11 +204,13 @@ pub(super) fn broadcasts(
     let mut runs = Vec::new();
     for i in 0..cfg.broadcasts {
         check_stop(stop)?;
+        let started = Instant::now();
         let b = admin
             .broadcast(body.as_bytes())
             .with_context(|| format!("broadcast {}", i + 1))?;
         let mut run = BroadcastRun {
             handed_to_link_ms: None,
+            written_ms: None,
             seq: b.seq,
             websockets: b.websockets,
             payload_bytes: b.payload_bytes,
@@ -204,28 +224,36 @@ pub(super) fn broadcasts(
             run.websockets,
             run.fanout_ms
         );
-        match stack {
-            Stack::Xdp => {
-                run.handed_to_link_ms = wait_xdp_output(admin);
-                if run.handed_to_link_ms.is_none() {
-                    notes.push(format!("broadcast {}: output still pending after 60 s", i + 1));
-                }
-                std::thread::sleep(Duration::from_millis(1000));
+        let budget = output_budget(cfg);
+        match wait_output(admin, stack, started, budget) {
+            Some((written_ms, on_link_ms)) => {
+                run.written_ms = Some(written_ms);
+                run.handed_to_link_ms = on_link_ms;
             }
-            Stack::Kernel => std::thread::sleep(Duration::from_millis((run.elapsed_ms * 3.0) as u64 + 1000)),
+            None => notes.push(format!("broadcast {}: output still waiting after {budget:?}", i + 1)),
         }
+        // The last bytes reach the clients (and the clients' counters) a moment later.
+        std::thread::sleep(Duration::from_millis(1000));
         runs.push(run);
     }
     Ok(runs)
 }
 
-/// Wait (60 s at most) until no xdp worker has output waiting; returns the slowest worker's time
-/// from the broadcast until its last frame was on the link.
-fn wait_xdp_output(admin: &Admin) -> Option<f64> {
-    wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
+/// Wait (`budget` at most) until the server has written every connection's output: (ms from
+/// `started`, as polled every 50 ms; for xdp also the slowest worker's own time from the
+/// broadcast until its last frame was on the link).
+fn wait_output(admin: &Admin, stack: Stack, started: Instant, budget: Duration) -> Option<(f64, Option<f64>)> {
+    wait_for(budget, Duration::from_millis(50), || {
         let report = admin.report()?;
-        let xdp: Vec<_> = report.per_worker.iter().filter_map(|w| w.xdp.as_ref()).collect();
-        let pending: u64 = xdp.iter().map(|x| x.tx_pending_conns).sum();
-        (pending == 0 && !xdp.is_empty()).then(|| xdp.iter().filter_map(|x| x.last_broadcast_tx_ms).fold(0.0, f64::max))
+        let written_ms = started.elapsed().as_secs_f64() * 1e3;
+        match stack {
+            Stack::Kernel => (report.output_waiting == 0).then_some((written_ms, None)),
+            Stack::Xdp => {
+                let xdp: Vec<_> = report.per_worker.iter().filter_map(|w| w.xdp.as_ref()).collect();
+                let pending: u64 = xdp.iter().map(|x| x.tx_pending_conns).sum();
+                let on_link = xdp.iter().filter_map(|x| x.last_broadcast_tx_ms).fold(0.0, f64::max);
+                (pending == 0 && !xdp.is_empty()).then_some((written_ms, Some(on_link)))
+            }
+        }
     })
 }
