@@ -5,10 +5,12 @@
 //! - [`time`]: CLOCK_MONOTONIC, one clock for every process on the machine.
 //! - [`iface`]: an interface's IPv4 addresses and MAC, the kernel's neighbour table.
 //! - [`netns`]: moving a thread into a network namespace.
+//! - [`tcp`]: what the kernel knows about one of our TCP sockets (the peer's window).
 
 pub mod iface;
 pub mod netns;
 pub mod process;
+pub mod tcp;
 pub mod time;
 
 pub use process::is_root;

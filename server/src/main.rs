@@ -147,8 +147,10 @@ fn run() -> anyhow::Result<()> {
     if !(1 << 20..=1 << 30).contains(&args.log_size) {
         return Err(usage("--log-size must be 1M to 1G"));
     }
-    if !args.write_timeout.is_zero() && args.write_timeout < Duration::from_secs(1) {
-        return Err(usage("--write-timeout must be 0 (off) or at least 1s"));
+    if !args.write_timeout.is_zero()
+        && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&args.write_timeout)
+    {
+        return Err(usage("--write-timeout must be 0 (off) or 1s to 1h"));
     }
     if args.max_pending.is_some() {
         log::warn!("--max-pending is no longer used: output waits in the message log (--log-size)");

@@ -662,6 +662,10 @@ struct Recorder {
 }
 
 impl Io for Recorder {
+    /// Never full, so never shut.
+    fn peer_window_closed(&mut self, _: ConnId) -> bool {
+        false
+    }
     /// Takes everything (a transport with room to spare).
     fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
         assert!(!self.closed.contains(&id), "write on {id} after its close");

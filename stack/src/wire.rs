@@ -52,6 +52,8 @@ impl FourTuple {
 pub struct Segment {
     pub tuple: FourTuple,
     pub flags: u8,
+    /// The window the sender advertises, unscaled (0 is 0 at any scale: it stopped reading).
+    pub window: u16,
     /// The sender's MAC address: our next hop.
     pub src_mac: [u8; 6],
     /// The IPv4 packet inside the frame (Ethernet header and padding cut off).
@@ -110,6 +112,7 @@ pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
             remote_port: u16::from_be_bytes([tcp[0], tcp[1]]),
         },
         flags: tcp[13],
+        window: u16::from_be_bytes([tcp[14], tcp[15]]),
         src_mac,
         ip_start: ETH_HEADER,
         ip_end: ETH_HEADER + total,
@@ -161,6 +164,9 @@ mod tests {
         assert_eq!(s.tuple.local(), (Ipv4Addr::new(198, 18, 0, 1), 8080));
         assert_eq!(s.tuple.remote(), (Ipv4Addr::new(198, 19, 0, 2), 40000));
         assert_eq!(s.flags, TCP_SYN);
+        assert_eq!(s.window, 0);
+        f[48..50].copy_from_slice(&512u16.to_be_bytes());
+        assert_eq!(parse(&f).unwrap().window, 512);
         assert_eq!(s.src_mac, [2, 0, 0, 0, 0, 9]);
         assert_eq!((s.ip_start, s.ip_end), (14, 54));
     }

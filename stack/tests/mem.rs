@@ -663,3 +663,28 @@ fn peek_sees_both_parts_of_a_wrapped_ring_and_discard_consumes() {
     p.server.close(s);
     assert!(!p.server.is_owned(s));
 }
+
+#[test]
+fn a_peer_that_stops_reading_is_seen_to_close_its_window_and_to_open_it_again() {
+    let mut p = Pair::new(server_config(4), client_config(4, 1));
+    let (c, s) = p.establish();
+    assert!(!p.server.peer_window_closed(s), "a fresh peer has room");
+    // The client reads nothing: its receive buffer fills and it advertises a zero window.
+    let data = pattern(10_000, 5);
+    let mut sent = 0;
+    for _ in 0..50 {
+        sent += p.server.write(s, &data[sent..]);
+        p.settle(200);
+    }
+    assert!(sent < data.len(), "the client cannot have taken everything");
+    assert!(p.server.peer_window_closed(s), "the window is shut");
+    // It reads everything the server had queued: the window opens again.
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    for _ in 0..20 {
+        got += p.client.read(c, &mut buf);
+        p.advance(Duration::from_millis(100));
+    }
+    assert_eq!(got, sent, "everything written arrived");
+    assert!(!p.server.peer_window_closed(s), "the window is open again");
+}

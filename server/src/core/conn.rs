@@ -206,7 +206,9 @@ pub(super) struct OutputChecks {
 impl OutputChecks {
     pub(super) fn new(timeout_ticks: u32) -> OutputChecks {
         const AT_LEAST: u32 = 10; // ticks: 1 s
-        let every = timeout_ticks.div_ceil(MAX_STALLS).max(AT_LEAST);
+                                  // Less than a turn of the core's wheel (an entry further out would come up early).
+        const AT_MOST: u32 = 4000;
+        let every = timeout_ticks.div_ceil(MAX_STALLS).clamp(AT_LEAST, AT_MOST);
         OutputChecks {
             every,
             stalls: timeout_ticks.div_ceil(every),

@@ -50,6 +50,10 @@ pub trait Io {
     /// Reset at once (RST); what was written and not sent is dropped. The core has forgotten
     /// the connection.
     fn abort(&mut self, id: ConnId);
+    /// Whether the peer advertises a zero receive window (it is not reading). The write timeout
+    /// closes only such a connection: a reading peer that is slow because the server or the
+    /// network is overloaded is not a slow reader. A transport that cannot tell says `true`.
+    fn peer_window_closed(&mut self, id: ConnId) -> bool;
     /// A device id (its hash) is now held by this core; a multi-process transport tells the others.
     fn device_claimed(&mut self, _hash: u64) {}
     /// This core no longer holds the device id.

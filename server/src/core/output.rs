@@ -40,6 +40,9 @@ struct Item {
     /// Queued on a WebSocket when the log's next broadcast was this entry (low 32 bits): it goes
     /// once the connection's cursor is there. `NONE`: nothing waits before it.
     after: u32,
+    /// It starts inside a frame (the transport took the frame's first bytes at once): a close
+    /// frame cannot be written in its place. (Fits the padding: an item is 24 bytes.)
+    mid_frame: bool,
 }
 
 const NONE: u32 = u32::MAX;
@@ -80,12 +83,13 @@ impl Targeted {
         Some((self.items[q.head as usize], q.offset))
     }
 
-    fn push(&mut self, id: ConnId, at: u64, len: u32, after: u32) {
+    fn push(&mut self, id: ConnId, at: u64, len: u32, after: u32, mid_frame: bool) {
         let item = Item {
             at,
             len,
             next: NONE,
             after,
+            mid_frame,
         };
         let index = match self.free {
             Some(i) => {
@@ -211,7 +215,7 @@ impl ServerCore {
         match self.msglog.store(stored) {
             Ok(at) => {
                 let len = stored.iter().map(|p| p.len()).sum::<usize>() as u32;
-                self.targeted.push(id, at, len, after);
+                self.targeted.push(id, at, len, after, first > 0 || skip > 0);
                 self.arm_output_timer(id);
             }
             // Larger than the whole log: this connection can never get it.
@@ -223,7 +227,7 @@ impl ServerCore {
     pub(super) fn emit_stored(&mut self, id: ConnId, at: u64, len: u32, io: &mut impl Io) {
         self.stats.bytes_out += u64::from(len);
         let after = self.waits_after(id);
-        self.targeted.push(id, at, len, after);
+        self.targeted.push(id, at, len, after, first > 0 || skip > 0);
         self.pump(id, io);
     }
 
@@ -344,6 +348,8 @@ impl ServerCore {
             return;
         }
         c.set_output_timer(true);
+        // Progress is counted from now: what it wrote before it had to wait does not count.
+        c.set_progressed(false);
         let due = tick_of(self.now_ms).wrapping_add(self.ticks.output.every);
         let entry = Entry {
             id,
@@ -352,14 +358,17 @@ impl ServerCore {
         self.wheel.insert(due, entry);
     }
 
-    /// The output timer of `id` came up: close it if its output left the log or it has taken
-    /// none for the write timeout, else look again later if it still waits.
+    /// The output timer of `id` came up: close it if its output left the log, or if it has taken
+    /// none for the write timeout with its window shut (at every check), else look again later
+    /// if it still waits.
     pub(super) fn check_output(&mut self, id: ConnId, io: &mut impl Io) {
         let c = &mut self.conns[id as usize];
         c.set_output_timer(false);
         let progressed = c.progressed();
         c.set_progressed(false);
-        let stalls = if progressed { 0 } else { c.stalls() + 1 };
+        let shut = !progressed && io.peer_window_closed(id);
+        let c = &mut self.conns[id as usize];
+        let stalls = if shut { c.stalls() + 1 } else { 0 };
         c.set_stalls(stalls);
         // A closing connection has its own deadline (its close frame must leave in time).
         let timed_out =
@@ -379,6 +388,14 @@ impl ServerCore {
     /// its next frame can still go out whole and cleanly, else reset it. Counted; nobody else
     /// waits for it.
     pub(super) fn slow_reader(&mut self, id: ConnId, why: SlowReason, io: &mut impl Io) {
+        if self.conns[id as usize].phase() == Phase::Closing {
+            // Already closed and counted (its close frame waits behind output that left the
+            // log): it cannot finish cleanly, so it ends as a close that timed out.
+            self.stats.close_timeouts += 1;
+            self.conns[id as usize] = self.freed(id);
+            io.abort(id);
+            return;
+        }
         self.stats.slow_readers_closed += 1;
         let why = match why {
             SlowReason::OutOfLog => "its output fell out of the message log",
@@ -387,8 +404,12 @@ impl ServerCore {
         self.log
             .warn(self.now_ms, format_args!("conn {id}: {why}: closed as a slow reader"));
         let c = self.conns[id as usize];
-        let clean = c.offset() == 0 && self.targeted.front(id).is_none_or(|(_, done)| done == 0);
-        let ws = matches!(c.phase(), Phase::Ws | Phase::Closing);
+        let clean = c.offset() == 0
+            && self
+                .targeted
+                .front(id)
+                .is_none_or(|(item, done)| done == 0 && !item.mid_frame);
+        let ws = c.phase() == Phase::Ws;
         self.end(id, Ended::SlowReader, io);
         let mut frame = [0u8; 2 + MAX_CONTROL_PAYLOAD];
         let mut payload = [0u8; MAX_CONTROL_PAYLOAD];

@@ -19,6 +19,9 @@ struct Pipes {
     aborted: Vec<ConnId>,
     /// Connections waiting for room (a short write asks to be told).
     waiting: Vec<ConnId>,
+    /// Connections whose peer keeps its window open though it takes nothing (the network loses
+    /// what is sent): not slow readers.
+    open_window: Vec<ConnId>,
 }
 
 impl Pipes {
@@ -30,6 +33,7 @@ impl Pipes {
             closed: Vec::new(),
             aborted: Vec::new(),
             waiting: Vec::new(),
+            open_window: Vec::new(),
         }
     }
 
@@ -85,6 +89,9 @@ impl Io for Pipes {
     fn abort(&mut self, id: ConnId) {
         self.close(id);
         self.aborted.push(id);
+    }
+    fn peer_window_closed(&mut self, id: ConnId) -> bool {
+        self.room.get(&id) == Some(&0) && !self.open_window.contains(&id)
     }
 }
 
@@ -201,7 +208,7 @@ fn a_reader_that_stops_is_closed_when_it_falls_out_of_the_log_and_nobody_waits_f
 
 #[test]
 fn a_client_that_takes_nothing_for_the_write_timeout_is_closed_and_a_slow_one_is_not() {
-    let ids: Vec<ConnId> = (0..3).collect();
+    let ids: Vec<ConnId> = (0..4).collect();
     let cfg = CoreConfig {
         idle_timeout_ms: 0,
         log_size: 1 << 20,
@@ -211,8 +218,10 @@ fn a_client_that_takes_nothing_for_the_write_timeout_is_closed_and_a_slow_one_is
     let mut core = ServerCore::new(cfg, ids.len(), 0);
     let mut io = Pipes::new(256);
     upgrade_all(&mut core, &mut io, &ids, "");
-    // 0 never reads; 1 reads 256 bytes every 2 s (slow, but it moves); 2 reads at once. The log
-    // holds everything: only the write timeout can close anyone.
+    io.open_window.push(3);
+    // 0 never reads; 1 reads 256 bytes every 2 s (slow, but it moves); 2 reads at once; 3 takes
+    // nothing but keeps its window open (what an overloaded path looks like: not its fault).
+    // The log holds everything: only the write timeout can close anyone.
     let mut now = 10;
     for seq in 0..3 {
         core.broadcast(&payload(seq, 1000), seq, now, &mut io).unwrap();
@@ -237,11 +246,105 @@ fn a_client_that_takes_nothing_for_the_write_timeout_is_closed_and_a_slow_one_is
     assert_eq!(io.aborted, vec![0], "reset: it was in the middle of a frame");
     assert_eq!(core.stats().slow_readers_closed, 1);
     assert!(!io.closed.contains(&1), "a slow reader that moves stays");
+    assert!(!io.closed.contains(&3), "a peer with an open window stays");
     assert_eq!(io.frames(2).len(), 3);
     assert!(
         io.got[&1].len() >= 5 * 256,
         "the slow one got {} bytes",
         io.got[&1].len()
+    );
+}
+
+#[test]
+fn a_client_that_sends_pings_and_never_reads_stops_being_read_and_fills_nothing() {
+    let mut core = core_with(1 << 20, 1);
+    let mut io = Pipes::new(256);
+    upgrade_all(&mut core, &mut io, &[0], "");
+    // A thousand pings with 100-byte payloads in one read; the pongs fill the 256-byte buffer.
+    let mut wire = Vec::new();
+    for _ in 0..1000 {
+        crate::core::frame::encode(&mut wire, true, Op::Ping, &[b'p'; 100], Some([1, 2, 3, 4]));
+    }
+    let used = core.data(0, &mut wire.clone(), 10, &mut io);
+    assert!(
+        used < wire.len() / 100,
+        "input stops once its own output waits: took {used} bytes"
+    );
+    assert!(core.input_paused(0));
+    assert!(core.log_bytes() < 4096, "the log holds a pong or so, not a thousand");
+    // It reads: the rest is taken, every ping answered in order.
+    let mut pos = used;
+    for _ in 0..10_000 {
+        if pos == wire.len() {
+            break;
+        }
+        while io.ack(&mut core, &[0], 20) {}
+        pos += core.data(0, &mut wire[pos..].to_vec(), 20, &mut io);
+    }
+    while io.ack(&mut core, &[0], 20) {}
+    assert_eq!(pos, wire.len());
+    let pongs = io.frames(0).iter().filter(|(op, _)| *op == Op::Pong).count();
+    assert_eq!(pongs, 1000);
+}
+
+#[test]
+fn a_closing_connection_that_falls_out_of_the_log_is_reset_and_counted_once() {
+    let ids: Vec<ConnId> = (0..2).collect();
+    let mut core = core_with(64 << 10, ids.len());
+    let mut io = Pipes::new(256);
+    upgrade_all(&mut core, &mut io, &ids, "");
+    core.broadcast(&payload(0, 4096), 0, 10, &mut io).unwrap();
+    // 0 stops reading and is then closed by the server (shutdown): its close frame waits
+    // behind the broadcast.
+    core.shutdown(10, &mut io);
+    let closed = core.stats().closed;
+    assert_eq!(closed, 2);
+    let mut now = 10;
+    for seq in 1..40 {
+        core.broadcast(&payload(seq, 4096), seq, now, &mut io).unwrap();
+        while io.ack(&mut core, &[1], now) {}
+        now += 100;
+        core.tick(now, &mut io);
+    }
+    assert!(io.closed.contains(&0), "reset once its output left the log");
+    let s = core.stats();
+    assert_eq!((s.closed, s.connections), (closed, 0), "counted once");
+    assert_eq!(s.slow_readers_closed, 0, "it was closed already");
+    assert_eq!(s.close_timeouts, 1);
+}
+
+#[test]
+fn a_push_that_went_out_in_part_is_never_followed_by_a_close_frame_in_its_middle() {
+    let mut core = core_with(1 << 20, 1);
+    let mut io = Pipes::new(256);
+    let dev = upgrade_request("?id=dev-2");
+    core.open(0, 0, &mut io);
+    core.data(0, &mut dev.clone(), 0, &mut io);
+    while io.ack(&mut core, &[0], 0) {}
+    io.got.clear();
+    // The transport takes the first bytes of a 60 KiB push at once; the rest is stored.
+    assert!(core.push(b"dev-2", &payload(1, 60 * 1024), 10, &mut io));
+    let at_once = io.got[&0].len();
+    assert!(at_once > 0 && at_once < 1024, "{at_once}");
+    // Then it falls out of the log (broadcasts fill it) while the socket has room again.
+    for seq in 0..20 {
+        core.broadcast(&payload(seq, 64 * 1024), seq, 10, &mut io).unwrap();
+    }
+    io.room.insert(0, 1 << 20);
+    let mut now = 10;
+    while now < 3_000 && !io.closed.contains(&0) {
+        now += 100;
+        core.tick(now, &mut io);
+    }
+    assert_eq!(
+        io.aborted,
+        vec![0],
+        "reset: a close frame here would land inside the push"
+    );
+    assert_eq!(
+        io.got[&0].len(),
+        at_once,
+        "nothing written after the push's first bytes"
     );
 }
 

@@ -25,6 +25,9 @@ struct Recorder {
 }
 
 impl Io for Recorder {
+    fn peer_window_closed(&mut self, id: ConnId) -> bool {
+        self.room.get(&id) == Some(&0)
+    }
     fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
         assert!(!self.closed.contains(&id), "write after close on {id}");
         let n = match self.room.get_mut(&id) {

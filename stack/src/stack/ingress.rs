@@ -91,6 +91,17 @@ impl Net {
             self.mac_learned = true;
         }
         self.stats.rx_segments += 1;
+        // Whether the peer has stopped reading: the server closes a connection that keeps its
+        // window shut and takes nothing (a reading peer under loss is not that). A forged
+        // segment can set this only until the peer's next acknowledgement.
+        if seg.flags & (TCP_ACK | TCP_RST) == TCP_ACK {
+            let f = &mut self.slots[slot].flags;
+            if seg.window == 0 {
+                *f |= flag::PEER_WINDOW_ZERO;
+            } else {
+                *f &= !flag::PEER_WINDOW_ZERO;
+            }
+        }
         self.process(slot, now, sender, Some(ip));
     }
 

@@ -294,6 +294,13 @@ impl<L: Link> Stack<L> {
         })
     }
 
+    /// Whether the peer's last acknowledgement advertised a zero window (it is not reading).
+    pub fn peer_window_closed(&self, id: ConnId) -> bool {
+        self.net
+            .owned(id)
+            .is_some_and(|s| self.net.slots[s].flags & flag::PEER_WINDOW_ZERO != 0)
+    }
+
     /// Ask for a `Writable` event once the send buffer has room (a short `write` asks by itself).
     pub fn want_write(&mut self, id: ConnId) {
         if let Some(s) = self.net.owned(id) {

@@ -24,6 +24,8 @@ pub(super) mod flag {
     pub const ACTIVE: u16 = 1 << 7;
     /// The application gave the id back; `Slot::user` holds the close deadline.
     pub const RELEASED: u16 = 1 << 8;
+    /// The peer's last acknowledgement advertised a zero window: it is not reading.
+    pub const PEER_WINDOW_ZERO: u16 = 1 << 9;
 }
 
 /// No wheel entry is pending for the slot.

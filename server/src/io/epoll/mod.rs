@@ -192,6 +192,15 @@ impl Epoll {
         core.writable(id, now, &mut self.sockets);
         settle(core, &mut self.sockets, now);
         if self.sockets.slots[id as usize].state == SlotState::Live && !core.input_paused(id) {
+            // First what was read before the pause, then what the kernel holds.
+            let kept = self.sockets.slots[id as usize]
+                .bufs
+                .as_ref()
+                .is_some_and(|b| !b.inp.is_empty());
+            if kept {
+                self.consume(core, id, 0, now);
+                settle(core, &mut self.sockets, now);
+            }
             self.readable(core, id);
         }
     }

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -144,6 +145,14 @@ impl Sockets {
 }
 
 impl Io for Sockets {
+    fn peer_window_closed(&mut self, id: ConnId) -> bool {
+        match self.slots[id as usize].stream.as_ref() {
+            // Before Linux 5.4 the kernel does not say: the write timeout then counts any stall.
+            Some(stream) => host::tcp::peer_window(stream.as_raw_fd()).is_none_or(|w| w == 0),
+            None => true,
+        }
+    }
+
     fn write(&mut self, id: ConnId, bytes: &[u8]) -> usize {
         let slot = &mut self.slots[id as usize];
         if slot.state != SlotState::Live {

@@ -43,6 +43,10 @@ impl<L: Link> StackIo<L> {
 }
 
 impl<L: Link> Io for StackIo<L> {
+    fn peer_window_closed(&mut self, id: u32) -> bool {
+        self.stack.peer_window_closed(ConnId(id))
+    }
+
     fn write(&mut self, id: u32, bytes: &[u8]) -> usize {
         // A short write asks the stack for `Writable` by itself.
         self.stack.write(ConnId(id), bytes)
@@ -197,6 +201,9 @@ impl<L: Link> ServedStack<L> {
             self.io.stack.discard(cid, used);
             if used == n {
                 return;
+            }
+            if core.input_paused(id) {
+                continue; // the rest waits in the receive buffer until `Writable`
             }
             if n < self.rx_buf {
                 return; // an incomplete head or frame: the rest is on its way
