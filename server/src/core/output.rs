@@ -227,7 +227,7 @@ impl ServerCore {
     pub(super) fn emit_stored(&mut self, id: ConnId, at: u64, len: u32, io: &mut impl Io) {
         self.stats.bytes_out += u64::from(len);
         let after = self.waits_after(id);
-        self.targeted.push(id, at, len, after, first > 0 || skip > 0);
+        self.targeted.push(id, at, len, after, false);
         self.pump(id, io);
     }
 
