@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     /// Milliseconds a connection may take no output before it is closed as a slow reader (0: off).
     #[serde(default)]
     pub write_timeout_ms: u64,
+    /// Every broadcast of this run is numbered after this (`message::first_seq`).
+    #[serde(default)]
+    pub first_seq: u64,
     /// Serve on the userspace stack over AF_XDP instead of kernel sockets.
     #[cfg(feature = "xdp")]
     #[serde(default)]
@@ -57,6 +60,7 @@ impl WorkerConfig {
             seed: 1,
             log_size: 1 << 20,
             write_timeout_ms: 30_000,
+            first_seq: 0,
             #[cfg(feature = "xdp")]
             xdp: None,
         }

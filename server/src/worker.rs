@@ -41,6 +41,7 @@ pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
         seed: cfg.seed ^ cfg.index as u64,
         log_size: cfg.log_size,
         write_timeout_ms: cfg.write_timeout_ms,
+        first_seq: cfg.first_seq,
     }
 }
 

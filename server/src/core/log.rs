@@ -49,9 +49,24 @@ pub struct MessageLog {
     evicted_seq: u64,
 }
 
+/// Where a client reconnecting with `?since=SEQ` resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// At this entry: the first broadcast after SEQ (`next_entry()` when it is caught up).
+    From(u64),
+    /// Broadcasts after SEQ are gone (overwritten, or SEQ is from an earlier run of the server);
+    /// `oldest` is the first one still kept.
+    Gap { oldest: u64 },
+    /// SEQ is newer than anything this log has: a broadcast on its way to this worker that the
+    /// client got from another one. It goes live and skips broadcasts up to SEQ.
+    Ahead,
+}
+
 impl MessageLog {
-    /// A log of `capacity` bytes (allocated here, once; pages are touched as they are written).
-    pub fn new(capacity: usize) -> MessageLog {
+    /// A log of `capacity` bytes (allocated here, once; pages are touched as they are written)
+    /// for broadcasts numbered after `first_seq` (a `since` at or before it is from an earlier
+    /// run of the server: a gap).
+    pub fn new(capacity: usize, first_seq: u64) -> MessageLog {
         let capacity = capacity.max(1);
         // An entry per 64 bytes of ring at most: small messages cannot make the index grow
         // beyond a fixed size either.
@@ -63,7 +78,7 @@ impl MessageLog {
             broadcasts: VecDeque::with_capacity(64),
             first_entry: 0,
             max_entries,
-            evicted_seq: 0,
+            evicted_seq: first_seq,
         }
     }
 
@@ -151,17 +166,19 @@ impl MessageLog {
         self.broadcasts.get(usize::try_from(index).ok()?).copied()
     }
 
-    /// Where a client that has seen every broadcast up to `seq` resumes: `Ok(entry)` of the first
-    /// broadcast after `seq` (or `next_entry()` when there is none yet), or `Err(oldest seq kept)`
-    /// when broadcasts after `seq` are no longer in the log (or `seq` is beyond any this log has
-    /// seen: a client of an earlier run of the server).
-    pub fn resume_after(&self, seq: u64) -> Result<u64, u64> {
+    /// Where a client that has seen every broadcast up to `seq` resumes.
+    pub fn resume_after(&self, seq: u64) -> Resume {
         let newest = self.broadcasts.back().map_or(self.evicted_seq, |b| b.seq);
-        if seq < self.evicted_seq || seq > newest {
-            return Err(self.broadcasts.front().map_or(newest + 1, |b| b.seq));
+        if seq < self.evicted_seq {
+            return Resume::Gap {
+                oldest: self.broadcasts.front().map_or(newest + 1, |b| b.seq),
+            };
+        }
+        if seq > newest {
+            return Resume::Ahead;
         }
         let after = self.broadcasts.partition_point(|b| b.seq <= seq);
-        Ok(self.first_entry + after as u64)
+        Resume::From(self.first_entry + after as u64)
     }
 
     /// Drop the broadcasts whose bytes were overwritten.
@@ -186,7 +203,7 @@ mod tests {
 
     #[test]
     fn messages_are_stored_once_and_read_where_they_are() {
-        let mut log = MessageLog::new(64);
+        let mut log = MessageLog::new(64, 0);
         let a = log.store(&[b"hello ", b"world"]).unwrap();
         assert_eq!(log.bytes(a, 11), Some(&b"hello world"[..]));
         let e = log.broadcast(7, b"HD", b"payload").unwrap();
@@ -199,7 +216,7 @@ mod tests {
 
     #[test]
     fn old_bytes_are_overwritten_and_their_broadcasts_dropped() {
-        let mut log = MessageLog::new(32);
+        let mut log = MessageLog::new(32, 0);
         let first = log.broadcast(1, b"", &[1; 20]).unwrap();
         let old = log.entry(first).unwrap();
         log.broadcast(2, b"", &[2; 20]).unwrap(); // does not fit behind the first: wraps
@@ -213,26 +230,31 @@ mod tests {
 
     #[test]
     fn resuming_after_a_seq_finds_the_next_broadcast_or_says_it_is_gone() {
-        let mut log = MessageLog::new(1024);
+        let mut log = MessageLog::new(1024, 2);
         for seq in [3, 5, 9] {
             log.broadcast(seq, b"", b"x").unwrap();
         }
-        assert_eq!(log.resume_after(3), Ok(1));
-        assert_eq!(log.resume_after(4), Ok(1), "seq 4 was a push: the next broadcast is 5");
-        assert_eq!(log.resume_after(9), Ok(3), "caught up: the next one to come");
-        assert_eq!(log.resume_after(10), Err(3), "a seq this log never had");
-        assert_eq!(log.resume_after(0), Ok(0), "nothing was evicted yet");
-        let mut small = MessageLog::new(4);
+        assert_eq!(log.resume_after(3), Resume::From(1));
+        assert_eq!(
+            log.resume_after(4),
+            Resume::From(1),
+            "seq 4 was a push: the next broadcast is 5"
+        );
+        assert_eq!(log.resume_after(9), Resume::From(3), "caught up: the next one to come");
+        assert_eq!(log.resume_after(2), Resume::From(0), "the run's first: all of it");
+        assert_eq!(log.resume_after(10), Resume::Ahead, "on its way to this log");
+        assert_eq!(log.resume_after(1), Resume::Gap { oldest: 3 }, "from an earlier run");
+        let mut small = MessageLog::new(4, 0);
         for seq in 1..=6 {
             small.broadcast(seq, b"", b"xx").unwrap();
         }
-        assert_eq!(small.resume_after(2), Err(5), "3 and 4 are gone");
-        assert_eq!(small.resume_after(4), Ok(small.first_entry()));
+        assert_eq!(small.resume_after(2), Resume::Gap { oldest: 5 }, "3 and 4 are gone");
+        assert_eq!(small.resume_after(4), Resume::From(small.first_entry()));
     }
 
     #[test]
     fn the_index_is_bounded_whatever_the_sizes() {
-        let mut log = MessageLog::new(1024);
+        let mut log = MessageLog::new(1024, 0);
         for seq in 0..1000 {
             log.broadcast(seq, b"", b"").unwrap();
         }

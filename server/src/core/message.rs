@@ -26,6 +26,14 @@ pub fn unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where this run's sequence numbers start: the wall-clock time in milliseconds × 1000, so a
+/// run's numbers are all above any earlier run's (unless it issued 1,000 per millisecond of its
+/// life) and a `since` from before a restart is seen as such; below 2^53, exact in JavaScript,
+/// until the year 2255.
+pub fn first_seq() -> u64 {
+    unix_ns() / 1_000_000 * 1000
+}
+
 /// Format a push: `{"ts":…,"seq":…,"kind":…,"data":…}`; `data` is the admin's text (JSON-escaped)
 /// or, for the periodic push, the server's current time (seed 000's message).
 pub fn format_push(ts_ns: u64, seq: u64, kind: Kind, data: Option<&str>) -> String {

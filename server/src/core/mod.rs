@@ -21,6 +21,8 @@ pub mod ratelog;
 pub mod stats;
 mod websocket;
 
+use std::collections::HashMap;
+
 use conn::{
     due_of, tag, tick_of, Conn, Ended, OutputChecks, Phase, Timeouts, GEN_MASK, MAX_BROADCAST_FRAME, TIMER_DEADLINE,
     TIMER_IDLE, TIMER_OUTPUT,
@@ -28,7 +30,7 @@ use conn::{
 use device::{DeviceHasher, DeviceMap};
 use frame::{close_code, Op, MAX_HEADER};
 use http::{Parsed, Reject, Request, Response};
-use log::{LogError, MessageLog};
+use log::{LogError, MessageLog, Resume};
 use output::Targeted;
 use ratelog::RateLimitedLog;
 use stats::CoreStats;
@@ -96,6 +98,9 @@ pub struct CoreConfig {
     /// A connection with output waiting that takes none of it for this long is closed as a slow
     /// reader too (0: only falling out of the log closes).
     pub write_timeout_ms: u64,
+    /// Every broadcast of this run of the server is numbered after this (a `since` at or
+    /// before it is from an earlier run).
+    pub first_seq: u64,
 }
 
 impl Default for CoreConfig {
@@ -112,6 +117,7 @@ impl Default for CoreConfig {
             seed: 0x5eed,
             log_size: 4 << 20,
             write_timeout_ms: 30_000,
+            first_seq: 0,
         }
     }
 }
@@ -151,6 +157,10 @@ pub struct ServerCore {
     /// WebSockets that have not yet written the newest broadcast (a count kept as cursors move,
     /// so knowing when a broadcast has left costs nothing per connection).
     behind: u64,
+    /// Connections that resumed with a `since` newer than this log's newest broadcast (it was on
+    /// its way here): they skip broadcasts up to it. Only such connections have an entry, until
+    /// the first broadcast after their `since`.
+    ahead: HashMap<ConnId, u64>,
 }
 
 impl ServerCore {
@@ -165,7 +175,8 @@ impl ServerCore {
         ServerCore {
             ticks,
             rng: fastrand::Rng::with_seed(cfg.seed),
-            msglog: MessageLog::new(cfg.log_size),
+            msglog: MessageLog::new(cfg.log_size, cfg.first_seq),
+            ahead: HashMap::new(),
             targeted: Targeted::with_capacity(1024),
             behind: 0,
             cfg,
@@ -194,6 +205,7 @@ impl ServerCore {
             + self.wheel.heap_bytes()
             + self.fired.capacity() * std::mem::size_of::<Entry>()
             + self.targeted.heap_bytes()
+            + self.ahead.capacity() * (std::mem::size_of::<(ConnId, u64)>() + 1)
     }
 
     /// Resident bytes of the message log (its ring as far as it was written, and its index).
@@ -377,7 +389,11 @@ impl ServerCore {
     /// first of them), or one gap message when some of them are gone; the live ones follow.
     fn resume(&mut self, id: ConnId, seq: u64, io: &mut impl Io) {
         match self.msglog.resume_after(seq) {
-            Ok(entry) => {
+            Resume::Ahead => {
+                self.stats.resumed += 1;
+                self.ahead.insert(id, seq);
+            }
+            Resume::From(entry) => {
                 self.stats.resumed += 1;
                 self.conns[id as usize].cursor = entry as u32;
                 if entry < self.msglog.next_entry() {
@@ -385,7 +401,7 @@ impl ServerCore {
                 }
                 self.pump(id, io);
             }
-            Err(oldest) => {
+            Resume::Gap { oldest } => {
                 self.stats.resume_gaps += 1;
                 let gap = message::format_gap(message::unix_ns(), seq, oldest);
                 self.send_frame(id, true, Op::Text, gap.as_bytes(), io);
@@ -469,6 +485,7 @@ impl ServerCore {
     /// timer entries become stale); the transport may reuse the id.
     fn freed(&mut self, id: ConnId) -> Conn {
         self.targeted.forget(id);
+        self.ahead.remove(&id);
         Conn {
             gen: (self.conns[id as usize].gen + 1) & GEN_MASK,
             ..Conn::FREE
@@ -581,8 +598,12 @@ impl ServerCore {
             .entry(entry)
             .map(|b| (b.at + u64::from(b.header_len), payload.len() as u32));
         self.stats.broadcasts += 1;
-        // Every WebSocket now has this one to write.
+        // Every WebSocket now has this one to write…
         self.behind = self.stats.websockets;
+        // …but those that resumed ahead of this log and already have it.
+        if !self.ahead.is_empty() {
+            self.skip_ahead(entry, seq);
+        }
         let mut fanout = Fanout::default();
         for idx in 0..self.conns.len() {
             let id = idx as ConnId;
@@ -607,6 +628,24 @@ impl ServerCore {
             }
         }
         Ok(fanout)
+    }
+
+    /// Connections that resumed ahead of the log skip broadcast `entry` (numbered `seq`) if they
+    /// already have it; the first one after their `since` ends their waiting.
+    fn skip_ahead(&mut self, entry: u64, seq: u64) {
+        let conns = &mut self.conns;
+        let behind = &mut self.behind;
+        self.ahead.retain(|&id, &mut since| {
+            if seq > since {
+                return false;
+            }
+            let c = &mut conns[id as usize];
+            if c.phase() == Phase::Ws && c.cursor == entry as u32 && c.offset() == 0 {
+                c.cursor = c.cursor.wrapping_add(1);
+                *behind -= 1;
+            }
+            true
+        });
     }
 
     /// Queue a text message to the connection of one device. Returns whether it was queued (the

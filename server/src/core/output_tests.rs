@@ -396,29 +396,52 @@ fn a_long_poll_answered_by_a_broadcast_gets_it_whole_through_a_small_buffer() {
 
 #[test]
 fn since_replays_what_the_log_still_holds_or_says_there_is_a_gap() {
-    let mut core = core_with(1 << 20, 8);
+    // This run numbers its broadcasts after 5.
+    let cfg = CoreConfig {
+        idle_timeout_ms: 0,
+        log_size: 1 << 20,
+        first_seq: 5,
+        ..CoreConfig::default()
+    };
+    let mut core = ServerCore::new(cfg, 8, 0);
     let mut io = Pipes::new(1 << 20);
     for seq in [10, 12, 15] {
         core.broadcast(&payload(seq, 50), seq, 10, &mut io).unwrap();
     }
     // Inside the log: everything after 10, then the live ones.
     upgrade_all(&mut core, &mut io, &[1], "?since=10");
-    core.broadcast(&payload(16, 50), 16, 20, &mut io).unwrap();
-    let got: Vec<Vec<u8>> = io.frames(1).into_iter().map(|(_, p)| p).collect();
-    assert_eq!(got, vec![payload(12, 50), payload(15, 50), payload(16, 50)]);
     // Caught up: nothing to replay.
-    upgrade_all(&mut core, &mut io, &[2], "?since=16");
+    upgrade_all(&mut core, &mut io, &[2], "?since=15");
     assert!(io.frames(2).is_empty());
-    // A sequence number this log never had (an earlier run of the server): a gap message.
-    upgrade_all(&mut core, &mut io, &[3], "?since=99");
+    // Ahead of this log: 17 is on its way here (the client got it from another worker).
+    upgrade_all(&mut core, &mut io, &[4], "?since=17");
+    for seq in [16, 17, 18] {
+        core.broadcast(&payload(seq, 50), seq, 20, &mut io).unwrap();
+    }
+    let got: Vec<Vec<u8>> = io.frames(1).into_iter().map(|(_, p)| p).collect();
+    let all_after = |since: u64| -> Vec<Vec<u8>> {
+        [10, 12, 15, 16, 17, 18]
+            .into_iter()
+            .filter(|&s| s > since)
+            .map(|s| payload(s, 50))
+            .collect()
+    };
+    assert_eq!(got, all_after(10));
+    let got: Vec<Vec<u8>> = io.frames(2).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, all_after(15));
+    let got: Vec<Vec<u8>> = io.frames(4).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, all_after(17), "no duplicate of 16 or 17, nothing missed");
+    assert_eq!(core.output_behind(), 0);
+    // From an earlier run of the server (at or before this run's first number): a gap message.
+    upgrade_all(&mut core, &mut io, &[3], "?since=3");
     let gap = io.frames(3);
     assert_eq!(gap.len(), 1);
     let v: serde_json::Value = serde_json::from_slice(&gap[0].1).unwrap();
     assert_eq!(
         (v["kind"].as_str(), v["since"].as_u64(), v["oldest"].as_u64()),
-        (Some("gap"), Some(99), Some(10))
+        (Some("gap"), Some(3), Some(10))
     );
-    assert_eq!((core.stats().resumed, core.stats().resume_gaps), (2, 1));
+    assert_eq!((core.stats().resumed, core.stats().resume_gaps), (3, 1));
     // Outside the log: older broadcasts were overwritten.
     let mut small = core_with(1024, 4);
     let mut io = Pipes::new(1 << 20);

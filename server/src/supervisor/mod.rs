@@ -74,7 +74,7 @@ struct WorkerPlan {
 }
 
 impl WorkerPlan {
-    fn new(cfg: &ServerConfig, hasher: &DeviceHasher) -> WorkerPlan {
+    fn new(cfg: &ServerConfig, hasher: &DeviceHasher, first_seq: u64) -> WorkerPlan {
         WorkerPlan {
             base: WorkerConfig {
                 index: 0,
@@ -90,6 +90,7 @@ impl WorkerPlan {
                 seed: fastrand::u64(..),
                 log_size: cfg.log_size,
                 write_timeout_ms: cfg.write_timeout.as_millis() as u64,
+                first_seq,
                 #[cfg(feature = "xdp")]
                 xdp: None,
             },
@@ -113,8 +114,9 @@ impl WorkerPlan {
 /// Run a server until SIGINT/SIGTERM: kernel-stack workers, or xdp workers (one per queue).
 pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let hasher = DeviceHasher::random();
+    let first_seq = message::first_seq();
     #[allow(unused_mut)] // the xdp build adds the queue settings
-    let mut plan = WorkerPlan::new(&cfg, &hasher);
+    let mut plan = WorkerPlan::new(&cfg, &hasher, first_seq);
     #[cfg(feature = "xdp")]
     let attachment = match &cfg.xdp {
         Some(x) => {
@@ -151,7 +153,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         hasher,
         directory: Directory::default(),
         pending: PendingCalls::default(),
-        push_seq: 0,
+        push_seq: first_seq,
         broadcasts_done: 0,
         last_broadcast: None,
         started: Instant::now(),
