@@ -30,8 +30,14 @@ pub struct StackConfig {
     /// Verify IPv4 and TCP checksums of received frames. Frames sent by the kernel over a veth
     /// with TX checksum offload on carry partial checksums; the testbed turns the offload off.
     pub verify_rx_checksum: bool,
-    /// Give up on a connection whose peer stops acknowledging (or answering SYN-ACKs) for this long.
+    /// Give up on a handshake, or a keep-alive probe, that gets no answer for this long.
     pub tcp_timeout: Duration,
+    /// Give up on a connection whose peer acknowledges none of the data in flight for this long.
+    /// Longer than `tcp_timeout`: a reading peer behind an overloaded path can go tens of
+    /// seconds without one of its ACKs getting through while retransmissions back off (Linux
+    /// retries for about 15 minutes). A peer that is there but does not read (zero window)
+    /// answers probes and is the application's to close.
+    pub data_timeout: Duration,
     /// TCP keep-alive interval; `None` (the default) sends none, so idle connections cost nothing.
     /// When set, a peer that answers no probe for `tcp_timeout` is given up.
     pub keep_alive: Option<Duration>,
@@ -39,6 +45,14 @@ pub struct StackConfig {
     pub close_linger: Duration,
     /// Frames taken from the link per `poll`.
     pub rx_batch: usize,
+    /// Frames the stack may send from its dirty list ahead of what comes back: an ACK clock
+    /// across all connections (each frame received for a connection earns one more). A
+    /// broadcast writes into a million send buffers at once; sent all at once it would overrun
+    /// the receive rings of both sides, whose drops then cost retransmissions and, under
+    /// backoff, connections. Retransmissions by timer are not held back (they restart the
+    /// clock after loss), and a quarter of the window comes back every 5 ms whatever arrives.
+    /// 0: no limit.
+    pub egress_window: u32,
     /// Back the socket slab and the buffer arena with transparent huge pages (fewer TLB misses
     /// at a million connections; slots are handed out from the start, so little is wasted).
     pub huge_pages: bool,
@@ -59,9 +73,11 @@ impl Default for StackConfig {
             mtu: 1500,
             verify_rx_checksum: true,
             tcp_timeout: Duration::from_secs(30),
+            data_timeout: Duration::from_secs(120),
             keep_alive: None,
             close_linger: Duration::from_secs(60),
             rx_batch: 64,
+            egress_window: 4096,
             huge_pages: true,
         }
     }
@@ -98,6 +114,9 @@ impl StackConfig {
                     self.tcp_timeout
                 ));
             }
+        }
+        if self.data_timeout < Duration::from_secs(1) {
+            return Err(format!("data_timeout must be at least 1s (got {})", self.data_timeout));
         }
         if self.rx_batch == 0 {
             return Err("rx_batch must be at least 1".into());

@@ -42,6 +42,9 @@ pub struct StackStats {
     pub egress_passes: u64,
     /// Times a socket had output but the link had no TX buffer.
     pub tx_starved: u64,
+    /// Flushes that stopped with sockets still dirty because the egress window was used up.
+    #[serde(default)]
+    pub egress_paced: u64,
     /// Slots in use now.
     pub in_use: u64,
     /// Wheel entries now, stale ones included.

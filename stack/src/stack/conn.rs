@@ -56,8 +56,14 @@ impl Net {
                     // Closing connections are bounded by `close_linger` instead.
                     let sock = set.get_mut::<tcp::Socket<'static>>(handle);
                     let handshake = matches!(sock.state(), tcp::State::SynSent | tcp::State::SynReceived);
-                    let timed = handshake || sock.send_queue() > 0 || config.keep_alive.is_some();
-                    sock.set_timeout(if timed { Some(config.tcp_timeout) } else { None });
+                    let timeout = if handshake {
+                        Some(config.tcp_timeout)
+                    } else if sock.send_queue() > 0 {
+                        Some(config.data_timeout)
+                    } else {
+                        config.keep_alive.map(|_| config.tcp_timeout)
+                    };
+                    sock.set_timeout(timeout);
                     deadline = iface.poll_at(now, set);
                 }
             })

@@ -3,12 +3,33 @@
 //! entries run smoltcp's timers (retransmission, TIME-WAIT) and the close deadlines of released
 //! connections.
 
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 
 use super::one_slot::sock_mut;
 use super::slot::{flag, not_after, tick_of, NO_TIMER};
 use super::Net;
 use timing::wheel::Due;
+
+use crate::link::Sender;
+
+/// How often a quarter of the egress window comes back by itself (see `drain_dirty`).
+const CREDIT_REFILL_MS: u64 = 5;
+
+/// A sender that counts the frames built through it.
+struct Counted<'a, S: Sender> {
+    inner: &'a mut S,
+    sent: u32,
+}
+
+impl<S: Sender> Sender for Counted<'_, S> {
+    fn can_send(&mut self) -> bool {
+        self.inner.can_send()
+    }
+    fn send(&mut self, len: usize, build: &mut dyn FnMut(&mut [u8])) {
+        self.sent += 1;
+        self.inner.send(len, build);
+    }
+}
 
 impl Net {
     pub(super) fn mark_dirty(&mut self, s: usize) {
@@ -53,16 +74,29 @@ impl Net {
         self.due = due;
     }
 
-    /// Egress for every dirty slot.
+    /// Egress for every dirty slot, as far as the link and the egress window allow.
     pub(super) fn drain_dirty<S: crate::link::Sender>(&mut self, now: Instant, sender: &mut S) {
         self.now = now;
+        let window = self.config.egress_window;
+        let paced = window > 0;
+        if paced && now >= self.credit_at + Duration::from_millis(CREDIT_REFILL_MS) {
+            // Losses leak credit (their ACKs never come): a quarter of the window comes back
+            // every few milliseconds, so the clock never stops.
+            self.credit = self.credit.max(window / 4);
+            self.credit_at = now;
+        }
+        let mut counted = Counted { inner: sender, sent: 0 };
         let mut dirty = std::mem::take(&mut self.dirty);
         let mut next = self.dirty_next;
         while next < dirty.len() {
             // The link is full: the rest waits for the next flush (after the kick drains the
             // ring). Going on would move every remaining socket through smoltcp only to find no
             // room, which made a broadcast to N connections cost N per ring-full of frames.
-            if !sender.can_send() {
+            if !counted.can_send() {
+                break;
+            }
+            if paced && counted.sent >= self.credit {
+                self.stats.egress_paced += 1;
                 break;
             }
             let s = dirty[next] as usize;
@@ -71,7 +105,10 @@ impl Net {
                 continue;
             }
             self.slots[s].flags &= !flag::DIRTY;
-            self.process(s, now, sender, None);
+            self.process(s, now, &mut counted, None);
+        }
+        if paced {
+            self.credit = self.credit.saturating_sub(counted.sent);
         }
         // The unvisited tail stays where it is (a cursor, not a copy: after a broadcast the
         // list holds every connection, and the link takes a ring-full per flush). Slots marked

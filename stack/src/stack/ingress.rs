@@ -91,6 +91,8 @@ impl Net {
             self.mac_learned = true;
         }
         self.stats.rx_segments += 1;
+        // The ACK clock: what came back makes room for one more frame out.
+        self.credit = self.credit.saturating_add(1).min(self.config.egress_window);
         // Whether the peer has stopped reading: the server closes a connection that keeps its
         // window shut and takes nothing (a reading peer under loss is not that). A forged
         // segment can set this only until the peer's next acknowledgement.

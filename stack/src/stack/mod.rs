@@ -113,6 +113,10 @@ struct Net {
     dirty: Vec<u32>,
     /// Where the next flush resumes in `dirty` (entries before it are done).
     dirty_next: usize,
+    /// Frames the dirty list may still send before more come back (`StackConfig::egress_window`),
+    /// and when a quarter of the window last came back by itself.
+    credit: u32,
+    credit_at: Instant,
     /// Scratch for the wheel's due entries.
     due: Vec<Entry>,
     events: Vec<Event>,
@@ -170,6 +174,8 @@ impl<L: Link> Stack<L> {
                 wheel: TimerWheel::new(WHEEL_SLOTS, tick_of(now)),
                 dirty: Vec::new(),
                 dirty_next: 0,
+                credit: config.egress_window,
+                credit_at: now,
                 due: Vec::new(),
                 events: Vec::new(),
                 shim,
