@@ -225,7 +225,8 @@ pub(super) fn broadcasts(
             run.fanout_ms
         );
         let budget = output_budget(cfg);
-        match wait_output(admin, stack, started, budget) {
+        match wait_output(admin, stack, started, budget, stop) {
+            _ if stop.load(Ordering::Relaxed) => bail!("interrupted"),
             Some((written_ms, on_link_ms)) => {
                 run.written_ms = Some(written_ms);
                 run.handed_to_link_ms = on_link_ms;
@@ -242,8 +243,17 @@ pub(super) fn broadcasts(
 /// Wait (`budget` at most) until the server has written every connection's output: (ms from
 /// `started`, as polled every 50 ms; for xdp also the slowest worker's own time from the
 /// broadcast until its last frame was on the link).
-fn wait_output(admin: &Admin, stack: Stack, started: Instant, budget: Duration) -> Option<(f64, Option<f64>)> {
+fn wait_output(
+    admin: &Admin,
+    stack: Stack,
+    started: Instant,
+    budget: Duration,
+    stop: &AtomicBool,
+) -> Option<(f64, Option<f64>)> {
     wait_for(budget, Duration::from_millis(50), || {
+        if stop.load(Ordering::Relaxed) {
+            return Some((0.0, None)); // the caller sees the flag
+        }
         let report = admin.report()?;
         let written_ms = started.elapsed().as_secs_f64() * 1e3;
         match stack {
