@@ -179,7 +179,8 @@ pub struct MemoryReport {
     pub supervisor_rss_bytes: u64,
     /// The cores' tables (connection states, device registry, timer wheel).
     pub core_heap_bytes: u64,
-    /// The workers' message logs, resident (as far as written: at most `--log-size` each).
+    /// The workers' message logs, resident (as far as written, and their index: at most
+    /// `--log-size` and a tenth each).
     #[serde(default)]
     pub log_bytes: u64,
 }

@@ -137,7 +137,8 @@ pub struct WorkerStats {
     /// Connections with output waiting in the message log (behind the newest broadcast, or with
     /// output of their own): 0 once everything queued has been handed to the transport.
     pub output_waiting: u64,
-    /// Resident bytes of the message log (as far as it has been written: at most `--log-size`).
+    /// Resident bytes of the message log (as far as it has been written, and its index: at most
+    /// `--log-size` and a tenth).
     pub log_bytes: u64,
     /// Connections holding a partial request head or frame in a user-space buffer right now.
     pub buffered_conns: u64,

@@ -77,10 +77,11 @@ struct Args {
     /// JSON-escaped, must fit), at most 1G.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     log_size: usize,
-    /// A connection with output waiting that takes no byte of it for this long (its client
-    /// stopped reading, or advertises a zero window) is closed with 4008 as a slow reader, even
-    /// if it has not fallen out of the log: its socket buffers are freed. Checked in steps of
-    /// 1/15 of it (at least 1s). 0: only falling out of the log closes.
+    /// A connection with output waiting that takes no byte of it for this long while its
+    /// client's receive window is shut (it stopped reading) is closed with 4008 as a slow reader,
+    /// even if it has not fallen out of the log: its socket buffers are freed. A client with an
+    /// open window is never closed for slowness of the path. Checked in steps of 1/15 of it (at
+    /// least 1s). 0: only falling out of the log closes. At most 1h.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
     /// No longer used: output waits in the message log (--log-size). Accepted so that existing

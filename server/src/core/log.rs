@@ -68,9 +68,10 @@ impl MessageLog {
     /// run of the server: a gap).
     pub fn new(capacity: usize, first_seq: u64) -> MessageLog {
         let capacity = capacity.max(1);
-        // An entry per 64 bytes of ring at most: small messages cannot make the index grow
+        // An entry per 256 bytes of ring at most (24 B each: under 10% of the ring): small
+        // messages cannot make the index grow beyond a fixed size either.
         // beyond a fixed size either.
-        let max_entries = (capacity / 64).max(16);
+        let max_entries = (capacity / 256).max(16);
         MessageLog {
             ring: vec![0u8; capacity].into_boxed_slice(),
             head: 0,
@@ -87,7 +88,7 @@ impl MessageLog {
     }
 
     /// Resident bytes of the log (the ring as far as it has been written, and its index), for the
-    /// memory breakdown: at most the capacity, whatever the traffic.
+    /// memory breakdown: at most the capacity and a tenth, whatever the traffic.
     pub fn resident_bytes(&self) -> usize {
         (self.head.min(self.ring.len() as u64) as usize) + self.broadcasts.capacity() * std::mem::size_of::<Broadcast>()
     }
@@ -254,10 +255,15 @@ mod tests {
 
     #[test]
     fn the_index_is_bounded_whatever_the_sizes() {
-        let mut log = MessageLog::new(1024, 0);
-        for seq in 0..1000 {
+        let mut log = MessageLog::new(64 << 10, 0);
+        for seq in 0..10_000 {
             log.broadcast(seq, b"", b"").unwrap();
         }
-        assert_eq!(log.next_entry() - log.first_entry(), 16);
+        assert_eq!(
+            log.next_entry() - log.first_entry(),
+            256,
+            "one entry per 256 bytes of ring"
+        );
+        assert!(log.resident_bytes() < (64 << 10) * 11 / 10, "{}", log.resident_bytes());
     }
 }

@@ -144,6 +144,7 @@ fn messages_of_every_size_reach_a_thousand_connections_through_256_byte_buffers(
         let mut io = Pipes::new(256);
         upgrade_all(&mut core, &mut io, &ids, "");
         let msg = payload(len as u64, len);
+        let log_before = core.log_bytes();
         let fanout = core.broadcast(&msg, 1, 10, &mut io).unwrap();
         assert_eq!(fanout.websockets, 1000);
         let mut rounds = 0;
@@ -157,7 +158,9 @@ fn messages_of_every_size_reach_a_thousand_connections_through_256_byte_buffers(
         }
         assert_eq!(core.stats().slow_readers_closed, 0);
         assert!(io.closed.is_empty(), "{len} B: nobody was closed");
-        // Stored once: the log's index and bytes, not a copy per connection.
+        // Stored once: one frame more in the log, not a copy per connection.
+        let grew = core.log_bytes() - log_before;
+        assert!(grew <= len + 14, "{len} B: the log grew by {grew} bytes");
         assert!(core.heap_bytes() < 1 << 20, "{len} B: {} heap bytes", core.heap_bytes());
     }
 }
