@@ -146,7 +146,11 @@ impl<D: Driver> Worker<D> {
         let mut next_control = Instant::now();
         while !self.stop && !terminated.load(Ordering::Relaxed) {
             let now = self.now_ms();
-            let wait = Duration::from_millis(next_tick.saturating_sub(now).min(TICK_MS));
+            let wait = if self.core.fan_out_pending() {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(next_tick.saturating_sub(now).min(TICK_MS))
+            };
             let turn = self.driver.turn(&mut self.core, &self.clock, wait)?;
             let now = self.now_ms();
             if now >= next_tick {
@@ -156,6 +160,9 @@ impl<D: Driver> Worker<D> {
             if turn.control || Instant::now() >= next_control {
                 next_control = Instant::now() + CONTROL_EVERY;
                 self.read_commands()?;
+            }
+            if self.core.fan_out_pending() {
+                self.driver.call(&mut self.core, now, |core, io| core.fan_out(io));
             }
             self.driver.flush(&self.core);
             self.send(None)?;

@@ -70,6 +70,10 @@ const WHEEL_SLOTS: usize = 4096;
 /// A connection the core closed must have sent its last output (a close frame, an HTTP answer)
 /// within this, or it is reset: a peer that keeps its window shut would hold it forever.
 const CLOSE_AFTER_OUTPUT_TICKS: u32 = 100;
+/// A slice of a broadcast's fan-out: this much taken by the transport, or this many connections
+/// looked at, whichever comes first (a few milliseconds of work either way).
+const FANOUT_SLICE_BYTES: u64 = 4 << 20;
+const FANOUT_SLICE_CONNS: usize = 65_536;
 
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -157,6 +161,10 @@ pub struct ServerCore {
     /// WebSockets that have not yet written the newest broadcast (a count kept as cursors move,
     /// so knowing when a broadcast has left costs nothing per connection).
     behind: u64,
+    /// Where the fan-out of the newest broadcasts goes on (`fan_out`); `None`: done.
+    fanout_next: Option<usize>,
+    /// Bytes the transport has taken from the log, ever (slices of a fan-out are measured in it).
+    written: u64,
     /// Connections that resumed with a `since` newer than this log's newest broadcast (it was on
     /// its way here): they skip broadcasts up to it. Only such connections have an entry, until
     /// the first broadcast after their `since`.
@@ -177,6 +185,8 @@ impl ServerCore {
             rng: fastrand::Rng::with_seed(cfg.seed),
             msglog: MessageLog::new(cfg.log_size, cfg.first_seq),
             ahead: HashMap::new(),
+            fanout_next: None,
+            written: 0,
             targeted: Targeted::with_capacity(1024),
             behind: 0,
             cfg,
@@ -604,30 +614,57 @@ impl ServerCore {
         if !self.ahead.is_empty() {
             self.skip_ahead(entry, seq);
         }
-        let mut fanout = Fanout::default();
-        for idx in 0..self.conns.len() {
-            let id = idx as ConnId;
-            match self.conns[idx].phase() {
-                Phase::Ws => {
-                    // Connections that were caught up start now; the others are waiting for room
-                    // and reach it in turn.
-                    let c = self.conns[idx];
-                    if c.cursor == entry as u32 && c.offset() == 0 && !self.targeted.holds(id) {
-                        self.pump(id, io);
-                    }
-                    self.stats.messages_out += 1;
-                    self.stats.bytes_out += (n + payload.len()) as u64;
-                    fanout.websockets += 1;
-                }
-                Phase::Poll => {
+        let fanout = Fanout {
+            websockets: self.stats.websockets,
+            polls: self.stats.polls_held,
+        };
+        self.stats.messages_out += fanout.websockets;
+        self.stats.bytes_out += fanout.websockets * (n + payload.len()) as u64;
+        // Held long-polls are answered now (they are few, and one that starts later must not
+        // get this one); the WebSockets write it in slices (`fan_out`).
+        if fanout.polls > 0 {
+            for idx in 0..self.conns.len() {
+                if self.conns[idx].phase() == Phase::Poll {
                     self.stats.polls_answered_by_push += 1;
-                    self.answer_poll(id, payload, stored, io);
-                    fanout.polls += 1;
+                    self.answer_poll(idx as ConnId, payload, stored, io);
                 }
-                Phase::Free | Phase::Http | Phase::Closing => {}
             }
         }
+        self.fanout_next = Some(0);
+        self.fan_out(io);
         Ok(fanout)
+    }
+
+    /// Whether a broadcast is still being handed to the WebSockets that were caught up (call
+    /// `fan_out` again, without waiting for the network).
+    pub fn fan_out_pending(&self) -> bool {
+        self.fanout_next.is_some()
+    }
+
+    /// Hand the newest broadcasts to the next slice of WebSockets (those in the middle of a frame
+    /// are waiting for room and reach them in turn): at most `FANOUT_SLICE_BYTES` taken by the
+    /// transport or `FANOUT_SLICE_CONNS` looked at, so that a large message to many connections
+    /// does not hold the worker (timers, commands, input) for seconds.
+    pub fn fan_out(&mut self, io: &mut impl Io) {
+        let Some(start) = self.fanout_next else { return };
+        let next_entry = self.msglog.next_entry() as u32;
+        let written_before = self.written;
+        let end = self.conns.len().min(start + FANOUT_SLICE_CONNS);
+        let mut idx = start;
+        while idx < end {
+            let id = idx as ConnId;
+            idx += 1;
+            let c = self.conns[id as usize];
+            // Those in the middle of a frame are waiting for room and are told when it comes.
+            let waits = c.cursor != next_entry || self.targeted.holds(id);
+            if matches!(c.phase(), Phase::Ws | Phase::Closing) && waits && c.offset() == 0 {
+                self.pump(id, io);
+                if self.written - written_before >= FANOUT_SLICE_BYTES {
+                    break;
+                }
+            }
+        }
+        self.fanout_next = (idx < self.conns.len()).then_some(idx);
     }
 
     /// Connections that resumed ahead of the log skip broadcast `entry` (numbered `seq`) if they

@@ -267,6 +267,7 @@ impl ServerCore {
             let n = io.write(id, bytes) as u32;
             if n > 0 {
                 self.conns[id as usize].set_progressed(true);
+                self.written += u64::from(n);
             }
             if broadcast {
                 let next_entry = self.msglog.next_entry();
@@ -380,7 +381,9 @@ impl ServerCore {
                 self.slow_reader(id, SlowReason::OutOfLog, io)
             }
             _ if timed_out => self.slow_reader(id, SlowReason::WriteTimeout, io),
-            _ => self.arm_output_timer(id),
+            // Try again (it may have room that no event announced, or have been left for a
+            // fan-out slice still to come): `pump` looks again later if it still waits.
+            _ => self.pump(id, io),
         }
     }
 

@@ -352,6 +352,36 @@ fn a_push_that_went_out_in_part_is_never_followed_by_a_close_frame_in_its_middle
 }
 
 #[test]
+fn a_large_fan_out_goes_in_slices_and_a_push_meanwhile_keeps_its_place() {
+    let ids: Vec<ConnId> = (0..100).collect();
+    let mut core = core_with(4 << 20, ids.len());
+    let mut io = Pipes::new(64 << 10);
+    let mut ids_dev = ids.clone();
+    let last = ids_dev.pop().unwrap();
+    upgrade_all(&mut core, &mut io, &ids_dev, "");
+    upgrade_all(&mut core, &mut io, &[last], "?id=dev-last");
+    let msg = payload(1, 60 << 10);
+    core.broadcast(&msg, 1, 10, &mut io).unwrap();
+    // 100 × 60 KiB is more than one slice: the worker gets control back in between.
+    assert!(core.fan_out_pending(), "one slice took it all");
+    assert!(!io.got.contains_key(&last), "the last connection is in a later slice");
+    assert!(core.push(b"dev-last", b"after the broadcast", 10, &mut io));
+    let mut slices = 1;
+    while core.fan_out_pending() {
+        core.fan_out(&mut io);
+        slices += 1;
+    }
+    assert!(slices >= 2);
+    while io.ack(&mut core, &ids, 20) {}
+    for &id in &ids_dev {
+        assert_eq!(io.frames(id), vec![(Op::Text, msg.clone())], "connection {id}");
+    }
+    let got: Vec<Vec<u8>> = io.frames(last).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, vec![msg, b"after the broadcast".to_vec()]);
+    assert_eq!(core.output_behind(), 0);
+}
+
+#[test]
 fn a_push_does_not_overtake_broadcasts_and_a_close_frame_comes_after_them() {
     let mut core = core_with(1 << 20, 4);
     let mut io = Pipes::new(256);
