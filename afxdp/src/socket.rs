@@ -203,15 +203,16 @@ impl Socket {
 
     /// Hand up to `max` received frames to `each` (with the sending half, for replies built in
     /// place), then give their chunks back to the fill ring. Returns how many were handed over.
-    pub fn receive(&mut self, max: usize, each: &mut dyn FnMut(&[u8], &mut Tx)) -> usize {
+    pub fn receive(&mut self, max: usize, each: &mut dyn FnMut(&mut [u8], &mut Tx)) -> usize {
         let Some(rx) = self.rx.as_mut() else { return 0 };
         let mut n = 0;
         let mut reader = rx.receive(max.min(u32::MAX as usize) as u32);
         while let Some(desc) = reader.read() {
             if let Some(ptr) = self.area.range(desc.addr, desc.len as usize) {
-                // SAFETY: the kernel handed this range of our area to us; it stays ours until
-                // the chunk goes back to the fill ring, after this batch.
-                let frame = unsafe { std::slice::from_raw_parts(ptr, desc.len as usize) };
+                // SAFETY: the kernel handed this range of our area to us; it stays ours (nobody
+                // else reads or writes it) until the chunk goes back to the fill ring, after
+                // this batch.
+                let frame = unsafe { std::slice::from_raw_parts_mut(ptr, desc.len as usize) };
                 each(frame, &mut self.tx);
             }
             // Copy mode puts the frame after a headroom: recycle by chunk address.

@@ -17,8 +17,9 @@ pub trait Sender {
 pub trait Link {
     type Sender: Sender;
     /// Hand up to `max` received frames to `each` (with the sender, for replies), then give their
-    /// buffers back to the receive side. Returns how many frames were handed over.
-    fn receive(&mut self, max: usize, each: &mut dyn FnMut(&[u8], &mut Self::Sender)) -> usize;
+    /// buffers back to the receive side. Returns how many frames were handed over. A frame is
+    /// lent mutably: the stack rewrites acknowledgement numbers in place (`stack/sequence.rs`).
+    fn receive(&mut self, max: usize, each: &mut dyn FnMut(&mut [u8], &mut Self::Sender)) -> usize;
     fn sender(&mut self) -> &mut Self::Sender;
     /// Push built frames out (at most one syscall per batch), reap TX completions, refill RX.
     fn flush(&mut self);

@@ -24,6 +24,8 @@ struct Direction {
     held: Option<Vec<u8>>,
     /// When true, frames sent this way are dropped (a cut cable).
     cut: bool,
+    /// When on, a copy of every frame sent this way (before impairments), for tests to read.
+    captured: Option<Vec<Vec<u8>>>,
 }
 
 struct Wire {
@@ -89,6 +91,20 @@ impl MemLink {
         self.wire.borrow_mut().dirs[self.side].cut = cut;
     }
 
+    /// Keep a copy of every frame this end sends from now on (`take_captured`), or stop.
+    pub fn capture_outgoing(&mut self, on: bool) {
+        self.wire.borrow_mut().dirs[self.side].captured = on.then(Vec::new);
+    }
+
+    /// The frames this end sent since capturing started or was last taken.
+    pub fn take_captured(&mut self) -> Vec<Vec<u8>> {
+        let mut w = self.wire.borrow_mut();
+        match w.dirs[self.side].captured.as_mut() {
+            Some(v) => std::mem::take(v),
+            None => Vec::new(),
+        }
+    }
+
     /// Frames waiting to reach this end.
     pub fn inbound(&self) -> usize {
         let w = self.wire.borrow();
@@ -120,6 +136,9 @@ impl Sender for MemSender {
         self.tx_frames += 1;
         let impair = w.impair;
         let dir = &mut w.dirs[self.side];
+        if let Some(c) = dir.captured.as_mut() {
+            c.push(buf.clone());
+        }
         if dir.cut || dir.queue.len() >= w.capacity || (impair.loss > 0.0 && w.rng.f64() < impair.loss) {
             self.tx_dropped += 1;
             w.pool.push(buf);
@@ -145,7 +164,7 @@ impl Sender for MemSender {
 impl Link for MemLink {
     type Sender = MemSender;
 
-    fn receive(&mut self, max: usize, each: &mut dyn FnMut(&[u8], &mut MemSender)) -> usize {
+    fn receive(&mut self, max: usize, each: &mut dyn FnMut(&mut [u8], &mut MemSender)) -> usize {
         let mut n = 0;
         while n < max {
             // Take the frame out first: `each` may send, which borrows the wire again.
@@ -158,8 +177,8 @@ impl Link for MemLink {
                     None => dir.held.take(),
                 }
             };
-            let Some(frame) = frame else { break };
-            each(&frame, &mut self.sender);
+            let Some(mut frame) = frame else { break };
+            each(&mut frame, &mut self.sender);
             self.wire.borrow_mut().pool.push(frame);
             n += 1;
         }

@@ -7,6 +7,7 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 
 use crate::link::Sender;
+use crate::stack::sequence::{self, SeqState};
 use crate::wire::{EthShim, ETH_HEADER};
 
 pub struct Port<'a, S: Sender> {
@@ -18,6 +19,10 @@ pub struct Port<'a, S: Sender> {
     pub verify_rx_checksum: bool,
     /// Set when smoltcp wanted to send and the link had no room.
     pub starved: bool,
+    /// The connection's sequence translation, when the port serves one connection.
+    pub(crate) seq: Option<&'a mut SeqState>,
+    /// Our ISN on the wire, while none is chosen: taken by the first SYN sent.
+    pub(crate) new_isn: Option<u32>,
 }
 
 impl<S: Sender> phy::Device for Port<'_, S> {
@@ -37,6 +42,8 @@ impl<S: Sender> phy::Device for Port<'_, S> {
             Tx {
                 sender: self.sender,
                 shim: self.shim,
+                seq: self.seq.as_deref_mut(),
+                new_isn: &mut self.new_isn,
             },
         ))
     }
@@ -49,6 +56,8 @@ impl<S: Sender> phy::Device for Port<'_, S> {
         Some(Tx {
             sender: self.sender,
             shim: self.shim,
+            seq: self.seq.as_deref_mut(),
+            new_isn: &mut self.new_isn,
         })
     }
 
@@ -78,6 +87,8 @@ impl phy::RxToken for Rx<'_> {
 pub struct Tx<'a, S: Sender> {
     sender: &'a mut S,
     shim: EthShim,
+    seq: Option<&'a mut SeqState>,
+    new_isn: &'a mut Option<u32>,
 }
 
 impl<S: Sender> phy::TxToken for Tx<'_, S> {
@@ -85,10 +96,18 @@ impl<S: Sender> phy::TxToken for Tx<'_, S> {
         let shim = self.shim;
         let mut f = Some(f);
         let mut out = None;
+        let (mut seq, new_isn) = (self.seq, self.new_isn);
         self.sender.send(ETH_HEADER + len, &mut |frame: &mut [u8]| {
             shim.write(frame);
             if let Some(f) = f.take() {
                 out = Some(f(&mut frame[ETH_HEADER..]));
+                // smoltcp's numbers become the wire's (only what actually leaves is translated:
+                // a SYN dropped for want of room chooses the ISN when it is sent again).
+                if let Some(st) = seq.as_deref_mut() {
+                    if sequence::on_egress(st, &mut frame[ETH_HEADER..], *new_isn) {
+                        *new_isn = None;
+                    }
+                }
             }
         });
         match out {

@@ -35,6 +35,26 @@ pub struct StackStats {
     pub linger_resets: u64,
     /// New connections on a 4-tuple we held in TIME-WAIT.
     pub time_wait_reused: u64,
+    /// SYNs for a 4-tuple in TIME-WAIT whose sequence number was not beyond the old
+    /// connection's (RFC 6191): answered with a challenge ACK instead.
+    #[serde(default)]
+    pub time_wait_syn_refused: u64,
+    /// RSTs in a synchronized state whose sequence number was not exactly RCV.NXT (RFC 5961 §3.2),
+    /// and SYNs in a synchronized state (§4): the connection lives, the peer gets a challenge ACK.
+    #[serde(default)]
+    pub rst_challenged: u64,
+    #[serde(default)]
+    pub syn_challenged: u64,
+    /// Challenge ACKs not sent because the budget across connections was spent (§7).
+    #[serde(default)]
+    pub challenge_acks_limited: u64,
+    /// Times the next hop's MAC was learned or changed (from a validated segment only).
+    #[serde(default)]
+    pub next_hop_learned: u64,
+    /// Segments of our connections from another MAC that did not prove themselves: the next hop
+    /// stayed where it was.
+    #[serde(default)]
+    pub rx_foreign_mac: u64,
     /// Slots returned to the free list.
     pub retired: u64,
     pub timer_fires: u64,

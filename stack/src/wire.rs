@@ -52,6 +52,11 @@ impl FourTuple {
 pub struct Segment {
     pub tuple: FourTuple,
     pub flags: u8,
+    /// Sequence and acknowledgement numbers, as on the wire.
+    pub seq: u32,
+    pub ack: u32,
+    /// Bytes of payload (after the TCP header and its options).
+    pub payload_len: usize,
     /// The window the sender advertises, unscaled (0 is 0 at any scale: it stopped reading).
     pub window: u16,
     /// The sender's MAC address: our next hop.
@@ -59,6 +64,8 @@ pub struct Segment {
     /// The IPv4 packet inside the frame (Ethernet header and padding cut off).
     pub ip_start: usize,
     pub ip_end: usize,
+    /// Where the TCP header starts in the frame.
+    pub tcp_start: usize,
 }
 
 /// Why a frame was not a TCP/IPv4 segment we can hand to smoltcp.
@@ -102,6 +109,8 @@ pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
         return Err(NotTcp::NotTcp);
     }
     let tcp = &ip[ihl..total];
+    // A bad data offset is smoltcp's to refuse (the XDP program steers such frames like any).
+    let doff = usize::from(tcp[12] >> 4) * 4;
     let mut src_mac = [0u8; 6];
     src_mac.copy_from_slice(&frame[6..12]);
     Ok(Segment {
@@ -112,11 +121,23 @@ pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
             remote_port: u16::from_be_bytes([tcp[0], tcp[1]]),
         },
         flags: tcp[13],
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+        payload_len: tcp.len().saturating_sub(doff),
         window: u16::from_be_bytes([tcp[14], tcp[15]]),
         src_mac,
         ip_start: ETH_HEADER,
         ip_end: ETH_HEADER + total,
+        tcp_start: ETH_HEADER + ihl,
     })
+}
+
+/// A MAC address as `02:00:00:00:00:01`, for logs.
+pub fn mac_string(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// The Ethernet header written in front of every IPv4 packet smoltcp sends.

@@ -46,7 +46,7 @@ impl XdpLink {
 impl Link for XdpLink {
     type Sender = afxdp::Tx;
 
-    fn receive(&mut self, max: usize, each: &mut dyn FnMut(&[u8], &mut afxdp::Tx)) -> usize {
+    fn receive(&mut self, max: usize, each: &mut dyn FnMut(&mut [u8], &mut afxdp::Tx)) -> usize {
         self.socket.receive(max, each)
     }
 

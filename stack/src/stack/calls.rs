@@ -7,7 +7,7 @@ use smoltcp::wire::Ipv4Address;
 
 use super::conn::fin_received;
 use super::one_slot::sock_mut;
-use super::slot::{flag, tick_after, Slot, NO_SLOT, NO_TIMER};
+use super::slot::{flag, tick_after, Slot, NO_SLOT, SLOT_EMPTY};
 use super::{CloseReason, ConnId, ConnectError, Net};
 use crate::wire::FourTuple;
 use timing::wheel::Entry;
@@ -121,9 +121,8 @@ impl Net {
         self.take_free();
         self.tuples[s] = t;
         self.slots[s] = Slot {
-            user: 0,
-            timer: NO_TIMER,
             flags: flag::IN_USE | flag::IN_TABLE | flag::OWNED | flag::ACTIVE,
+            ..SLOT_EMPTY
         };
         self.table.insert(s as u32, &self.tuples);
         self.stats.connects += 1;

@@ -25,6 +25,8 @@ impl Net {
     ) {
         let handle = self.handle;
         let rx_before = sock_mut(&mut self.sockets[s], handle).recv_queue();
+        // Until our first SYN leaves, the ISN it will carry (RFC 6528; `sequence.rs`).
+        let new_isn = (self.slots[s].flags & flag::ISN_SET == 0).then(|| self.isn.isn(&self.tuples[s], now));
         let mut port = Port {
             frame,
             sender,
@@ -32,6 +34,8 @@ impl Net {
             mtu: self.config.mtu,
             verify_rx_checksum: self.config.verify_rx_checksum,
             starved: false,
+            seq: Some(&mut self.slots[s].seq),
+            new_isn,
         };
         let ingress = frame.is_some();
         let mut deadline = None;
@@ -69,6 +73,9 @@ impl Net {
             })
         };
         let starved = port.starved;
+        if new_isn.is_some() && port.new_isn.is_none() {
+            self.slots[s].flags |= flag::ISN_SET;
+        }
         self.settle(s, rx_before);
         let in_use = self.slots[s].flags & flag::IN_USE != 0;
         if !in_use {

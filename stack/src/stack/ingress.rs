@@ -8,6 +8,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::Ipv4Address;
 
 use super::one_slot::sock_mut;
+use super::sequence::{self, seq_after};
 use super::slot::{flag, NO_TIMER, SLOT_EMPTY};
 use super::Net;
 use crate::port::Port;
@@ -28,7 +29,7 @@ fn tcp_checksum_ok(ip: &[u8]) -> bool {
 }
 
 impl Net {
-    pub(super) fn on_frame<S: crate::link::Sender>(&mut self, frame: &[u8], sender: &mut S, now: Instant) {
+    pub(super) fn on_frame<S: crate::link::Sender>(&mut self, frame: &mut [u8], sender: &mut S, now: Instant) {
         self.stats.rx_frames += 1;
         let seg = match wire::parse(frame) {
             Ok(seg) => seg,
@@ -43,7 +44,7 @@ impl Net {
                 return;
             }
         };
-        let ip = &frame[seg.ip_start..seg.ip_end];
+        let ip = &mut frame[seg.ip_start..seg.ip_end];
         let pure_syn = seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
         let slot = match self.table.get(&seg.tuple, &self.tuples) {
             Some(s) => {
@@ -55,12 +56,17 @@ impl Net {
                     && self.listening.contains(&seg.tuple.local_port)
                     && (!self.config.verify_rx_checksum || tcp_checksum_ok(ip))
                 {
-                    // A new connection on a 4-tuple we hold in TIME-WAIT: start it afresh
-                    // (what Linux does for a SYN beyond the old sequence space).
-                    self.stats.time_wait_reused += 1;
-                    self.table.remove(s as u32, &self.tuples);
-                    self.slots[s].flags &= !flag::IN_TABLE;
-                    self.open_passive(s, seg.tuple);
+                    if seq_after(seg.seq, self.slots[s].seq.rcv_nxt) {
+                        // A new connection on a 4-tuple we hold in TIME-WAIT, beyond the old one's
+                        // sequence space (RFC 6191; what Linux does): start it afresh.
+                        self.stats.time_wait_reused += 1;
+                        self.table.remove(s as u32, &self.tuples);
+                        self.slots[s].flags &= !flag::IN_TABLE;
+                        self.open_passive(s, seg.tuple);
+                    } else {
+                        // An old duplicate, or a forgery: the challenge below answers it.
+                        self.stats.time_wait_syn_refused += 1;
+                    }
                 }
                 s
             }
@@ -84,11 +90,35 @@ impl Net {
                 return;
             }
         };
-        // One next hop: whoever sends us segments of our connections (the router, or the veth
-        // peer). Frames for no connection teach us nothing, so a stray host cannot redirect us.
-        if !self.mac_learned || self.shim.next_hop != seg.src_mac {
-            self.shim.next_hop = seg.src_mac;
-            self.mac_learned = true;
+        let state = sock_mut(&mut self.sockets[slot], self.handle).state();
+        let synchronized = !matches!(
+            state,
+            tcp::State::Closed | tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
+        );
+        let seq = self.slots[slot].seq;
+        // RFC 5961: an RST must carry exactly RCV.NXT, and a SYN has no place in a synchronized
+        // connection. Either may be a blind attack; a true peer answers the challenge ACK (with
+        // an exact RST, or by giving up its old connection), so nothing is lost by asking.
+        let challenge = synchronized
+            && if seg.flags & TCP_RST != 0 {
+                seg.seq != seq.rcv_nxt && {
+                    self.stats.rst_challenged += 1;
+                    true
+                }
+            } else {
+                seg.flags & TCP_SYN != 0 && {
+                    self.stats.syn_challenged += 1;
+                    true
+                }
+            };
+        if challenge {
+            if !self.challenges.take(now) {
+                self.stats.challenge_acks_limited += 1;
+                return;
+            }
+            sequence::into_challenge(&seq, ip);
+        } else if self.slots[slot].flags & flag::ISN_SET != 0 {
+            sequence::on_ingress(&seq, ip);
         }
         self.stats.rx_segments += 1;
         // The ACK clock: what came back makes room for one more frame out.
@@ -96,7 +126,7 @@ impl Net {
         // Whether the peer has stopped reading: the server closes a connection that keeps its
         // window shut and takes nothing (a reading peer under loss is not that). A forged
         // segment can set this only until the peer's next acknowledgement.
-        if seg.flags & (TCP_ACK | TCP_RST) == TCP_ACK {
+        if !challenge && seg.flags & (TCP_ACK | TCP_RST) == TCP_ACK {
             let f = &mut self.slots[slot].flags;
             if seg.window == 0 {
                 *f |= flag::PEER_WINDOW_ZERO;
@@ -104,7 +134,56 @@ impl Net {
                 *f &= !flag::PEER_WINDOW_ZERO;
             }
         }
+        // Until a next hop is known, answers go to the sender of the latest segment (the SYN-ACK
+        // leaves at the next flush): provisional, nothing is learned from it.
+        if !self.mac_learned {
+            self.shim.next_hop = seg.src_mac;
+        }
         self.process(slot, now, sender, Some(ip));
+        if !self.mac_fixed && (!self.mac_learned || self.shim.next_hop != seg.src_mac) {
+            self.learn_next_hop(slot, state, &seg, ip, seq.rcv_nxt, challenge);
+        }
+    }
+
+    /// One next hop: whoever sends us segments of our connections (the router, or the veth
+    /// peer), believed only from a segment a blind sender could not have made: the ACK that
+    /// completes a handshake (it must carry our RFC 6528 ISN + 1), or an in-order acknowledgement
+    /// of an established connection (its SEQ exactly RCV.NXT). A stray frame, a SYN, a segment
+    /// with a bad checksum (smoltcp drops it, so it completes nothing) redirects nothing.
+    fn learn_next_hop(
+        &mut self,
+        slot: usize,
+        before: tcp::State,
+        seg: &wire::Segment,
+        ip: &[u8],
+        rcv_nxt: u32,
+        challenged: bool,
+    ) {
+        let completed = before == tcp::State::SynReceived
+            && self.slots[slot].flags & flag::IN_USE != 0
+            && !matches!(
+                sock_mut(&mut self.sockets[slot], self.handle).state(),
+                tcp::State::Closed | tcp::State::Listen | tcp::State::SynReceived
+            );
+        let in_order = before == tcp::State::Established
+            && !challenged
+            && seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+            && seg.seq == rcv_nxt
+            && (!self.config.verify_rx_checksum || tcp_checksum_ok(ip));
+        if completed || in_order {
+            if self.mac_learned {
+                log::info!(
+                    "next hop changed: {} -> {}",
+                    wire::mac_string(self.shim.next_hop),
+                    wire::mac_string(seg.src_mac)
+                );
+            }
+            self.shim.next_hop = seg.src_mac;
+            self.mac_learned = true;
+            self.stats.next_hop_learned += 1;
+        } else if self.mac_learned {
+            self.stats.rx_foreign_mac += 1;
+        }
     }
 
     /// A passive open: the recycled socket listens on the SYN's local endpoint, then takes it.
@@ -120,6 +199,7 @@ impl Net {
         let _ = sock.listen(local);
         self.tuples[s] = t;
         self.slots[s].flags = (self.slots[s].flags & flag::DIRTY) | flag::IN_USE | flag::IN_TABLE;
+        self.slots[s].seq = SLOT_EMPTY.seq;
         self.slots[s].timer = NO_TIMER;
         self.table.insert(s as u32, &self.tuples);
         self.stats.syn_received += 1;
@@ -135,6 +215,8 @@ impl Net {
             mtu: self.config.mtu,
             verify_rx_checksum: self.config.verify_rx_checksum,
             starved: false,
+            seq: None,
+            new_isn: None,
         };
         self.iface.poll_ingress_single(now, &mut port, &mut empty);
     }

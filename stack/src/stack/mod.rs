@@ -22,6 +22,7 @@ mod conn;
 mod egress;
 mod ingress;
 mod one_slot;
+pub(crate) mod sequence;
 mod slot;
 
 use std::net::SocketAddrV4;
@@ -39,6 +40,7 @@ use crate::stats::{MemoryReport, StackStats};
 use crate::table::ConnTable;
 use crate::wire::{EthShim, FourTuple};
 use one_slot::sock_mut;
+use sequence::{ChallengeBudget, IsnSource};
 use slot::{filled, flag, free_chain, tick_of, Slot, NO_SLOT, SLOT_EMPTY};
 use timing::wheel::{Entry, TimerWheel};
 
@@ -86,10 +88,14 @@ pub enum ConnectError {
 pub enum StackError {
     #[error("invalid stack configuration: {0}")]
     Config(String),
+    #[error("cannot read the secret for sequence numbers from /dev/urandom: {0}")]
+    Random(std::io::Error),
 }
 
 /// Timer wheel: 1 ms ticks, 16384 slots (16 s per revolution: TIME-WAIT's 10 s fits in one).
 const WHEEL_SLOTS: usize = 1 << 14;
+/// Challenge ACKs per second across all connections (RFC 5961 §7; Linux's default is 1000).
+const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
 
 /// All state except the link, so that frames borrowed from the link can be processed by it.
 struct Net {
@@ -121,7 +127,13 @@ struct Net {
     due: Vec<Entry>,
     events: Vec<Event>,
     shim: EthShim,
+    /// Whether `shim.next_hop` is known: configured, or learned from a validated segment.
     mac_learned: bool,
+    /// Configured: never learned over.
+    mac_fixed: bool,
+    /// RFC 6528 initial sequence numbers (`sequence.rs`).
+    isn: IsnSource,
+    challenges: ChallengeBudget,
     listening: Vec<u16>,
     /// Client mode: next (source address index, port) to try.
     next_source: (usize, u16),
@@ -180,6 +192,9 @@ impl<L: Link> Stack<L> {
                 events: Vec::new(),
                 shim,
                 mac_learned: config.next_hop_mac.is_some(),
+                mac_fixed: config.next_hop_mac.is_some(),
+                isn: IsnSource::from_os().map_err(StackError::Random)?,
+                challenges: ChallengeBudget::new(CHALLENGE_ACKS_PER_SECOND),
                 listening: Vec::new(),
                 next_source: (0, config.source_ports.0),
                 arena_bytes,
@@ -446,6 +461,8 @@ fn interface<S: crate::link::Sender>(
         mtu: config.mtu,
         verify_rx_checksum: config.verify_rx_checksum,
         starved: false,
+        seq: None,
+        new_isn: None,
     };
     let mut iface = Interface::new(iface_config, &mut port, now);
     let addr = Ipv4Address::from(config.addr.octets());

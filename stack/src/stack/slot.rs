@@ -4,6 +4,8 @@
 
 use smoltcp::time::{Duration, Instant};
 
+use super::sequence::SeqState;
+
 /// Per-slot flags.
 pub(super) mod flag {
     /// The slot holds a connection (not on the free list).
@@ -26,12 +28,14 @@ pub(super) mod flag {
     pub const RELEASED: u16 = 1 << 8;
     /// The peer's last acknowledgement advertised a zero window: it is not reading.
     pub const PEER_WINDOW_ZERO: u16 = 1 << 9;
+    /// Our ISN on the wire is chosen: `Slot::seq` translates (`sequence.rs`).
+    pub const ISN_SET: u16 = 1 << 10;
 }
 
 /// No wheel entry is pending for the slot.
 pub(super) const NO_TIMER: u32 = u32::MAX;
 
-/// Everything per connection besides the socket and its buffers: 12 bytes (the 4-tuple, 12 more,
+/// Everything per connection besides the socket and its buffers: 24 bytes (the 4-tuple, 12 more,
 /// lives in `Net::tuples` next to the table that compares it).
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -43,12 +47,19 @@ pub(super) struct Slot {
     /// Tick of the earliest wheel entry scheduled for smoltcp's deadline, or `NO_TIMER`.
     pub(super) timer: u32,
     pub(super) flags: u16,
+    /// Our sequence numbers on the wire and the two edges RFC 5961/6191 checks need: 12 bytes.
+    pub(super) seq: SeqState,
 }
 
 pub(super) const SLOT_EMPTY: Slot = Slot {
     user: 0,
     timer: NO_TIMER,
     flags: 0,
+    seq: SeqState {
+        offset: 0,
+        rcv_nxt: 0,
+        snd_nxt: 0,
+    },
 };
 
 /// A vector of `n` copies of `v`, on huge pages if asked (advised before the first write).
