@@ -53,6 +53,10 @@ pub struct StackConfig {
     /// clock after loss), and a quarter of the window comes back every 5 ms whatever arrives.
     /// 0: no limit.
     pub egress_window: u32,
+    /// Handshakes that may hold a slot while pending; past this, SYNs are answered with SYN
+    /// cookies and cost nothing until their ACK comes (`stack/cookie.rs`). `None`: a sixteenth
+    /// of `max_conns`, at least 16. 0: cookies always.
+    pub max_half_open: Option<usize>,
     /// Back the socket slab and the buffer arena with transparent huge pages (fewer TLB misses
     /// at a million connections; slots are handed out from the start, so little is wasted).
     pub huge_pages: bool,
@@ -78,12 +82,19 @@ impl Default for StackConfig {
             close_linger: Duration::from_secs(60),
             rx_batch: 64,
             egress_window: 4096,
+            max_half_open: None,
             huge_pages: true,
         }
     }
 }
 
 impl StackConfig {
+    /// Handshakes that may hold a slot (`max_half_open`, resolved).
+    pub fn half_open_limit(&self) -> usize {
+        self.max_half_open
+            .unwrap_or((self.max_conns / 16).max(16).min(self.max_conns))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.max_conns == 0 || self.max_conns > 1 << 28 {
             return Err(format!(
@@ -117,6 +128,9 @@ impl StackConfig {
         }
         if self.data_timeout < Duration::from_secs(1) {
             return Err(format!("data_timeout must be at least 1s (got {})", self.data_timeout));
+        }
+        if self.max_half_open.is_some_and(|h| h > self.max_conns) {
+            return Err(format!("max_half_open must be at most max_conns ({})", self.max_conns));
         }
         if self.rx_batch == 0 {
             return Err("rx_batch must be at least 1".into());

@@ -26,6 +26,8 @@ struct Direction {
     cut: bool,
     /// When on, a copy of every frame sent this way (before impairments), for tests to read.
     captured: Option<Vec<Vec<u8>>>,
+    /// Frames sent this way for which this says false are dropped (hosts that never answer).
+    keep: Option<fn(&[u8]) -> bool>,
 }
 
 struct Wire {
@@ -105,6 +107,11 @@ impl MemLink {
         }
     }
 
+    /// Drop the frames this end sends that `keep` refuses (`None`: keep all).
+    pub fn filter_outgoing(&mut self, keep: Option<fn(&[u8]) -> bool>) {
+        self.wire.borrow_mut().dirs[self.side].keep = keep;
+    }
+
     /// Frames waiting to reach this end.
     pub fn inbound(&self) -> usize {
         let w = self.wire.borrow();
@@ -139,7 +146,8 @@ impl Sender for MemSender {
         if let Some(c) = dir.captured.as_mut() {
             c.push(buf.clone());
         }
-        if dir.cut || dir.queue.len() >= w.capacity || (impair.loss > 0.0 && w.rng.f64() < impair.loss) {
+        let refused = dir.keep.is_some_and(|keep| !keep(&buf));
+        if refused || dir.cut || dir.queue.len() >= w.capacity || (impair.loss > 0.0 && w.rng.f64() < impair.loss) {
             self.tx_dropped += 1;
             w.pool.push(buf);
             return;

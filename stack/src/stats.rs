@@ -33,6 +33,15 @@ pub struct StackStats {
     pub app_aborts: u64,
     /// Released connections that did not finish closing in time and were reset.
     pub linger_resets: u64,
+    /// SYNs answered with a SYN cookie (no slot taken: `max_half_open` handshakes were pending),
+    /// cookie ACKs that became connections, and ACKs for no connection on a listening port that
+    /// carried no valid cookie (answered with RST).
+    #[serde(default)]
+    pub syn_cookies_sent: u64,
+    #[serde(default)]
+    pub syn_cookies_accepted: u64,
+    #[serde(default)]
+    pub syn_cookies_rejected: u64,
     /// New connections on a 4-tuple we held in TIME-WAIT.
     pub time_wait_reused: u64,
     /// SYNs for a 4-tuple in TIME-WAIT whose sequence number was not beyond the old
@@ -65,8 +74,10 @@ pub struct StackStats {
     /// Flushes that stopped with sockets still dirty because the egress window was used up.
     #[serde(default)]
     pub egress_paced: u64,
-    /// Slots in use now.
+    /// Slots in use now, and of them passive handshakes still pending.
     pub in_use: u64,
+    #[serde(default)]
+    pub half_open: u64,
     /// Wheel entries now, stale ones included.
     pub timers_pending: u64,
 }

@@ -26,7 +26,8 @@ impl Net {
         let handle = self.handle;
         let rx_before = sock_mut(&mut self.sockets[s], handle).recv_queue();
         // Until our first SYN leaves, the ISN it will carry (RFC 6528; `sequence.rs`).
-        let new_isn = (self.slots[s].flags & flag::ISN_SET == 0).then(|| self.isn.isn(&self.tuples[s], now));
+        let new_isn = (self.slots[s].flags & flag::ISN_SET == 0)
+            .then(|| self.isn_override.unwrap_or_else(|| self.isn.isn(&self.tuples[s], now)));
         let mut port = Port {
             frame,
             sender,
@@ -143,6 +144,7 @@ impl Net {
                 }
             } else {
                 self.stats.accepted += 1;
+                self.half_open -= 1;
                 self.slots[s].flags |= flag::OWNED;
                 self.slots[s].user = 0;
                 self.events.push(Event::Accepted(id));
@@ -200,6 +202,7 @@ impl Net {
         if flags & flag::OWNED == 0 && flags & flag::IN_USE != 0 {
             if flags & flag::ESTABLISHED == 0 && flags & flag::ACTIVE == 0 {
                 self.stats.handshakes_failed += 1;
+                self.half_open -= 1;
             }
             self.slots[s] = Slot {
                 user: self.free_head,

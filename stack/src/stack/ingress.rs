@@ -7,12 +7,13 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::Ipv4Address;
 
+use super::cookie;
 use super::one_slot::sock_mut;
 use super::sequence::{self, seq_after};
 use super::slot::{flag, NO_TIMER, SLOT_EMPTY};
 use super::Net;
 use crate::port::Port;
-use crate::wire::{self, FourTuple, NotTcp, TCP_ACK, TCP_RST, TCP_SYN};
+use crate::wire::{self, FourTuple, NotTcp, ETH_HEADER, TCP_ACK, TCP_RST, TCP_SYN};
 
 /// Whether the TCP checksum of this IPv4 packet is right (checked before a SYN may end a
 /// TIME-WAIT, since smoltcp checks it only after we would have torn the old socket down).
@@ -70,20 +71,35 @@ impl Net {
                 }
                 s
             }
-            None if pure_syn && self.listening.contains(&seg.tuple.local_port) => match self.take_free() {
-                Some(s) => {
-                    self.slots[s as usize] = SLOT_EMPTY;
-                    self.open_passive(s as usize, seg.tuple);
-                    s as usize
+            None if pure_syn && self.listening.contains(&seg.tuple.local_port) => {
+                if self.free_count > 0 && self.half_open >= self.half_open_limit {
+                    self.send_cookie(&seg, ip, sender, now);
+                    return;
                 }
-                None => {
+                let Some(s) = self.take_free() else {
                     // Capacity is the backlog: past it, refuse (smoltcp answers RST when no
                     // socket takes the SYN) and leave every existing connection alone.
                     self.stats.syn_refused += 1;
                     self.without_socket(ip, sender, now);
                     return;
+                };
+                let s = s as usize;
+                self.slots[s] = SLOT_EMPTY;
+                self.open_passive(s, seg.tuple);
+                s
+            }
+            None if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+                && self.listening.contains(&seg.tuple.local_port) =>
+            {
+                match self.open_from_cookie(&seg, now) {
+                    Some(s) => s,
+                    None => {
+                        self.stats.rx_no_connection += 1;
+                        self.without_socket(ip, sender, now);
+                        return;
+                    }
                 }
-            },
+            }
             None => {
                 self.stats.rx_no_connection += 1;
                 self.without_socket(ip, sender, now);
@@ -203,6 +219,70 @@ impl Net {
         self.slots[s].timer = NO_TIMER;
         self.table.insert(s as u32, &self.tuples);
         self.stats.syn_received += 1;
+        self.half_open += 1;
+    }
+
+    /// Answer a SYN statelessly: a SYN-ACK whose sequence number is the cookie (`cookie.rs`).
+    fn send_cookie<S: crate::link::Sender>(&mut self, seg: &wire::Segment, ip: &[u8], sender: &mut S, now: Instant) {
+        if self.config.verify_rx_checksum && !tcp_checksum_ok(ip) {
+            return; // smoltcp would have dropped it too
+        }
+        let cookie = self.cookies.make(&seg.tuple, seg.seq, cookie::mss_of(ip), now);
+        let our_mss = (self.config.mtu - 40).min(usize::from(u16::MAX)) as u16;
+        let window = self.config.rx_buf.min(usize::from(u16::MAX)) as u16;
+        let n = cookie::syn_ack(&seg.tuple, cookie, seg.seq, window, our_mss, &mut self.scratch);
+        if !sender.can_send() {
+            self.stats.tx_starved += 1;
+            return; // the client retransmits its SYN
+        }
+        let shim = if self.mac_learned {
+            self.shim
+        } else {
+            wire::EthShim {
+                next_hop: seg.src_mac,
+                ..self.shim
+            }
+        };
+        let packet = &self.scratch[..n];
+        sender.send(ETH_HEADER + n, &mut |frame: &mut [u8]| {
+            shim.write(frame);
+            frame[ETH_HEADER..].copy_from_slice(packet);
+        });
+        self.stats.syn_cookies_sent += 1;
+    }
+
+    /// An ACK for no connection: if it returns a cookie of ours, the connection it completes
+    /// takes a slot, and smoltcp is taken through the handshake it did not see.
+    fn open_from_cookie(&mut self, seg: &wire::Segment, now: Instant) -> Option<usize> {
+        let client_isn = seg.seq.wrapping_sub(1);
+        let cookie = seg.ack.wrapping_sub(1);
+        let Some(mss) = self.cookies.check(&seg.tuple, client_isn, cookie, now) else {
+            self.stats.syn_cookies_rejected += 1;
+            return None;
+        };
+        let s = self.take_free()? as usize;
+        self.slots[s] = SLOT_EMPTY;
+        self.open_passive(s, seg.tuple);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (syn, sink) = scratch.split_at_mut(cookie::SCRATCH / 2);
+        let n = cookie::rebuilt_syn(&seg.tuple, client_isn, seg.window, mss, syn);
+        // smoltcp answers the rebuilt SYN with a SYN-ACK that goes nowhere, its sequence number
+        // becoming the cookie on the wire (the one the client already has).
+        self.isn_override = Some(cookie);
+        let mut discard = cookie::Discard(sink);
+        self.process(s, now, &mut discard, Some(&syn[..n]));
+        self.process(s, now, &mut discard, None);
+        self.isn_override = None;
+        self.scratch = scratch;
+        if self.slots[s].flags & flag::ISN_SET == 0 {
+            // smoltcp did not take the SYN (cannot happen for a listening socket): give it up.
+            log::debug!("a cookie's rebuilt handshake did not take; dropping it");
+            sock_mut(&mut self.sockets[s], self.handle).abort();
+            self.retire(s);
+            return None;
+        }
+        self.stats.syn_cookies_accepted += 1;
+        Some(s)
     }
 
     /// A segment no socket takes: smoltcp answers with RST (never to a RST) from an empty set.

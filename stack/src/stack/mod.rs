@@ -19,6 +19,7 @@
 
 mod calls;
 mod conn;
+mod cookie;
 mod egress;
 mod ingress;
 mod one_slot;
@@ -39,6 +40,7 @@ use crate::port::Port;
 use crate::stats::{MemoryReport, StackStats};
 use crate::table::ConnTable;
 use crate::wire::{EthShim, FourTuple};
+use cookie::CookieJar;
 use one_slot::sock_mut;
 use sequence::{ChallengeBudget, IsnSource};
 use slot::{filled, flag, free_chain, tick_of, Slot, NO_SLOT, SLOT_EMPTY};
@@ -134,6 +136,14 @@ struct Net {
     /// RFC 6528 initial sequence numbers (`sequence.rs`).
     isn: IsnSource,
     challenges: ChallengeBudget,
+    /// SYN cookies past `half_open_limit` pending handshakes (`cookie.rs`).
+    cookies: CookieJar,
+    half_open: usize,
+    half_open_limit: usize,
+    /// The ISN a connection from a cookie must take (the cookie itself).
+    isn_override: Option<u32>,
+    /// Two frames of room for a cookie's handshake, allocated once.
+    scratch: Vec<u8>,
     listening: Vec<u16>,
     /// Client mode: next (source address index, port) to try.
     next_source: (usize, u16),
@@ -195,6 +205,11 @@ impl<L: Link> Stack<L> {
                 mac_fixed: config.next_hop_mac.is_some(),
                 isn: IsnSource::from_os().map_err(StackError::Random)?,
                 challenges: ChallengeBudget::new(CHALLENGE_ACKS_PER_SECOND),
+                cookies: CookieJar::from_os().map_err(StackError::Random)?,
+                half_open: 0,
+                half_open_limit: config.half_open_limit(),
+                isn_override: None,
+                scratch: vec![0; cookie::SCRATCH],
                 listening: Vec::new(),
                 next_source: (0, config.source_ports.0),
                 arena_bytes,
@@ -387,6 +402,7 @@ impl<L: Link> Stack<L> {
     pub fn stats(&self) -> StackStats {
         let mut s = self.net.stats;
         s.in_use = self.in_use() as u64;
+        s.half_open = self.net.half_open as u64;
         s.timers_pending = self.net.wheel.len() as u64;
         s
     }

@@ -1,0 +1,190 @@
+//! SYN floods and SYN cookies, in memory: past `max_half_open` pending handshakes a SYN costs no
+//! slot, established connections keep working, and a legitimate client still gets in.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::*;
+use smoltcp::time::Duration;
+use smoltcp::wire::{Ipv4Packet, TcpPacket};
+use stack::wire::{FourTuple, TCP_ACK, TCP_SYN};
+use stack::{Event, StackConfig};
+
+/// A SYN or ACK frame towards the server from `src`, checksums filled.
+fn frame(src: (Ipv4Addr, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut f = vec![0u8; 58];
+    f[0..6].copy_from_slice(&SERVER_MAC);
+    f[6..12].copy_from_slice(&CLIENT_MAC);
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&44u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&src.0.octets());
+    f[30..34].copy_from_slice(&SERVER.octets());
+    f[34..36].copy_from_slice(&src.1.to_be_bytes());
+    f[36..38].copy_from_slice(&PORT.to_be_bytes());
+    f[38..42].copy_from_slice(&seq.to_be_bytes());
+    f[42..46].copy_from_slice(&ack.to_be_bytes());
+    f[46] = 0x60;
+    f[47] = flags;
+    f[48..50].copy_from_slice(&8192u16.to_be_bytes());
+    f[54..58].copy_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
+    let (s, d) = (src.0, SERVER);
+    TcpPacket::new_unchecked(&mut f[34..58]).fill_checksum(&s.into(), &d.into());
+    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    f
+}
+
+/// Spoofed sources live in 198.18.200.0/24; nothing there ever answers.
+fn to_the_real_client(f: &[u8]) -> bool {
+    f.len() < 34 || f[30..33] != [198, 18, 200]
+}
+
+fn spoofed(rng: &mut fastrand::Rng) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::new(198, 18, 200, rng.u8(1..255)), rng.u16(1024..))
+}
+
+#[test]
+fn a_spoofed_syn_flood_at_90_percent_capacity_stops_no_one() {
+    let mut p = Pair::new(server_config(1000), client_config(1000, 1));
+    p.server.link().filter_outgoing(Some(to_the_real_client));
+    let limit = server_config(1000).half_open_limit();
+    assert_eq!(limit, 62);
+    let held: Vec<_> = (0..900).map(|_| p.connect()).collect();
+    p.settle(2000);
+    assert_eq!(p.server.stats().accepted, 900);
+    // 900 SYNs at once: all but the first `limit` came in on cookies already.
+    let from_cookies = p.server.stats().syn_cookies_accepted;
+    assert_eq!(from_cookies, 900 - limit as u64);
+    // The server's id for each client connection, matched by 4-tuple.
+    let by_tuple: std::collections::HashMap<_, _> = p
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Accepted(id) => Some((p.server.tuple(*id).unwrap().remote(), *id)),
+            _ => None,
+        })
+        .collect();
+    let server_ids: Vec<_> = held
+        .iter()
+        .map(|c| by_tuple[&p.client.tuple(*c).unwrap().local()])
+        .collect();
+    p.server_events.clear();
+    p.client_events.clear();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut newcomer = None;
+    // 20,000 spoofed SYNs over 20 ms of virtual time; a legitimate connect in the middle, and
+    // established connections exchanging data all along.
+    for round in 0..20 {
+        for _ in 0..1000 {
+            let f = frame(spoofed(&mut rng), TCP_SYN, rng.u32(..), 0);
+            p.server.link().inject(&f);
+        }
+        if round == 10 {
+            newcomer = Some(p.connect());
+        }
+        let k = round * 40;
+        let data = pattern(600, round as u8);
+        assert_eq!(transfer(&mut p, held[k], server_ids[k], &data, false, 500), data);
+        assert_eq!(transfer(&mut p, held[k], server_ids[k], &data, true, 500), data);
+        let stats = p.server.stats();
+        assert!(stats.half_open <= limit as u64, "{stats:?}");
+        assert!(
+            p.server.in_use() <= 900 + limit + 1,
+            "slots in use: {}",
+            p.server.in_use()
+        );
+    }
+    p.settle(2000);
+    let newcomer = newcomer.unwrap();
+    assert!(
+        p.client_events.contains(&Event::Connected(newcomer)),
+        "the legitimate client got in"
+    );
+    let stats = p.server.stats();
+    assert!(stats.syn_cookies_sent >= 19_000, "{stats:?}");
+    assert_eq!(
+        stats.syn_cookies_accepted,
+        from_cookies + 1,
+        "the newcomer came in on a cookie"
+    );
+    assert_eq!(stats.accepted, 901);
+    // The half-open slots the flood took time out; nothing else is left behind.
+    p.advance(Duration::from_secs(31));
+    assert_eq!(p.server.stats().half_open, 0);
+    assert_eq!(p.server.in_use(), 901);
+}
+
+fn always_cookies() -> StackConfig {
+    StackConfig {
+        max_half_open: Some(0),
+        ..server_config(8)
+    }
+}
+
+#[test]
+fn a_connection_from_a_cookie_carries_data_both_ways_and_closes_cleanly() {
+    let mut p = Pair::new(always_cookies(), client_config(8, 1));
+    let (c, s) = p.establish();
+    let stats = p.server.stats();
+    assert_eq!(
+        (stats.syn_cookies_sent, stats.syn_cookies_accepted, stats.syn_received),
+        (1, 1, 1)
+    );
+    let data = pattern(100_000, 3);
+    assert_eq!(transfer(&mut p, c, s, &data, false, 20_000), data);
+    assert_eq!(transfer(&mut p, c, s, &data, true, 20_000), data);
+    p.client.close(c);
+    p.settle(100);
+    p.server.close(s);
+    p.settle(100);
+    p.advance(Duration::from_secs(61));
+    assert_eq!((p.server.in_use(), p.client.in_use()), (0, 0));
+}
+
+#[test]
+fn forged_and_expired_cookies_take_no_slot() {
+    let mut p = Pair::new(always_cookies(), client_config(8, 1));
+    p.server.link().filter_outgoing(Some(to_the_real_client));
+    let mut rng = fastrand::Rng::with_seed(9);
+    for _ in 0..10_000 {
+        let f = frame(spoofed(&mut rng), TCP_ACK, rng.u32(..), rng.u32(..));
+        p.server.link().inject(&f);
+    }
+    p.settle(1000);
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.server.stats().syn_cookies_rejected, 10_000);
+
+    // A real cookie, returned too late, then in time.
+    let src = (Ipv4Addr::new(198, 18, 200, 7), 4242);
+    p.server.link().capture_outgoing(true);
+    p.server.link().inject(&frame(src, TCP_SYN, 1000, 0));
+    p.settle(10);
+    let synack = p.server.link().take_captured().pop().expect("a SYN-ACK");
+    assert_eq!(synack[47], TCP_SYN | TCP_ACK);
+    let cookie = u32::from_be_bytes([synack[38], synack[39], synack[40], synack[41]]);
+    assert_eq!(p.server.in_use(), 0, "the SYN took no slot");
+    let ack = frame(src, TCP_ACK, 1001, cookie.wrapping_add(1));
+    let now = p.now;
+    p.now += Duration::from_secs(130);
+    p.server.link().inject(&ack);
+    p.settle(10);
+    assert_eq!(p.server.in_use(), 0);
+    p.now = now + Duration::from_secs(1);
+    p.server.link().inject(&ack);
+    p.settle(10);
+    assert_eq!(p.server.in_use(), 1);
+    assert_eq!(p.server.stats().accepted, 1);
+    let t = FourTuple::new((SERVER, PORT), src);
+    let id = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Accepted(id) => Some(*id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(p.server.tuple(id), Some(t));
+}
