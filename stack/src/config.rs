@@ -57,6 +57,10 @@ pub struct StackConfig {
     /// cookies and cost nothing until their ACK comes (`stack/cookie.rs`). `None`: a sixteenth
     /// of `max_conns`, at least 16. 0: cookies always.
     pub max_half_open: Option<usize>,
+    /// Connections kept in TIME-WAIT at once, outside the slots (~60 bytes each while used);
+    /// past this the oldest ends early (Linux's `tcp_max_tw_buckets`). `None`: `max_conns`, at
+    /// least 65,536.
+    pub max_time_waits: Option<usize>,
     /// Back the socket slab and the buffer arena with transparent huge pages (fewer TLB misses
     /// at a million connections; slots are handed out from the start, so little is wasted).
     pub huge_pages: bool,
@@ -83,12 +87,18 @@ impl Default for StackConfig {
             rx_batch: 64,
             egress_window: 4096,
             max_half_open: None,
+            max_time_waits: None,
             huge_pages: true,
         }
     }
 }
 
 impl StackConfig {
+    /// Connections kept in TIME-WAIT at once (`max_time_waits`, resolved).
+    pub fn time_wait_limit(&self) -> usize {
+        self.max_time_waits.unwrap_or(self.max_conns.max(65_536))
+    }
+
     /// Handshakes that may hold a slot (`max_half_open`, resolved).
     pub fn half_open_limit(&self) -> usize {
         self.max_half_open

@@ -44,6 +44,14 @@ pub struct StackStats {
     pub syn_cookies_rejected: u64,
     /// New connections on a 4-tuple we held in TIME-WAIT.
     pub time_wait_reused: u64,
+    /// Connections parked in TIME-WAIT outside the slots; parked ones ended early for room
+    /// (more than `max_conns` at once); final ACKs sent again for parked ones.
+    #[serde(default)]
+    pub time_wait_parked: u64,
+    #[serde(default)]
+    pub time_wait_evicted: u64,
+    #[serde(default)]
+    pub time_wait_acks: u64,
     /// SYNs for a 4-tuple in TIME-WAIT whose sequence number was not beyond the old
     /// connection's (RFC 6191): answered with a challenge ACK instead.
     #[serde(default)]
@@ -78,6 +86,9 @@ pub struct StackStats {
     pub in_use: u64,
     #[serde(default)]
     pub half_open: u64,
+    /// Connections parked in TIME-WAIT now (they hold no slot).
+    #[serde(default)]
+    pub time_waits: u64,
     /// Wheel entries now, stale ones included.
     pub timers_pending: u64,
 }

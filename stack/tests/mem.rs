@@ -142,12 +142,13 @@ fn active_close_then_passive_close_ends_in_time_wait_then_frees() {
     assert_eq!(closed, 1, "reported once: {:?}", p.server_events);
     p.server.close(s);
     p.settle(100);
-    // The server (passive closer) is done; the client holds the 4-tuple in TIME-WAIT.
+    // The server (passive closer) is done; the client holds the 4-tuple in TIME-WAIT, parked
+    // outside the slots.
     assert_eq!(p.server.in_use(), 0);
-    assert_eq!(p.client.in_use(), 1);
-    p.advance(Duration::from_secs(11));
-    assert_eq!(p.client.in_use(), 0);
+    assert_eq!((p.client.in_use(), p.client.stats().time_waits), (0, 1));
     assert_eq!(p.client.stats().retired, 1);
+    p.advance(Duration::from_secs(11));
+    assert_eq!(p.client.stats().time_waits, 0);
 }
 
 #[test]
@@ -166,10 +167,10 @@ fn fin_while_the_peer_is_still_sending_half_closes() {
     p.client.close(c);
     p.settle(100);
     assert_eq!(p.client.in_use(), 0, "LAST-ACK answered: the client slot is free");
-    // The server went FIN-WAIT-2 → TIME-WAIT, and frees after it.
-    assert_eq!(p.server.in_use(), 1);
+    // The server went FIN-WAIT-2 → TIME-WAIT, parked outside the slots until it ends.
+    assert_eq!((p.server.in_use(), p.server.stats().time_waits), (0, 1));
     p.advance(Duration::from_secs(11));
-    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.server.stats().time_waits, 0);
 }
 
 #[test]
@@ -260,7 +261,7 @@ fn a_syn_on_a_tuple_the_server_holds_in_time_wait_starts_a_new_connection() {
     p.client.close(c);
     p.settle(100);
     assert_eq!(p.client.in_use(), 0);
-    assert_eq!(p.server.in_use(), 1, "server in TIME-WAIT");
+    assert_eq!(p.server.stats().time_waits, 1, "server in TIME-WAIT");
     let (c2, s2) = p.establish();
     assert_eq!(p.server.stats().time_wait_reused, 1);
     assert_eq!(p.client.write(c2, b"new"), 3);
@@ -565,7 +566,7 @@ fn a_syn_on_a_time_wait_tuple_of_a_port_nobody_listens_on_is_not_accepted() {
     p.settle(100);
     p.server.close(s);
     p.settle(100);
-    assert_eq!(p.client.in_use(), 1);
+    assert_eq!(p.client.stats().time_waits, 1);
     // A well-formed SYN from the server's address and port to that source port.
     let mut f = vec![0u8; 54];
     f[0..6].copy_from_slice(&CLIENT_MAC);
@@ -591,10 +592,11 @@ fn a_syn_on_a_time_wait_tuple_of_a_port_nobody_listens_on_is_not_accepted() {
     p.client.link().cut_outgoing(true);
     p.client.link().inject(&f);
     p.settle(10);
-    assert_eq!(p.client.stats().syn_challenged, 1);
+    assert_eq!(p.client.stats().time_wait_syn_refused, 1);
+    assert_eq!(p.client.stats().time_wait_acks, 1);
     assert_eq!(p.client.stats().accepted, 0);
     assert_eq!(p.client.stats().time_wait_reused, 0);
-    assert_eq!(p.client.in_use(), 1, "the TIME-WAIT is still there");
+    assert_eq!(p.client.stats().time_waits, 1, "the TIME-WAIT is still there");
 }
 
 /// A broadcast writes to every connection at once; with a link that takes few frames per flush,

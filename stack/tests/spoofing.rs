@@ -163,7 +163,7 @@ fn a_syn_ends_a_time_wait_only_beyond_the_old_sequence_space() {
     p.settle(100);
     p.client.close(c);
     p.settle(100);
-    assert_eq!(p.server.in_use(), 1, "server in TIME-WAIT");
+    assert_eq!(p.server.stats().time_waits, 1, "server in TIME-WAIT");
     let (_, _, _, rcv_nxt, _) = fields(p.server.link().take_captured().last().unwrap());
     p.client.link().cut_outgoing(true);
     p.server

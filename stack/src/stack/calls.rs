@@ -103,7 +103,7 @@ impl Net {
                 (ai, port + 1)
             };
             let t = FourTuple::new((self.config.source_addrs[ai], port), (*remote.ip(), remote.port()));
-            if self.table.get(&t, &self.tuples).is_none() {
+            if self.table.get(&t, &self.tuples).is_none() && self.time_waits.get(&t).is_none() {
                 found = Some(t);
                 break;
             }

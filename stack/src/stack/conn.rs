@@ -6,7 +6,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
 use super::one_slot::{in_set, sock_mut};
-use super::slot::{flag, not_after, tick_of, Slot, NO_TIMER, SLOT_EMPTY};
+use super::slot::{flag, not_after, tick_after, tick_of, Slot, NO_TIMER, SLOT_EMPTY};
+use super::time_wait::Parked;
 use super::{CloseReason, ConnId, Event, Net};
 use crate::port::Port;
 use timing::wheel::Entry;
@@ -88,9 +89,41 @@ impl Net {
                 self.stats.tx_starved += 1;
             }
             self.mark_dirty(s);
+        } else if self.slots[s].flags & flag::OWNED == 0
+            && sock_mut(&mut self.sockets[s], self.handle).state() == tcp::State::TimeWait
+        {
+            // The final ACK has left: the rest of TIME-WAIT needs no slot.
+            self.park_time_wait(s, now);
         } else {
             self.schedule(s, now, deadline);
         }
+    }
+
+    /// Move slot `s`, in TIME-WAIT and released by the application, to a compact record, and
+    /// free the slot without a word to the peer.
+    fn park_time_wait(&mut self, s: usize, now: Instant) {
+        let t = self.tuples[s];
+        let seq = self.slots[s].seq;
+        let sock = sock_mut(&mut self.sockets[s], self.handle);
+        // `abort` alone would send an RST at the next dispatch; listening in between forgets
+        // the remote end (the port is never 0: the connection had it).
+        sock.abort();
+        let (addr, port) = t.local();
+        let _ = sock.listen(smoltcp::wire::IpListenEndpoint {
+            addr: Some(smoltcp::wire::Ipv4Address::from(addr.octets()).into()),
+            port,
+        });
+        sock.abort();
+        let record = Parked {
+            rcv_nxt: seq.rcv_nxt,
+            snd_nxt: seq.snd_nxt,
+            until: tick_after(now, super::TIME_WAIT),
+        };
+        if self.time_waits.park(t, record) {
+            self.stats.time_wait_evicted += 1;
+        }
+        self.stats.time_wait_parked += 1;
+        self.retire(s);
     }
 
     /// Keep slot `s`'s next smoltcp deadline in the wheel (one live entry at most: a deadline

@@ -43,6 +43,7 @@ impl Net {
     pub(super) fn run_timers<S: crate::link::Sender>(&mut self, now: Instant, sender: &mut S) {
         self.now = now;
         let tick = tick_of(now);
+        self.time_waits.expire(tick);
         let due = &mut self.due;
         due.clear();
         self.wheel.advance(tick, |e, _| {

@@ -11,6 +11,7 @@ use super::cookie;
 use super::one_slot::sock_mut;
 use super::sequence::{self, seq_after};
 use super::slot::{flag, NO_TIMER, SLOT_EMPTY};
+use super::time_wait::{self, Parked};
 use super::Net;
 use crate::port::Port;
 use crate::wire::{self, FourTuple, NotTcp, ETH_HEADER, TCP_ACK, TCP_RST, TCP_SYN};
@@ -47,7 +48,24 @@ impl Net {
         };
         let ip = &mut frame[seg.ip_start..seg.ip_end];
         let pure_syn = seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
-        let slot = match self.table.get(&seg.tuple, &self.tuples) {
+        let found = self.table.get(&seg.tuple, &self.tuples);
+        if found.is_none() {
+            if let Some(parked) = self.time_waits.get(&seg.tuple) {
+                let fresh = pure_syn
+                    && seq_after(seg.seq, parked.rcv_nxt)
+                    && self.listening.contains(&seg.tuple.local_port)
+                    && (!self.config.verify_rx_checksum || tcp_checksum_ok(ip));
+                if !fresh {
+                    self.answer_time_wait(&seg, &parked, ip, sender, now);
+                    return;
+                }
+                // A new connection beyond the old one's sequence space (RFC 6191): the record
+                // ends and the SYN is handled as any other.
+                self.time_waits.remove(&seg.tuple);
+                self.stats.time_wait_reused += 1;
+            }
+        }
+        let slot = match found {
             Some(s) => {
                 let s = s as usize;
                 let time_wait = sock_mut(&mut self.sockets[s], self.handle).state() == tcp::State::TimeWait;
@@ -222,6 +240,56 @@ impl Net {
         self.half_open += 1;
     }
 
+    /// A segment for a parked TIME-WAIT: RSTs are ignored (RFC 1337); anything else, a
+    /// retransmitted FIN above all, gets the final ACK again (within the challenge budget).
+    fn answer_time_wait<S: crate::link::Sender>(
+        &mut self,
+        seg: &wire::Segment,
+        parked: &Parked,
+        ip: &[u8],
+        sender: &mut S,
+        now: Instant,
+    ) {
+        if seg.flags & TCP_RST != 0 || (self.config.verify_rx_checksum && !tcp_checksum_ok(ip)) {
+            return;
+        }
+        if seg.flags & TCP_SYN != 0 {
+            self.stats.time_wait_syn_refused += 1;
+        }
+        if !self.challenges.take(now) {
+            self.stats.challenge_acks_limited += 1;
+            return;
+        }
+        let window = self.config.rx_buf.min(usize::from(u16::MAX)) as u16;
+        let n = time_wait::final_ack(&seg.tuple, parked, window, &mut self.scratch);
+        if self.send_raw(n, seg.src_mac, sender) {
+            self.stats.time_wait_acks += 1;
+        }
+    }
+
+    /// Send the IPv4 packet at the start of `scratch` (a stateless answer) to the next hop, or
+    /// to `asker` while none is known.
+    fn send_raw<S: crate::link::Sender>(&mut self, n: usize, asker: [u8; 6], sender: &mut S) -> bool {
+        if !sender.can_send() {
+            self.stats.tx_starved += 1;
+            return false; // the peer asks again
+        }
+        let shim = if self.mac_learned {
+            self.shim
+        } else {
+            wire::EthShim {
+                next_hop: asker,
+                ..self.shim
+            }
+        };
+        let packet = &self.scratch[..n];
+        sender.send(ETH_HEADER + n, &mut |frame: &mut [u8]| {
+            shim.write(frame);
+            frame[ETH_HEADER..].copy_from_slice(packet);
+        });
+        true
+    }
+
     /// Answer a SYN statelessly: a SYN-ACK whose sequence number is the cookie (`cookie.rs`).
     fn send_cookie<S: crate::link::Sender>(&mut self, seg: &wire::Segment, ip: &[u8], sender: &mut S, now: Instant) {
         if self.config.verify_rx_checksum && !tcp_checksum_ok(ip) {
@@ -231,24 +299,9 @@ impl Net {
         let our_mss = (self.config.mtu - 40).min(usize::from(u16::MAX)) as u16;
         let window = self.config.rx_buf.min(usize::from(u16::MAX)) as u16;
         let n = cookie::syn_ack(&seg.tuple, cookie, seg.seq, window, our_mss, &mut self.scratch);
-        if !sender.can_send() {
-            self.stats.tx_starved += 1;
-            return; // the client retransmits its SYN
+        if self.send_raw(n, seg.src_mac, sender) {
+            self.stats.syn_cookies_sent += 1;
         }
-        let shim = if self.mac_learned {
-            self.shim
-        } else {
-            wire::EthShim {
-                next_hop: seg.src_mac,
-                ..self.shim
-            }
-        };
-        let packet = &self.scratch[..n];
-        sender.send(ETH_HEADER + n, &mut |frame: &mut [u8]| {
-            shim.write(frame);
-            frame[ETH_HEADER..].copy_from_slice(packet);
-        });
-        self.stats.syn_cookies_sent += 1;
     }
 
     /// An ACK for no connection: if it returns a cookie of ours, the connection it completes

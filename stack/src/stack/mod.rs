@@ -25,6 +25,7 @@ mod ingress;
 mod one_slot;
 pub(crate) mod sequence;
 mod slot;
+mod time_wait;
 
 use std::net::SocketAddrV4;
 
@@ -44,6 +45,7 @@ use cookie::CookieJar;
 use one_slot::sock_mut;
 use sequence::{ChallengeBudget, IsnSource};
 use slot::{filled, flag, free_chain, tick_of, Slot, NO_SLOT, SLOT_EMPTY};
+use time_wait::TimeWaits;
 use timing::wheel::{Entry, TimerWheel};
 
 /// A connection, as the application names it: the slot index. An id is the application's from
@@ -96,6 +98,9 @@ pub enum StackError {
 
 /// Timer wheel: 1 ms ticks, 16384 slots (16 s per revolution: TIME-WAIT's 10 s fits in one).
 const WHEEL_SLOTS: usize = 1 << 14;
+/// How long a connection stays in TIME-WAIT (smoltcp's `CLOSE_DELAY`, which a connection in a
+/// slot keeps too).
+const TIME_WAIT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
 /// Challenge ACKs per second across all connections (RFC 5961 §7; Linux's default is 1000).
 const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
 
@@ -144,6 +149,8 @@ struct Net {
     isn_override: Option<u32>,
     /// Two frames of room for a cookie's handshake, allocated once.
     scratch: Vec<u8>,
+    /// Connections in TIME-WAIT, parked outside the slots (`time_wait.rs`).
+    time_waits: TimeWaits,
     listening: Vec<u16>,
     /// Client mode: next (source address index, port) to try.
     next_source: (usize, u16),
@@ -210,6 +217,7 @@ impl<L: Link> Stack<L> {
                 half_open_limit: config.half_open_limit(),
                 isn_override: None,
                 scratch: vec![0; cookie::SCRATCH],
+                time_waits: TimeWaits::new(config.time_wait_limit()),
                 listening: Vec::new(),
                 next_source: (0, config.source_ports.0),
                 arena_bytes,
@@ -403,6 +411,7 @@ impl<L: Link> Stack<L> {
         let mut s = self.net.stats;
         s.in_use = self.in_use() as u64;
         s.half_open = self.net.half_open as u64;
+        s.time_waits = self.net.time_waits.len() as u64;
         s.timers_pending = self.net.wheel.len() as u64;
         s
     }
@@ -432,6 +441,7 @@ impl<L: Link> Stack<L> {
             free_list_bytes: 0,
             wheel_bytes: n.wheel.heap_bytes(),
             queue_bytes: n.dirty.capacity() * 4
+                + n.time_waits.bytes()
                 + n.due.capacity() * std::mem::size_of::<Entry>()
                 + n.events.capacity() * std::mem::size_of::<Event>(),
         }
