@@ -1,8 +1,9 @@
 //! The admin/stats endpoint, on its own address (it stays on the kernel stack whatever stack serves
 //! WebSockets): routing of admin requests and rendering of reports as JSON, seed 003's `/conns`, and
-//! Prometheus text. Independent of how the stats were gathered, so every stack uses it.
+//! Prometheus text. Independent of how the stats were gathered and of the HTTP server
+//! (`supervisor/admin_http.rs`), so every stack uses it.
 
-use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -43,24 +44,24 @@ pub enum AdminRequest {
     },
 }
 
-/// Route an admin request. `body` is read only for the POSTs; `declared` is its Content-Length.
-pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read, declared: Option<usize>) -> AdminRequest {
-    use tiny_http::Method::{Get, Head, Post};
+/// Route an admin request. `body` is what was read of it (the HTTP side reads at most
+/// `MAX_BODY` + 1 bytes, and only for a POST); `declared` is its Content-Length.
+pub fn route(method: &str, url: &str, body: &[u8], declared: Option<usize>) -> AdminRequest {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let err = |status: u16, message: &str| AdminRequest::Error {
         status,
         message: message.to_string(),
     };
     match (method, path) {
-        (Get | Head, "/stats") => AdminRequest::Stats(StatsFormat::Json),
-        (Get | Head, "/conns") => AdminRequest::Stats(StatsFormat::Conns),
-        (Get | Head, "/metrics") => AdminRequest::Stats(StatsFormat::Prometheus),
-        (Get | Head, "/") => AdminRequest::Help,
-        (Post, "/broadcast") => match read_text(body, declared) {
+        ("GET" | "HEAD", "/stats") => AdminRequest::Stats(StatsFormat::Json),
+        ("GET" | "HEAD", "/conns") => AdminRequest::Stats(StatsFormat::Conns),
+        ("GET" | "HEAD", "/metrics") => AdminRequest::Stats(StatsFormat::Prometheus),
+        ("GET" | "HEAD", "/") => AdminRequest::Help,
+        ("POST", "/broadcast") => match read_text(body, declared) {
             Ok(text) => AdminRequest::Broadcast { text },
             Err(e) => e,
         },
-        (Post, "/push") => {
+        ("POST", "/push") => {
             let Some(id) = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("id="))
@@ -81,35 +82,28 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &mut dyn Read, declare
     }
 }
 
-fn read_text(body: &mut dyn Read, declared: Option<usize>) -> Result<Option<String>, AdminRequest> {
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return Err(AdminRequest::Error {
-            status: 413,
-            message: format!("body over {MAX_BODY} bytes"),
-        });
+fn read_text(body: &[u8], declared: Option<usize>) -> Result<Option<String>, AdminRequest> {
+    let too_large = || AdminRequest::Error {
+        status: 413,
+        message: format!("body over {MAX_BODY} bytes"),
+    };
+    if declared.is_some_and(|n| n > MAX_BODY) || body.len() > MAX_BODY {
+        return Err(too_large());
     }
-    let mut text = String::new();
-    let mut limited = body.take(MAX_BODY as u64 + 1);
-    if limited.read_to_string(&mut text).is_err() {
-        return Err(AdminRequest::Error {
-            status: 400,
-            message: "body is not UTF-8 text".into(),
-        });
-    }
-    if declared.is_some_and(|n| text.len() < n) {
+    if declared.is_some_and(|n| body.len() < n) {
         // The client went away mid-body: a truncated message is not pushed.
         return Err(AdminRequest::Error {
             status: 400,
             message: "body shorter than its Content-Length".into(),
         });
     }
-    if text.len() > MAX_BODY {
+    let Ok(text) = std::str::from_utf8(body) else {
         return Err(AdminRequest::Error {
-            status: 413,
-            message: format!("body over {MAX_BODY} bytes"),
+            status: 400,
+            message: "body is not UTF-8 text".into(),
         });
-    }
-    Ok(if text.is_empty() { None } else { Some(text) })
+    };
+    Ok(if text.is_empty() { None } else { Some(text.to_string()) })
 }
 
 pub const HELP: &str = "ws-server admin endpoint
@@ -139,6 +133,10 @@ pub struct BroadcastResult {
     pub fanout_ms: f64,
     /// From the admin's command to the last worker's reply.
     pub elapsed_ms: f64,
+    /// Workers that did not take it: dead or restarting (their connections are gone with them;
+    /// a restarted worker's new connections get the broadcasts after it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers_missing: Vec<usize>,
 }
 
 /// Everything `/stats` reports (the benchmark reads it back with this type).
@@ -156,6 +154,19 @@ pub struct Report {
     pub memory: MemoryReport,
     pub workers: usize,
     pub per_worker: Vec<WorkerStats>,
+    /// Workers whose share is missing from this report: dead or restarting when it was asked
+    /// for, or dead before they answered (their connections are gone with them).
+    #[serde(default)]
+    pub workers_missing: Vec<usize>,
+    /// Workers restarted since the server started, by reason.
+    #[serde(default)]
+    pub worker_restarts: RestartCounts,
+    /// The last restarts (at most `RECENT_RESTARTS`), oldest first.
+    #[serde(default)]
+    pub restarts: Vec<RestartRecord>,
+    /// The admin endpoint's own connections and refusals.
+    #[serde(default)]
+    pub admin: AdminStats,
     /// The XDP program's counters (xdp stack only).
     #[cfg(feature = "xdp")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,6 +209,17 @@ pub struct PushResult {
 }
 
 impl PushResult {
+    /// The device's worker died before it answered: whether it was queued is not known, and the
+    /// device's connection is gone with that worker.
+    pub fn lost(id: String, seq: u64) -> PushResult {
+        PushResult {
+            id,
+            seq,
+            queued: false,
+            result: "lost: the device's worker died before answering".into(),
+        }
+    }
+
     pub fn new(id: String, seq: u64, queued: bool) -> PushResult {
         let result = if queued {
             "queued to a connected device"
@@ -209,6 +231,124 @@ impl PushResult {
             seq,
             queued,
             result: result.into(),
+        }
+    }
+}
+
+/// Why a worker was restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartReason {
+    /// It exited by itself (an error, a panic).
+    Exited,
+    /// A signal killed it (kill -9, the OOM killer, a crash).
+    Signal,
+    /// It stopped answering (no pong within the hang timeout, its control queue full, or not
+    /// ready in time after a restart): the supervisor killed it.
+    Hung,
+}
+
+impl RestartReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Exited => "exited",
+            RestartReason::Signal => "signal",
+            RestartReason::Hung => "hung",
+        }
+    }
+}
+
+/// Worker restarts by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartCounts {
+    pub total: u64,
+    pub exited: u64,
+    pub signal: u64,
+    pub hung: u64,
+}
+
+impl RestartCounts {
+    pub fn count(&mut self, reason: RestartReason) {
+        self.total += 1;
+        match reason {
+            RestartReason::Exited => self.exited += 1,
+            RestartReason::Signal => self.signal += 1,
+            RestartReason::Hung => self.hung += 1,
+        }
+    }
+}
+
+/// How many restarts `/stats` lists.
+pub const RECENT_RESTARTS: usize = 16;
+
+/// One worker's death and restart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    pub worker: usize,
+    /// The process that died.
+    pub pid: u32,
+    pub reason: Option<RestartReason>,
+    /// How it ended: "exit status 1", "signal 9 (SIGKILL)", and for `hung` why it was killed.
+    pub status: String,
+    /// Server uptime when it was found dead.
+    pub at_uptime_s: f64,
+    /// Its replacement, once started, and the time from the death to its ready report.
+    pub new_pid: Option<u32>,
+    pub restart_ms: Option<f64>,
+}
+
+/// The admin endpoint's counters (it is bounded: see `supervisor/admin_http.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminStats {
+    /// Connections open now, and accepted since start.
+    pub connections: u64,
+    pub accepted: u64,
+    /// Connections over the limit while every connection was in a request: answered 503 and
+    /// closed.
+    pub refused: u64,
+    /// Connections waiting for a request (idle, or still sending a head) closed to make room for
+    /// a new one at the limit.
+    #[serde(default)]
+    pub evicted_idle: u64,
+    /// Connections that did not send a request head in time (or stayed idle too long).
+    pub head_timeouts: u64,
+    /// Request heads over the size limit (431).
+    pub oversize_heads: u64,
+    /// Request bodies not sent in time (408).
+    pub body_timeouts: u64,
+    /// Answers the client took none of for too long.
+    pub write_timeouts: u64,
+    /// Malformed requests and bodies (400).
+    pub bad_requests: u64,
+}
+
+/// The admin endpoint's live counters, shared with its HTTP server.
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    pub open: AtomicU64,
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub evicted_idle: AtomicU64,
+    pub head_timeouts: AtomicU64,
+    pub oversize_heads: AtomicU64,
+    pub body_timeouts: AtomicU64,
+    pub write_timeouts: AtomicU64,
+    pub bad_requests: AtomicU64,
+}
+
+impl AdminCounters {
+    pub fn snapshot(&self) -> AdminStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AdminStats {
+            connections: get(&self.open),
+            accepted: get(&self.accepted),
+            refused: get(&self.refused),
+            evicted_idle: get(&self.evicted_idle),
+            head_timeouts: get(&self.head_timeouts),
+            oversize_heads: get(&self.oversize_heads),
+            body_timeouts: get(&self.body_timeouts),
+            write_timeouts: get(&self.write_timeouts),
+            bad_requests: get(&self.bad_requests),
         }
     }
 }
@@ -258,6 +398,10 @@ impl Report {
             workers: per_worker.len(),
             totals,
             per_worker,
+            workers_missing: Vec::new(),
+            worker_restarts: RestartCounts::default(),
+            restarts: Vec::new(),
+            admin: AdminStats::default(),
             #[cfg(feature = "xdp")]
             steering: None,
         }
@@ -369,35 +513,72 @@ impl Report {
                 .set(w.core.connections as i64);
         }
         reg.register("worker_connections", "Open connections per worker", per_worker);
+        let restarts = Family::<Vec<(String, String)>, Counter>::default();
+        for (reason, n) in [
+            (RestartReason::Exited, self.worker_restarts.exited),
+            (RestartReason::Signal, self.worker_restarts.signal),
+            (RestartReason::Hung, self.worker_restarts.hung),
+        ] {
+            restarts
+                .get_or_create(&vec![("reason".to_string(), reason.as_str().to_string())])
+                .inc_by(n);
+        }
+        reg.register("worker_restarts", "Worker processes restarted, by reason", restarts);
+        let missing: Gauge = Gauge::default();
+        missing.set(self.workers_missing.len() as i64);
+        reg.register(
+            "workers_missing",
+            "Workers whose share is missing from this report (dead or restarting)",
+            missing,
+        );
+        let a = &self.admin;
+        let open: Gauge = Gauge::default();
+        open.set(a.connections as i64);
+        reg.register("admin_connections", "Admin endpoint connections open", open);
+        let admin_counters: [(&str, &str, u64); 8] = [
+            ("admin_accepted", "Admin endpoint connections accepted", a.accepted),
+            (
+                "admin_refused",
+                "Admin endpoint connections refused over the limit (503)",
+                a.refused,
+            ),
+            (
+                "admin_evicted_idle",
+                "Idle admin connections closed to make room at the limit",
+                a.evicted_idle,
+            ),
+            (
+                "admin_head_timeouts",
+                "Admin connections that sent no request head in time",
+                a.head_timeouts,
+            ),
+            (
+                "admin_oversize_heads",
+                "Admin request heads over the size limit (431)",
+                a.oversize_heads,
+            ),
+            (
+                "admin_body_timeouts",
+                "Admin request bodies not sent in time (408)",
+                a.body_timeouts,
+            ),
+            (
+                "admin_write_timeouts",
+                "Admin answers the client did not take in time",
+                a.write_timeouts,
+            ),
+            ("admin_bad_requests", "Malformed admin requests (400)", a.bad_requests),
+        ];
+        for (name, help, v) in admin_counters {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            reg.register(name, help, c);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         encode(&mut out, &reg).expect("encoding metrics into a String");
         out
     }
-}
-
-/// Answer an admin request, on a thread of its own: writing can block on a client that does not
-/// read, and never on the supervisor's loop.
-pub fn respond(request: tiny_http::Request, status: u16, body: String, content_type: &str) {
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).unwrap_or_else(|_| {
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain"[..]).expect("static header")
-    });
-    // A known length, never chunked (tiny_http chunks bodies over 32 KiB by default, and /stats
-    // of a server with dozens of workers is bigger): simple clients and scripts read it whole.
-    let response = tiny_http::Response::from_string(body)
-        .with_status_code(status)
-        .with_header(header)
-        .with_chunked_threshold(usize::MAX);
-    // Writing can block on a client that does not read: not on the supervisor's loop.
-    std::thread::spawn(move || {
-        if let Err(e) = request.respond(response) {
-            log::debug!("admin client went away: {e}");
-        }
-    });
-}
-
-pub fn respond_json(request: tiny_http::Request, status: u16, value: &serde_json::Value) {
-    respond(request, status, value.to_string(), "application/json");
 }
 
 #[cfg(test)]
@@ -423,50 +604,53 @@ mod tests {
 
     #[test]
     fn routes() {
-        use tiny_http::Method;
-        let mut empty: &[u8] = b"";
         assert_eq!(
-            route(&Method::Get, "/stats", &mut empty, None),
+            route("GET", "/stats", b"", None),
             AdminRequest::Stats(StatsFormat::Json)
         );
         assert_eq!(
-            route(&Method::Get, "/conns", &mut empty, None),
+            route("HEAD", "/conns", b"", None),
             AdminRequest::Stats(StatsFormat::Conns)
         );
-        let mut body: &[u8] = b"hello";
         assert_eq!(
-            route(&Method::Post, "/push?id=dev-1", &mut body, None),
+            route("POST", "/push?id=dev-1", b"hello", None),
             AdminRequest::Push {
                 id: "dev-1".into(),
                 text: Some("hello".into())
             }
         );
         assert_eq!(
-            route(&Method::Post, "/broadcast", &mut empty, None),
+            route("POST", "/broadcast", b"", Some(0)),
             AdminRequest::Broadcast { text: None }
         );
         assert!(matches!(
-            route(&Method::Post, "/push", &mut empty, None),
+            route("POST", "/push", b"", None),
             AdminRequest::Error { status: 400, .. }
         ));
         assert!(matches!(
-            route(&Method::Delete, "/stats", &mut empty, None),
+            route("DELETE", "/stats", b"", None),
             AdminRequest::Error { status: 405, .. }
         ));
         assert!(matches!(
-            route(&Method::Get, "/nope", &mut empty, None),
+            route("GET", "/nope", b"", None),
             AdminRequest::Error { status: 404, .. }
         ));
-        let mut short: &[u8] = b"abc";
         assert!(matches!(
-            route(&Method::Post, "/broadcast", &mut short, Some(5000)),
+            route("POST", "/broadcast", b"abc", Some(5000)),
             AdminRequest::Error { status: 400, .. }
         ));
-        let big = vec![b'a'; MAX_BODY + 1];
-        let mut big: &[u8] = &big;
         assert!(matches!(
-            route(&Method::Post, "/broadcast", &mut big, None),
+            route("POST", "/broadcast", b"", Some(MAX_BODY + 1)),
             AdminRequest::Error { status: 413, .. }
+        ));
+        let big = vec![b'a'; MAX_BODY + 1];
+        assert!(matches!(
+            route("POST", "/broadcast", &big, None),
+            AdminRequest::Error { status: 413, .. }
+        ));
+        assert!(matches!(
+            route("POST", "/broadcast", b"\xff\xfe", None),
+            AdminRequest::Error { status: 400, .. }
         ));
     }
 
@@ -494,5 +678,39 @@ mod tests {
         assert!(prom.contains("wsserver_expired_total 10\n"));
         assert!(prom.contains("wsserver_worker_connections{worker=\"1\"} 10\n"));
         assert!(prom.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn restarts_and_admin_counters_are_in_json_and_metrics() {
+        let mut r = Report::new("kernel", 2.0, vec![worker(0, 5, 0)], 0, None, 500);
+        r.worker_restarts.count(RestartReason::Signal);
+        r.worker_restarts.count(RestartReason::Hung);
+        r.workers_missing = vec![1];
+        r.admin.refused = 3;
+        let (json, _) = r.render(StatsFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["worker_restarts"]["total"], 2);
+        assert_eq!(v["worker_restarts"]["signal"], 1);
+        assert_eq!(v["worker_restarts"]["hung"], 1);
+        assert_eq!(v["workers_missing"], serde_json::json!([1]));
+        assert_eq!(v["admin"]["refused"], 3);
+        let (prom, _) = r.render(StatsFormat::Prometheus);
+        assert!(
+            prom.contains("wsserver_worker_restarts_total{reason=\"signal\"} 1\n"),
+            "{prom}"
+        );
+        assert!(
+            prom.contains("wsserver_worker_restarts_total{reason=\"exited\"} 0\n"),
+            "{prom}"
+        );
+        assert!(prom.contains("wsserver_admin_refused_total 3\n"), "{prom}");
+        assert!(prom.contains("wsserver_workers_missing 1\n"), "{prom}");
+        // A report from before these fields (ws-bench reads old JSON too) still parses.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for k in ["worker_restarts", "restarts", "workers_missing", "admin"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back: Report = serde_json::from_value(old).unwrap();
+        assert_eq!(back.worker_restarts, RestartCounts::default());
     }
 }

@@ -23,6 +23,11 @@ pub struct ServerConfig {
     pub log_size: usize,
     /// How long a connection may take no output before it is closed as a slow reader (0: off).
     pub write_timeout: Duration,
+    /// A worker that answers no ping for this long is killed and restarted (None: not checked).
+    pub hang_timeout: Option<Duration>,
+    /// Restarts of one worker within a minute before the server gives up and stops (0: a dead
+    /// worker stops the server).
+    pub max_restarts: usize,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.
     #[cfg(feature = "xdp")]
     pub xdp: Option<XdpOptions>,

@@ -89,6 +89,10 @@ pub enum ToWorker {
     Stats {
         req: u64,
     },
+    /// Liveness: answered with `Pong` as soon as the worker reads it.
+    Ping {
+        n: u64,
+    },
     Shutdown,
 }
 
@@ -123,6 +127,10 @@ pub enum FromWorker {
     },
     Release {
         hash: u64,
+    },
+    /// The answer to `Ping { n }`.
+    Pong {
+        n: u64,
     },
 }
 

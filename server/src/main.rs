@@ -28,7 +28,7 @@ const CONNS_PER_WORKER_PLAN: usize = 15_000;
     version,
     about,
     long_about,
-    after_help = "Exit status: 0 stopped by SIGINT/SIGTERM after closing every connection; 1 could not start or a worker died (the reason is printed); 2 usage error (bad or inconsistent options)."
+    after_help = "Exit status: 0 stopped by SIGINT/SIGTERM after closing every connection; 1 could not start, or a worker kept dying past --max-restarts (the reason is printed); 2 usage error (bad or inconsistent options)."
 )]
 struct Args {
     /// Which TCP stack serves the WebSocket port.
@@ -84,6 +84,16 @@ struct Args {
     /// least 1s). 0: only falling out of the log closes. At most 1h.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
+    /// A worker that answers none of the supervisor's pings (one a second) for this long is
+    /// hung: it is killed (SIGKILL) and restarted. 0: not checked. 1s to 1h.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    worker_hang_timeout: Duration,
+    /// A worker that dies (crash, kill, OOM) or hangs is restarted on its index at once, the
+    /// others and their connections untouched; one that dies again soon is restarted after a
+    /// growing pause (up to 2 s). Past this many restarts of one worker within a minute the
+    /// server stops with an error. 0: a dead worker stops the server.
+    #[arg(long, default_value_t = 5)]
+    max_restarts: usize,
     /// No longer used: output waits in the message log (--log-size). Accepted so that existing
     /// command lines keep working.
     #[arg(long, hide = true, value_parser = parse_size)]
@@ -153,6 +163,14 @@ fn run() -> anyhow::Result<()> {
     {
         return Err(usage("--write-timeout must be 0 (off) or 1s to 1h"));
     }
+    if !args.worker_hang_timeout.is_zero()
+        && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&args.worker_hang_timeout)
+    {
+        return Err(usage("--worker-hang-timeout must be 0 (off) or 1s to 1h"));
+    }
+    if args.max_restarts > 1000 {
+        return Err(usage("--max-restarts must be at most 1000"));
+    }
     if args.max_pending.is_some() {
         log::warn!("--max-pending is no longer used: output waits in the message log (--log-size)");
     }
@@ -199,6 +217,8 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         max_message: args.max_message,
         log_size: args.log_size,
         write_timeout: args.write_timeout,
+        hang_timeout: (!args.worker_hang_timeout.is_zero()).then_some(args.worker_hang_timeout),
+        max_restarts: args.max_restarts,
         #[cfg(feature = "xdp")]
         xdp: None,
     }

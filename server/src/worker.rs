@@ -239,6 +239,7 @@ impl<D: Driver> Worker<D> {
                 req,
                 stats: Box::new(self.stats()),
             }),
+            ToWorker::Ping { n } => Some(FromWorker::Pong { n }),
             ToWorker::Shutdown => {
                 self.stop = true;
                 None

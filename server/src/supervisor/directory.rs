@@ -48,6 +48,20 @@ impl Directory {
         }
     }
 
+    /// `worker` died: every device it held is gone with its connection (a push to one of them is
+    /// "not connected" at once, and its next connection claims it afresh). Returns how many.
+    pub fn purge(&mut self, worker: usize) -> usize {
+        let before = self.held.len();
+        self.held.retain(|_, &mut (holder, _)| holder != worker);
+        before - self.held.len()
+    }
+
+    /// Devices held, all workers together.
+    #[cfg(test)]
+    pub fn devices(&self) -> usize {
+        self.held.len()
+    }
+
     /// The worker holding `hash`.
     pub fn holder(&self, hash: u64) -> Option<usize> {
         self.held.get(&hash).map(|&(worker, _)| worker)
@@ -68,6 +82,31 @@ mod tests {
         // A claim that arrives late but was made earlier loses.
         assert_eq!(d.claim(2, 7, 180), Some(Evict { worker: 2, hash: 7 }));
         assert_eq!(d.holder(7), Some(1));
+    }
+
+    #[test]
+    fn a_dead_worker_s_devices_leave_at_once() {
+        let mut d = Directory::default();
+        d.claim(0, 1, 100);
+        d.claim(1, 2, 100);
+        d.claim(1, 3, 100);
+        d.claim(2, 4, 100);
+        assert_eq!(d.purge(1), 2);
+        assert_eq!(d.holder(2), None);
+        assert_eq!(d.holder(3), None);
+        assert_eq!(d.holder(1), Some(0));
+        assert_eq!(d.holder(4), Some(2));
+        assert_eq!(d.devices(), 2);
+        assert_eq!(d.purge(1), 0, "nothing left of it");
+        // Its replacement (same index) claims devices afresh; a late release of the dead one
+        // (there is none: its messages stop with it) would not matter either.
+        assert_eq!(d.claim(1, 2, 300), None);
+        assert_eq!(d.holder(2), Some(1));
+        // A device that reconnected to another worker while the dead one still held it there.
+        d.claim(0, 5, 100);
+        assert_eq!(d.claim(1, 5, 50), Some(Evict { worker: 1, hash: 5 }));
+        d.purge(1);
+        assert_eq!(d.holder(5), Some(0), "the live worker keeps its device");
     }
 
     #[test]

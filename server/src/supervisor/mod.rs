@@ -7,27 +7,33 @@
 //! One process may hold at most 20,000 files here: the kernel stack runs several workers, each
 //! with its own `SO_REUSEPORT` listener on the same port; the xdp stack runs one per receive queue.
 
+mod admin_http;
 mod directory;
 mod pending;
+mod restart;
 #[cfg(feature = "xdp")]
 mod steering;
 mod workers;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::admin::{self, respond, respond_json, AdminRequest, BroadcastResult};
+pub use admin_http::{AdminLimits, Answer, Responder};
+
+use crate::admin::{self, AdminCounters, AdminRequest, BroadcastResult, RestartCounts, RestartRecord};
 use crate::config::ServerConfig;
-use crate::control::{FromWorker, ToWorker, WorkerConfig};
+use crate::control::{ToWorker, WorkerConfig};
 use crate::core::device::DeviceHasher;
 use crate::core::message::{self, Kind};
 use directory::Directory;
-use pending::{PendingCalls, PendingKind};
-use workers::{spawn_worker, WorkerHandle};
+use pending::{Pending, PendingCalls, PendingKind};
+use restart::RestartPolicy;
+use workers::{spawn_worker, SendError, Slot, WorkerRef};
 
 /// Turn a bind error into a sentence that says what to do.
 pub fn explain_bind_error(what: &str, addr: SocketAddr, e: &io::Error) -> anyhow::Error {
@@ -43,26 +49,47 @@ pub fn explain_bind_error(what: &str, addr: SocketAddr, e: &io::Error) -> anyhow
 }
 
 /// What the supervisor's loop waits for.
-pub(super) enum Event {
-    FromWorker(usize, FromWorker),
-    WorkerGone(usize),
-    /// An admin request, its body already read and routed on a thread of its own.
-    Admin(tiny_http::Request, AdminRequest),
+enum Event {
+    FromWorker(WorkerRef, crate::control::FromWorker),
+    /// The worker's control channel closed and its process exited (not yet reaped).
+    WorkerGone(WorkerRef),
+    /// An admin request, its body already read and routed on the admin thread.
+    Admin(Responder, AdminRequest),
     Signal,
 }
 
+/// How far back `--max-restarts` counts a worker's deaths.
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// The loop's longest sleep: pings, deadlines and restarts are checked this often at least.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
 struct Supervisor {
     cfg: ServerConfig,
-    workers: Vec<WorkerHandle>,
+    exe: std::path::PathBuf,
+    plan: WorkerPlan,
+    slots: Vec<Slot>,
     events: mpsc::Receiver<Event>,
+    /// For the reader threads of restarted workers.
+    events_tx: mpsc::Sender<Event>,
     hasher: DeviceHasher,
     directory: Directory,
     pending: PendingCalls,
     push_seq: u64,
+    /// The newest broadcast's number: a restarted worker's log starts after it.
+    last_broadcast_seq: u64,
     broadcasts_done: u64,
     last_broadcast: Option<BroadcastResult>,
     started: Instant,
     stopping: bool,
+    policy: RestartPolicy,
+    max_restarts: usize,
+    /// No pong for this long: the worker is hung (None: not checked).
+    hang_timeout: Option<Duration>,
+    restart_counts: RestartCounts,
+    /// The last restarts, numbered.
+    restarts: VecDeque<(u64, RestartRecord)>,
+    restart_number: u64,
+    admin_counters: Arc<AdminCounters>,
     /// The XDP steering of an xdp server (detached after the workers stop).
     #[cfg(feature = "xdp")]
     xdp: Option<xdp_prog::Attachment>,
@@ -97,10 +124,13 @@ impl WorkerPlan {
         }
     }
 
-    fn worker(&self, index: usize) -> WorkerConfig {
+    /// Worker `index`'s settings; its broadcasts are numbered after `first_seq` (the run's first,
+    /// or for a restarted worker the newest broadcast so far: an older `since=` is a gap there).
+    fn worker(&self, index: usize, first_seq: u64) -> WorkerConfig {
         #[allow(unused_mut)] // the xdp build sets the queue
         let mut cfg = WorkerConfig {
             index,
+            first_seq,
             ..self.base.clone()
         };
         #[cfg(feature = "xdp")]
@@ -135,29 +165,41 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     let admin_listener =
         std::net::TcpListener::bind(cfg.admin).map_err(|e| explain_bind_error("admin endpoint", cfg.admin, &e))?;
-    let admin_server = std::sync::Arc::new(
-        tiny_http::Server::from_listener(admin_listener, None)
-            .map_err(|e| anyhow::anyhow!("starting the admin endpoint: {e}"))?,
-    );
     let (tx, rx) = mpsc::channel();
     let exe = std::env::current_exe().context("finding our own executable to start workers")?;
-    let mut workers = Vec::new();
+    let mut slots = Vec::new();
     for index in 0..cfg.workers {
-        let worker = spawn_worker(&exe, plan.worker(index), tx.clone());
-        workers.push(worker.with_context(|| format!("starting worker {index}"))?);
+        let who = WorkerRef { index, gen: 0 };
+        let proc = spawn_worker(&exe, plan.worker(index, first_seq), who, tx.clone())
+            .with_context(|| format!("starting worker {index}"))?;
+        slots.push(Slot::new(proc));
     }
+    let workers = cfg.workers;
+    let max_restarts = cfg.max_restarts;
+    let hang_timeout = cfg.hang_timeout;
     let mut sup = Supervisor {
         cfg,
-        workers,
+        exe,
+        plan,
+        slots,
         events: rx,
+        events_tx: tx.clone(),
         hasher,
         directory: Directory::default(),
         pending: PendingCalls::default(),
         push_seq: first_seq,
+        last_broadcast_seq: first_seq,
         broadcasts_done: 0,
         last_broadcast: None,
         started: Instant::now(),
         stopping: false,
+        policy: RestartPolicy::new(workers, max_restarts, RESTART_WINDOW),
+        max_restarts,
+        hang_timeout,
+        restart_counts: RestartCounts::default(),
+        restarts: VecDeque::new(),
+        restart_number: 0,
+        admin_counters: Arc::new(AdminCounters::default()),
         #[cfg(feature = "xdp")]
         xdp: attachment,
     };
@@ -165,36 +207,31 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         sup.stop_workers();
         return Err(e);
     }
-    serve_admin(&admin_server, tx.clone());
+    let mut admin_server = match admin_http::start(
+        admin_listener,
+        tx.clone(),
+        Arc::clone(&sup.admin_counters),
+        AdminLimits::default(),
+    ) {
+        Ok(server) => server,
+        Err(e) => {
+            sup.stop_workers();
+            return Err(e);
+        }
+    };
     forward_signals(tx)?;
     sup.log_start();
     let result = sup.run();
-    admin_server.unblock();
+    if let Err(e) = &result {
+        log::error!("{e:#}");
+    }
+    admin_server.stop();
     sup.stop_workers();
     #[cfg(feature = "xdp")]
     if let Some(att) = sup.xdp.as_mut() {
         att.finish();
     }
     result
-}
-
-/// Admin requests come in on a thread; each is read and routed on a thread of its own, since
-/// reading a body can block on a slow client: never on the supervisor's loop.
-fn serve_admin(server: &std::sync::Arc<tiny_http::Server>, tx: mpsc::Sender<Event>) {
-    let server = std::sync::Arc::clone(server);
-    std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut request = request;
-                let method = request.method().clone();
-                let url = request.url().to_string();
-                let declared = request.body_length();
-                let routed = admin::route(&method, &url, request.as_reader(), declared);
-                let _ = tx.send(Event::Admin(request, routed));
-            });
-        }
-    });
 }
 
 /// SIGINT and SIGTERM become an event of the loop.
@@ -211,9 +248,9 @@ fn forward_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
 impl Supervisor {
     fn log_start(&self) {
         log::info!(
-            "ws-server ({} stack): {} workers on {}, admin on http://{}/, push every {}, idle timeout {}",
+            "ws-server ({} stack): {} workers on {}, admin on http://{}/, push every {}, idle timeout {}, {}, restarts: at most {} per worker per minute",
             self.cfg.stack_name(),
-            self.workers.len(),
+            self.slots.len(),
             self.cfg.listen,
             self.cfg.admin,
             self.cfg.push_interval.map_or("never".to_string(), |d| format!("{d:?}")),
@@ -222,6 +259,10 @@ impl Supervisor {
             } else {
                 format!("{:?}", self.cfg.idle_timeout)
             },
+            self.hang_timeout.map_or("hung workers not detected".to_string(), |t| format!(
+                "a worker silent for {t:?} is hung"
+            )),
+            self.max_restarts,
         );
     }
 
@@ -234,19 +275,14 @@ impl Supervisor {
                 next_push = self.cfg.push_interval.map(|d| at.max(now - d) + d);
             }
             self.expire_pending();
+            self.watch_workers()?;
             let wait = next_push
-                .map_or(Duration::from_secs(1), |at| at.saturating_duration_since(now))
-                .min(Duration::from_secs(1));
+                .map_or(WATCH_EVERY, |at| at.saturating_duration_since(now))
+                .min(WATCH_EVERY);
             match self.events.recv_timeout(wait) {
-                Ok(Event::FromWorker(i, msg)) => self.worker_message(i, msg),
+                Ok(Event::FromWorker(who, msg)) => self.worker_message(who, msg),
                 Ok(Event::Admin(request, routed)) => self.admin(request, routed),
-                Ok(Event::WorkerGone(i)) => {
-                    let status = self.workers[i].exit_status();
-                    bail!(
-                        "worker {i} (pid {}) exited unexpectedly ({status:?}); stopping",
-                        self.workers[i].pid
-                    );
-                }
+                Ok(Event::WorkerGone(who)) => self.worker_gone(who)?,
                 Ok(Event::Signal) => {
                     log::info!("signal received: closing connections and stopping workers");
                     return Ok(());
@@ -257,75 +293,97 @@ impl Supervisor {
         }
     }
 
-    fn admin(&mut self, request: tiny_http::Request, routed: AdminRequest) {
+    /// Send `msg` (made for each worker by `make`) to the workers `to` selects; returns the
+    /// workers it went to (and so whose reply a call can wait for) and those it did not.
+    fn send_to(&mut self, to: impl Fn(&Slot) -> bool, make: impl Fn(usize) -> ToWorker) -> (Vec<usize>, Vec<usize>) {
+        let (mut sent, mut missing) = (Vec::new(), Vec::new());
+        for index in 0..self.slots.len() {
+            if !to(&self.slots[index]) {
+                missing.push(index);
+                continue;
+            }
+            match self.send(index, &make(index)) {
+                // A worker whose queue overflowed is being killed: its death answers for it.
+                Ok(()) | Err(SendError::Overflow) => sent.push(index),
+                Err(SendError::Gone) => missing.push(index),
+            }
+        }
+        (sent, missing)
+    }
+
+    /// Start a call; answer it at once if it waits for nobody.
+    fn begin(
+        &mut self,
+        req: u64,
+        kind: PendingKind,
+        sent: Vec<usize>,
+        missing: Vec<usize>,
+        request: Option<Responder>,
+    ) {
+        if let Some(p) = self.pending.start(req, kind, sent, missing, request) {
+            self.complete(p, false);
+        }
+    }
+
+    fn admin(&mut self, request: Responder, routed: AdminRequest) {
         match routed {
             AdminRequest::Stats(format) => {
-                let req = self
-                    .pending
-                    .start(PendingKind::Stats(format), self.workers.len(), Some(request));
-                for w in 0..self.workers.len() {
-                    self.send(w, &ToWorker::Stats { req });
-                }
+                let req = self.pending.next_req();
+                let (sent, missing) = self.send_to(Slot::is_running, |_| ToWorker::Stats { req });
+                self.begin(req, PendingKind::Stats(format), sent, missing, Some(request));
             }
             AdminRequest::Broadcast { text } => self.start_broadcast(text, Some(request)),
             AdminRequest::Push { id, text } => {
                 self.push_seq += 1;
-                let payload = message::format_push(message::unix_ns(), self.push_seq, Kind::Push, text.as_deref());
+                let seq = self.push_seq;
+                let payload = message::format_push(message::unix_ns(), seq, Kind::Push, text.as_deref());
                 let hash = self.hasher.hash(id.as_bytes());
-                match self.directory.holder(hash) {
-                    Some(worker) => {
-                        let seq = self.push_seq;
-                        let req = self.pending.start(PendingKind::Push { id, seq }, 1, Some(request));
-                        self.send(worker, &ToWorker::Push { req, hash, payload });
-                    }
-                    None => respond_json(
-                        request,
-                        200,
-                        &serde_json::to_value(admin::PushResult::new(id, self.push_seq, false)).unwrap_or_default(),
-                    ),
+                let holder = self.directory.holder(hash).filter(|&w| self.slots[w].is_running());
+                let Some(worker) = holder else {
+                    let result = admin::PushResult::new(id, seq, false);
+                    return request.respond_json(200, &serde_json::to_value(result).unwrap_or_default());
+                };
+                let req = self.pending.next_req();
+                let kind = PendingKind::Push { id, seq };
+                match self.send(worker, &ToWorker::Push { req, hash, payload }) {
+                    Ok(()) | Err(SendError::Overflow) => self.begin(req, kind, vec![worker], vec![], Some(request)),
+                    Err(SendError::Gone) => self.complete(Pending::now(kind, vec![worker], Some(request)), false),
                 }
             }
-            AdminRequest::Help => respond(request, 200, admin::HELP.to_string(), "text/plain"),
-            AdminRequest::Error { status, message } => respond(request, status, format!("{message}\n"), "text/plain"),
+            // The admin thread answers these itself; nothing to do if one comes here.
+            AdminRequest::Help => request.respond(200, admin::HELP.to_string(), "text/plain"),
+            AdminRequest::Error { status, message } => request.respond(status, format!("{message}\n"), "text/plain"),
         }
     }
 
-    fn start_broadcast(&mut self, text: Option<String>, request: Option<tiny_http::Request>) {
+    /// A broadcast goes to every worker with a process, a starting one too (so that a worker
+    /// started after broadcast N, whose log begins there, misses nothing after N); the call
+    /// waits for the running ones.
+    fn start_broadcast(&mut self, text: Option<String>, request: Option<Responder>) {
         self.push_seq += 1;
         let seq = self.push_seq;
+        self.last_broadcast_seq = seq;
         let payload = message::format_push(message::unix_ns(), seq, Kind::Broadcast, text.as_deref());
         let payload_bytes = payload.len() as u64;
-        let req = self.pending.start(
+        let req = self.pending.next_req();
+        let (sent, missing) = self.send_to(
+            |slot| slot.proc.is_some(),
+            |_| ToWorker::Broadcast {
+                req,
+                seq,
+                payload: payload.clone(),
+            },
+        );
+        // Wait only for the running ones: a starting worker applies it once it runs.
+        let (awaited, starting): (Vec<usize>, Vec<usize>) = sent.into_iter().partition(|&w| self.slots[w].is_running());
+        let mut missing = missing;
+        missing.extend(starting);
+        self.begin(
+            req,
             PendingKind::Broadcast { seq, payload_bytes },
-            self.workers.len(),
+            awaited,
+            missing,
             request,
         );
-        for w in 0..self.workers.len() {
-            self.send(
-                w,
-                &ToWorker::Broadcast {
-                    req,
-                    seq,
-                    payload: payload.clone(),
-                },
-            );
-        }
-    }
-
-    fn worker_message(&mut self, worker: usize, msg: FromWorker) {
-        match msg {
-            FromWorker::Claim { hash, at_ns } => {
-                if let Some(evict) = self.directory.claim(worker, hash, at_ns) {
-                    self.send(evict.worker, &ToWorker::Evict { hash: evict.hash });
-                }
-            }
-            FromWorker::Release { hash } => self.directory.release(worker, hash),
-            FromWorker::Ready { .. } | FromWorker::Failed { .. } => {}
-            FromWorker::Broadcast { req, .. } | FromWorker::Push { req, .. } | FromWorker::Stats { req, .. } => {
-                if let Some(p) = self.pending.reply(req, msg) {
-                    self.complete(p, false);
-                }
-            }
-        }
     }
 }
