@@ -322,3 +322,13 @@ fn never_reading_clients_are_closed_and_the_readers_get_everything() {
     }
     messages::never_readers_are_closed_and_nobody_else_waits("wsbtj", &["--workers", "1"], messages::Clients::Kernel);
 }
+
+/// 20,000 spoofed SYN/s for 20 s at 80% of --max-conns: everyone held gets a broadcast, 500
+/// newcomers get in (Linux's SYN cookies on), memory stays.
+#[test]
+fn a_syn_flood_near_capacity_stops_no_one() {
+    if !privileged("a_syn_flood_near_capacity_stops_no_one") {
+        return;
+    }
+    attacks::syn_flood_stops_no_one("wsbto", &["--workers", "2"], messages::Clients::Kernel);
+}

@@ -444,3 +444,17 @@ fn never_reading_clients_are_closed_by_the_xdp_server() {
         messages::Clients::Xdp,
     );
 }
+
+/// 20,000 spoofed SYN/s for 20 s at 80% of --max-conns: everyone held gets a broadcast, 500
+/// newcomers get in (on SYN cookies past the half-open pool), memory stays.
+#[test]
+fn a_syn_flood_near_capacity_stops_no_one() {
+    if !privileged("a_syn_flood_near_capacity_stops_no_one") {
+        return;
+    }
+    attacks::syn_flood_stops_no_one(
+        "wsbtp",
+        &["--stack", "xdp", "--iface", "wsbtp-s0"],
+        messages::Clients::Xdp,
+    );
+}

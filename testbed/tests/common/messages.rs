@@ -21,7 +21,7 @@ pub enum Clients {
     Xdp,
 }
 
-fn load_args(ns: &Netns, clients: Clients) -> Vec<String> {
+pub fn load_args(ns: &Netns, clients: Clients) -> Vec<String> {
     match clients {
         Clients::Kernel => vec!["--stack".into(), "kernel".into()],
         Clients::Xdp => vec!["--stack".into(), "xdp".into(), "--iface".into(), ns.client_dev()],

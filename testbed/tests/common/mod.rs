@@ -12,6 +12,7 @@ use std::time::Duration;
 use testkit::http::http_in_netns;
 use testkit::{wait_for, ChildGuard, Netns};
 
+pub mod attacks;
 pub mod messages;
 pub mod scenarios;
 
