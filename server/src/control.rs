@@ -36,6 +36,11 @@ pub struct WorkerConfig {
     /// Every broadcast of this run is numbered after this (`message::first_seq`).
     #[serde(default)]
     pub first_seq: u64,
+    /// Started again after its predecessor on this index died: resources that predecessor held
+    /// may take a moment to be freed by the kernel (an AF_XDP socket's queue), so opening them
+    /// is retried for a while.
+    #[serde(default)]
+    pub restarted: bool,
     /// Serve on the userspace stack over AF_XDP instead of kernel sockets.
     #[cfg(feature = "xdp")]
     #[serde(default)]
@@ -61,6 +66,7 @@ impl WorkerConfig {
             log_size: 1 << 20,
             write_timeout_ms: 30_000,
             first_seq: 0,
+            restarted: false,
             #[cfg(feature = "xdp")]
             xdp: None,
         }

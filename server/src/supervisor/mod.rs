@@ -118,6 +118,7 @@ impl WorkerPlan {
                 log_size: cfg.log_size,
                 write_timeout_ms: cfg.write_timeout.as_millis() as u64,
                 first_seq,
+                restarted: false,
                 #[cfg(feature = "xdp")]
                 xdp: None,
             },

@@ -528,7 +528,10 @@ impl Supervisor {
     fn restart(&mut self, index: usize) -> anyhow::Result<()> {
         let gen = self.slots[index].gen + 1;
         let who = WorkerRef { index, gen };
-        let cfg = self.plan.worker(index, self.last_broadcast_seq);
+        let cfg = WorkerConfig {
+            restarted: true,
+            ..self.plan.worker(index, self.last_broadcast_seq)
+        };
         match spawn_worker(&self.exe, cfg, who, self.events_tx.clone()) {
             Ok(proc) => {
                 let now = Instant::now();
