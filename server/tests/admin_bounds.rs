@@ -3,47 +3,19 @@
 //! send their body; meanwhile `/stats` keeps answering everyone else, and `/stats` counts what
 //! was refused. On loopback, without root: a kernel-stack server with one worker.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::start_server;
 use testkit::http::http;
-use testkit::{wait_for, ChildGuard};
 
 /// The admin endpoint's head timeout (`AdminLimits::default`).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Its connection limit.
 const MAX_CONNS: usize = 64;
-
-struct Server {
-    _child: ChildGuard,
-    admin: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("its address").port()
-}
-
-fn start_server(test: &str) -> Server {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let log = std::env::temp_dir().join(format!("ws-admin-{test}-{}.log", std::process::id()));
-    let log = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-server"));
-    cmd.args(["--workers", "1", "--max-conns", "1000", "--push-interval", "0"])
-        .args(["--listen", &listen, "--admin", &admin.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let child = ChildGuard::spawn("ws-server", cmd).unwrap();
-    let up = wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
-        http("GET", admin, "/conns", b"").ok().filter(|(s, _)| *s == 200)
-    });
-    assert!(up.is_some(), "server did not come up");
-    Server { _child: child, admin }
-}
 
 /// GET /stats, which must answer 200 within `within`; returns the report.
 fn stats_within(admin: SocketAddr, within: Duration) -> serde_json::Value {
@@ -89,7 +61,7 @@ fn is_closed(s: &mut TcpStream) -> bool {
 /// second is dropped after the head timeout, and all the while `/stats` answers at once.
 #[test]
 fn an_endless_header_line_and_a_byte_a_second_leave_stats_answering() {
-    let server = start_server("endless");
+    let server = start_server("endless", &["--workers", "1"]);
     let admin = server.admin;
 
     let endless = std::thread::spawn(move || {
@@ -170,7 +142,7 @@ fn an_endless_header_line_and_a_byte_a_second_leave_stats_answering() {
 /// (408), `/stats` is served again.
 #[test]
 fn idle_connections_make_room_and_busy_ones_get_the_next_refused() {
-    let server = start_server("idle");
+    let server = start_server("idle", &["--workers", "1"]);
     let admin = server.admin;
     let mut idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(admin).unwrap()).collect();
     for _ in 0..5 {
@@ -230,7 +202,7 @@ fn idle_connections_make_room_and_busy_ones_get_the_next_refused() {
 /// HEAD, keep-alive, a body over 64 KiB.
 #[test]
 fn every_endpoint_answers_as_before() {
-    let server = start_server("endpoints");
+    let server = start_server("endpoints", &["--workers", "1"]);
     let admin = server.admin;
     let (status, help) = http("GET", admin, "/", b"").unwrap();
     assert_eq!(status, 200);

@@ -117,6 +117,8 @@ pub(super) enum SendError {
 /// thread of its own, so that a worker that does not read blocks nobody but that thread.
 struct ControlWriter {
     shared: Arc<(Mutex<Outgoing>, Condvar)>,
+    /// Bytes queued at most.
+    limit: usize,
 }
 
 #[derive(Default)]
@@ -128,7 +130,7 @@ struct Outgoing {
 }
 
 impl ControlWriter {
-    fn new(mut stream: UnixStream, index: usize) -> io::Result<ControlWriter> {
+    fn new(mut stream: UnixStream, index: usize, limit: usize) -> io::Result<ControlWriter> {
         let shared = Arc::new((Mutex::new(Outgoing::default()), Condvar::new()));
         let theirs = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -163,7 +165,7 @@ impl ControlWriter {
                     }
                 }
             })?;
-        Ok(ControlWriter { shared })
+        Ok(ControlWriter { shared, limit })
     }
 
     fn send(&self, line: Vec<u8>) -> Result<(), SendError> {
@@ -172,7 +174,7 @@ impl ControlWriter {
         if out.closed {
             return Err(SendError::Gone);
         }
-        if out.bytes + line.len() > QUEUE_LIMIT {
+        if out.bytes + line.len() > self.limit {
             return Err(SendError::Overflow);
         }
         out.bytes += line.len();
@@ -229,7 +231,7 @@ pub(super) fn spawn_worker(
     let child = cmd.spawn().context("spawning the worker process")?;
     drop((worker_in, worker_out));
     let pid = child.id();
-    let writer = ControlWriter::new(to_worker, who.index).context("starting a control writer thread")?;
+    let writer = ControlWriter::new(to_worker, who.index, QUEUE_LIMIT).context("starting a control writer thread")?;
     let mut line = serde_json::to_vec(&ToWorker::Config(cfg))?;
     line.push(b'\n');
     let _ = writer.send(line);
@@ -588,5 +590,72 @@ impl Supervisor {
             }
             slot.proc = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_does_not_read_fills_its_queue_and_blocks_nobody() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let writer = ControlWriter::new(ours, 0, 1 << 20).unwrap();
+        let started = Instant::now();
+        let mut sent = 0usize;
+        // `theirs` never reads: the socket buffer fills, the writer thread blocks in write, and
+        // the queue fills; `send` itself returns at once every time.
+        let overflow = loop {
+            match writer.send(vec![b'x'; 64 * 1024]) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 10_000, "never full");
+        };
+        assert_eq!(overflow, SendError::Overflow);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(writer.queued_bytes() > (1 << 20) - 64 * 1024);
+        // The worker goes away: the blocked write fails, and the queue says so.
+        drop(theirs);
+        let gone = wait(|| writer.send(b"x\n".to_vec()) == Err(SendError::Gone));
+        assert!(gone, "a closed channel is reported");
+    }
+
+    #[test]
+    fn lines_go_out_whole_and_in_order() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let writer = ControlWriter::new(ours, 0, 1 << 20).unwrap();
+        for n in 0..100 {
+            writer.send(format!("line {n}\n").into_bytes()).unwrap();
+        }
+        drop(writer); // what is queued is still written, then the channel closes
+        let lines: Vec<String> = BufReader::new(theirs).lines().map(Result::unwrap).collect();
+        assert_eq!(lines.len(), 100);
+        assert_eq!(lines[99], "line 99");
+    }
+
+    #[test]
+    fn exits_are_told_apart() {
+        let (reason, how) = describe_exit(&ExitStatus::from_raw(9));
+        assert_eq!(
+            (reason, how.as_str()),
+            (RestartReason::Signal, "killed by signal 9 (SIGKILL)")
+        );
+        let (reason, how) = describe_exit(&ExitStatus::from_raw(101 << 8));
+        assert_eq!(
+            (reason, how.as_str()),
+            (RestartReason::Exited, "exited with status 101")
+        );
+    }
+
+    fn wait(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 }
