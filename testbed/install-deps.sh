@@ -8,7 +8,7 @@ say() { printf 'install-deps: %s\n' "$*" >&2; }
 # command -> Debian package
 declare -A need=(
     [ip]=iproute2 [ss]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping
-    [ps]=procps [python3]=python3
+    [ps]=procps [python3]=python3 [iptables]=iptables
 )
 # The XDP program (xdp-prog/) is compiled by clang; libbpf-sys builds libbpf from source.
 need+=([clang]=clang [make]=make [pkg-config]=pkgconf)

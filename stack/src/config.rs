@@ -61,6 +61,9 @@ pub struct StackConfig {
     /// past this the oldest ends early (Linux's `tcp_max_tw_buckets`). `None`: `max_conns`, at
     /// least 65,536.
     pub max_time_waits: Option<usize>,
+    /// Slots one remote address may hold at once (passive connections, handshakes included);
+    /// past it a SYN (or a cookie's ACK) is refused with RST. `None`: no limit.
+    pub max_per_source: Option<u32>,
     /// Back the socket slab and the buffer arena with transparent huge pages (fewer TLB misses
     /// at a million connections; slots are handed out from the start, so little is wasted).
     pub huge_pages: bool,
@@ -85,9 +88,12 @@ impl Default for StackConfig {
             keep_alive: None,
             close_linger: Duration::from_secs(60),
             rx_batch: 64,
-            egress_window: 4096,
+            // Measured at 1M connections (README): 4,096 held a 100 B broadcast to 4.3 s and
+            // 1 KiB to 30 s; 16,384 gives 2.2 s and 12 s with no more loss; 65,536 no better.
+            egress_window: 16384,
             max_half_open: None,
             max_time_waits: None,
+            max_per_source: None,
             huge_pages: true,
         }
     }
@@ -138,6 +144,9 @@ impl StackConfig {
         }
         if self.data_timeout < Duration::from_secs(1) {
             return Err(format!("data_timeout must be at least 1s (got {})", self.data_timeout));
+        }
+        if self.max_per_source == Some(0) {
+            return Err("max_per_source must be at least 1 (None for no limit)".into());
         }
         if self.max_half_open.is_some_and(|h| h > self.max_conns) {
             return Err(format!("max_half_open must be at most max_conns ({})", self.max_conns));

@@ -19,6 +19,9 @@ pub struct StackStats {
     pub syn_received: u64,
     /// SYNs refused because every slot was in use.
     pub syn_refused: u64,
+    /// SYNs (or cookie ACKs) refused because their source held `max_per_source` slots.
+    #[serde(default)]
+    pub refused_per_source: u64,
     /// Passive handshakes completed.
     pub accepted: u64,
     /// Passive handshakes that never completed (reset, or timed out).

@@ -188,3 +188,52 @@ fn forged_and_expired_cookies_take_no_slot() {
         .unwrap();
     assert_eq!(p.server.tuple(id), Some(t));
 }
+
+/// `max_per_source`: one address holds at most N slots (handshakes included); past it its SYNs
+/// get RST, other addresses are unaffected, and closing gives the places back.
+#[test]
+fn one_source_holds_at_most_max_per_source_slots() {
+    let server = StackConfig {
+        max_per_source: Some(5),
+        ..server_config(64)
+    };
+    let mut p = Pair::new(server, client_config(64, 2));
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        held.push(p.connect());
+        p.settle(100);
+    }
+    // The client's pool has two addresses and alternates between them per port range: count
+    // what each got.
+    let connected: Vec<_> = held
+        .iter()
+        .filter(|c| p.client_events.contains(&Event::Connected(**c)))
+        .collect();
+    let by_addr = |addr: [u8; 4]| {
+        connected
+            .iter()
+            .filter(|c| p.client.tuple(***c).unwrap().local_addr == addr)
+            .count()
+    };
+    let (a, b) = (by_addr([198, 19, 0, 1]), by_addr([198, 19, 0, 2]));
+    assert!(a <= 5 && b <= 5, "{a} and {b}");
+    assert_eq!(a + b + p.server.stats().refused_per_source as usize, 7);
+    // 12 more from a spoofed address: 5 take a slot (half-open), the rest are refused.
+    let before = p.server.stats().refused_per_source;
+    p.server.link().filter_outgoing(Some(to_the_real_client));
+    for port in 0..12 {
+        let f = frame((Ipv4Addr::new(198, 18, 200, 9), 3000 + port), TCP_SYN, 1, 0);
+        p.server.link().inject(&f);
+    }
+    p.settle(10);
+    assert_eq!(p.server.stats().refused_per_source - before, 7);
+    assert_eq!(p.server.stats().half_open, 5);
+    // The handshakes time out: the address may open again.
+    p.advance(Duration::from_secs(31));
+    p.server
+        .link()
+        .inject(&frame((Ipv4Addr::new(198, 18, 200, 9), 4000), TCP_SYN, 1, 0));
+    p.settle(10);
+    assert_eq!(p.server.stats().refused_per_source - before, 7);
+    assert_eq!(p.server.stats().half_open, 1);
+}

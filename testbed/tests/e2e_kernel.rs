@@ -332,3 +332,13 @@ fn a_syn_flood_near_capacity_stops_no_one() {
     }
     attacks::syn_flood_stops_no_one("wsbto", &["--workers", "2"], messages::Clients::Kernel);
 }
+
+/// 5,000 Linux TCP clients behind 5% loss, 1 ms delay and 10% reordering each way: every
+/// handshake completes, every connection gets all three broadcasts.
+#[test]
+fn every_broadcast_arrives_through_loss_delay_and_reordering() {
+    if !privileged("every_broadcast_arrives_through_loss_delay_and_reordering") {
+        return;
+    }
+    impairment::every_broadcast_arrives_through_loss("wsbtq", &["--workers", "1"]);
+}

@@ -233,6 +233,9 @@ impl Net {
         }
         let flags = self.slots[s].flags;
         if flags & flag::OWNED == 0 && flags & flag::IN_USE != 0 {
+            if flags & flag::PER_SOURCE != 0 {
+                self.uncount_source(s);
+            }
             if flags & flag::ESTABLISHED == 0 && flags & flag::ACTIVE == 0 {
                 self.stats.handshakes_failed += 1;
                 self.half_open -= 1;

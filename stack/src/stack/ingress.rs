@@ -90,6 +90,10 @@ impl Net {
                 s
             }
             None if pure_syn && self.listening.contains(&seg.tuple.local_port) => {
+                if !self.source_may_open(&seg.tuple) {
+                    self.without_socket(ip, sender, now);
+                    return;
+                }
                 if self.free_count > 0 && self.half_open >= self.half_open_limit {
                     self.send_cookie(&seg, ip, sender, now);
                     return;
@@ -109,7 +113,12 @@ impl Net {
             None if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
                 && self.listening.contains(&seg.tuple.local_port) =>
             {
-                match self.open_from_cookie(&seg, now) {
+                let cookie = if self.source_may_open(&seg.tuple) {
+                    self.open_from_cookie(&seg, now)
+                } else {
+                    None
+                };
+                match cookie {
                     Some(s) => s,
                     None => {
                         self.stats.rx_no_connection += 1;
@@ -220,6 +229,32 @@ impl Net {
         }
     }
 
+    /// Whether the remote address of `t` may take one more slot (`max_per_source`); counted
+    /// when it may not.
+    fn source_may_open(&mut self, t: &FourTuple) -> bool {
+        let Some(limit) = self.config.max_per_source else {
+            return true;
+        };
+        let held = self.per_source.get(&t.remote_addr).copied().unwrap_or(0);
+        if held < limit {
+            return true;
+        }
+        self.stats.refused_per_source += 1;
+        false
+    }
+
+    /// Slot `s` gives back its place in its source's count.
+    pub(super) fn uncount_source(&mut self, s: usize) {
+        self.slots[s].flags &= !flag::PER_SOURCE;
+        let addr = self.tuples[s].remote_addr;
+        if let Some(n) = self.per_source.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&addr);
+            }
+        }
+    }
+
     /// A passive open: the recycled socket listens on the SYN's local endpoint, then takes it.
     fn open_passive(&mut self, s: usize, t: FourTuple) {
         let (addr, port) = t.local();
@@ -232,12 +267,18 @@ impl Net {
         // Cannot fail: the socket is closed and the port is not 0 (it is in `listening`).
         let _ = sock.listen(local);
         self.tuples[s] = t;
-        self.slots[s].flags = (self.slots[s].flags & flag::DIRTY) | flag::IN_USE | flag::IN_TABLE;
+        // A 4-tuple reused out of TIME-WAIT keeps its place in its source's count.
+        let kept = self.slots[s].flags & (flag::DIRTY | flag::PER_SOURCE);
+        self.slots[s].flags = kept | flag::IN_USE | flag::IN_TABLE;
         self.slots[s].seq = SLOT_EMPTY.seq;
         self.slots[s].timer = NO_TIMER;
         self.table.insert(s as u32, &self.tuples);
         self.stats.syn_received += 1;
         self.half_open += 1;
+        if self.config.max_per_source.is_some() && self.slots[s].flags & flag::PER_SOURCE == 0 {
+            *self.per_source.entry(t.remote_addr).or_insert(0) += 1;
+            self.slots[s].flags |= flag::PER_SOURCE;
+        }
     }
 
     /// A segment for a parked TIME-WAIT: RSTs are ignored (RFC 1337); anything else, a

@@ -149,6 +149,9 @@ struct Net {
     isn_override: Option<u32>,
     /// Two frames of room for a cookie's handshake, allocated once.
     scratch: Vec<u8>,
+    /// Slots held per remote address, when `max_per_source` is set (an entry per address, not
+    /// per connection; gone when its count is 0).
+    per_source: std::collections::HashMap<[u8; 4], u32>,
     /// Connections in TIME-WAIT, parked outside the slots (`time_wait.rs`).
     time_waits: TimeWaits,
     listening: Vec<u16>,
@@ -218,6 +221,7 @@ impl<L: Link> Stack<L> {
                 isn_override: None,
                 scratch: vec![0; cookie::SCRATCH],
                 time_waits: TimeWaits::new(config.time_wait_limit()),
+                per_source: std::collections::HashMap::new(),
                 listening: Vec::new(),
                 next_source: (0, config.source_ports.0),
                 arena_bytes,
@@ -245,6 +249,7 @@ impl<L: Link> Stack<L> {
         let n = link.receive(batch, &mut |frame, sender| net.on_frame(frame, sender, now));
         net.run_timers(now, link.sender());
         events.append(&mut net.events);
+        egress::trim(&mut net.events);
         n
     }
 
@@ -258,6 +263,7 @@ impl<L: Link> Stack<L> {
     /// Events produced by calls (a read reaching the peer's FIN), without polling the link.
     pub fn take_events(&mut self, events: &mut Vec<Event>) {
         events.append(&mut self.net.events);
+        egress::trim(&mut self.net.events);
     }
 
     /// Whether output or events are waiting (then the driver should not sleep before the next

@@ -30,6 +30,8 @@ pub(super) mod flag {
     pub const PEER_WINDOW_ZERO: u16 = 1 << 9;
     /// Our ISN on the wire is chosen: `Slot::seq` translates (`sequence.rs`).
     pub const ISN_SET: u16 = 1 << 10;
+    /// Counted against its source address's `max_per_source` until retired.
+    pub const PER_SOURCE: u16 = 1 << 11;
 }
 
 /// No wheel entry is pending for the slot.

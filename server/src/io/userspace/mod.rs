@@ -40,6 +40,8 @@ const RX_FRAMES: u32 = 8192;
 /// Frames taken per poll, and polls per turn at most (the whole RX ring).
 const RX_BATCH: usize = 256;
 const RX_ROUNDS: usize = RX_FRAMES as usize / RX_BATCH;
+/// Capacity the event list keeps between rounds (it grows for a burst and gives the rest back).
+const EVENTS_KEPT: usize = 4096;
 
 /// What an xdp worker needs beyond the common worker settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,7 +105,7 @@ impl Userspace {
         let spill_size = (max_request + 1).max(cfg.max_frame + MAX_HEADER);
         Ok(Userspace {
             served: ServedStack::new(stack, x.spill_buffers, spill_size),
-            events: Vec::with_capacity(1024),
+            events: Vec::with_capacity(EVENTS_KEPT),
             xsks,
             umem_bytes,
             last_frames: 0,
@@ -126,6 +128,8 @@ impl Userspace {
             for ev in events.drain(..) {
                 self.served.event(core, ev, now_ms);
             }
+            // A timer tick of a million retransmissions fills it once; do not keep that peak.
+            events.shrink_to(EVENTS_KEPT);
             self.events = events;
             if n < RX_BATCH {
                 break;
