@@ -147,6 +147,9 @@ pub struct Report {
     #[serde(flatten)]
     pub totals: CoreStats,
     pub refused: u64,
+    /// Refused because their address held `--max-conns-per-source` already.
+    #[serde(default)]
+    pub refused_per_source: u64,
     /// Connections with output waiting in the workers' message logs.
     pub output_waiting: u64,
     pub expiry: ExpiryReport,
@@ -381,6 +384,7 @@ impl Report {
             stack: stack.to_string(),
             uptime_s,
             refused: sum(|w| w.refused),
+            refused_per_source: sum(|w| w.refused_per_source),
             output_waiting: sum(|w| w.output_waiting),
             expiry: ExpiryReport {
                 expired: totals.expired,
@@ -451,7 +455,7 @@ impl Report {
             g.set(v as i64);
             reg.register(name, help, g);
         }
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 21] = [
             ("accepted", "Connections accepted", t.accepted),
             ("closed", "Connections ended, any reason", t.closed),
             ("expired", "Connections expired by the idle timeout", t.expired),
@@ -478,6 +482,11 @@ impl Report {
             ("bytes_out", "Bytes sent", t.bytes_out),
             ("broadcasts", "Broadcasts", t.broadcasts),
             ("refused", "Connections refused at capacity", self.refused),
+            (
+                "refused_per_source",
+                "Connections refused: their address held --max-conns-per-source",
+                self.refused_per_source,
+            ),
             (
                 "pushes_queued",
                 "Targeted pushes queued to a connected device",

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// Restarts of one worker within a minute before the server gives up and stops (0: a dead
     /// worker stops the server).
     pub max_restarts: usize,
+    /// Connections one client address may hold per worker (None: no limit).
+    pub max_conns_per_source: Option<u32>,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.
     #[cfg(feature = "xdp")]
     pub xdp: Option<XdpOptions>,

@@ -18,8 +18,11 @@ pub const FD_TO_SUPERVISOR: i32 = 4;
 pub struct WorkerConfig {
     pub index: usize,
     pub listen: std::net::SocketAddr,
-    /// Connections this worker holds at most; past it new connections are closed at once.
+    /// Connections this worker holds at most; past it new connections are refused with a reset.
     pub max_conns: usize,
+    /// Connections one client address may hold in this worker; past it, a reset (None: no limit).
+    #[serde(default)]
+    pub max_conns_per_source: Option<u32>,
     pub idle_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub poll_hold_ms: (u64, u64),
@@ -55,6 +58,7 @@ impl WorkerConfig {
             index: 0,
             listen: "127.0.0.1:0".parse().expect("a socket address"),
             max_conns: 1000,
+            max_conns_per_source: None,
             idle_timeout_ms: 300_000,
             request_timeout_ms: 10_000,
             poll_hold_ms: (30_000, 30_000),
@@ -148,6 +152,9 @@ pub struct WorkerStats {
     pub core: CoreStats,
     /// Connections refused because this worker was at `max_conns` or out of file descriptors.
     pub refused: u64,
+    /// Connections refused because their address held `max_conns_per_source` already.
+    #[serde(default)]
+    pub refused_per_source: u64,
     /// Connections with output waiting in the message log (behind the newest broadcast, or with
     /// output of their own): 0 once everything queued has been handed to the transport.
     pub output_waiting: u64,

@@ -44,6 +44,11 @@ struct Args {
     /// Default: 100,000, or what --workers can hold when only that is given.
     #[arg(long)]
     max_conns: Option<usize>,
+    /// Connections one client address may hold at once, per worker process (handshakes
+    /// included on --stack xdp); past it a new connection is refused with a TCP reset on either
+    /// stack, counted as refused_per_source. Default: no limit.
+    #[arg(long, value_name = "N")]
+    max_conns_per_source: Option<u32>,
     /// Worker processes (kernel stack). Default: one per 15,000 of --max-conns, since a process may
     /// hold at most the hard open-file limit (20,000 here).
     #[arg(long)]
@@ -179,6 +184,11 @@ fn run() -> anyhow::Result<()> {
     }
     let fd_limit = host::process::hard_fd_limit();
     let per_worker_capacity = fd_limit.saturating_sub(64).max(1);
+    if args.max_conns_per_source == Some(0) {
+        return Err(usage(
+            "--max-conns-per-source must be at least 1 (leave it out for no limit)",
+        ));
+    }
     let (workers, max_conns) = match (args.workers, args.max_conns) {
         (_, Some(0)) | (Some(0), _) => return Err(usage("--max-conns and --workers must be at least 1")),
         (Some(w), None) => (w, w * per_worker_capacity),
@@ -219,6 +229,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         write_timeout: args.write_timeout,
         hang_timeout: (!args.worker_hang_timeout.is_zero()).then_some(args.worker_hang_timeout),
         max_restarts: args.max_restarts,
+        max_conns_per_source: args.max_conns_per_source,
         #[cfg(feature = "xdp")]
         xdp: None,
     }

@@ -468,3 +468,12 @@ fn every_broadcast_arrives_through_loss_delay_and_reordering() {
     }
     impairment::every_broadcast_arrives_through_loss("wsbtr", &["--stack", "xdp", "--iface", "wsbtr-s0"]);
 }
+
+/// `--max-conns-per-source`: one address gets its share and resets past it; others are unaffected.
+#[test]
+fn one_address_holds_at_most_max_conns_per_source() {
+    if !privileged("one_address_holds_at_most_max_conns_per_source") {
+        return;
+    }
+    attacks::one_address_holds_at_most_its_share("wsbtv", &["--stack", "xdp", "--iface", "wsbtv-s0"]);
+}

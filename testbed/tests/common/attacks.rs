@@ -108,3 +108,55 @@ pub fn syn_flood_stops_no_one(prefix: &str, server_args: &[&str], clients: messa
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// `--max-conns-per-source 100`: 150 connections from one address get 100 places and 50 resets
+/// (at the SYN on xdp: "connection refused"; right after the handshake on kernel sockets:
+/// "connection reset"), counted; another address is not affected; places come back on close.
+pub fn one_address_holds_at_most_its_share(prefix: &str, server_args: &[&str]) {
+    let dir = scratch(&format!("per-source-{prefix}"));
+    let ns = Netns::setup(prefix, 2).unwrap();
+    let mut args = server_args.to_vec();
+    args.extend(["--max-conns-per-source", "100"]);
+    let _server = start_server(&ns, &args, &dir.join("server.log"));
+    let greedy_json = dir.join("greedy.json");
+    let greedy = start_load(
+        &ns,
+        &["--src", "198.19.0.1", "--conns", "150", "--rate", "0", "--hold", "4s"],
+        &greedy_json,
+    );
+    wait_conns(&ns, 100, Duration::from_secs(30));
+    let other_json = dir.join("other.json");
+    let other = start_load(
+        &ns,
+        &["--src", "198.19.0.2", "--conns", "100", "--rate", "0", "--hold", "1s"],
+        &other_json,
+    );
+    let o = finish_load(other, &other_json, Duration::from_secs(60));
+    assert_eq!(
+        (o["established"].as_u64(), o["failed"].as_u64()),
+        (Some(100), Some(0)),
+        "{o}"
+    );
+    let g = finish_load(greedy, &greedy_json, Duration::from_secs(60));
+    assert_eq!(
+        (g["established"].as_u64(), g["failed"].as_u64()),
+        (Some(100), Some(50)),
+        "{g}"
+    );
+    let causes = g["counters"]["failed"].as_object().expect("failure causes");
+    assert!(
+        causes.keys().all(|k| k == "refused" || k == "reset"),
+        "refused with a reset, nothing else: {g}"
+    );
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["refused_per_source"], 50, "{stats}");
+    // Every place is back: the same address gets 100 again.
+    wait_conns(&ns, 0, Duration::from_secs(30));
+    let again = start_load(
+        &ns,
+        &["--src", "198.19.0.1", "--conns", "100", "--rate", "0", "--hold", "1s"],
+        &greedy_json,
+    );
+    let a = finish_load(again, &greedy_json, Duration::from_secs(60));
+    assert_eq!(a["established"], 100, "{a}");
+}

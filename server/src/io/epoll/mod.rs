@@ -24,7 +24,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 pub use sockets::Sockets;
-use sockets::{Bufs, Slot, SlotState};
+use sockets::{Bufs, PerSource, Slot, SlotState};
 
 use super::{settle, Clock, Driver, Turn};
 use crate::control::{Outbox, WorkerConfig, WorkerStats};
@@ -39,6 +39,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 /// File descriptors kept for the listener, epoll, control sockets, stdio and /proc reads.
 const RESERVED_FDS: usize = 32;
+
+/// Refuse an accepted connection the way the userspace stack refuses a SYN past its capacity:
+/// with a reset (SO_LINGER 0), not a FIN the client would take for a clean close.
+fn refuse(stream: mio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+}
 
 /// One worker's kernel sockets and the epoll loop over them.
 pub struct Epoll {
@@ -77,6 +83,7 @@ impl Epoll {
             linger: LINGER,
             outbox: Outbox::default(),
             refused: 0,
+            per_source: PerSource::new(cfg.max_conns_per_source, fd_limit),
             log: RateLimitedLog::new(5),
             now_ms: 0,
         };
@@ -96,11 +103,17 @@ impl Epoll {
     fn accept(&mut self, core: &mut ServerCore) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     let id = stream.as_raw_fd() as usize;
+                    let key = PerSource::key(peer.ip());
                     if self.sockets.live >= self.max_conns || id >= self.sockets.slots.len() {
                         self.sockets.refused += 1;
-                        continue; // dropping the stream closes it
+                        refuse(stream);
+                        continue;
+                    }
+                    if !self.sockets.per_source.admit(id as ConnId, key) {
+                        refuse(stream);
+                        continue;
                     }
                     // Pushes are small and latency matters more than segment count.
                     let _ = stream.set_nodelay(true);
@@ -111,6 +124,7 @@ impl Epoll {
                     {
                         let now = self.sockets.now_ms;
                         self.sockets.log.warn(now, format_args!("epoll register failed: {e}"));
+                        self.sockets.per_source.release(id as ConnId);
                         continue;
                     }
                     let slot = &mut self.sockets.slots[id];
@@ -338,6 +352,7 @@ impl Driver for Epoll {
 
     fn stats(&self, _core: &ServerCore, into: &mut WorkerStats) {
         into.refused = self.sockets.refused;
+        into.refused_per_source = self.sockets.per_source.refused;
         into.buffered_conns = self.sockets.slots.iter().filter(|s| s.bufs.is_some()).count() as u64;
         into.lingering = self.sockets.lingering.len() as u64;
         into.open_fds = self.sockets.live as u64;

@@ -73,6 +73,8 @@ pub struct Sockets {
     /// Messages for the supervisor produced inside core calls (device claims).
     pub(super) outbox: Outbox,
     pub(super) refused: u64,
+    /// Connections held per client address (`--max-conns-per-source`).
+    pub(super) per_source: PerSource,
     pub(super) log: RateLimitedLog,
     /// The time of the current round (ms), for log rate limits.
     pub(super) now_ms: u64,
@@ -96,6 +98,7 @@ impl Sockets {
             // Deregistering cannot fail for a registered socket; closing the fd removes it anyway.
             let _ = self.registry.deregister(&mut stream);
             self.live -= 1;
+            self.per_source.release(id);
         }
         slot.bufs = None;
         slot.state = SlotState::Free;
@@ -225,5 +228,68 @@ impl Transport for Sockets {
 
     fn outbox(&mut self) -> &mut Outbox {
         &mut self.outbox
+    }
+}
+
+/// Connections held per client address, for `--max-conns-per-source`: an entry per address while
+/// it holds any, and each connection's address by fd (4 bytes a slot, allocated only when the
+/// limit is set). IPv4 addresses are their own key; an IPv6 peer is folded to 32 bits (the
+/// listener is IPv4 in every setup we ship).
+#[derive(Default)]
+pub(super) struct PerSource {
+    pub(super) limit: Option<u32>,
+    held: std::collections::HashMap<u32, u32>,
+    peer_of: Vec<u32>,
+    pub(super) refused: u64,
+}
+
+impl PerSource {
+    pub(super) fn new(limit: Option<u32>, slots: usize) -> PerSource {
+        PerSource {
+            limit,
+            peer_of: if limit.is_some() { vec![0; slots] } else { Vec::new() },
+            ..PerSource::default()
+        }
+    }
+
+    pub(super) fn key(addr: std::net::IpAddr) -> u32 {
+        match addr {
+            std::net::IpAddr::V4(a) => u32::from(a),
+            std::net::IpAddr::V6(a) => {
+                let o = a.octets();
+                (0..4).fold(0, |k, i| {
+                    k ^ u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+                })
+            }
+        }
+    }
+
+    /// Take a place for connection `id` from `key`, or count a refusal.
+    pub(super) fn admit(&mut self, id: ConnId, key: u32) -> bool {
+        let Some(limit) = self.limit else { return true };
+        let Some(peer) = self.peer_of.get_mut(id as usize) else {
+            return true;
+        };
+        let n = self.held.entry(key).or_insert(0);
+        if *n >= limit {
+            self.refused += 1;
+            return false;
+        }
+        *n += 1;
+        *peer = key;
+        true
+    }
+
+    /// Connection `id` is gone: its address's place is free.
+    pub(super) fn release(&mut self, id: ConnId) {
+        let Some(&key) = self.peer_of.get(id as usize) else {
+            return;
+        };
+        if let Some(n) = self.held.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&key);
+            }
+        }
     }
 }

@@ -95,6 +95,7 @@ impl Userspace {
             prefix_len: x.prefix_len,
             our_mac,
             rx_batch: RX_BATCH,
+            max_per_source: cfg.max_conns_per_source,
             ..StackConfig::default()
         };
         let mut stack = Stack::new(stack_cfg, link, clock::now()).context("building the userspace stack")?;
@@ -197,6 +198,7 @@ impl Driver for Userspace {
         let t = &self.served.io;
         let stack = &t.stack;
         into.refused = stack.stats().syn_refused;
+        into.refused_per_source = stack.stats().refused_per_source;
 
         into.buffered_conns = t.inp.in_use() as u64;
         into.lingering = (stack.in_use() as u64).saturating_sub(core.stats().connections);
