@@ -270,17 +270,23 @@ impl Supervisor {
 
     fn run(&mut self) -> anyhow::Result<()> {
         let mut next_push = self.cfg.push_interval.map(|d| Instant::now() + d);
+        let mut next_watch = Instant::now();
         loop {
             let now = Instant::now();
             if let Some(at) = next_push.filter(|at| *at <= now) {
                 self.start_broadcast(None, None);
                 next_push = self.cfg.push_interval.map(|d| at.max(now - d) + d);
             }
-            self.expire_pending();
-            self.watch_workers()?;
+            // Pings, deadlines and due restarts every WATCH_EVERY, not per event (a storm of
+            // device claims from many workers must not cost a pass over every worker each).
+            if now >= next_watch {
+                next_watch = now + WATCH_EVERY;
+                self.expire_pending();
+                self.watch_workers()?;
+            }
             let wait = next_push
                 .map_or(WATCH_EVERY, |at| at.saturating_duration_since(now))
-                .min(WATCH_EVERY);
+                .min(next_watch.saturating_duration_since(now));
             match self.events.recv_timeout(wait) {
                 Ok(Event::FromWorker(who, msg)) => self.worker_message(who, msg),
                 Ok(Event::Admin(request, routed)) => self.admin(request, routed),
