@@ -36,7 +36,8 @@ pub enum Error {
 fn os(what: impl Into<String>, e: xdpilone::Errno) -> Error {
     Error::Os {
         what: what.into(),
-        source: std::io::Error::other(e.to_string()),
+        // The errno itself, so callers can tell EBUSY (a queue still held) from the rest.
+        source: std::io::Error::from_raw_os_error(e.get_raw()),
     }
 }
 

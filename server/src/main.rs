@@ -90,8 +90,10 @@ struct Args {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
     /// A worker that answers none of the supervisor's pings (one a second) for this long is
-    /// hung: it is killed (SIGKILL) and restarted. 0: not checked. 1s to 1h.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// hung: it is killed (SIGKILL) and restarted, at most one worker per this period (so an
+    /// overloaded machine, where every worker answers late, does not lose them all). 0: not
+    /// checked. 1s to 1h.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     worker_hang_timeout: Duration,
     /// A worker that dies (crash, kill, OOM) or hangs is restarted on its index at once, the
     /// others and their connections untouched; one that dies again soon is restarted after a

@@ -83,12 +83,20 @@ pub fn run() -> anyhow::Result<()> {
 /// How long a restarted xdp worker keeps trying to bind its queue: the kernel frees a dead
 /// socket's hold on the queue in the background (its buffer pool is released by a work item),
 /// and a bind before that fails with EBUSY. Measured here: under 250 ms.
+/// Whether an error comes from a queue another AF_XDP socket still holds (EBUSY).
+#[cfg(feature = "xdp")]
+fn queue_busy(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(libc::EBUSY))
+}
+
 #[cfg(feature = "xdp")]
 const REBIND_FOR: Duration = Duration::from_secs(2);
 
 /// The userspace transport on this worker's queue. A restarted worker retries for `REBIND_FOR`
-/// (any error: afxdp reports the errno as text only; a first start fails at once, so a bad
-/// setting is still reported at once).
+/// while binding says EBUSY (the kernel frees its predecessor's hold on the queue in the
+/// background); any other error, and any error of a first start, is reported at once.
 #[cfg(feature = "xdp")]
 fn open_userspace(
     cfg: &WorkerConfig,
@@ -110,7 +118,7 @@ fn open_userspace(
                 }
                 return Ok(driver);
             }
-            Err(e) if cfg.restarted && started.elapsed() < REBIND_FOR => {
+            Err(e) if cfg.restarted && started.elapsed() < REBIND_FOR && queue_busy(&e) => {
                 log::debug!(
                     "worker {}: opening queue {} failed, retrying: {e:#}",
                     cfg.index,

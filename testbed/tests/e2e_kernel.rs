@@ -351,3 +351,12 @@ fn one_address_holds_at_most_max_conns_per_source() {
     }
     attacks::one_address_holds_at_most_its_share("wsbtu", &["--workers", "1"]);
 }
+
+/// Churn at capacity: rounds of 2,500 against --max-conns 3000, back to back, all accepted.
+#[test]
+fn churn_at_capacity_is_accepted_round_after_round() {
+    if !privileged("churn_at_capacity_is_accepted_round_after_round") {
+        return;
+    }
+    attacks::churn_at_capacity_is_accepted_round_after_round("wsbtw", &["--workers", "1"]);
+}

@@ -477,3 +477,12 @@ fn one_address_holds_at_most_max_conns_per_source() {
     }
     attacks::one_address_holds_at_most_its_share("wsbtv", &["--stack", "xdp", "--iface", "wsbtv-s0"]);
 }
+
+/// Churn at capacity: rounds of 2,500 against --max-conns 3000, back to back, all accepted.
+#[test]
+fn churn_at_capacity_is_accepted_round_after_round() {
+    if !privileged("churn_at_capacity_is_accepted_round_after_round") {
+        return;
+    }
+    attacks::churn_at_capacity_is_accepted_round_after_round("wsbtx", &["--stack", "xdp", "--iface", "wsbtx-s0"]);
+}

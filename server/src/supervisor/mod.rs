@@ -9,6 +9,7 @@
 
 mod admin_http;
 mod directory;
+mod liveness;
 mod pending;
 mod restart;
 #[cfg(feature = "xdp")]
@@ -83,8 +84,10 @@ struct Supervisor {
     stopping: bool,
     policy: RestartPolicy,
     max_restarts: usize,
-    /// No pong for this long: the worker is hung (None: not checked).
+    /// No pong for this long: the worker is hung (None: not checked), with the guards against
+    /// silence that lies (`liveness.rs`).
     hang_timeout: Option<Duration>,
+    liveness: liveness::Liveness,
     restart_counts: RestartCounts,
     /// The last restarts, numbered.
     restarts: VecDeque<(u64, RestartRecord)>,
@@ -198,6 +201,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         policy: RestartPolicy::new(workers, max_restarts, RESTART_WINDOW),
         max_restarts,
         hang_timeout,
+        liveness: liveness::Liveness::new(hang_timeout, Instant::now()),
         restart_counts: RestartCounts::default(),
         restarts: VecDeque::new(),
         restart_number: 0,

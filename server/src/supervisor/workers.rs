@@ -412,25 +412,31 @@ impl Supervisor {
         }
         let now = Instant::now();
         let ping_every = self.ping_every();
+        // Silence the loop's own delay caused does not count (`liveness.rs`).
+        if let Some(late) = self.liveness.watch(now) {
+            for slot in &mut self.slots {
+                slot.last_pong = (slot.last_pong + late).min(now);
+            }
+        }
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             if slot.killed.is_some() {
                 continue; // its death is on its way
             }
             match slot.state {
-                SlotState::Running => {
-                    if let Some(limit) = self.hang_timeout {
+                SlotState::Running if self.hang_timeout.is_some() => {
+                    if self.liveness.hung(slot.last_pong, now) {
                         let silent = now.saturating_duration_since(slot.last_pong);
-                        if silent > limit {
-                            self.kill_hung(index, format!("no answer to pings for {:.1} s", silent.as_secs_f64()));
-                            continue;
-                        }
-                        if now >= slot.next_ping {
-                            slot.next_ping = now + ping_every;
-                            slot.ping_seq += 1;
-                            let n = slot.ping_seq;
-                            let _ = self.send(index, &ToWorker::Ping { n });
-                        }
+                        self.kill_hung(index, format!("no answer to pings for {:.1} s", silent.as_secs_f64()));
+                        // At most one per timeout period (`liveness.rs`).
+                        self.liveness.killed(now);
+                        continue;
+                    }
+                    if now >= slot.next_ping {
+                        slot.next_ping = now + ping_every;
+                        slot.ping_seq += 1;
+                        let n = slot.ping_seq;
+                        let _ = self.send(index, &ToWorker::Ping { n });
                     }
                 }
                 SlotState::Starting { deadline } if now >= deadline => {

@@ -160,3 +160,38 @@ pub fn one_address_holds_at_most_its_share(prefix: &str, server_args: &[&str]) {
     let a = finish_load(again, &greedy_json, Duration::from_secs(60));
     assert_eq!(a["established"], 100, "{a}");
 }
+
+/// Churn at capacity: `--max-conns 3000`, five rounds of 2,500 connections that open, hold 2 s
+/// and close, back to back. Every round is accepted in full (on xdp the TIME-WAITs the closes
+/// leave hold no slot), and the server's memory does not grow round over round.
+pub fn churn_at_capacity_is_accepted_round_after_round(prefix: &str, server_args: &[&str]) {
+    let dir = scratch(&format!("churn-{prefix}"));
+    let ns = Netns::setup(prefix, 1).unwrap();
+    let mut args = server_args.to_vec();
+    args.extend(["--max-conns", "3000"]);
+    let _server = start_server(&ns, &args, &dir.join("server.log"));
+    let mut rss = Vec::new();
+    for round in 0..5 {
+        let json = dir.join(format!("round-{round}.json"));
+        let load = start_load(&ns, &["--conns", "2500", "--rate", "0", "--hold", "2s"], &json);
+        let s = finish_load(load, &json, Duration::from_secs(60));
+        assert_eq!(
+            (s["established"].as_u64(), s["failed"].as_u64()),
+            (Some(2500), Some(0)),
+            "round {round}: {s}"
+        );
+        wait_conns(&ns, 0, Duration::from_secs(30));
+        rss.push(admin_json(&ns, "/stats")["memory"]["rss_bytes"].as_u64().unwrap());
+    }
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["refused"], 0, "{stats}");
+    assert!(
+        rss[4] <= rss[1] + (4 << 20),
+        "server memory grew round over round: {rss:?}"
+    );
+    if stats["stack"] == "xdp" {
+        let stack = &stats["per_worker"][0]["xdp"]["stack"];
+        assert!(stack["time_wait_parked"].as_u64().unwrap() > 0, "{stack}");
+        eprintln!("churn {prefix}: rss {rss:?}; stack {stack}");
+    }
+}
