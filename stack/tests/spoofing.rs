@@ -124,10 +124,11 @@ fn a_syn_on_an_established_connection_draws_a_challenge_ack_and_the_connection_l
 }
 
 /// RFC 5961 §7: smoltcp sends at most one challenge ACK a second per connection, and the stack
-/// at most 1000 a second across all of them.
+/// at most 1000 a second across all of them, counting ACKs sent (a flood of forgeries on one
+/// connection does not spend the others' budget).
 #[test]
 fn challenge_acks_are_limited_per_connection_and_in_total() {
-    let mut p = Pair::new(server_config(8), client_config(8, 1));
+    let mut p = Pair::new(server_config(1200), client_config(1200, 1));
     let (c, s, t, rcv_nxt, _) = established(&mut p);
     p.server.link().capture_outgoing(true);
     for i in 0..1500u32 {
@@ -137,12 +138,35 @@ fn challenge_acks_are_limited_per_connection_and_in_total() {
     p.settle(100);
     let stats = p.server.stats();
     assert_eq!(stats.rst_challenged, 1500);
-    assert_eq!(stats.challenge_acks_limited, 500);
+    assert_eq!(stats.challenge_acks_limited, 0);
     assert_eq!(
         p.server.link().take_captured().len(),
         1,
         "one per connection per second"
     );
+    // 1,100 other connections, each sent a SYN in the same second: 1,000 challenge ACKs, and the
+    // rest wait for the next second.
+    let others: Vec<_> = (0..1100).map(|_| p.connect()).collect();
+    p.settle(2000);
+    let tuples: Vec<FourTuple> = others
+        .iter()
+        .map(|c| {
+            let t = p.client.tuple(*c).unwrap();
+            FourTuple::new(t.remote(), t.local())
+        })
+        .collect();
+    p.advance(Duration::from_millis(1100));
+    p.server.link().take_captured();
+    let limited = p.server.stats().challenge_acks_limited;
+    for t in &tuples {
+        p.server.link().inject(&segment(CLIENT_MAC, *t, TCP_SYN, 1, 0, false));
+    }
+    p.client.link().cut_outgoing(true);
+    p.settle(100);
+    let acks = p.server.link().take_captured().len();
+    assert_eq!(acks, 1000, "the budget across connections");
+    assert_eq!(p.server.stats().challenge_acks_limited - limited, 100);
+    p.client.link().cut_outgoing(false);
     p.advance(Duration::from_millis(1100));
     p.server
         .link()
@@ -257,4 +281,39 @@ fn a_configured_next_hop_is_never_learned_over() {
     still_talks(&mut p, c, s);
     assert_eq!(p.server.next_hop(), Some(ROUTER_MAC));
     assert_eq!(p.server.stats().next_hop_learned, 0);
+}
+
+/// Data and then an RST right behind it, before our ACK of the data has left: the RST carries
+/// the real RCV.NXT (past the data), and resets the connection at once.
+#[test]
+fn an_rst_right_behind_data_resets_before_our_ack_leaves() {
+    let mut p = Pair::new(server_config(8), client_config(8, 1));
+    let (_, s, t, rcv_nxt, snd_nxt) = established(&mut p);
+    p.client.link().cut_outgoing(true);
+    let mut data = segment(CLIENT_MAC, t, TCP_ACK, rcv_nxt, snd_nxt, false);
+    // Ten bytes of payload: rebuild with a longer IP packet.
+    data.truncate(54);
+    data.extend_from_slice(b"0123456789");
+    data[16..18].copy_from_slice(&50u16.to_be_bytes());
+    data[47] = TCP_ACK | 0x08; // PSH
+    data[24..26].copy_from_slice(&[0, 0]);
+    data[50..52].copy_from_slice(&[0, 0]);
+    let (src, dst) = (
+        std::net::Ipv4Addr::from(t.remote_addr),
+        std::net::Ipv4Addr::from(t.local_addr),
+    );
+    TcpPacket::new_unchecked(&mut data[34..]).fill_checksum(&src.into(), &dst.into());
+    Ipv4Packet::new_unchecked(&mut data[14..34]).fill_checksum();
+    p.server.link().inject(&data);
+    p.server
+        .link()
+        .inject(&segment(CLIENT_MAC, t, TCP_RST, rcv_nxt.wrapping_add(10), 0, false));
+    // One poll takes both frames; no flush (so no ACK) in between.
+    p.server.poll(p.now, &mut p.server_events);
+    assert_eq!(p.server.stats().rst_challenged, 0, "{:?}", p.server.stats());
+    assert!(
+        p.server_events.contains(&Event::Closed(s, CloseReason::Aborted)),
+        "{:?}",
+        p.server_events
+    );
 }

@@ -149,11 +149,25 @@ fn forged_and_expired_cookies_take_no_slot() {
     let mut p = Pair::new(always_cookies(), client_config(8, 1));
     p.server.link().filter_outgoing(Some(to_the_real_client));
     let mut rng = fastrand::Rng::with_seed(9);
-    for _ in 0..10_000 {
-        let f = frame(spoofed(&mut rng), TCP_ACK, rng.u32(..), rng.u32(..));
-        p.server.link().inject(&f);
-    }
-    p.settle(1000);
+    let forgeries = |p: &mut Pair, rng: &mut fastrand::Rng| {
+        for _ in 0..10_000 {
+            let f = frame(spoofed(rng), TCP_ACK, rng.u32(..), rng.u32(..));
+            p.server.link().inject(&f);
+        }
+        p.settle(1000);
+    };
+    // No cookie sent yet: stray ACKs are not even checked as cookies.
+    forgeries(&mut p, &mut rng);
+    assert_eq!(p.server.in_use(), 0);
+    assert_eq!(p.server.stats().syn_cookies_rejected, 0);
+    assert_eq!(p.server.stats().rx_no_connection, 10_000);
+    // While cookies are being sent, forged ones are checked and refused.
+    p.server
+        .link()
+        .inject(&frame((Ipv4Addr::new(198, 18, 200, 1), 1), TCP_SYN, 1, 0));
+    p.settle(10);
+    assert_eq!(p.server.stats().syn_cookies_sent, 1);
+    forgeries(&mut p, &mut rng);
     assert_eq!(p.server.in_use(), 0);
     assert_eq!(p.server.stats().syn_cookies_rejected, 10_000);
 
@@ -167,6 +181,12 @@ fn forged_and_expired_cookies_take_no_slot() {
     let cookie = u32::from_be_bytes([synack[38], synack[39], synack[40], synack[41]]);
     assert_eq!(p.server.in_use(), 0, "the SYN took no slot");
     let ack = frame(src, TCP_ACK, 1001, cookie.wrapping_add(1));
+    // A bad checksum takes no slot, whatever the cookie.
+    let mut bad = ack.clone();
+    bad[51] ^= 0x33;
+    p.server.link().inject(&bad);
+    p.settle(10);
+    assert_eq!(p.server.in_use(), 0, "a cookie ACK with a bad checksum took a slot");
     let now = p.now;
     p.now += Duration::from_secs(130);
     p.server.link().inject(&ack);

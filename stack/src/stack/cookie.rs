@@ -31,6 +31,8 @@ const PERIOD_MS: i64 = 64_000;
 
 pub(super) struct CookieJar {
     key: (u64, u64),
+    /// The last period a cookie was sent in: ACKs are checked as cookies only in it and the next.
+    sent_in: Option<u64>,
 }
 
 impl CookieJar {
@@ -44,7 +46,17 @@ impl CookieJar {
                 u64::from_ne_bytes(a.try_into().unwrap_or_default()),
                 u64::from_ne_bytes(b.try_into().unwrap_or_default()),
             ),
+            sent_in: None,
         })
+    }
+
+    pub(super) fn note_sent(&mut self, now: Instant) {
+        self.sent_in = Some(Self::period(now));
+    }
+
+    /// Whether a cookie was sent in this period or the last (any valid one was).
+    pub(super) fn sent_recently(&self, now: Instant) -> bool {
+        self.sent_in.is_some_and(|p| Self::period(now) <= p + 1)
     }
 
     fn hash(&self, t: &FourTuple, client_isn: u32, period: u64, index: u32) -> u32 {

@@ -16,9 +16,9 @@ use crate::link::Sender;
 const CREDIT_REFILL_MS: u64 = 5;
 
 /// A sender that counts the frames built through it.
-struct Counted<'a, S: Sender> {
-    inner: &'a mut S,
-    sent: u32,
+pub(super) struct Counted<'a, S: Sender> {
+    pub(super) inner: &'a mut S,
+    pub(super) sent: u32,
 }
 
 impl<S: Sender> Sender for Counted<'_, S> {

@@ -30,6 +30,9 @@ fn tcp_checksum_ok(ip: &[u8]) -> bool {
     }
 }
 
+/// Validated segments a new MAC must bring before it replaces a known next hop.
+const NEXT_HOP_VOTES: u8 = 3;
+
 impl Net {
     pub(super) fn on_frame<S: crate::link::Sender>(&mut self, frame: &mut [u8], sender: &mut S, now: Instant) {
         self.stats.rx_frames += 1;
@@ -60,7 +63,14 @@ impl Net {
                     return;
                 }
                 // A new connection beyond the old one's sequence space (RFC 6191): the record
-                // ends and the SYN is handled as any other.
+                // ends and the SYN is handled as any other, unless it is refused anyway.
+                if self.free_count == 0 || !self.source_may_open(&seg.tuple) {
+                    if self.free_count == 0 {
+                        self.stats.syn_refused += 1;
+                    }
+                    self.without_socket(ip, sender, now);
+                    return;
+                }
                 self.time_waits.remove(&seg.tuple);
                 self.stats.time_wait_reused += 1;
             }
@@ -114,7 +124,7 @@ impl Net {
                 && self.listening.contains(&seg.tuple.local_port) =>
             {
                 let cookie = if self.source_may_open(&seg.tuple) {
-                    self.open_from_cookie(&seg, now)
+                    self.open_from_cookie(&seg, ip, now)
                 } else {
                     None
                 };
@@ -155,11 +165,20 @@ impl Net {
                 }
             };
         if challenge {
-            if !self.challenges.take(now) {
+            if self.mac_learned && seg.src_mac != self.shim.next_hop {
+                self.stats.rx_foreign_mac += 1;
+            }
+            // The budget counts challenge ACKs that leave, not forged segments (smoltcp sends at
+            // most one a second per connection): one connection's flood cannot spend everyone's.
+            if !self.challenges.available(now) {
                 self.stats.challenge_acks_limited += 1;
                 return;
             }
             sequence::into_challenge(&seq, ip);
+            let mut counted = super::egress::Counted { inner: sender, sent: 0 };
+            self.process(slot, now, &mut counted, Some(ip));
+            self.challenges.spend(now, counted.sent);
+            return;
         } else if self.slots[slot].flags & flag::ISN_SET != 0 {
             sequence::on_ingress(&seq, ip);
         }
@@ -182,9 +201,40 @@ impl Net {
         if !self.mac_learned {
             self.shim.next_hop = seg.src_mac;
         }
+        let queued_before = sock_mut(&mut self.sockets[slot], self.handle).recv_queue();
         self.process(slot, now, sender, Some(ip));
+        self.follow_rcv_nxt(slot, &seg, &seq, state, queued_before);
         if !self.mac_fixed && (!self.mac_learned || self.shim.next_hop != seg.src_mac) {
             self.learn_next_hop(slot, state, &seg, ip, seq.rcv_nxt, challenge);
+        }
+    }
+
+    /// RCV.NXT as tracked is the last ACK we sent; data accepted in order moves the real one on
+    /// before our ACK leaves (delayed, or paced), and an RST right behind that data must match
+    /// it. So an in-order segment smoltcp took whole advances the tracked edge at once (a FIN
+    /// that moved the state on counts one more).
+    fn follow_rcv_nxt(
+        &mut self,
+        slot: usize,
+        seg: &wire::Segment,
+        seq: &sequence::SeqState,
+        before: tcp::State,
+        queued_before: usize,
+    ) {
+        if self.slots[slot].flags & flag::IN_USE == 0 || seg.seq != seq.rcv_nxt || seg.flags & (TCP_SYN | TCP_RST) != 0
+        {
+            return;
+        }
+        let sock = sock_mut(&mut self.sockets[slot], self.handle);
+        let took = sock.recv_queue().saturating_sub(queued_before);
+        if took != seg.payload_len {
+            return; // not taken whole (out of window, or read meanwhile): wait for our ACK
+        }
+        let fin =
+            seg.flags & wire::TCP_FIN != 0 && sock.state() != before && crate::stack::conn::fin_received(sock.state());
+        let advance = took as u32 + u32::from(fin);
+        if advance > 0 {
+            self.slots[slot].seq.rcv_nxt = seq.rcv_nxt.wrapping_add(advance);
         }
     }
 
@@ -215,11 +265,25 @@ impl Net {
             && (!self.config.verify_rx_checksum || tcp_checksum_ok(ip));
         if completed || in_order {
             if self.mac_learned {
-                log::info!(
-                    "next hop changed: {} -> {}",
-                    wire::mac_string(self.shim.next_hop),
-                    wire::mac_string(seg.src_mac)
-                );
+                // A known next hop gives way only to a MAC that proves itself NEXT_HOP_VOTES
+                // times (a router that failed over does at once; one on-link host that
+                // completes one handshake does not take every connection's output).
+                if self.mac_candidate.0 != seg.src_mac {
+                    self.mac_candidate = (seg.src_mac, 0);
+                }
+                self.mac_candidate.1 += 1;
+                if self.mac_candidate.1 < NEXT_HOP_VOTES {
+                    return;
+                }
+                self.mac_candidate.1 = 0;
+                if self.now.total_millis() >= self.mac_logged_at + 10_000 {
+                    self.mac_logged_at = self.now.total_millis();
+                    log::info!(
+                        "next hop changed: {} -> {} (logged at most every 10 s; /stats next_hop_learned counts them)",
+                        wire::mac_string(self.shim.next_hop),
+                        wire::mac_string(seg.src_mac)
+                    );
+                }
             }
             self.shim.next_hop = seg.src_mac;
             self.mac_learned = true;
@@ -337,6 +401,7 @@ impl Net {
             return; // smoltcp would have dropped it too
         }
         let cookie = self.cookies.make(&seg.tuple, seg.seq, cookie::mss_of(ip), now);
+        self.cookies.note_sent(now);
         let our_mss = (self.config.mtu - 40).min(usize::from(u16::MAX)) as u16;
         let window = self.config.rx_buf.min(usize::from(u16::MAX)) as u16;
         let n = cookie::syn_ack(&seg.tuple, cookie, seg.seq, window, our_mss, &mut self.scratch);
@@ -347,14 +412,28 @@ impl Net {
 
     /// An ACK for no connection: if it returns a cookie of ours, the connection it completes
     /// takes a slot, and smoltcp is taken through the handshake it did not see.
-    fn open_from_cookie(&mut self, seg: &wire::Segment, now: Instant) -> Option<usize> {
+    fn open_from_cookie(&mut self, seg: &wire::Segment, ip: &[u8], now: Instant) -> Option<usize> {
+        // Only while cookies are being sent (this period or the last, as Linux does): without a
+        // flood a stray ACK is just that, and an old cookie's ACK cannot bring back a connection
+        // long gone.
+        if !self.cookies.sent_recently(now) {
+            return None;
+        }
         let client_isn = seg.seq.wrapping_sub(1);
         let cookie = seg.ack.wrapping_sub(1);
+        // smoltcp would drop a segment with a bad checksum: it must not take a slot either.
+        if self.config.verify_rx_checksum && !tcp_checksum_ok(ip) {
+            return None;
+        }
         let Some(mss) = self.cookies.check(&seg.tuple, client_isn, cookie, now) else {
             self.stats.syn_cookies_rejected += 1;
             return None;
         };
-        let s = self.take_free()? as usize;
+        let Some(s) = self.take_free() else {
+            self.stats.syn_refused += 1;
+            return None;
+        };
+        let s = s as usize;
         self.slots[s] = SLOT_EMPTY;
         self.open_passive(s, seg.tuple);
         let mut scratch = std::mem::take(&mut self.scratch);

@@ -101,7 +101,9 @@ const WHEEL_SLOTS: usize = 1 << 14;
 /// How long a connection stays in TIME-WAIT (smoltcp's `CLOSE_DELAY`, which a connection in a
 /// slot keeps too).
 const TIME_WAIT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
-/// Challenge ACKs per second across all connections (RFC 5961 §7; Linux's default is 1000).
+/// Challenge ACKs sent per second across all connections (RFC 5961 §7; on top of smoltcp's one
+/// a second per connection). Counted when an ACK leaves, so forgeries on one connection do not
+/// spend the budget of the others.
 const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
 
 /// All state except the link, so that frames borrowed from the link can be processed by it.
@@ -138,6 +140,10 @@ struct Net {
     mac_learned: bool,
     /// Configured: never learned over.
     mac_fixed: bool,
+    /// A MAC proving itself to replace the next hop, and its validated segments so far.
+    mac_candidate: ([u8; 6], u8),
+    /// When a change of next hop was last logged (ms).
+    mac_logged_at: i64,
     /// RFC 6528 initial sequence numbers (`sequence.rs`).
     isn: IsnSource,
     challenges: ChallengeBudget,
@@ -213,6 +219,8 @@ impl<L: Link> Stack<L> {
                 shim,
                 mac_learned: config.next_hop_mac.is_some(),
                 mac_fixed: config.next_hop_mac.is_some(),
+                mac_candidate: ([0; 6], 0),
+                mac_logged_at: i64::MIN / 2,
                 isn: IsnSource::from_os().map_err(StackError::Random)?,
                 challenges: ChallengeBudget::new(CHALLENGE_ACKS_PER_SECOND),
                 cookies: CookieJar::from_os().map_err(StackError::Random)?,

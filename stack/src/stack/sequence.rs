@@ -86,13 +86,29 @@ impl ChallengeBudget {
         }
     }
 
-    pub(super) fn take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let second = now.total_millis() / 1000;
         if second != self.second {
             self.second = second;
             self.left = self.per_second;
         }
-        if self.left == 0 {
+    }
+
+    /// Whether a challenge ACK may still leave this second.
+    pub(super) fn available(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.left > 0
+    }
+
+    /// `n` challenge ACKs left.
+    pub(super) fn spend(&mut self, now: Instant, n: u32) {
+        self.refill(now);
+        self.left = self.left.saturating_sub(n);
+    }
+
+    /// Take one, if any is left (for answers we send ourselves).
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        if !self.available(now) {
             return false;
         }
         self.left -= 1;
