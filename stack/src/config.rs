@@ -61,6 +61,10 @@ pub struct StackConfig {
     /// past this the oldest ends early (Linux's `tcp_max_tw_buckets`). `None`: `max_conns`, at
     /// least 65,536.
     pub max_time_waits: Option<usize>,
+    /// Resend the earliest unacknowledged segment this long after data left with nothing
+    /// acknowledged since (a tail-loss probe, `stack/tail_probe.rs`); smoltcp's own timeout is at
+    /// least 1 s. `None`: off. At least 10 ms.
+    pub tail_probe: Option<Duration>,
     /// Slots one remote address may hold at once (passive connections, handshakes included);
     /// past it a SYN (or a cookie's ACK) is refused with RST. `None`: no limit.
     pub max_per_source: Option<u32>,
@@ -94,6 +98,7 @@ impl Default for StackConfig {
             max_half_open: None,
             max_time_waits: None,
             max_per_source: None,
+            tail_probe: Some(Duration::from_millis(200)),
             huge_pages: true,
         }
     }
@@ -144,6 +149,9 @@ impl StackConfig {
         }
         if self.data_timeout < Duration::from_secs(1) {
             return Err(format!("data_timeout must be at least 1s (got {})", self.data_timeout));
+        }
+        if self.tail_probe.is_some_and(|d| d < Duration::from_millis(10)) {
+            return Err("tail_probe must be at least 10 ms (None to switch it off)".into());
         }
         if self.max_per_source == Some(0) {
             return Err("max_per_source must be at least 1 (None for no limit)".into());

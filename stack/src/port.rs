@@ -23,6 +23,8 @@ pub struct Port<'a, S: Sender> {
     pub(crate) seq: Option<&'a mut SeqState>,
     /// Our ISN on the wire, while none is chosen: taken by the first SYN sent.
     pub(crate) new_isn: Option<u32>,
+    /// Set when a segment carrying data left (the tail probe is armed on it).
+    pub(crate) sent_data: bool,
 }
 
 impl<S: Sender> phy::Device for Port<'_, S> {
@@ -44,6 +46,7 @@ impl<S: Sender> phy::Device for Port<'_, S> {
                 shim: self.shim,
                 seq: self.seq.as_deref_mut(),
                 new_isn: &mut self.new_isn,
+                sent_data: &mut self.sent_data,
             },
         ))
     }
@@ -58,6 +61,7 @@ impl<S: Sender> phy::Device for Port<'_, S> {
             shim: self.shim,
             seq: self.seq.as_deref_mut(),
             new_isn: &mut self.new_isn,
+            sent_data: &mut self.sent_data,
         })
     }
 
@@ -89,6 +93,7 @@ pub struct Tx<'a, S: Sender> {
     shim: EthShim,
     seq: Option<&'a mut SeqState>,
     new_isn: &'a mut Option<u32>,
+    sent_data: &'a mut bool,
 }
 
 impl<S: Sender> phy::TxToken for Tx<'_, S> {
@@ -96,7 +101,7 @@ impl<S: Sender> phy::TxToken for Tx<'_, S> {
         let shim = self.shim;
         let mut f = Some(f);
         let mut out = None;
-        let (mut seq, new_isn) = (self.seq, self.new_isn);
+        let (mut seq, new_isn, sent_data) = (self.seq, self.new_isn, self.sent_data);
         self.sender.send(ETH_HEADER + len, &mut |frame: &mut [u8]| {
             shim.write(frame);
             if let Some(f) = f.take() {
@@ -106,6 +111,9 @@ impl<S: Sender> phy::TxToken for Tx<'_, S> {
                 if let Some(st) = seq.as_deref_mut() {
                     if sequence::on_egress(st, &mut frame[ETH_HEADER..], *new_isn) {
                         *new_isn = None;
+                    }
+                    if sequence::payload_len(&frame[ETH_HEADER..]) > 0 {
+                        *sent_data = true;
                     }
                 }
             }

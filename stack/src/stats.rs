@@ -68,6 +68,12 @@ pub struct StackStats {
     /// Challenge ACKs not sent because the budget across connections was spent (§7).
     #[serde(default)]
     pub challenge_acks_limited: u64,
+    /// Tail-loss probes sent (duplicate ACKs handed to smoltcp for a fast retransmit), and those
+    /// not sent for the per-second limit.
+    #[serde(default)]
+    pub tail_probes: u64,
+    #[serde(default)]
+    pub tail_probes_limited: u64,
     /// Times the next hop's MAC was learned or changed (from a validated segment only).
     #[serde(default)]
     pub next_hop_learned: u64,

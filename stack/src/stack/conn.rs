@@ -38,6 +38,7 @@ impl Net {
             starved: false,
             seq: Some(&mut self.slots[s].seq),
             new_isn,
+            sent_data: false,
         };
         let ingress = frame.is_some();
         let mut deadline = None;
@@ -75,6 +76,7 @@ impl Net {
             })
         };
         let starved = port.starved;
+        let sent_data = port.sent_data;
         if new_isn.is_some() && port.new_isn.is_none() {
             self.slots[s].flags |= flag::ISN_SET;
         }
@@ -82,6 +84,9 @@ impl Net {
         let in_use = self.slots[s].flags & flag::IN_USE != 0;
         if !in_use {
             return;
+        }
+        if sent_data {
+            self.arm_probe(s, now);
         }
         if ingress || starved {
             // Answer at the next flush (after the application has seen the events).

@@ -140,7 +140,7 @@ pub(super) fn rebuilt_syn(t: &FourTuple, client_isn: u32, window: u16, mss: u16,
     emit(theirs, ours, &tcp, out)
 }
 
-fn emit(src: Ipv4Address, dst: Ipv4Address, tcp: &TcpRepr, out: &mut [u8]) -> usize {
+pub(super) fn emit(src: Ipv4Address, dst: Ipv4Address, tcp: &TcpRepr, out: &mut [u8]) -> usize {
     let ip = Ipv4Repr {
         src_addr: src,
         dst_addr: dst,

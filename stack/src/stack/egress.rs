@@ -56,6 +56,10 @@ impl Net {
         });
         let mut due = std::mem::take(&mut self.due);
         for e in due.drain(..) {
+            if e.id & super::tail_probe::PROBE_ENTRY != 0 {
+                self.fire_probe(e.id, now, sender);
+                continue;
+            }
             let s = e.id as usize;
             let slot = self.slots[s];
             if slot.flags & flag::IN_USE == 0 {

@@ -181,6 +181,9 @@ impl Net {
             return;
         } else if self.slots[slot].flags & flag::ISN_SET != 0 {
             sequence::on_ingress(&seq, ip);
+            if seg.flags & TCP_ACK != 0 {
+                self.note_ack(slot, seg.ack.wrapping_sub(seq.offset), seg.window);
+            }
         }
         self.stats.rx_segments += 1;
         // The ACK clock: what came back makes room for one more frame out.
@@ -206,6 +209,17 @@ impl Net {
         self.follow_rcv_nxt(slot, &seg, &seq, state, queued_before);
         if !self.mac_fixed && (!self.mac_learned || self.shim.next_hop != seg.src_mac) {
             self.learn_next_hop(slot, state, &seg, ip, seq.rcv_nxt, challenge);
+        }
+    }
+
+    /// The peer's acknowledgement `ack` (smoltcp's numbers) and window: what a tail probe repeats;
+    /// anything new acknowledged disarms the probe.
+    fn note_ack(&mut self, slot: usize, ack: u32, window: u16) {
+        let s = &mut self.slots[slot];
+        s.peer_window = window;
+        if s.flags & flag::ACK_SEEN == 0 || seq_after(ack, s.last_ack) {
+            s.last_ack = ack;
+            s.flags = (s.flags | flag::ACK_SEEN) & !(flag::PROBE | flag::PROBED);
         }
     }
 
@@ -470,6 +484,7 @@ impl Net {
             starved: false,
             seq: None,
             new_isn: None,
+            sent_data: false,
         };
         self.iface.poll_ingress_single(now, &mut port, &mut empty);
     }

@@ -25,6 +25,7 @@ mod ingress;
 mod one_slot;
 pub(crate) mod sequence;
 mod slot;
+mod tail_probe;
 mod time_wait;
 
 use std::net::SocketAddrV4;
@@ -147,6 +148,8 @@ struct Net {
     /// RFC 6528 initial sequence numbers (`sequence.rs`).
     isn: IsnSource,
     challenges: ChallengeBudget,
+    /// Tail probes per second (`tail_probe.rs`).
+    probes: ChallengeBudget,
     /// SYN cookies past `half_open_limit` pending handshakes (`cookie.rs`).
     cookies: CookieJar,
     half_open: usize,
@@ -223,6 +226,7 @@ impl<L: Link> Stack<L> {
                 mac_logged_at: i64::MIN / 2,
                 isn: IsnSource::from_os().map_err(StackError::Random)?,
                 challenges: ChallengeBudget::new(CHALLENGE_ACKS_PER_SECOND),
+                probes: ChallengeBudget::new(tail_probe::PROBES_PER_SECOND),
                 cookies: CookieJar::from_os().map_err(StackError::Random)?,
                 half_open: 0,
                 half_open_limit: config.half_open_limit(),
@@ -503,6 +507,7 @@ fn interface<S: crate::link::Sender>(
         starved: false,
         seq: None,
         new_isn: None,
+        sent_data: false,
     };
     let mut iface = Interface::new(iface_config, &mut port, now);
     let addr = Ipv4Address::from(config.addr.octets());

@@ -159,6 +159,14 @@ pub(super) fn adjust(check: u16, old: u16, new: u16) -> u16 {
     !(sum as u16)
 }
 
+/// Bytes of TCP payload in an IPv4 packet (0 if it does not hold a whole TCP header).
+pub(crate) fn payload_len(ip: &[u8]) -> usize {
+    let Some(at) = tcp_at(ip) else { return 0 };
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let doff = usize::from(ip[at + 12] >> 4) * 4;
+    total.saturating_sub(at + doff)
+}
+
 /// A segment smoltcp built for this connection, before it leaves: choose the ISN on its SYN
 /// (`new_isn`, given while none is chosen: returns true once used), move its sequence number to
 /// the wire's, and note RCV.NXT and SND.NXT.

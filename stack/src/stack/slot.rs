@@ -32,12 +32,22 @@ pub(super) mod flag {
     pub const ISN_SET: u16 = 1 << 10;
     /// Counted against its source address's `max_per_source` until retired.
     pub const PER_SOURCE: u16 = 1 << 11;
+    /// A tail probe is armed (data sent, no acknowledgement since): `tail_probe.rs`.
+    pub const PROBE: u16 = 1 << 12;
+    /// Flips at each arming; the wheel entry carries it, so an entry of an earlier arming is
+    /// told from the current one.
+    pub const PROBE_GEN: u16 = 1 << 13;
+    /// `Slot::last_ack` holds an acknowledgement the peer sent.
+    pub const ACK_SEEN: u16 = 1 << 14;
+    /// A probe was sent and nothing new is acknowledged since: no more probes (smoltcp's
+    /// timeout, with its back-off, takes over; a vanished peer is not probed forever).
+    pub const PROBED: u16 = 1 << 15;
 }
 
 /// No wheel entry is pending for the slot.
 pub(super) const NO_TIMER: u32 = u32::MAX;
 
-/// Everything per connection besides the socket and its buffers: 24 bytes (the 4-tuple, 12 more,
+/// Everything per connection besides the socket and its buffers: 28 bytes (the 4-tuple, 12 more,
 /// lives in `Net::tuples` next to the table that compares it).
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -49,14 +59,22 @@ pub(super) struct Slot {
     /// Tick of the earliest wheel entry scheduled for smoltcp's deadline, or `NO_TIMER`.
     pub(super) timer: u32,
     pub(super) flags: u16,
+    /// The window of the peer's latest acknowledgement, as sent (2 bytes in what was padding):
+    /// a tail probe's duplicate ACKs must repeat it.
+    pub(super) peer_window: u16,
     /// Our sequence numbers on the wire and the two edges RFC 5961/6191 checks need: 12 bytes.
     pub(super) seq: SeqState,
+    /// The peer's latest acknowledgement, in smoltcp's numbers (4 bytes): what a tail probe's
+    /// duplicate ACKs repeat.
+    pub(super) last_ack: u32,
 }
 
 pub(super) const SLOT_EMPTY: Slot = Slot {
     user: 0,
     timer: NO_TIMER,
     flags: 0,
+    peer_window: 0,
+    last_ack: 0,
     seq: SeqState {
         offset: 0,
         rcv_nxt: 0,
