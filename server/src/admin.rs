@@ -455,7 +455,7 @@ impl Report {
             g.set(v as i64);
             reg.register(name, help, g);
         }
-        let counters: [(&str, &str, u64); 21] = [
+        let counters: [(&str, &str, u64); 26] = [
             ("accepted", "Connections accepted", t.accepted),
             ("closed", "Connections ended, any reason", t.closed),
             ("expired", "Connections expired by the idle timeout", t.expired),
@@ -476,6 +476,27 @@ impl Report {
                 t.protocol_errors,
             ),
             ("rejected_requests", "HTTP requests rejected", t.rejected_requests),
+            ("auth_missing", "Device requests refused 401: no token", t.auth_missing),
+            (
+                "auth_malformed",
+                "Device requests refused 401: not an HS256 JWT",
+                t.auth_malformed,
+            ),
+            (
+                "auth_expired",
+                "Device requests refused 401: token expired",
+                t.auth_expired,
+            ),
+            (
+                "auth_bad_signature",
+                "Device requests refused 401: signature does not verify",
+                t.auth_bad_signature,
+            ),
+            (
+                "auth_wrong_device",
+                "Device requests refused 401: token for another device id",
+                t.auth_wrong_device,
+            ),
             ("messages_in", "Data messages received", t.messages_in),
             ("messages_out", "Data messages sent", t.messages_out),
             ("bytes_in", "Bytes received", t.bytes_in),

@@ -23,6 +23,9 @@ pub struct WorkerConfig {
     /// Connections one client address may hold in this worker; past it, a reset (None: no limit).
     #[serde(default)]
     pub max_conns_per_source: Option<u32>,
+    /// The HS256 key device tokens are checked with (`--device-key-file`; None: ids unchecked).
+    #[serde(default)]
+    pub device_jwt_key: Option<Vec<u8>>,
     pub idle_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub poll_hold_ms: (u64, u64),
@@ -59,6 +62,7 @@ impl WorkerConfig {
             listen: "127.0.0.1:0".parse().expect("a socket address"),
             max_conns: 1000,
             max_conns_per_source: None,
+            device_jwt_key: None,
             idle_timeout_ms: 300_000,
             request_timeout_ms: 10_000,
             poll_hold_ms: (30_000, 30_000),
@@ -80,7 +84,7 @@ impl WorkerConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum ToWorker {
-    Config(WorkerConfig),
+    Config(Box<WorkerConfig>),
     /// `payload` is the push JSON, which carries `seq` too; the log indexes broadcasts by it.
     Broadcast {
         req: u64,

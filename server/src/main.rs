@@ -44,6 +44,13 @@ struct Args {
     /// Default: 100,000, or what --workers can hold when only that is given.
     #[arg(long)]
     max_conns: Option<usize>,
+    /// A file holding the HS256 key device tokens are signed with (at least 16 bytes; a trailing
+    /// newline is ignored). With it, `/ws?id=DEVICE` and `/poll?id=DEVICE` need a JWT whose `sub`
+    /// is DEVICE and whose `exp` has not passed, as `?token=`, `Authorization: Bearer`, or the
+    /// subprotocol `bearer.<token>`; otherwise `401` (counted by reason in /stats). Connections
+    /// without an id are not affected.
+    #[arg(long, value_name = "PATH", env = "WS_DEVICE_KEY_FILE")]
+    device_key_file: Option<std::path::PathBuf>,
     /// Connections one client address may hold at once, per worker process (handshakes
     /// included on --stack xdp); past it a new connection is refused with a TCP reset on either
     /// stack, counted as refused_per_source. Default: no limit.
@@ -210,10 +217,26 @@ fn run() -> anyhow::Result<()> {
             "--workers {workers} is more than this tool supports (256)"
         )));
     }
-    ws_server::supervisor::run(server_config(&args, workers, per_worker_capacity.min(max_conns)))
+    let mut cfg = server_config(&args, workers, per_worker_capacity.min(max_conns));
+    cfg.device_jwt_key = device_key(&args)?;
+    ws_server::supervisor::run(cfg)
 }
 
 /// The settings both stacks share, from the command line.
+/// The device key from `--device-key-file`, checked now so that a bad one stops the start.
+fn device_key(args: &Args) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &args.device_key_file else {
+        return Ok(None);
+    };
+    let mut key = std::fs::read(path).map_err(|e| usage(format!("--device-key-file {}: {e}", path.display())))?;
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    ws_server::core::auth::DeviceAuth::hs256(&key)
+        .map_err(|e| usage(format!("--device-key-file {}: {e}", path.display())))?;
+    Ok(Some(key))
+}
+
 fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> ServerConfig {
     ServerConfig {
         listen: args.listen,
@@ -232,6 +255,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         hang_timeout: (!args.worker_hang_timeout.is_zero()).then_some(args.worker_hang_timeout),
         max_restarts: args.max_restarts,
         max_conns_per_source: args.max_conns_per_source,
+        device_jwt_key: None,
         #[cfg(feature = "xdp")]
         xdp: None,
     }
@@ -281,6 +305,7 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
     };
     let cfg = ServerConfig {
         xdp: Some(xdp),
+        device_jwt_key: device_key(&args)?,
         ..server_config(&args, queues, max_conns.div_ceil(queues))
     };
     ws_server::supervisor::run(cfg)

@@ -42,6 +42,11 @@ pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
         log_size: cfg.log_size,
         write_timeout_ms: cfg.write_timeout_ms,
         first_seq: cfg.first_seq,
+        // Checked at start-up by the supervisor: a key that fails here is a bug, and fails closed.
+        device_auth: cfg
+            .device_jwt_key
+            .as_deref()
+            .map(|k| crate::core::auth::DeviceAuth::hs256(k).unwrap_or_else(|e| panic!("device key: {e}"))),
     }
 }
 
@@ -69,6 +74,7 @@ pub fn run() -> anyhow::Result<()> {
     let ToWorker::Config(cfg) = serde_json::from_str(&first).context("parsing worker config")? else {
         anyhow::bail!("the first control message was not the config");
     };
+    let cfg = *cfg;
     control_in.set_nonblocking(true)?;
     let mut out = control_out;
     #[cfg(feature = "xdp")]

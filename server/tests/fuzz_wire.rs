@@ -638,6 +638,7 @@ proptest! {
             key: head.key.as_bytes(),
             device: head.device.as_deref().map(str::as_bytes),
             since: None,
+            credential: Default::default(),
         };
         prop_assert_eq!(check_parse(&buf), Parsed::Complete { len: head.bytes.len(), request: expected },
                         "{}", String::from_utf8_lossy(&head.bytes));

@@ -18,11 +18,65 @@ pub enum Request<'a> {
         key: &'a [u8],
         device: Option<&'a [u8]>,
         since: Option<u64>,
+        credential: Credential<'a>,
     },
     /// `GET /poll[?id=…]`: hold the request until a push or the hold timer.
-    Poll { device: Option<&'a [u8]>, keep_alive: bool },
+    Poll {
+        device: Option<&'a [u8]>,
+        keep_alive: bool,
+        credential: Credential<'a>,
+    },
     /// Anything else, with the status we answer; the connection is then closed.
     Reject(Reject),
+}
+
+/// What a request carries to prove its device id (`core/auth.rs` checks it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Credential<'a> {
+    /// From `?token=`, `Authorization: Bearer`, or a `Sec-WebSocket-Protocol` value
+    /// `bearer.<token>`, in that order.
+    pub token: Option<&'a [u8]>,
+    /// Another subprotocol the client offered: the upgrade answers with it (a client that offers
+    /// subprotocols expects one back).
+    pub protocol: Option<&'a [u8]>,
+}
+
+/// The longest subprotocol name we answer with.
+const MAX_PROTOCOL: usize = 64;
+
+fn credential<'a>(query: Option<&'a str>, headers: &[httparse::Header<'a>]) -> Credential<'a> {
+    let from_query = query
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .map(str::as_bytes);
+    let from_header = header(headers, "authorization").and_then(|v| {
+        let v = v.trim_ascii();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+    });
+    let offered = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let mut from_protocol = None;
+    let mut protocol = None;
+    for p in offered {
+        match p.strip_prefix(b"bearer.") {
+            Some(t) if from_protocol.is_none() => from_protocol = Some(t),
+            Some(_) => {}
+            None if protocol.is_none()
+                && !p.is_empty()
+                && p.len() <= MAX_PROTOCOL
+                && p.iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                protocol = Some(p)
+            }
+            None => {}
+        }
+    }
+    Credential {
+        token: from_query.or(from_header).or(from_protocol),
+        protocol,
+    }
 }
 
 /// Rejections, each a status line and a short reason for the body and the log.
@@ -37,6 +91,8 @@ pub enum Reject {
     PipeliningNotSupported,
     /// The request head did not arrive in time.
     RequestTimeout,
+    /// The device id's credential is missing or does not verify (`core/auth.rs`).
+    Unauthorized(&'static str),
 }
 
 impl Reject {
@@ -48,12 +104,13 @@ impl Reject {
             Reject::UpgradeRequired(_) => "426 Upgrade Required",
             Reject::HeadersTooLarge => "431 Request Header Fields Too Large",
             Reject::RequestTimeout => "408 Request Timeout",
+            Reject::Unauthorized(_) => "401 Unauthorized",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            Reject::BadRequest(why) | Reject::UpgradeRequired(why) => why,
+            Reject::BadRequest(why) | Reject::UpgradeRequired(why) | Reject::Unauthorized(why) => why,
             Reject::NotFound => "no such path; WebSocket is at /ws, long-poll at /poll",
             Reject::MethodNotAllowed => "only GET is served on this port",
             Reject::HeadersTooLarge => "request head too large",
@@ -121,12 +178,17 @@ fn route<'a>(req: &httparse::Request<'_, 'a>) -> Request<'a> {
     if minor == 1 && header(req.headers, "host").is_none() {
         return Request::Reject(Reject::BadRequest("HTTP/1.1 request without Host"));
     }
+    let credential = credential(query, req.headers);
     if path == "/poll" {
         let close = header_has_token(req.headers, "connection", "close");
         let keep_alive = minor == 1 && !close || header_has_token(req.headers, "connection", "keep-alive");
-        return Request::Poll { device, keep_alive };
+        return Request::Poll {
+            device,
+            keep_alive,
+            credential,
+        };
     }
-    upgrade(req.headers, minor, device, since)
+    upgrade(req.headers, minor, device, since, credential)
 }
 
 fn upgrade<'a>(
@@ -134,6 +196,7 @@ fn upgrade<'a>(
     minor: u8,
     device: Option<&'a [u8]>,
     since: Option<u64>,
+    credential: Credential<'a>,
 ) -> Request<'a> {
     if !header_has_token(headers, "upgrade", "websocket") {
         return Request::Reject(Reject::UpgradeRequired("this path needs a WebSocket upgrade"));
@@ -155,7 +218,12 @@ fn upgrade<'a>(
     if !is_base64_of_16_bytes(key) {
         return Request::Reject(Reject::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
     }
-    Request::Upgrade { key, device, since }
+    Request::Upgrade {
+        key,
+        device,
+        since,
+        credential,
+    }
 }
 
 /// `since=<seq>` from the query string: a decimal sequence number.
@@ -233,11 +301,18 @@ impl Response {
         Response { buf, len }
     }
 
-    /// `101 Switching Protocols` with the accept key derived from the client's key.
-    pub fn switching_protocols(key: &[u8]) -> Response {
+    /// `101 Switching Protocols` with the accept key derived from the client's key, and the
+    /// subprotocol chosen from the client's offer, if any.
+    pub fn switching_protocols(key: &[u8], protocol: Option<&[u8]>) -> Response {
         let accept = tungstenite::handshake::derive_accept_key(key);
+        // `credential` kept only printable ASCII of at most 64 bytes.
+        let protocol = protocol.and_then(|p| std::str::from_utf8(p).ok());
+        let (name, value, end) = match protocol {
+            Some(p) => ("Sec-WebSocket-Protocol: ", p, "\r\n"),
+            None => ("", "", ""),
+        };
         Response::format(format_args!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{name}{value}{end}\r\n"
         ))
     }
 
@@ -246,6 +321,7 @@ impl Response {
         let reason = reject.reason();
         let version = match reject {
             Reject::UpgradeRequired(_) => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
+            Reject::Unauthorized(_) => "WWW-Authenticate: Bearer\r\n",
             _ => "",
         };
         Response::format(format_args!(
@@ -292,7 +368,7 @@ mod tests {
         match parse(raw.as_bytes()) {
             Parsed::Complete {
                 len,
-                request: Request::Upgrade { key, device, since },
+                request: Request::Upgrade { key, device, since, .. },
             } => {
                 assert_eq!(len, raw.len());
                 assert_eq!(key, KEY.as_bytes());
@@ -305,7 +381,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        let r = Response::switching_protocols(KEY.as_bytes());
+        let r = Response::switching_protocols(KEY.as_bytes(), None);
         let text = std::str::from_utf8(r.as_bytes()).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 "));
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -408,13 +484,51 @@ mod tests {
     }
 
     #[test]
+    fn a_token_comes_from_the_query_the_authorization_header_or_a_subprotocol() {
+        type Owned = (Option<Vec<u8>>, Option<Vec<u8>>);
+        let token = |extra: &str, path: &str| -> Owned {
+            match request_of(&upgrade_request(path, extra)) {
+                Request::Upgrade { credential, .. } => (
+                    credential.token.map(<[u8]>::to_vec),
+                    credential.protocol.map(<[u8]>::to_vec),
+                ),
+                other => panic!("{other:?}"),
+            }
+        };
+        let v = |s: &str| Some(s.as_bytes().to_vec());
+        assert_eq!(token("", "/ws?id=d&token=aaa.bbb.ccc"), (v("aaa.bbb.ccc"), None));
+        assert_eq!(
+            token("Authorization: bearer  hhh.iii.jjj \r\n", "/ws?id=d").0,
+            v("hhh.iii.jjj")
+        );
+        assert_eq!(
+            token("Sec-WebSocket-Protocol: push.v1, bearer.ppp.qqq.rrr\r\n", "/ws?id=d"),
+            (v("ppp.qqq.rrr"), v("push.v1"))
+        );
+        // The query wins over the header, the header over the subprotocol.
+        let both = "Authorization: Bearer h.h.h\r\nSec-WebSocket-Protocol: bearer.p.p.p\r\n";
+        assert_eq!(token(both, "/ws?id=d&token=q.q.q").0, v("q.q.q"));
+        assert_eq!(token(both, "/ws?id=d").0, v("h.h.h"));
+        assert_eq!(token("Authorization: Basic abc\r\n", "/ws?id=d").0, None);
+        // The upgrade answers with the other subprotocol offered.
+        let r = Response::switching_protocols(KEY.as_bytes(), Some(b"push.v1"));
+        assert!(std::str::from_utf8(r.as_bytes())
+            .unwrap()
+            .contains("\r\nSec-WebSocket-Protocol: push.v1\r\n"));
+        let r = Response::reject(Reject::Unauthorized("the token has expired"));
+        let text = std::str::from_utf8(r.as_bytes()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n") && text.contains("WWW-Authenticate: Bearer"));
+    }
+
+    #[test]
     fn poll_requests_and_keep_alive() {
         let r = request_of("GET /poll?id=dev-1 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(
             r,
             Request::Poll {
                 device: Some(b"dev-1"),
-                keep_alive: true
+                keep_alive: true,
+                credential: Credential::default(),
             }
         );
         let r = request_of("GET /poll HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -422,7 +536,8 @@ mod tests {
             r,
             Request::Poll {
                 device: None,
-                keep_alive: false
+                keep_alive: false,
+                credential: Credential::default(),
             }
         );
         let r = request_of("GET /poll HTTP/1.0\r\n\r\n");
@@ -430,7 +545,8 @@ mod tests {
             r,
             Request::Poll {
                 device: None,
-                keep_alive: false
+                keep_alive: false,
+                credential: Credential::default(),
             }
         );
         let head = Response::poll_answer_head(12, true);

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod conn;
 pub mod device;
 pub mod frame;
@@ -29,7 +30,7 @@ use conn::{
 };
 use device::{DeviceHasher, DeviceMap};
 use frame::{close_code, Op, MAX_HEADER};
-use http::{Parsed, Reject, Request, Response};
+use http::{Credential, Parsed, Reject, Request, Response};
 use log::{LogError, MessageLog, Resume};
 use output::Targeted;
 use ratelog::RateLimitedLog;
@@ -105,6 +106,8 @@ pub struct CoreConfig {
     /// Every broadcast of this run of the server is numbered after this (a `since` at or
     /// before it is from an earlier run).
     pub first_seq: u64,
+    /// With a key, a device id is served only with a token that proves it (`auth.rs`).
+    pub device_auth: Option<auth::DeviceAuth>,
 }
 
 impl Default for CoreConfig {
@@ -122,6 +125,7 @@ impl Default for CoreConfig {
             log_size: 4 << 20,
             write_timeout_ms: 30_000,
             first_seq: 0,
+            device_auth: None,
         }
     }
 }
@@ -340,8 +344,16 @@ impl ServerCore {
 
     fn request(&mut self, id: ConnId, request: Request<'_>, io: &mut impl Io) {
         match request {
-            Request::Upgrade { key, device, since } => {
-                let response = Response::switching_protocols(key);
+            Request::Upgrade {
+                key,
+                device,
+                since,
+                credential,
+            } => {
+                if !self.authorized(id, device, credential, io) {
+                    return;
+                }
+                let response = Response::switching_protocols(key, credential.protocol);
                 self.emit(id, &[response.as_bytes()], io);
                 if !self.is_open(id) {
                     return;
@@ -358,7 +370,14 @@ impl ServerCore {
                     self.resume(id, seq, io);
                 }
             }
-            Request::Poll { device, keep_alive } => {
+            Request::Poll {
+                device,
+                keep_alive,
+                credential,
+            } => {
+                if !self.authorized(id, device, credential, io) {
+                    return;
+                }
                 let (lo, hi) = self.cfg.poll_hold_ms;
                 let hold = self.rng.u64(lo.min(hi)..=hi.max(lo));
                 let deadline = tick_of(self.now_ms + hold);
@@ -382,6 +401,28 @@ impl ServerCore {
             }
             Request::Reject(reject) => self.reject(id, reject, io),
         }
+    }
+
+    /// Whether the request may have its device id: with a device key, only with a token for that
+    /// id; otherwise answered `401` (counted by reason) and closed. The device that holds the id
+    /// keeps it: nothing of the refused request touches the directory.
+    fn authorized(&mut self, id: ConnId, device: Option<&[u8]>, credential: Credential<'_>, io: &mut impl Io) -> bool {
+        let (Some(auth), Some(device)) = (&self.cfg.device_auth, device) else {
+            return true;
+        };
+        let Err(refusal) = auth.check(credential.token, device) else {
+            return true;
+        };
+        let counter = match refusal {
+            auth::Refusal::Missing => &mut self.stats.auth_missing,
+            auth::Refusal::Malformed => &mut self.stats.auth_malformed,
+            auth::Refusal::Expired => &mut self.stats.auth_expired,
+            auth::Refusal::BadSignature => &mut self.stats.auth_bad_signature,
+            auth::Refusal::WrongDevice => &mut self.stats.auth_wrong_device,
+        };
+        *counter += 1;
+        self.reject(id, Reject::Unauthorized(refusal.reason()), io);
+        false
     }
 
     fn reject(&mut self, id: ConnId, reject: Reject, io: &mut impl Io) {

@@ -35,6 +35,17 @@ pub struct CoreStats {
 
     pub upgrades: u64,
     pub rejected_requests: u64,
+    /// Requests for a device id refused `401` for their credential (`core/auth.rs`), by reason.
+    #[serde(default)]
+    pub auth_missing: u64,
+    #[serde(default)]
+    pub auth_malformed: u64,
+    #[serde(default)]
+    pub auth_expired: u64,
+    #[serde(default)]
+    pub auth_bad_signature: u64,
+    #[serde(default)]
+    pub auth_wrong_device: u64,
     /// Connections closed with 408 because their request head did not complete in time.
     pub request_timeouts: u64,
     pub protocol_errors: u64,
@@ -86,6 +97,11 @@ impl CoreStats {
             expired,
             upgrades,
             rejected_requests,
+            auth_missing,
+            auth_malformed,
+            auth_expired,
+            auth_bad_signature,
+            auth_wrong_device,
             request_timeouts,
             protocol_errors,
             devices_replaced,

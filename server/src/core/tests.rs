@@ -663,3 +663,93 @@ fn keep_alive_poll_connections_wait_at_most_the_request_timeout() {
     assert_eq!(core.stats().request_timeouts, 1);
     assert_eq!(core.stats().polls_held, 0);
 }
+
+/// With a device key, an id needs a token for it: a second connection presenting a bad or
+/// borrowed token for dev-a gets 401, and the first keeps the id and its pushes; a valid newer
+/// token still replaces the older connection (a device reconnecting). Ids are unchecked without
+/// a key, and connections without an id are never asked.
+#[test]
+fn a_device_id_needs_its_token_and_a_hijack_gets_401() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &[u8] = b"the device key of this test, 32b";
+    let token = |secret: &[u8], sub: &str, exp: u64| {
+        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    };
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let with_token = |dev: &str, t: &str| {
+        format!("GET /ws?id={dev}&token={t} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes()
+    };
+    let cfg = CoreConfig {
+        device_auth: Some(super::auth::DeviceAuth::hs256(SECRET).unwrap()),
+        ..cfg()
+    };
+    let mut core = ServerCore::new(cfg, 16, 0);
+    let mut io = Recorder::default();
+    let open = |core: &mut ServerCore, io: &mut Recorder, id: ConnId, req: Vec<u8>| {
+        let mut req = req;
+        core.open(id, 0, io);
+        core.data(id, &mut req, 0, io);
+        io.text(id)
+    };
+    let a = open(
+        &mut core,
+        &mut io,
+        1,
+        with_token("dev-a", &token(SECRET, "dev-a", later)),
+    );
+    assert!(a.starts_with("HTTP/1.1 101 "), "{a}");
+    let refused = [
+        (2, upgrade(Some("dev-a"))),                             // no token
+        (3, with_token("dev-a", "x.y.z")),                       // malformed
+        (4, with_token("dev-a", &token(SECRET, "dev-a", 1000))), // expired
+        (
+            5,
+            with_token("dev-a", &token(b"someone else's key, 32 bytes!!!", "dev-a", later)),
+        ), // forged
+        (6, with_token("dev-a", &token(SECRET, "dev-b", later))), // borrowed
+    ];
+    for (id, req) in refused {
+        let answer = open(&mut core, &mut io, id, req);
+        assert!(
+            answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "conn {id}: {answer}"
+        );
+        assert!(io.closed.contains(&id));
+    }
+    let s = core.stats();
+    assert_eq!(
+        (
+            s.auth_missing,
+            s.auth_malformed,
+            s.auth_expired,
+            s.auth_bad_signature,
+            s.auth_wrong_device
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    assert_eq!(s.devices_replaced, 0);
+    assert!(core.push(b"dev-a", b"still yours", 1, &mut io));
+    assert_eq!(io.frames(1), vec![(Op::Text, b"still yours".to_vec())]);
+    // A listener without an id is not asked; a valid newer token replaces the old connection.
+    let anon = open(&mut core, &mut io, 7, upgrade(None));
+    assert!(anon.starts_with("HTTP/1.1 101 "), "{anon}");
+    let again = open(
+        &mut core,
+        &mut io,
+        8,
+        with_token("dev-a", &token(SECRET, "dev-a", later)),
+    );
+    assert!(again.starts_with("HTTP/1.1 101 "), "{again}");
+    assert_eq!(core.stats().devices_replaced, 1);
+    assert!(io.closed.contains(&1));
+}

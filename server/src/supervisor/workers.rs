@@ -232,7 +232,7 @@ pub(super) fn spawn_worker(
     drop((worker_in, worker_out));
     let pid = child.id();
     let writer = ControlWriter::new(to_worker, who.index, QUEUE_LIMIT).context("starting a control writer thread")?;
-    let mut line = serde_json::to_vec(&ToWorker::Config(cfg))?;
+    let mut line = serde_json::to_vec(&ToWorker::Config(Box::new(cfg)))?;
     line.push(b'\n');
     let _ = writer.send(line);
     std::thread::Builder::new()

@@ -163,7 +163,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let response = ws_server::core::http::Response::switching_protocols(key.as_bytes());
+        let response = ws_server::core::http::Response::switching_protocols(key.as_bytes(), None);
         let mut wire = response.as_bytes().to_vec();
         let head = wire.len();
         wire.extend_from_slice(&[0x81, 0x01, b'x']);
