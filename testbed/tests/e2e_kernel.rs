@@ -360,3 +360,13 @@ fn churn_at_capacity_is_accepted_round_after_round() {
     }
     attacks::churn_at_capacity_is_accepted_round_after_round("wsbtw", &["--workers", "1"]);
 }
+
+/// With --device-key-file, only a device with its token gets its id: a hijack gets 401 and the
+/// holder keeps its pushes.
+#[test]
+fn only_a_device_with_its_token_gets_its_id() {
+    if !privileged("only_a_device_with_its_token_gets_its_id") {
+        return;
+    }
+    trust::only_a_device_with_its_token_gets_its_id("wsbty", &["--workers", "2"], messages::Clients::Kernel);
+}

@@ -486,3 +486,17 @@ fn churn_at_capacity_is_accepted_round_after_round() {
     }
     attacks::churn_at_capacity_is_accepted_round_after_round("wsbtx", &["--stack", "xdp", "--iface", "wsbtx-s0"]);
 }
+
+/// With --device-key-file, only a device with its token gets its id: a hijack gets 401 and the
+/// holder keeps its pushes.
+#[test]
+fn only_a_device_with_its_token_gets_its_id() {
+    if !privileged("only_a_device_with_its_token_gets_its_id") {
+        return;
+    }
+    trust::only_a_device_with_its_token_gets_its_id(
+        "wsbtz",
+        &["--stack", "xdp", "--iface", "wsbtz-s0"],
+        messages::Clients::Xdp,
+    );
+}

@@ -72,6 +72,11 @@ struct Args {
     /// Device id prefix for --ids.
     #[arg(long, default_value = "dev-")]
     id_prefix: String,
+    /// With --ids: the server's device key file (ws-server --device-key-file); every connection
+    /// presents a token minted for its own id (HS256, valid 24 h) as ?token=, so the handshake
+    /// measured is the real one.
+    #[arg(long, value_name = "PATH", env = "WS_DEVICE_KEY_FILE")]
+    device_key_file: Option<std::path::PathBuf>,
     /// Long-poll mode: GET /poll repeatedly instead of WebSocket.
     #[arg(long)]
     poll: bool,
@@ -234,6 +239,18 @@ fn config(args: &Args) -> anyhow::Result<LoadConfig> {
         send_interval: args.send_interval,
         payload: args.payload,
         id_prefix: args.ids.then(|| args.id_prefix.clone()),
+        device_key: match (&args.device_key_file, args.ids) {
+            (None, _) => None,
+            (Some(_), false) => return Err(usage("--device-key-file mints tokens for device ids: it needs --ids")),
+            (Some(path), true) => {
+                let mut key =
+                    std::fs::read(path).map_err(|e| usage(format!("--device-key-file {}: {e}", path.display())))?;
+                while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    key.pop();
+                }
+                Some(key)
+            }
+        },
         poll: args.poll,
         expect_broadcasts: args.expect_broadcasts,
         progress: args.progress,

@@ -15,12 +15,41 @@ pub fn key_for(n: u64, seed: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
-/// Append the upgrade request of connection `n` to `out`.
-pub fn upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, id: Option<&str>, n: u64, key: &str) {
-    let _ = write!(out, "GET {path}");
+/// A device token for `sub` (HS256, `exp` 24 h from now), as `ws-server --device-key-file` checks.
+pub fn mint(key: &[u8], sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 24 * 3600;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    jsonwebtoken::EncodingKey::from_secret(key)
+        .and_then(|k| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &k))
+        .unwrap_or_default()
+}
+
+/// `?id=<prefix><n>`, and its `&token=` when a device key is given.
+fn identify(out: &mut Vec<u8>, id: Option<&str>, device_key: Option<&[u8]>, n: u64) {
     if let Some(prefix) = id {
         let _ = write!(out, "?id={prefix}{n}");
+        if let Some(key) = device_key {
+            let _ = write!(out, "&token={}", mint(key, &format!("{prefix}{n}")));
+        }
     }
+}
+
+/// Append the upgrade request of connection `n` to `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn upgrade_request(
+    out: &mut Vec<u8>,
+    host: &str,
+    path: &str,
+    id: Option<&str>,
+    device_key: Option<&[u8]>,
+    n: u64,
+    key: &str,
+) {
+    let _ = write!(out, "GET {path}");
+    identify(out, id, device_key, n);
     let _ = write!(
         out,
         " HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -28,11 +57,9 @@ pub fn upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, id: Option<&st
 }
 
 /// Append a long-poll request (keep-alive) to `out`.
-pub fn poll_request(out: &mut Vec<u8>, host: &str, id: Option<&str>, n: u64) {
+pub fn poll_request(out: &mut Vec<u8>, host: &str, id: Option<&str>, device_key: Option<&[u8]>, n: u64) {
     let _ = write!(out, "GET /poll");
-    if let Some(prefix) = id {
-        let _ = write!(out, "?id={prefix}{n}");
-    }
+    identify(out, id, device_key, n);
     let _ = write!(out, " HTTP/1.1\r\nHost: {host}\r\n\r\n");
 }
 
@@ -152,7 +179,7 @@ mod tests {
     fn upgrade_request_is_accepted_by_the_server_parser() {
         let key = key_for(7, 1);
         let mut req = Vec::new();
-        upgrade_request(&mut req, "198.18.0.1:8080", "/ws", Some("dev-"), 7, &key);
+        upgrade_request(&mut req, "198.18.0.1:8080", "/ws", Some("dev-"), None, 7, &key);
         match ws_server::core::http::parse(&req) {
             ws_server::core::http::Parsed::Complete {
                 request: ws_server::core::http::Request::Upgrade { key: k, device, .. },

@@ -51,6 +51,9 @@ pub struct ChildPlan {
     pub payload: usize,
     /// `?id=<prefix><n>` on every request.
     pub id_prefix: Option<String>,
+    /// With ids: `&token=` minted for each id with this key.
+    #[serde(default)]
+    pub device_key: Option<Vec<u8>>,
     /// Long-poll (`GET /poll`) instead of WebSocket.
     pub poll: bool,
     /// End the hold once every open connection received this many broadcasts (0: hold it all).

@@ -135,7 +135,13 @@ pub fn timed_out(conn: &mut Proto, sh: &mut Shared, cause: &str) {
 pub fn connected<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
     let mut req = Vec::with_capacity(256);
     if sh.plan.poll {
-        client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.proto().n);
+        client::poll_request(
+            &mut req,
+            &sh.plan.host,
+            sh.plan.id_prefix.as_deref(),
+            sh.plan.device_key.as_deref(),
+            conn.proto().n,
+        );
         set_state(conn.proto(), State::Polling, sh);
         sh.c.polls_sent += 1;
         established(conn.proto(), sh);
@@ -146,6 +152,7 @@ pub fn connected<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
             &sh.plan.host,
             &sh.plan.path,
             sh.plan.id_prefix.as_deref(),
+            sh.plan.device_key.as_deref(),
             conn.proto().n,
             &key,
         );
@@ -272,7 +279,13 @@ fn poll_answer<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
                 return Read::End(Fate::Drop);
             }
             let mut req = Vec::with_capacity(128);
-            client::poll_request(&mut req, &sh.plan.host, sh.plan.id_prefix.as_deref(), conn.proto().n);
+            client::poll_request(
+                &mut req,
+                &sh.plan.host,
+                sh.plan.id_prefix.as_deref(),
+                sh.plan.device_key.as_deref(),
+                conn.proto().n,
+            );
             sh.c.polls_sent += 1;
             if conn.send(&req) == Fate::Drop {
                 return Read::End(eof(conn.proto(), sh, "error"));

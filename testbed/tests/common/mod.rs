@@ -16,6 +16,7 @@ pub mod attacks;
 pub mod impairment;
 pub mod messages;
 pub mod scenarios;
+pub mod trust;
 
 pub const SERVER: &str = "198.18.0.1:8080";
 pub const ADMIN: &str = "127.0.0.1:9001";

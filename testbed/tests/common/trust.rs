@@ -1,0 +1,115 @@
+//! Device credentials end to end, on both stacks (`e2e_kernel.rs`, `e2e_xdp.rs`): with
+//! `--device-key-file`, ws-load's devices (tokens minted per id) all get in; the same ids without a
+//! token, with a forged one, or with another device's, get `401`, and the devices holding those
+//! ids keep them and their pushes.
+
+use std::time::Duration;
+
+use super::*;
+
+/// curl's upgrade for `/ws?<query>` with extra headers, from the client namespace's second
+/// address (the first is the load's; an xdp client takes over its TCP): the status line.
+fn upgrade_status(ns: &Netns, query: &str, headers: &[&str]) -> String {
+    let url = format!("http://{SERVER}/ws?{query}");
+    let mut args = vec![
+        "-si",
+        "--interface",
+        "198.19.0.2",
+        "--max-time",
+        "1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(&url);
+    let (_, out) = run_in(&ns.cli, "curl", &args);
+    out.lines().next().unwrap_or_default().trim().to_string()
+}
+
+pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&str], clients: messages::Clients) {
+    let dir = scratch(&format!("trust-{prefix}"));
+    let ns = Netns::setup(prefix, 2).unwrap();
+    let key_file = dir.join("device.key");
+    std::fs::write(&key_file, "a device key for the e2e test, 40 bytes!\n").unwrap();
+    let key = b"a device key for the e2e test, 40 bytes!";
+    let key_arg = key_file.to_str().unwrap();
+    let mut args = server_args.to_vec();
+    args.extend(["--device-key-file", key_arg]);
+    let _server = start_server(&ns, &args, &dir.join("server.log"));
+
+    // 300 devices with their tokens.
+    let mut load_args = messages::load_args(&ns, clients);
+    load_args.extend(
+        [
+            "--src",
+            "198.19.0.1",
+            "--conns",
+            "300",
+            "--rate",
+            "0",
+            "--ids",
+            "--device-key-file",
+            key_arg,
+            "--hold",
+            "60s",
+            "--expect-broadcasts",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let json = dir.join("devices.json");
+    let devices = start_load(&ns, &load_args.iter().map(String::as_str).collect::<Vec<_>>(), &json);
+    wait_conns(&ns, 300, Duration::from_secs(60));
+    assert_eq!(admin_json(&ns, "/stats")["devices"], 300);
+
+    // The same ids without their credential: no token, a forged one, an expired one, another
+    // device's; a valid one through each of the three places is accepted.
+    let forged = testbed::load::client::mint(b"not the server's key, but long enough", "dev-7");
+    let other = testbed::load::client::mint(key, "dev-8");
+    let auth = format!("Authorization: Bearer {forged}");
+    assert!(upgrade_status(&ns, "id=dev-7", &[]).contains(" 401 "));
+    assert!(upgrade_status(&ns, &format!("id=dev-7&token={forged}"), &[]).contains(" 401 "));
+    assert!(upgrade_status(&ns, "id=dev-7", &[&auth]).contains(" 401 "));
+    assert!(upgrade_status(&ns, &format!("id=dev-7&token={other}"), &[]).contains(" 401 "));
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(
+        (
+            &stats["auth_missing"],
+            &stats["auth_bad_signature"],
+            &stats["auth_wrong_device"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(2), &serde_json::json!(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["devices_replaced"], 0, "nobody took an id: {stats}");
+    let push = admin_post(&ns, "/push?id=dev-7", b"still dev-7's");
+    assert_eq!(push["result"], "queued to a connected device", "{push}");
+    // An anonymous listener needs no token; a fresh id with its token, in a subprotocol.
+    assert!(upgrade_status(&ns, "x=1", &[]).contains(" 101 "));
+    let mine = testbed::load::client::mint(key, "new-1");
+    let offered = format!("Sec-WebSocket-Protocol: push.v1, bearer.{mine}");
+    let answer = upgrade_status(&ns, "id=new-1", &[&offered]);
+    assert!(answer.contains(" 101 "), "{answer}");
+
+    let b = admin_post(&ns, "/broadcast", b"to everyone");
+    assert!(b["queued"].as_u64().unwrap() >= 300, "{b}");
+    let b = admin_post(&ns, "/broadcast", b"again");
+    assert!(b["queued"].as_u64().unwrap() >= 300, "{b}");
+    let summary = finish_load(devices, &json, Duration::from_secs(90));
+    assert_eq!(summary["established"], 300, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["counters"]["broadcasts"], 600, "{summary}");
+    assert!(
+        summary["counters"]["pushes"].as_u64().unwrap_or(0) >= 600 + 1,
+        "dev-7's push arrived: {summary}"
+    );
+}
