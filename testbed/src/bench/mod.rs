@@ -41,6 +41,9 @@ pub struct BenchConfig {
     pub out_dir: PathBuf,
     pub workers: Option<usize>,
     pub load_procs: Option<usize>,
+    /// Every connection a device with its token (`--device-tokens`): the server checks them
+    /// with a key written to `<out>/device.key`, the load generator mints them.
+    pub device_tokens: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -80,6 +80,16 @@ impl<'a> Admin<'a> {
     }
 }
 
+/// The device key of a `--device-tokens` run: 32 random bytes in `<out>/device.key` (hex).
+fn device_key(cfg: &BenchConfig) -> anyhow::Result<PathBuf> {
+    let path = cfg.out_dir.join("device.key");
+    if !path.exists() {
+        let key: String = (0..32).map(|_| format!("{:02x}", fastrand::u8(..))).collect();
+        std::fs::write(&path, key)?;
+    }
+    Ok(path)
+}
+
 /// ws-server in the server namespace, logging to `<out>/<stack>-server.log`.
 pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyhow::Result<ChildGuard> {
     let name = stack_name(stack);
@@ -107,6 +117,9 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> an
             }
         }
     }
+    if cfg.device_tokens {
+        cmd.arg("--device-key-file").arg(device_key(cfg)?);
+    }
     ChildGuard::spawn("ws-server", cmd)
 }
 
@@ -130,6 +143,9 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyh
         .arg(&json)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(cfg.out_dir.join(format!("{name}-load.log")))?);
+    if cfg.device_tokens {
+        cmd.arg("--ids").arg("--device-key-file").arg(device_key(cfg)?);
+    }
     match stack {
         Stack::Xdp => {
             cmd.args(["--iface", &netns.client_dev()]);

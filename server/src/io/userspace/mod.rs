@@ -158,6 +158,7 @@ impl Driver for Userspace {
         let now_ms = clock.now_ms();
         self.served.io.now_ms = now_ms;
         self.last_frames = self.receive(core, now_ms);
+        self.served.feed_waiting(core, now_ms);
         Ok(Turn::default())
     }
 

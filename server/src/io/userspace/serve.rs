@@ -100,6 +100,10 @@ pub struct ServedStack<L: Link> {
     /// The same for a spilled head or frame (one spill buffer's size).
     big: Box<[u8]>,
     rx_buf: usize,
+    /// Connections whose head or frame found every spill buffer taken: their bytes wait in the
+    /// socket (its window shut: TCP holds the peer back) until a buffer is free again, and the
+    /// request timeout still bounds the wait. 4 bytes each, only while waiting.
+    waiting: std::collections::VecDeque<u32>,
 }
 
 impl<L: Link> ServedStack<L> {
@@ -118,6 +122,7 @@ impl<L: Link> ServedStack<L> {
             scratch: vec![0u8; rx_buf].into_boxed_slice(),
             big: vec![0u8; spill_size].into_boxed_slice(),
             rx_buf,
+            waiting: std::collections::VecDeque::new(),
         }
     }
 
@@ -169,6 +174,24 @@ impl<L: Link> ServedStack<L> {
         }
     }
 
+    /// Feed the connections that waited for a spill buffer, as long as buffers are free.
+    pub fn feed_waiting(&mut self, core: &mut ServerCore, now_ms: u64) {
+        let mut rounds = self.waiting.len();
+        while rounds > 0 && self.io.inp.has_free() {
+            rounds -= 1;
+            let Some(id) = self.waiting.pop_front() else { break };
+            self.feed(core, id, now_ms);
+        }
+        if self.waiting.is_empty() && self.waiting.capacity() > 4096 {
+            self.waiting.shrink_to(4096);
+        }
+    }
+
+    /// Connections waiting for a spill buffer now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Give the core what the connection has received, as far as it can take it.
     fn feed(&mut self, core: &mut ServerCore, id: u32, now_ms: u64) {
         let cid = ConnId(id);
@@ -208,16 +231,10 @@ impl<L: Link> ServedStack<L> {
             if n < self.rx_buf {
                 return; // an incomplete head or frame: the rest is on its way
             }
-            // The receive buffer is full and still holds no whole head or frame: spill it.
+            // The receive buffer is full and still holds no whole head or frame: spill it, or,
+            // with every spill buffer taken (a connect storm of long heads: tokens), wait for one.
             if !self.io.inp.take(id, &self.scratch[used..n]) {
-                self.io.log.warn(
-                    now_ms,
-                    format_args!("conn {id}: no spill buffer free for a large head or frame: reset"),
-                );
-                self.io.stack.abort(cid);
-                self.io.forget(id);
-                core.closed(id, now_ms, &mut self.io);
-                settle(core, &mut self.io, now_ms);
+                self.waiting.push_back(id);
                 return;
             }
             self.io.stack.discard(cid, n - used);

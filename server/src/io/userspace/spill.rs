@@ -3,8 +3,9 @@
 //! not fit the send buffer before the peer's ACKs come back. The few connections in that state
 //! borrow a buffer from a fixed pool, allocated once (one pool for input, one for output): bytes
 //! wait there, and the buffer goes back as soon as it is empty. Idle connections never hold one,
-//! so a pool costs nothing per connection; `exhausted` counts connections reset because every
-//! buffer was taken.
+//! so a pool costs nothing per connection; `exhausted` counts the times a head or frame found every
+//! buffer taken (its connection then waits, its bytes in the socket and its window shut, until
+//! one comes back: `serve.rs`).
 
 use std::collections::HashMap;
 
@@ -27,6 +28,11 @@ impl SpillPool {
             held: HashMap::with_capacity(count),
             exhausted: 0,
         }
+    }
+
+    /// Whether a buffer is free.
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
     }
 
     pub fn holds(&self, id: u32) -> bool {

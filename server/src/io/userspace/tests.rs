@@ -89,7 +89,9 @@ impl Rig {
         for ev in events {
             self.srv.event(&mut self.core, ev, now_ms);
         }
-        // As the worker does every tick: timers of the core, closes waiting for output.
+        // As the worker does every turn and tick: connections waiting for a spill buffer, timers
+        // of the core, closes waiting for output.
+        self.srv.feed_waiting(&mut self.core, now_ms);
         self.srv.call(&mut self.core, now_ms, |core, t| core.tick(now_ms, t));
         self.srv.io.stack.flush(self.now);
         self.cli.poll(self.now, &mut self.cli_events);
@@ -285,23 +287,42 @@ fn a_client_that_stops_reading_is_closed_as_a_slow_reader_once_it_falls_out_of_t
     assert_eq!(got, sent, "the reader got every broadcast");
 }
 
+/// A long head (a token in the query, say) with every spill buffer taken waits, its bytes in the
+/// socket and its window shut, and goes on once a buffer is free: nobody is reset for it (a
+/// connect storm of 1M clients with tokens had 106,647 resets when it reset).
 #[test]
-fn with_every_spill_buffer_taken_a_large_head_is_reset_and_counted() {
+fn with_every_spill_buffer_taken_a_long_head_waits_for_one() {
     let mut r = Rig::new(false, 1, 4096, 4096);
     let a = r.connect();
-    // Half a large head: it holds the only input spill buffer.
-    let big = format!("GET /ws HTTP/1.1\r\nX-Pad: {}", "p".repeat(600));
-    r.send(a, big.as_bytes());
+    let head = |c: ConnId| {
+        format!(
+            "GET /ws?id=d{} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nX-Pad: {}\r\n\r\n",
+            c.0,
+            "p".repeat(600)
+        )
+    };
+    // Half of a's long head: it holds the only input spill buffer.
+    let a_head = head(a);
+    let (first, rest) = a_head.split_at(400);
+    r.send(a, first.as_bytes());
     assert_eq!(r.srv.io.inp.in_use(), 1);
+    // b's whole long head finds no buffer: it waits.
     let b = r.connect();
-    r.send(b, big.as_bytes());
+    assert_eq!(r.cli.write(b, head(b).as_bytes()), head(b).len());
+    r.settle(50);
     assert_eq!(r.srv.io.inp.exhausted, 1);
+    assert_eq!(r.srv.waiting(), 1);
     assert!(
-        r.cli_events.contains(&Event::Closed(b, CloseReason::Aborted)),
+        !r.cli_events.iter().any(|e| matches!(e, Event::Closed(..))),
         "{:?}",
         r.cli_events
     );
-    assert_eq!(r.core.stats().connections, 1, "the first one is still there");
+    // a's head completes and gives the buffer back; b goes on.
+    r.send(a, rest.as_bytes());
+    r.settle(200);
+    assert!(String::from_utf8_lossy(&r.drain(a)).starts_with("HTTP/1.1 101 "));
+    assert!(String::from_utf8_lossy(&r.drain(b)).starts_with("HTTP/1.1 101 "));
+    assert_eq!((r.core.stats().upgrades, r.srv.waiting()), (2, 0));
 }
 
 /// Review finding: a spilled head whose connection the core closed (request timeout) gave its
