@@ -323,6 +323,9 @@ pub struct AdminStats {
     pub write_timeouts: u64,
     /// Malformed requests and bodies (400).
     pub bad_requests: u64,
+    /// Refused 401 (no or wrong admin token) or 403 (a foreign Host).
+    #[serde(default)]
+    pub unauthorized: u64,
 }
 
 /// The admin endpoint's live counters, shared with its HTTP server.
@@ -337,6 +340,8 @@ pub struct AdminCounters {
     pub body_timeouts: AtomicU64,
     pub write_timeouts: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Requests refused 401 (no or wrong admin token) or 403 (a foreign Host).
+    pub unauthorized: AtomicU64,
 }
 
 impl AdminCounters {
@@ -352,6 +357,7 @@ impl AdminCounters {
             body_timeouts: get(&self.body_timeouts),
             write_timeouts: get(&self.write_timeouts),
             bad_requests: get(&self.bad_requests),
+            unauthorized: get(&self.unauthorized),
         }
     }
 }
@@ -565,7 +571,7 @@ impl Report {
         let open: Gauge = Gauge::default();
         open.set(a.connections as i64);
         reg.register("admin_connections", "Admin endpoint connections open", open);
-        let admin_counters: [(&str, &str, u64); 8] = [
+        let admin_counters: [(&str, &str, u64); 9] = [
             ("admin_accepted", "Admin endpoint connections accepted", a.accepted),
             (
                 "admin_refused",
@@ -598,6 +604,11 @@ impl Report {
                 a.write_timeouts,
             ),
             ("admin_bad_requests", "Malformed admin requests (400)", a.bad_requests),
+            (
+                "admin_unauthorized",
+                "Admin requests refused: no or wrong token (401), or a foreign Host (403)",
+                a.unauthorized,
+            ),
         ];
         for (name, help, v) in admin_counters {
             let c: Counter = Counter::default();
@@ -742,5 +753,152 @@ mod tests {
         }
         let back: Report = serde_json::from_value(old).unwrap();
         assert_eq!(back.worker_restarts, RestartCounts::default());
+    }
+}
+
+/// Who may use the admin endpoint (`--admin-token-file`, `--admin-host`, `--admin-metrics-public`):
+/// checked on every request before it is routed. Sans-I/O, tested below.
+#[derive(Clone, Debug, Default)]
+pub struct AdminAccess {
+    /// The bearer token every endpoint but `/healthz` (and `/metrics` if public) requires.
+    pub token: Option<Vec<u8>>,
+    /// `/metrics` without the token (a Prometheus scraper with no secret).
+    pub metrics_public: bool,
+    /// Host header values accepted (the admin address, `localhost`, and `--admin-host` names):
+    /// any other is a DNS-rebinding page in a browser and gets 403.
+    pub hosts: Vec<String>,
+}
+
+impl AdminAccess {
+    /// The Host values an admin endpoint on `addr` answers to, plus `extra` names.
+    pub fn hosts_for(addr: std::net::SocketAddr, extra: &[String]) -> Vec<String> {
+        let port = addr.port();
+        let mut hosts = vec![
+            addr.to_string(),
+            addr.ip().to_string(),
+            format!("localhost:{port}"),
+            "localhost".to_string(),
+        ];
+        if addr.ip().is_unspecified() {
+            hosts.extend([format!("127.0.0.1:{port}"), "127.0.0.1".to_string()]);
+        }
+        for name in extra {
+            hosts.push(name.clone());
+            hosts.push(format!("{name}:{port}"));
+        }
+        hosts
+    }
+
+    /// `Ok` or the status and reason to answer with.
+    pub fn check(
+        &self,
+        path: &str,
+        host: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<(), (u16, &'static str)> {
+        if let Some(host) = host {
+            if !self.hosts.is_empty() && !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host.trim())) {
+                return Err((403, "this Host is not the admin endpoint's (see --admin-host)"));
+            }
+        }
+        let Some(token) = &self.token else { return Ok(()) };
+        if path == "/healthz" || (path == "/metrics" && self.metrics_public) {
+            return Ok(());
+        }
+        let presented = authorization
+            .map(str::trim)
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+            .map(|v| v[7..].trim().as_bytes());
+        match presented {
+            Some(p) if constant_time_eq(p, token) => Ok(()),
+            Some(_) => Err((401, "wrong admin token")),
+            None => Err((
+                401,
+                "the admin endpoint needs Authorization: Bearer <token> (--admin-token-file)",
+            )),
+        }
+    }
+}
+
+/// Equality whose time does not depend on where the bytes differ (a token guessed byte by byte
+/// from response times is not guessed at all). The length is not secret.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    fn access(token: Option<&str>, metrics_public: bool) -> AdminAccess {
+        AdminAccess {
+            token: token.map(|t| t.as_bytes().to_vec()),
+            metrics_public,
+            hosts: AdminAccess::hosts_for("127.0.0.1:9001".parse().unwrap(), &["admin.example".to_string()]),
+        }
+    }
+
+    #[test]
+    fn the_token_is_asked_everywhere_but_healthz_and_public_metrics() {
+        let a = access(Some("s3cret-admin-token"), false);
+        let ok = Some("Bearer s3cret-admin-token");
+        for path in ["/stats", "/conns", "/metrics", "/broadcast", "/push", "/"] {
+            assert_eq!(a.check(path, Some("127.0.0.1:9001"), ok), Ok(()), "{path}");
+            assert_eq!(
+                a.check(path, Some("127.0.0.1:9001"), None).unwrap_err().0,
+                401,
+                "{path}"
+            );
+            assert_eq!(
+                a.check(path, None, Some("Bearer s3cret-admin-tokeN")).unwrap_err().0,
+                401
+            );
+            assert_eq!(
+                a.check(path, None, Some("Basic s3cret-admin-token")).unwrap_err().0,
+                401
+            );
+        }
+        assert_eq!(a.check("/healthz", None, None), Ok(()));
+        assert_eq!(
+            access(Some("t0ken-of-16-bytes"), true).check("/metrics", None, None),
+            Ok(())
+        );
+        // Without a token (loopback only, enforced at start) nothing is asked.
+        assert_eq!(access(None, false).check("/push", None, None), Ok(()));
+    }
+
+    #[test]
+    fn a_foreign_host_is_refused_whatever_the_token() {
+        let a = access(Some("s3cret-admin-token"), false);
+        let ok = Some("Bearer s3cret-admin-token");
+        for host in [
+            "127.0.0.1:9001",
+            "localhost:9001",
+            "localhost",
+            "ADMIN.example:9001",
+            "admin.example",
+        ] {
+            assert_eq!(a.check("/stats", Some(host), ok), Ok(()), "{host}");
+        }
+        for host in ["evil.example", "evil.example:9001", "127.0.0.1:9002", ""] {
+            assert_eq!(a.check("/stats", Some(host), ok).unwrap_err().0, 403, "{host}");
+        }
+        assert_eq!(
+            access(None, false)
+                .check("/push", Some("rebound.example"), None)
+                .unwrap_err()
+                .0,
+            403
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

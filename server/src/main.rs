@@ -51,6 +51,19 @@ struct Args {
     /// without an id are not affected.
     #[arg(long, value_name = "PATH", env = "WS_DEVICE_KEY_FILE")]
     device_key_file: Option<std::path::PathBuf>,
+    /// A file holding the admin endpoint's bearer token (at least 16 bytes; a trailing newline is
+    /// ignored): every admin request but /healthz (and /metrics with --admin-metrics-public) must
+    /// carry `Authorization: Bearer <token>`, else 401. Required when --admin is not a loopback
+    /// address.
+    #[arg(long, value_name = "PATH", env = "WS_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// Serve /metrics without the admin token (a Prometheus scraper with no secret).
+    #[arg(long)]
+    admin_metrics_public: bool,
+    /// Another name the admin endpoint answers to as Host (repeatable); any Host but these, the
+    /// admin address and localhost gets 403 (a DNS-rebinding web page).
+    #[arg(long, value_name = "NAME")]
+    admin_host: Vec<String>,
     /// Connections one client address may hold at once, per worker process (handshakes
     /// included on --stack xdp); past it a new connection is refused with a TCP reset on either
     /// stack, counted as refused_per_source. Default: no limit.
@@ -219,10 +232,44 @@ fn run() -> anyhow::Result<()> {
     }
     let mut cfg = server_config(&args, workers, per_worker_capacity.min(max_conns));
     cfg.device_jwt_key = device_key(&args)?;
+    cfg.admin_access = admin_access(&args)?;
     ws_server::supervisor::run(cfg)
 }
 
 /// The settings both stacks share, from the command line.
+/// Who may use the admin endpoint; a non-loopback --admin without a token does not start.
+fn admin_access(args: &Args) -> anyhow::Result<ws_server::admin::AdminAccess> {
+    let token = match &args.admin_token_file {
+        None => None,
+        Some(path) => {
+            let mut t =
+                std::fs::read(path).map_err(|e| usage(format!("--admin-token-file {}: {e}", path.display())))?;
+            while t.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                t.pop();
+            }
+            if t.len() < 16 {
+                return Err(usage(format!(
+                    "--admin-token-file {}: the token is {} bytes: at least 16 are needed",
+                    path.display(),
+                    t.len()
+                )));
+            }
+            Some(t)
+        }
+    };
+    if token.is_none() && !args.admin.ip().is_loopback() {
+        return Err(usage(format!(
+            "--admin {} is not a loopback address: anyone who reaches it could push and broadcast. Give it a token (--admin-token-file), or keep it on 127.0.0.1",
+            args.admin
+        )));
+    }
+    Ok(ws_server::admin::AdminAccess {
+        token,
+        metrics_public: args.admin_metrics_public,
+        hosts: ws_server::admin::AdminAccess::hosts_for(args.admin, &args.admin_host),
+    })
+}
+
 /// The device key from `--device-key-file`, checked now so that a bad one stops the start.
 fn device_key(args: &Args) -> anyhow::Result<Option<Vec<u8>>> {
     let Some(path) = &args.device_key_file else {
@@ -256,6 +303,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         max_restarts: args.max_restarts,
         max_conns_per_source: args.max_conns_per_source,
         device_jwt_key: None,
+        admin_access: ws_server::admin::AdminAccess::default(),
         #[cfg(feature = "xdp")]
         xdp: None,
     }
@@ -306,6 +354,7 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
     let cfg = ServerConfig {
         xdp: Some(xdp),
         device_jwt_key: device_key(&args)?,
+        admin_access: admin_access(&args)?,
         ..server_config(&args, queues, max_conns.div_ceil(queues))
     };
     ws_server::supervisor::run(cfg)

@@ -134,6 +134,7 @@ pub fn start(
     events: mpsc::Sender<Event>,
     counters: Arc<AdminCounters>,
     limits: AdminLimits,
+    access: crate::admin::AdminAccess,
 ) -> anyhow::Result<AdminServer> {
     use anyhow::Context;
     listener
@@ -152,6 +153,7 @@ pub fn start(
                 events,
                 counters,
                 limits,
+                access,
                 conns: Mutex::new(Conns::default()),
             });
             runtime.block_on(async move {
@@ -175,6 +177,7 @@ struct Shared {
     events: mpsc::Sender<Event>,
     counters: Arc<AdminCounters>,
     limits: AdminLimits,
+    access: crate::admin::AdminAccess,
     conns: Mutex<Conns>,
 }
 
@@ -398,6 +401,16 @@ impl hyper::body::Body for Answered {
 /// One request: its body read within the bounds, routed, answered here (errors, help) or by the
 /// supervisor (stats, broadcast, push).
 async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let checked = shared.access.check(
+        request.uri().path(),
+        header(hyper::header::HOST),
+        header(hyper::header::AUTHORIZATION),
+    );
+    if let Err((status, why)) = checked {
+        shared.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        return response(status, format!("{why}\n"), "text/plain");
+    }
     let method = request.method().as_str().to_string();
     let url = request
         .uri()

@@ -219,6 +219,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tx.clone(),
         Arc::clone(&sup.admin_counters),
         AdminLimits::default(),
+        sup.cfg.admin_access.clone(),
     ) {
         Ok(server) => server,
         Err(e) => {
