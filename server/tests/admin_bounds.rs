@@ -66,7 +66,8 @@ fn an_endless_header_line_and_a_byte_a_second_leave_stats_answering() {
 
     let endless = std::thread::spawn(move || {
         let mut s = TcpStream::connect(admin).unwrap();
-        s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Endless: ").unwrap();
+        s.write_all(b"GET /stats HTTP/1.1\r\nHost: localhost\r\nX-Endless: ")
+            .unwrap();
         let chunk = [b'a'; 1024];
         let started = Instant::now();
         let mut sent = 0usize;
@@ -164,14 +165,14 @@ fn idle_connections_make_room_and_busy_ones_get_the_next_refused() {
     let mut busy: Vec<TcpStream> = (0..MAX_CONNS)
         .map(|_| {
             let mut s = TcpStream::connect(admin).unwrap();
-            s.write_all(b"POST /broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            s.write_all(b"POST /broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
                 .unwrap();
             s
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut refused = TcpStream::connect(admin).unwrap();
-    let _ = refused.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = refused.write_all(b"GET /stats HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let (closed, answer) = closed_within(&mut refused, Duration::from_secs(2));
     assert!(closed, "the connection over the limit is closed");
     assert!(
@@ -232,7 +233,7 @@ fn every_endpoint_answers_as_before() {
 
     // Two requests on one kept-alive connection, the first a HEAD (no body, a Content-Length).
     let mut s = TcpStream::connect(admin).unwrap();
-    s.write_all(b"HEAD /stats HTTP/1.1\r\nHost: x\r\n\r\nGET /conns HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"HEAD /stats HTTP/1.1\r\nHost: localhost\r\n\r\nGET /conns HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut raw = String::new();
