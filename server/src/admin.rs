@@ -461,7 +461,7 @@ impl Report {
             g.set(v as i64);
             reg.register(name, help, g);
         }
-        let counters: [(&str, &str, u64); 26] = [
+        let counters: [(&str, &str, u64); 27] = [
             ("accepted", "Connections accepted", t.accepted),
             ("closed", "Connections ended, any reason", t.closed),
             ("expired", "Connections expired by the idle timeout", t.expired),
@@ -483,6 +483,11 @@ impl Report {
             ),
             ("rejected_requests", "HTTP requests rejected", t.rejected_requests),
             ("auth_missing", "Device requests refused 401: no token", t.auth_missing),
+            (
+                "origin_refused",
+                "Requests refused 403: Origin not allowed",
+                t.origin_refused,
+            ),
             (
                 "auth_malformed",
                 "Device requests refused 401: not an HS256 JWT",

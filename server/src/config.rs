@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub max_conns_per_source: Option<u32>,
     /// The HS256 key device tokens must be signed with (None: device ids are not checked).
     pub device_jwt_key: Option<Vec<u8>>,
+    /// Browser origins allowed to connect (empty: any).
+    pub allowed_origins: Vec<String>,
     /// Who may use the admin endpoint (token, public metrics, Host names).
     pub admin_access: crate::admin::AdminAccess,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.

@@ -26,6 +26,9 @@ pub struct WorkerConfig {
     /// The HS256 key device tokens are checked with (`--device-key-file`; None: ids unchecked).
     #[serde(default)]
     pub device_jwt_key: Option<Vec<u8>>,
+    /// Browser origins allowed (`--allowed-origin`; empty: any).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     pub idle_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub poll_hold_ms: (u64, u64),
@@ -63,6 +66,7 @@ impl WorkerConfig {
             max_conns: 1000,
             max_conns_per_source: None,
             device_jwt_key: None,
+            allowed_origins: Vec::new(),
             idle_timeout_ms: 300_000,
             request_timeout_ms: 10_000,
             poll_hold_ms: (30_000, 30_000),

@@ -57,6 +57,11 @@ struct Args {
     /// address.
     #[arg(long, value_name = "PATH", env = "WS_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<std::path::PathBuf>,
+    /// A browser origin allowed to connect (repeatable, e.g. https://app.example.com); with any
+    /// given, an upgrade or long-poll whose Origin header is not one of them gets 403 (RFC 6455
+    /// §10.2). Clients that send no Origin (devices, servers) are not asked.
+    #[arg(long, value_name = "ORIGIN")]
+    allowed_origin: Vec<String>,
     /// Serve /metrics without the admin token (a Prometheus scraper with no secret).
     #[arg(long)]
     admin_metrics_public: bool,
@@ -303,6 +308,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         max_restarts: args.max_restarts,
         max_conns_per_source: args.max_conns_per_source,
         device_jwt_key: None,
+        allowed_origins: args.allowed_origin.clone(),
         admin_access: ws_server::admin::AdminAccess::default(),
         #[cfg(feature = "xdp")]
         xdp: None,

@@ -39,6 +39,8 @@ pub struct Credential<'a> {
     /// Another subprotocol the client offered: the upgrade answers with it (a client that offers
     /// subprotocols expects one back).
     pub protocol: Option<&'a [u8]>,
+    /// The `Origin` a browser sends (RFC 6455 §10.2): checked against `--allowed-origin`.
+    pub origin: Option<&'a [u8]>,
 }
 
 /// The longest subprotocol name we answer with.
@@ -76,6 +78,7 @@ fn credential<'a>(query: Option<&'a str>, headers: &[httparse::Header<'a>]) -> C
     Credential {
         token: from_query.or(from_header).or(from_protocol),
         protocol,
+        origin: header(headers, "origin").map(<[u8]>::trim_ascii),
     }
 }
 
@@ -93,6 +96,8 @@ pub enum Reject {
     RequestTimeout,
     /// The device id's credential is missing or does not verify (`core/auth.rs`).
     Unauthorized(&'static str),
+    /// A browser page from an origin not in `--allowed-origin`.
+    Forbidden(&'static str),
 }
 
 impl Reject {
@@ -105,12 +110,16 @@ impl Reject {
             Reject::HeadersTooLarge => "431 Request Header Fields Too Large",
             Reject::RequestTimeout => "408 Request Timeout",
             Reject::Unauthorized(_) => "401 Unauthorized",
+            Reject::Forbidden(_) => "403 Forbidden",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            Reject::BadRequest(why) | Reject::UpgradeRequired(why) | Reject::Unauthorized(why) => why,
+            Reject::BadRequest(why)
+            | Reject::UpgradeRequired(why)
+            | Reject::Unauthorized(why)
+            | Reject::Forbidden(why) => why,
             Reject::NotFound => "no such path; WebSocket is at /ws, long-poll at /poll",
             Reject::MethodNotAllowed => "only GET is served on this port",
             Reject::HeadersTooLarge => "request head too large",

@@ -108,6 +108,9 @@ pub struct CoreConfig {
     pub first_seq: u64,
     /// With a key, a device id is served only with a token that proves it (`auth.rs`).
     pub device_auth: Option<auth::DeviceAuth>,
+    /// Browser origins allowed to connect (empty: any); a request without `Origin` (not a
+    /// browser) is not asked.
+    pub allowed_origins: Vec<Vec<u8>>,
 }
 
 impl Default for CoreConfig {
@@ -126,6 +129,7 @@ impl Default for CoreConfig {
             write_timeout_ms: 30_000,
             first_seq: 0,
             device_auth: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -407,6 +411,18 @@ impl ServerCore {
     /// id; otherwise answered `401` (counted by reason) and closed. The device that holds the id
     /// keeps it: nothing of the refused request touches the directory.
     fn authorized(&mut self, id: ConnId, device: Option<&[u8]>, credential: Credential<'_>, io: &mut impl Io) -> bool {
+        if let Some(origin) = credential.origin {
+            let allowed = &self.cfg.allowed_origins;
+            if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+                self.stats.origin_refused += 1;
+                self.reject(
+                    id,
+                    Reject::Forbidden("this Origin may not connect (--allowed-origin)"),
+                    io,
+                );
+                return false;
+            }
+        }
         let (Some(auth), Some(device)) = (&self.cfg.device_auth, device) else {
             return true;
         };

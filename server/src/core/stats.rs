@@ -46,6 +46,9 @@ pub struct CoreStats {
     pub auth_bad_signature: u64,
     #[serde(default)]
     pub auth_wrong_device: u64,
+    /// Requests from a browser origin not in `--allowed-origin`, refused `403`.
+    #[serde(default)]
+    pub origin_refused: u64,
     /// Connections closed with 408 because their request head did not complete in time.
     pub request_timeouts: u64,
     pub protocol_errors: u64,
@@ -102,6 +105,7 @@ impl CoreStats {
             auth_expired,
             auth_bad_signature,
             auth_wrong_device,
+            origin_refused,
             request_timeouts,
             protocol_errors,
             devices_replaced,

@@ -753,3 +753,36 @@ fn a_device_id_needs_its_token_and_a_hijack_gets_401() {
     assert_eq!(core.stats().devices_replaced, 1);
     assert!(io.closed.contains(&1));
 }
+
+/// `--allowed-origin`: a browser page from another origin gets 403 on the upgrade and the
+/// long-poll; an allowed origin, and a client that sends no Origin, are served.
+#[test]
+fn an_origin_not_allowed_gets_403_and_no_origin_is_not_asked() {
+    let cfg = CoreConfig {
+        allowed_origins: vec![b"https://app.example".to_vec()],
+        ..cfg()
+    };
+    let mut core = ServerCore::new(cfg, 16, 0);
+    let mut io = Recorder::default();
+    let with_origin = |path: &str, origin: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes()
+    };
+    let cases: [(ConnId, Vec<u8>, &str); 5] = [
+        (1, with_origin("/ws", "https://evil.example"), "HTTP/1.1 403 "),
+        (2, with_origin("/ws", "https://app.example"), "HTTP/1.1 101 "),
+        (3, with_origin("/ws", "HTTPS://APP.EXAMPLE"), "HTTP/1.1 101 "),
+        (4, upgrade(None), "HTTP/1.1 101 "),
+        (
+            5,
+            b"GET /poll HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n\r\n".to_vec(),
+            "HTTP/1.1 403 ",
+        ),
+    ];
+    for (id, mut req, want) in cases {
+        core.open(id, 0, &mut io);
+        core.data(id, &mut req, 0, &mut io);
+        let answer = io.text(id);
+        assert!(answer.starts_with(want), "conn {id}: {answer}");
+    }
+    assert_eq!(core.stats().origin_refused, 2);
+}

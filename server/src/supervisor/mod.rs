@@ -112,6 +112,7 @@ impl WorkerPlan {
                 max_conns: cfg.max_conns_per_worker,
                 max_conns_per_source: cfg.max_conns_per_source,
                 device_jwt_key: cfg.device_jwt_key.clone(),
+                allowed_origins: cfg.allowed_origins.clone(),
                 idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
                 request_timeout_ms: cfg.request_timeout.as_millis() as u64,
                 poll_hold_ms: (cfg.poll_hold.0.as_millis() as u64, cfg.poll_hold.1.as_millis() as u64),
