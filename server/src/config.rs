@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub device_jwt_key: Option<Vec<u8>>,
     /// Browser origins allowed to connect (empty: any).
     pub allowed_origins: Vec<String>,
+    /// Without a device key, take ids on the client's word (`--insecure-ids`).
+    pub insecure_ids: bool,
+    /// Serve connections without a device id (broadcast listeners).
+    pub anonymous: bool,
     /// Who may use the admin endpoint (token, public metrics, Host names).
     pub admin_access: crate::admin::AdminAccess,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.

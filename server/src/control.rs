@@ -29,6 +29,11 @@ pub struct WorkerConfig {
     /// Browser origins allowed (`--allowed-origin`; empty: any).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Ids without a device key (`--insecure-ids`), and connections without an id.
+    #[serde(default)]
+    pub insecure_ids: bool,
+    #[serde(default = "yes")]
+    pub anonymous: bool,
     pub idle_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub poll_hold_ms: (u64, u64),
@@ -67,6 +72,8 @@ impl WorkerConfig {
             max_conns_per_source: None,
             device_jwt_key: None,
             allowed_origins: Vec::new(),
+            insecure_ids: true,
+            anonymous: true,
             idle_timeout_ms: 300_000,
             request_timeout_ms: 10_000,
             poll_hold_ms: (30_000, 30_000),
@@ -250,6 +257,11 @@ pub fn send_line(out: &mut std::os::unix::net::UnixStream, msg: &FromWorker) -> 
     let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     line.push(b'\n');
     out.write_all(&line)
+}
+
+/// Serde's default for fields that are on unless said otherwise.
+fn yes() -> bool {
+    true
 }
 
 #[cfg(test)]

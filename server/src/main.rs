@@ -62,6 +62,15 @@ struct Args {
     /// §10.2). Clients that send no Origin (devices, servers) are not asked.
     #[arg(long, value_name = "ORIGIN")]
     allowed_origin: Vec<String>,
+    /// Without --device-key-file, accept `?id=DEVICE` on the client's word: anyone may take any
+    /// device's id and read its pushes. For benchmarks and demos on private networks; logged as
+    /// a warning at start. Without it (and without a key) a request with an id gets 401.
+    #[arg(long)]
+    insecure_ids: bool,
+    /// Refuse connections without a device id (401): only devices, no anonymous broadcast
+    /// listeners.
+    #[arg(long)]
+    devices_only: bool,
     /// Serve /metrics without the admin token (a Prometheus scraper with no secret).
     #[arg(long)]
     admin_metrics_public: bool,
@@ -309,6 +318,8 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         max_conns_per_source: args.max_conns_per_source,
         device_jwt_key: None,
         allowed_origins: args.allowed_origin.clone(),
+        insecure_ids: args.insecure_ids,
+        anonymous: !args.devices_only,
         admin_access: ws_server::admin::AdminAccess::default(),
         #[cfg(feature = "xdp")]
         xdp: None,

@@ -44,6 +44,8 @@ pub fn core_config(cfg: &WorkerConfig) -> CoreConfig {
         first_seq: cfg.first_seq,
         // Checked at start-up by the supervisor: a key that fails here is a bug, and fails closed.
         allowed_origins: cfg.allowed_origins.iter().map(|o| o.as_bytes().to_vec()).collect(),
+        insecure_ids: cfg.insecure_ids,
+        anonymous: cfg.anonymous,
         device_auth: cfg
             .device_jwt_key
             .as_deref()

@@ -111,6 +111,11 @@ pub struct CoreConfig {
     /// Browser origins allowed to connect (empty: any); a request without `Origin` (not a
     /// browser) is not asked.
     pub allowed_origins: Vec<Vec<u8>>,
+    /// Without a device key: whether ids are taken on the client's word (`--insecure-ids`);
+    /// otherwise a request with an id is refused `401`.
+    pub insecure_ids: bool,
+    /// Whether connections without an id (broadcast listeners) are served.
+    pub anonymous: bool,
 }
 
 impl Default for CoreConfig {
@@ -130,6 +135,8 @@ impl Default for CoreConfig {
             first_seq: 0,
             device_auth: None,
             allowed_origins: Vec::new(),
+            insecure_ids: true,
+            anonymous: true,
         }
     }
 }
@@ -422,6 +429,18 @@ impl ServerCore {
                 );
                 return false;
             }
+        }
+        let refusal = match (&self.cfg.device_auth, device) {
+            (None, None) | (Some(_), None) if self.cfg.anonymous => return true,
+            (None, Some(_)) if self.cfg.insecure_ids => return true,
+            (_, None) => Some("this server serves devices only: /ws?id=DEVICE with its token"),
+            (None, Some(_)) => Some("device ids need the server's device key (--device-key-file) or --insecure-ids"),
+            (Some(_), Some(_)) => None,
+        };
+        if let Some(why) = refusal {
+            self.stats.auth_missing += 1;
+            self.reject(id, Reject::Unauthorized(why), io);
+            return false;
         }
         let (Some(auth), Some(device)) = (&self.cfg.device_auth, device) else {
             return true;

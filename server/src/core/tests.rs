@@ -786,3 +786,31 @@ fn an_origin_not_allowed_gets_403_and_no_origin_is_not_asked() {
     }
     assert_eq!(core.stats().origin_refused, 2);
 }
+
+/// The default without a device key: an id is refused (401), since anyone could claim it; a
+/// listener without an id is served unless the server is for devices only.
+#[test]
+fn without_a_key_ids_are_refused_unless_insecure_and_anonymous_listeners_unless_devices_only() {
+    for (insecure_ids, anonymous, with_id, without_id) in [
+        (false, true, "HTTP/1.1 401 ", "HTTP/1.1 101 "),
+        (true, true, "HTTP/1.1 101 ", "HTTP/1.1 101 "),
+        (false, false, "HTTP/1.1 401 ", "HTTP/1.1 401 "),
+    ] {
+        let cfg = CoreConfig {
+            insecure_ids,
+            anonymous,
+            ..cfg()
+        };
+        let mut core = ServerCore::new(cfg, 4, 0);
+        let mut io = Recorder::default();
+        for (id, mut req, want) in [(1, upgrade(Some("dev-1")), with_id), (2, upgrade(None), without_id)] {
+            core.open(id, 0, &mut io);
+            core.data(id, &mut req, 0, &mut io);
+            let answer = io.text(id);
+            assert!(
+                answer.starts_with(want),
+                "insecure {insecure_ids}, anonymous {anonymous}, conn {id}: {answer}"
+            );
+        }
+    }
+}

@@ -113,6 +113,8 @@ impl WorkerPlan {
                 max_conns_per_source: cfg.max_conns_per_source,
                 device_jwt_key: cfg.device_jwt_key.clone(),
                 allowed_origins: cfg.allowed_origins.clone(),
+                insecure_ids: cfg.insecure_ids,
+                anonymous: cfg.anonymous,
                 idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
                 request_timeout_ms: cfg.request_timeout.as_millis() as u64,
                 poll_hold_ms: (cfg.poll_hold.0.as_millis() as u64, cfg.poll_hold.1.as_millis() as u64),
@@ -256,6 +258,15 @@ fn forward_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
 
 impl Supervisor {
     fn log_start(&self) {
+        match (&self.cfg.device_jwt_key, self.cfg.insecure_ids) {
+            (Some(_), _) => log::info!("device ids need a token signed with the device key"),
+            (None, true) => log::warn!(
+                "--insecure-ids: device ids are taken on the client's word; anyone can take any device's id and read its pushes (benchmarks and demos only)"
+            ),
+            (None, false) => log::info!(
+                "no --device-key-file: requests with a device id are refused (401); pass --device-key-file, or --insecure-ids for a demo"
+            ),
+        }
         log::info!(
             "ws-server ({} stack): {} workers on {}, admin on http://{}/, push every {}, idle timeout {}, {}, restarts: at most {} per worker per minute",
             self.cfg.stack_name(),

@@ -28,7 +28,7 @@ pub fn start_server(test: &str, args: &[&str]) -> Server {
     let log = std::env::temp_dir().join(format!("ws-server-{test}-{}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-server"));
-    cmd.args(["--max-conns", "1000", "--push-interval", "0"])
+    cmd.args(["--max-conns", "1000", "--push-interval", "0", "--insecure-ids"])
         .args(["--listen", &listen, "--admin", &admin.to_string()])
         .args(args)
         .stdin(Stdio::null())

@@ -104,6 +104,8 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> an
     cmd.args(["--stack", name, "--listen", SERVER, "--admin", ADMIN])
         .args(["--max-conns", &capacity.to_string()])
         .args(["--push-interval", "0", "--idle-timeout", "0"])
+        // Without --device-tokens the load sends no ids; with them the key decides.
+        .arg("--insecure-ids")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -39,11 +39,20 @@ pub fn admin() -> SocketAddr {
 pub fn start_server(ns: &Netns, args: &[&str], log: &Path) -> ChildGuard {
     let log = std::fs::File::create(log).unwrap();
     let mut cmd = ns.command(&ns.srv, &server_bin());
-    cmd.args(["--listen", SERVER, "--admin", ADMIN, "--push-interval", "0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+    // Device ids on the client's word, unless a test gives a device key (which then decides).
+    cmd.args([
+        "--listen",
+        SERVER,
+        "--admin",
+        ADMIN,
+        "--push-interval",
+        "0",
+        "--insecure-ids",
+    ])
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
     let server = ChildGuard::spawn("ws-server", cmd).unwrap();
     let up = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
         http_in_netns(&ns.srv, "GET", admin(), "/conns", b"").ok()
