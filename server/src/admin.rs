@@ -778,14 +778,23 @@ impl AdminAccess {
     /// The Host values an admin endpoint on `addr` answers to, plus `extra` names.
     pub fn hosts_for(addr: std::net::SocketAddr, extra: &[String]) -> Vec<String> {
         let port = addr.port();
+        let ip = match addr.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
         let mut hosts = vec![
             addr.to_string(),
-            addr.ip().to_string(),
+            ip,
             format!("localhost:{port}"),
             "localhost".to_string(),
         ];
         if addr.ip().is_unspecified() {
-            hosts.extend([format!("127.0.0.1:{port}"), "127.0.0.1".to_string()]);
+            hosts.extend([
+                format!("127.0.0.1:{port}"),
+                "127.0.0.1".to_string(),
+                format!("[::1]:{port}"),
+                "[::1]".to_string(),
+            ]);
         }
         for name in extra {
             hosts.push(name.clone());
@@ -794,16 +803,37 @@ impl AdminAccess {
         hosts
     }
 
-    /// `Ok` or the status and reason to answer with.
+    /// Whether `host` (a Host header, or an Origin's host part) is one of ours.
+    fn ours(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host.trim()))
+    }
+
+    /// `Ok` or the status and reason to answer with. `origin` and `fetch_site` are what a
+    /// browser sends (`Origin`, `Sec-Fetch-Site`): a page on another site may post a "simple"
+    /// request to 127.0.0.1 without a preflight (CSRF), so a foreign origin is refused too.
     pub fn check(
         &self,
         path: &str,
         host: Option<&str>,
+        origin: Option<&str>,
+        fetch_site: Option<&str>,
         authorization: Option<&str>,
     ) -> Result<(), (u16, &'static str)> {
         if let Some(host) = host {
-            if !self.hosts.is_empty() && !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host.trim())) {
+            if !self.ours(host) {
                 return Err((403, "this Host is not the admin endpoint's (see --admin-host)"));
+            }
+        }
+        if fetch_site.is_some_and(|s| s.trim().eq_ignore_ascii_case("cross-site")) {
+            return Err((403, "cross-site requests are refused"));
+        }
+        if let Some(origin) = origin {
+            let host = origin
+                .split_once("://")
+                .map_or(origin, |(_, h)| h)
+                .trim_end_matches('/');
+            if !self.ours(host) {
+                return Err((403, "requests from another site's page are refused"));
             }
         }
         let Some(token) = &self.token else { return Ok(()) };
@@ -851,28 +881,32 @@ mod access_tests {
         let a = access(Some("s3cret-admin-token"), false);
         let ok = Some("Bearer s3cret-admin-token");
         for path in ["/stats", "/conns", "/metrics", "/broadcast", "/push", "/"] {
-            assert_eq!(a.check(path, Some("127.0.0.1:9001"), ok), Ok(()), "{path}");
+            assert_eq!(a.check(path, Some("127.0.0.1:9001"), None, None, ok), Ok(()), "{path}");
             assert_eq!(
-                a.check(path, Some("127.0.0.1:9001"), None).unwrap_err().0,
+                a.check(path, Some("127.0.0.1:9001"), None, None, None).unwrap_err().0,
                 401,
                 "{path}"
             );
             assert_eq!(
-                a.check(path, None, Some("Bearer s3cret-admin-tokeN")).unwrap_err().0,
+                a.check(path, None, None, None, Some("Bearer s3cret-admin-tokeN"))
+                    .unwrap_err()
+                    .0,
                 401
             );
             assert_eq!(
-                a.check(path, None, Some("Basic s3cret-admin-token")).unwrap_err().0,
+                a.check(path, None, None, None, Some("Basic s3cret-admin-token"))
+                    .unwrap_err()
+                    .0,
                 401
             );
         }
-        assert_eq!(a.check("/healthz", None, None), Ok(()));
+        assert_eq!(a.check("/healthz", None, None, None, None), Ok(()));
         assert_eq!(
-            access(Some("t0ken-of-16-bytes"), true).check("/metrics", None, None),
+            access(Some("t0ken-of-16-bytes"), true).check("/metrics", None, None, None, None),
             Ok(())
         );
         // Without a token (loopback only, enforced at start) nothing is asked.
-        assert_eq!(access(None, false).check("/push", None, None), Ok(()));
+        assert_eq!(access(None, false).check("/push", None, None, None, None), Ok(()));
     }
 
     #[test]
@@ -886,18 +920,40 @@ mod access_tests {
             "ADMIN.example:9001",
             "admin.example",
         ] {
-            assert_eq!(a.check("/stats", Some(host), ok), Ok(()), "{host}");
+            assert_eq!(a.check("/stats", Some(host), None, None, ok), Ok(()), "{host}");
         }
         for host in ["evil.example", "evil.example:9001", "127.0.0.1:9002", ""] {
-            assert_eq!(a.check("/stats", Some(host), ok).unwrap_err().0, 403, "{host}");
+            assert_eq!(
+                a.check("/stats", Some(host), None, None, ok).unwrap_err().0,
+                403,
+                "{host}"
+            );
         }
         assert_eq!(
             access(None, false)
-                .check("/push", Some("rebound.example"), None)
+                .check("/push", Some("rebound.example"), None, None, None)
                 .unwrap_err()
                 .0,
             403
         );
+    }
+
+    #[test]
+    fn a_page_on_another_site_cannot_post_even_without_a_token() {
+        let a = access(None, false);
+        let host = Some("127.0.0.1:9001");
+        let post = |origin, site| a.check("/broadcast", host, origin, site, None);
+        assert_eq!(post(Some("https://evil.example"), None).unwrap_err().0, 403);
+        assert_eq!(post(Some("null"), None).unwrap_err().0, 403);
+        assert_eq!(post(None, Some("cross-site")).unwrap_err().0, 403);
+        assert_eq!(post(Some("http://127.0.0.1:9001"), Some("same-origin")), Ok(()));
+        assert_eq!(post(None, None), Ok(()), "curl and other tools send neither");
+        let v6 = AdminAccess {
+            hosts: AdminAccess::hosts_for("[::]:9001".parse().unwrap(), &[]),
+            ..AdminAccess::default()
+        };
+        assert_eq!(v6.check("/stats", Some("[::1]:9001"), None, None, None), Ok(()));
+        assert_eq!(v6.check("/stats", Some("[::]:9001"), None, None, None), Ok(()));
     }
 
     #[test]

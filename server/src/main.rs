@@ -258,7 +258,8 @@ fn admin_access(args: &Args) -> anyhow::Result<ws_server::admin::AdminAccess> {
         Some(path) => {
             let mut t =
                 std::fs::read(path).map_err(|e| usage(format!("--admin-token-file {}: {e}", path.display())))?;
-            while t.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            // The same rule as the device key: a final line break is not part of it.
+            while t.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 t.pop();
             }
             if t.len() < 16 {

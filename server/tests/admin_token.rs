@@ -81,6 +81,16 @@ fn the_admin_token_is_asked_and_a_foreign_host_is_refused() {
         let (status, body) = request(admin, method, path, &[&host, bearer]).unwrap();
         assert_eq!(status, 200, "{method} {path} with the token: {body}");
     }
+    // /healthz needs no token; a page on another site cannot post, token or not (CSRF).
+    assert_eq!(request(admin, "GET", "/healthz", &[&host]).map(|(s, _)| s), Some(200));
+    let (status, _) = request(
+        admin,
+        "POST",
+        "/broadcast",
+        &[&host, bearer, "Origin: https://evil.example"],
+    )
+    .unwrap();
+    assert_eq!(status, 403);
     // DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host.
     let (status, _) = request(admin, "GET", "/stats", &["Host: evil.example", bearer]).unwrap();
     assert_eq!(status, 403);

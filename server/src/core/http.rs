@@ -49,6 +49,7 @@ const MAX_PROTOCOL: usize = 64;
 fn credential<'a>(query: Option<&'a str>, headers: &[httparse::Header<'a>]) -> Credential<'a> {
     let from_query = query
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .filter(|t| !t.is_empty())
         .map(str::as_bytes);
     let from_header = header(headers, "authorization").and_then(|v| {
         let v = v.trim_ascii();

@@ -405,11 +405,17 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
     let checked = shared.access.check(
         request.uri().path(),
         header(hyper::header::HOST),
+        header(hyper::header::ORIGIN),
+        header(hyper::header::HeaderName::from_static("sec-fetch-site")),
         header(hyper::header::AUTHORIZATION),
     );
     if let Err((status, why)) = checked {
         shared.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
         return response(status, format!("{why}\n"), "text/plain");
+    }
+    if request.uri().path() == "/healthz" {
+        // The process is up and its admin endpoint answers (readiness is a later issue's).
+        return response(200, "ok\n".to_string(), "text/plain");
     }
     let method = request.method().as_str().to_string();
     let url = request

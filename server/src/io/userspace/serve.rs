@@ -104,6 +104,8 @@ pub struct ServedStack<L: Link> {
     /// socket (its window shut: TCP holds the peer back) until a buffer is free again, and the
     /// request timeout still bounds the wait. 4 bytes each, only while waiting.
     waiting: std::collections::VecDeque<u32>,
+    /// The ids in `waiting`: each at most once, so the queue is bounded by the slots.
+    queued: std::collections::HashSet<u32>,
 }
 
 impl<L: Link> ServedStack<L> {
@@ -123,6 +125,7 @@ impl<L: Link> ServedStack<L> {
             big: vec![0u8; spill_size].into_boxed_slice(),
             rx_buf,
             waiting: std::collections::VecDeque::new(),
+            queued: std::collections::HashSet::new(),
         }
     }
 
@@ -180,10 +183,13 @@ impl<L: Link> ServedStack<L> {
         while rounds > 0 && self.io.inp.has_free() {
             rounds -= 1;
             let Some(id) = self.waiting.pop_front() else { break };
+            self.queued.remove(&id);
+            // A connection closed meanwhile (or its id reused) is fed harmlessly: `feed` checks.
             self.feed(core, id, now_ms);
         }
         if self.waiting.is_empty() && self.waiting.capacity() > 4096 {
             self.waiting.shrink_to(4096);
+            self.queued.shrink_to(4096);
         }
     }
 
@@ -234,7 +240,9 @@ impl<L: Link> ServedStack<L> {
             // The receive buffer is full and still holds no whole head or frame: spill it, or,
             // with every spill buffer taken (a connect storm of long heads: tokens), wait for one.
             if !self.io.inp.take(id, &self.scratch[used..n]) {
-                self.waiting.push_back(id);
+                if self.queued.insert(id) {
+                    self.waiting.push_back(id);
+                }
                 return;
             }
             self.io.stack.discard(cid, n - used);
