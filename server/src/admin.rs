@@ -766,7 +766,7 @@ mod tests {
 #[derive(Clone, Debug, Default)]
 pub struct AdminAccess {
     /// The bearer token every endpoint but `/healthz` (and `/metrics` if public) requires.
-    pub token: Option<Vec<u8>>,
+    pub token: Option<crate::secret::Secret>,
     /// `/metrics` without the token (a Prometheus scraper with no secret).
     pub metrics_public: bool,
     /// Host header values accepted (the admin address, `localhost`, and `--admin-host` names):
@@ -870,7 +870,7 @@ mod access_tests {
 
     fn access(token: Option<&str>, metrics_public: bool) -> AdminAccess {
         AdminAccess {
-            token: token.map(|t| t.as_bytes().to_vec()),
+            token: token.map(|t| crate::secret::Secret(t.as_bytes().to_vec())),
             metrics_public,
             hosts: AdminAccess::hosts_for("127.0.0.1:9001".parse().unwrap(), &["admin.example".to_string()]),
         }

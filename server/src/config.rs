@@ -31,7 +31,7 @@ pub struct ServerConfig {
     /// Connections one client address may hold per worker (None: no limit).
     pub max_conns_per_source: Option<u32>,
     /// The HS256 key device tokens must be signed with (None: device ids are not checked).
-    pub device_jwt_key: Option<Vec<u8>>,
+    pub device_jwt_key: Option<crate::secret::Secret>,
     /// Browser origins allowed to connect (empty: any).
     pub allowed_origins: Vec<String>,
     /// Without a device key, take ids on the client's word (`--insecure-ids`).

@@ -25,7 +25,7 @@ pub struct WorkerConfig {
     pub max_conns_per_source: Option<u32>,
     /// The HS256 key device tokens are checked with (`--device-key-file`; None: ids unchecked).
     #[serde(default)]
-    pub device_jwt_key: Option<Vec<u8>>,
+    pub device_jwt_key: Option<crate::secret::Secret>,
     /// Browser origins allowed (`--allowed-origin`; empty: any).
     #[serde(default)]
     pub allowed_origins: Vec<String>,

@@ -18,5 +18,6 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod io;
+pub mod secret;
 pub mod supervisor;
 pub mod worker;

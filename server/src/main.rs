@@ -269,7 +269,7 @@ fn admin_access(args: &Args) -> anyhow::Result<ws_server::admin::AdminAccess> {
                     t.len()
                 )));
             }
-            Some(t)
+            Some(ws_server::secret::Secret(t))
         }
     };
     if token.is_none() && !args.admin.ip().is_loopback() {
@@ -286,7 +286,7 @@ fn admin_access(args: &Args) -> anyhow::Result<ws_server::admin::AdminAccess> {
 }
 
 /// The device key from `--device-key-file`, checked now so that a bad one stops the start.
-fn device_key(args: &Args) -> anyhow::Result<Option<Vec<u8>>> {
+fn device_key(args: &Args) -> anyhow::Result<Option<ws_server::secret::Secret>> {
     let Some(path) = &args.device_key_file else {
         return Ok(None);
     };
@@ -296,7 +296,7 @@ fn device_key(args: &Args) -> anyhow::Result<Option<Vec<u8>>> {
     }
     ws_server::core::auth::DeviceAuth::hs256(&key)
         .map_err(|e| usage(format!("--device-key-file {}: {e}", path.display())))?;
-    Ok(Some(key))
+    Ok(Some(ws_server::secret::Secret(key)))
 }
 
 fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> ServerConfig {
