@@ -842,8 +842,9 @@ impl AdminAccess {
         }
         let presented = authorization
             .map(str::trim)
-            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
-            .map(|v| v[7..].trim().as_bytes());
+            .and_then(|v| v.get(..7).filter(|s| s.eq_ignore_ascii_case("bearer ")).and(v.get(7..)))
+            .map(|v| v.trim().as_bytes())
+            .filter(|v| !v.is_empty());
         match presented {
             Some(p) if constant_time_eq(p, token) => Ok(()),
             Some(_) => Err((401, "wrong admin token")),

@@ -64,8 +64,6 @@ pub struct Segment {
     /// The IPv4 packet inside the frame (Ethernet header and padding cut off).
     pub ip_start: usize,
     pub ip_end: usize,
-    /// Where the TCP header starts in the frame.
-    pub tcp_start: usize,
 }
 
 /// Why a frame was not a TCP/IPv4 segment we can hand to smoltcp.
@@ -128,7 +126,6 @@ pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
         src_mac,
         ip_start: ETH_HEADER,
         ip_end: ETH_HEADER + total,
-        tcp_start: ETH_HEADER + ihl,
     })
 }
 

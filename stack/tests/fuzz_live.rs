@@ -14,7 +14,6 @@ use std::collections::HashMap;
 
 use common::*;
 use smoltcp::time::Duration;
-use smoltcp::wire::{Ipv4Packet, TcpPacket};
 use stack::wire::{FourTuple, TCP_ACK};
 use stack::{ConnId, Event};
 
@@ -57,33 +56,17 @@ fn segment(
     payload: &[u8],
     good: bool,
 ) -> Vec<u8> {
-    let doff = 20 + options.len();
-    let total = 20 + doff + payload.len();
-    let mut f = vec![0u8; 14 + total];
-    f[0..6].copy_from_slice(&SERVER_MAC);
-    f[6..12].copy_from_slice(&CLIENT_MAC);
-    f[12] = 0x08;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&t.remote_addr);
-    f[30..34].copy_from_slice(&t.local_addr);
-    f[34..36].copy_from_slice(&t.remote_port.to_be_bytes());
-    f[36..38].copy_from_slice(&t.local_port.to_be_bytes());
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[42..46].copy_from_slice(&ack.to_be_bytes());
-    f[46] = ((doff / 4) as u8) << 4;
-    f[47] = flags;
-    f[48..50].copy_from_slice(&window.to_be_bytes());
-    f[54..54 + options.len()].copy_from_slice(options);
-    f[54 + options.len()..].copy_from_slice(payload);
-    let (s, d) = (
-        std::net::Ipv4Addr::from(t.remote_addr),
-        std::net::Ipv4Addr::from(t.local_addr),
+    let mut f = tcp_frame(
+        CLIENT_MAC,
+        t.remote(),
+        t.local(),
+        flags,
+        seq,
+        ack,
+        window,
+        options,
+        payload,
     );
-    TcpPacket::new_unchecked(&mut f[34..]).fill_checksum(&s.into(), &d.into());
-    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
     if !good {
         f[51] ^= 0x5a;
     }

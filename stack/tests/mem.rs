@@ -563,7 +563,6 @@ fn keep_alive_gives_up_on_a_dead_peer_and_keeps_a_live_one() {
 
 #[test]
 fn a_syn_on_a_time_wait_tuple_of_a_port_nobody_listens_on_is_not_accepted() {
-    use smoltcp::wire::{Ipv4Address, Ipv4Packet, TcpPacket};
     let mut p = Pair::new(server_config(4), client_config(4, 1));
     let (c, s) = p.establish();
     // The client closes first, so the client holds the tuple in TIME-WAIT on its source port.
@@ -574,25 +573,7 @@ fn a_syn_on_a_time_wait_tuple_of_a_port_nobody_listens_on_is_not_accepted() {
     p.settle(100);
     assert_eq!(p.client.stats().time_waits, 1);
     // A well-formed SYN from the server's address and port to that source port.
-    let mut f = vec![0u8; 54];
-    f[0..6].copy_from_slice(&CLIENT_MAC);
-    f[6..12].copy_from_slice(&SERVER_MAC);
-    f[12] = 0x08;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&t.remote_addr);
-    f[30..34].copy_from_slice(&t.local_addr);
-    f[34..36].copy_from_slice(&t.remote_port.to_be_bytes());
-    f[36..38].copy_from_slice(&t.local_port.to_be_bytes());
-    f[38..42].copy_from_slice(&7u32.to_be_bytes());
-    f[46] = 0x50;
-    f[47] = 0x02;
-    f[48..50].copy_from_slice(&1024u16.to_be_bytes());
-    let (src, dst) = (Ipv4Address::from(t.remote_addr), Ipv4Address::from(t.local_addr));
-    TcpPacket::new_unchecked(&mut f[34..54]).fill_checksum(&src.into(), &dst.into());
-    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    let f = tcp_frame(SERVER_MAC, t.remote(), t.local(), 0x02, 7, 0, 1024, &[], &[]);
     // The client answers with a challenge ACK (RFC 5961 §4), to which the real server, holding
     // nothing, would answer with an exact RST that ends the TIME-WAIT: keep it from arriving.
     p.client.link().cut_outgoing(true);

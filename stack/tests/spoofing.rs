@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use smoltcp::time::Duration;
-use smoltcp::wire::{Ipv4Address, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{Ipv4Packet, TcpPacket};
 use stack::wire::{FourTuple, TCP_ACK, TCP_RST, TCP_SYN};
 use stack::{CloseReason, Event, StackConfig};
 
@@ -17,26 +17,7 @@ const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
 /// A frame from `mac` carrying a TCP segment towards the server on tuple `t` (seen from the
 /// server), checksums filled unless `bad_checksum`.
 fn segment(mac: [u8; 6], t: FourTuple, flags: u8, seq: u32, ack: u32, bad_checksum: bool) -> Vec<u8> {
-    let mut f = vec![0u8; 54];
-    f[0..6].copy_from_slice(&SERVER_MAC);
-    f[6..12].copy_from_slice(&mac);
-    f[12] = 0x08;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&t.remote_addr);
-    f[30..34].copy_from_slice(&t.local_addr);
-    f[34..36].copy_from_slice(&t.remote_port.to_be_bytes());
-    f[36..38].copy_from_slice(&t.local_port.to_be_bytes());
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[42..46].copy_from_slice(&ack.to_be_bytes());
-    f[46] = 0x50;
-    f[47] = flags;
-    f[48..50].copy_from_slice(&1024u16.to_be_bytes());
-    let (src, dst) = (Ipv4Address::from(t.remote_addr), Ipv4Address::from(t.local_addr));
-    TcpPacket::new_unchecked(&mut f[34..54]).fill_checksum(&src.into(), &dst.into());
-    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    let mut f = tcp_frame(mac, t.remote(), t.local(), flags, seq, ack, 1024, &[], &[]);
     if bad_checksum {
         f[50] ^= 0x55;
     }

@@ -7,34 +7,22 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use smoltcp::time::Duration;
-use smoltcp::wire::{Ipv4Packet, TcpPacket};
 use stack::wire::{FourTuple, TCP_ACK, TCP_SYN};
 use stack::{Event, StackConfig};
 
-/// A SYN or ACK frame towards the server from `src`, checksums filled.
+/// A SYN or ACK frame towards the server from `src` (MSS 1460), checksums filled.
 fn frame(src: (Ipv4Addr, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 58];
-    f[0..6].copy_from_slice(&SERVER_MAC);
-    f[6..12].copy_from_slice(&CLIENT_MAC);
-    f[12] = 0x08;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&44u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&src.0.octets());
-    f[30..34].copy_from_slice(&SERVER.octets());
-    f[34..36].copy_from_slice(&src.1.to_be_bytes());
-    f[36..38].copy_from_slice(&PORT.to_be_bytes());
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[42..46].copy_from_slice(&ack.to_be_bytes());
-    f[46] = 0x60;
-    f[47] = flags;
-    f[48..50].copy_from_slice(&8192u16.to_be_bytes());
-    f[54..58].copy_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
-    let (s, d) = (src.0, SERVER);
-    TcpPacket::new_unchecked(&mut f[34..58]).fill_checksum(&s.into(), &d.into());
-    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
-    f
+    tcp_frame(
+        CLIENT_MAC,
+        src,
+        (SERVER, PORT),
+        flags,
+        seq,
+        ack,
+        8192,
+        &[2, 4, 0x05, 0xb4],
+        &[],
+    )
 }
 
 /// Spoofed sources live in 198.18.200.0/24; nothing there ever answers.

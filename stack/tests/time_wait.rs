@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use smoltcp::time::Duration;
-use smoltcp::wire::{Ipv4Packet, TcpPacket};
 use stack::wire::{FourTuple, TCP_ACK, TCP_FIN, TCP_RST};
 use stack::{ConnId, Event, StackConfig};
 
@@ -61,30 +60,7 @@ fn churn_at_capacity_every_round_is_accepted_and_memory_does_not_grow() {
 }
 
 fn segment(t: &FourTuple, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 54];
-    f[0..6].copy_from_slice(&SERVER_MAC);
-    f[6..12].copy_from_slice(&CLIENT_MAC);
-    f[12] = 0x08;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&t.remote_addr);
-    f[30..34].copy_from_slice(&t.local_addr);
-    f[34..36].copy_from_slice(&t.remote_port.to_be_bytes());
-    f[36..38].copy_from_slice(&t.local_port.to_be_bytes());
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[42..46].copy_from_slice(&ack.to_be_bytes());
-    f[46] = 0x50;
-    f[47] = flags;
-    f[48..50].copy_from_slice(&1024u16.to_be_bytes());
-    let (s, d) = (
-        std::net::Ipv4Addr::from(t.remote_addr),
-        std::net::Ipv4Addr::from(t.local_addr),
-    );
-    TcpPacket::new_unchecked(&mut f[34..54]).fill_checksum(&s.into(), &d.into());
-    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
-    f
+    tcp_frame(CLIENT_MAC, t.remote(), t.local(), flags, seq, ack, 1024, &[], &[])
 }
 
 fn seq_ack(f: &[u8]) -> (u8, u32, u32) {

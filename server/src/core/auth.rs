@@ -82,11 +82,13 @@ impl DeviceAuth {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
-    fn token(secret: &[u8], sub: &str, exp: u64) -> String {
+    /// A token for `sub` expiring at `exp` (unix seconds), signed with `secret` (also for the
+    /// core's tests).
+    pub(crate) fn token(secret: &[u8], sub: &str, exp: u64) -> String {
         let claims = serde_json::json!({ "sub": sub, "exp": exp });
         encode(
             &Header::new(Algorithm::HS256),

@@ -670,17 +670,8 @@ fn keep_alive_poll_connections_wait_at_most_the_request_timeout() {
 /// a key, and connections without an id are never asked.
 #[test]
 fn a_device_id_needs_its_token_and_a_hijack_gets_401() {
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use super::auth::tests::token;
     const SECRET: &[u8] = b"the device key of this test, 32b";
-    let token = |secret: &[u8], sub: &str, exp: u64| {
-        let claims = serde_json::json!({ "sub": sub, "exp": exp });
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret).unwrap(),
-        )
-        .unwrap()
-    };
     let later = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

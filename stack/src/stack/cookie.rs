@@ -17,11 +17,10 @@
 use std::hash::Hasher;
 
 use siphasher::sip::SipHasher24;
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
-use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{Ipv4Packet, TcpPacket};
+
+use super::segment::{self, Fields, Way};
 
 use crate::wire::{FourTuple, ETH_HEADER};
 
@@ -37,15 +36,8 @@ pub(super) struct CookieJar {
 
 impl CookieJar {
     pub(super) fn from_os() -> std::io::Result<CookieJar> {
-        use std::io::Read;
-        let mut buf = [0u8; 16];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-        let (a, b) = buf.split_at(8);
         Ok(CookieJar {
-            key: (
-                u64::from_ne_bytes(a.try_into().unwrap_or_default()),
-                u64::from_ne_bytes(b.try_into().unwrap_or_default()),
-            ),
+            key: super::sequence::os_key()?,
             sent_in: None,
         })
     }
@@ -95,70 +87,29 @@ impl CookieJar {
     }
 }
 
-fn addrs(t: &FourTuple) -> (Ipv4Address, Ipv4Address) {
-    (Ipv4Address::from(t.local_addr), Ipv4Address::from(t.remote_addr))
-}
-
 /// Our stateless SYN-ACK to a SYN of `t`, as an IPv4 packet in `out` (returns its length).
 pub(super) fn syn_ack(t: &FourTuple, cookie: u32, client_isn: u32, window: u16, mss: u16, out: &mut [u8]) -> usize {
-    let (ours, theirs) = addrs(t);
-    let tcp = TcpRepr {
-        src_port: t.local_port,
-        dst_port: t.remote_port,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(cookie as i32),
-        ack_number: Some(TcpSeqNumber(client_isn.wrapping_add(1) as i32)),
-        window_len: window,
-        window_scale: None,
-        max_seg_size: Some(mss),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
+    let fields = Fields {
+        syn: true,
+        seq: cookie,
+        ack: Some(client_isn.wrapping_add(1)),
+        window,
+        mss: Some(mss),
     };
-    emit(ours, theirs, &tcp, out)
+    segment::build(t, Way::Out, fields, out)
 }
 
 /// The SYN smoltcp never saw, rebuilt from the cookie's ACK: the client's ISN, its window and the
 /// MSS the cookie carried, no window scaling (our SYN-ACK offered none).
 pub(super) fn rebuilt_syn(t: &FourTuple, client_isn: u32, window: u16, mss: u16, out: &mut [u8]) -> usize {
-    let (ours, theirs) = addrs(t);
-    let tcp = TcpRepr {
-        src_port: t.remote_port,
-        dst_port: t.local_port,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(client_isn as i32),
-        ack_number: None,
-        window_len: window,
-        window_scale: None,
-        max_seg_size: Some(mss),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
+    let fields = Fields {
+        syn: true,
+        seq: client_isn,
+        ack: None,
+        window,
+        mss: Some(mss),
     };
-    emit(theirs, ours, &tcp, out)
-}
-
-pub(super) fn emit(src: Ipv4Address, dst: Ipv4Address, tcp: &TcpRepr, out: &mut [u8]) -> usize {
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let len = ip.buffer_len() + tcp.buffer_len();
-    let caps = ChecksumCapabilities::default();
-    let out = &mut out[..len];
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut out[..20]), &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut out[20..]),
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &caps,
-    );
-    len
+    segment::build(t, Way::In, fields, out)
 }
 
 /// The MSS option of a SYN (the IPv4 packet `ip`), or 536 (RFC 9293's default) without one.
@@ -199,6 +150,7 @@ pub(super) const SCRATCH: usize = 2 * (ETH_HEADER + crate::config::MAX_MTU);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smoltcp::wire::{IpAddress, Ipv4Address};
     use std::net::Ipv4Addr;
 
     fn t(port: u16) -> FourTuple {

@@ -23,6 +23,7 @@ mod cookie;
 mod egress;
 mod ingress;
 mod one_slot;
+mod segment;
 pub(crate) mod sequence;
 mod slot;
 mod tail_probe;

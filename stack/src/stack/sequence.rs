@@ -36,6 +36,18 @@ pub(super) fn seq_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
+/// A SipHash key from the kernel's random source (for ISNs and SYN cookies).
+pub(super) fn os_key() -> std::io::Result<(u64, u64)> {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    let (a, b) = buf.split_at(8);
+    Ok((
+        u64::from_ne_bytes(a.try_into().unwrap_or_default()),
+        u64::from_ne_bytes(b.try_into().unwrap_or_default()),
+    ))
+}
+
 /// The RFC 6528 generator: a secret from the kernel's random source, read once per stack.
 pub(super) struct IsnSource {
     key: (u64, u64),
@@ -43,14 +55,7 @@ pub(super) struct IsnSource {
 
 impl IsnSource {
     pub(super) fn from_os() -> std::io::Result<IsnSource> {
-        use std::io::Read;
-        let mut buf = [0u8; 16];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-        let (a, b) = buf.split_at(8);
-        Ok(IsnSource::with_key((
-            u64::from_ne_bytes(a.try_into().unwrap_or_default()),
-            u64::from_ne_bytes(b.try_into().unwrap_or_default()),
-        )))
+        Ok(IsnSource::with_key(os_key()?))
     }
 
     pub(super) fn with_key(key: (u64, u64)) -> IsnSource {

@@ -14,8 +14,8 @@
 //! not double its own load).
 
 use smoltcp::time::Instant;
-use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 
+use super::segment::{self, Fields, Way};
 use crate::wire::FourTuple;
 
 /// Wheel entries for probes carry this bit in their id (slot ids are below 2^28)...
@@ -29,22 +29,14 @@ pub(super) const PROBES_PER_SECOND: u32 = 10_000;
 /// A duplicate of the peer's latest acknowledgement, as if the peer had sent it (in smoltcp's
 /// sequence space: it goes straight to the socket), as an IPv4 packet in `out`.
 pub(super) fn duplicate_ack(t: &FourTuple, seq: u32, ack: u32, window: u16, out: &mut [u8]) -> usize {
-    let tcp = TcpRepr {
-        src_port: t.remote_port,
-        dst_port: t.local_port,
-        control: TcpControl::None,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: Some(TcpSeqNumber(ack as i32)),
-        window_len: window,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
+    let fields = Fields {
+        syn: false,
+        seq,
+        ack: Some(ack),
+        window,
+        mss: None,
     };
-    let (ours, theirs) = (t.local_addr.into(), t.remote_addr.into());
-    super::cookie::emit(theirs, ours, &tcp, out)
+    segment::build(t, Way::In, fields, out)
 }
 
 impl super::Net {

@@ -15,11 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
-
+use super::segment::{self, Fields, Way};
 use super::slot::not_after;
 use crate::wire::FourTuple;
 
@@ -111,44 +107,20 @@ impl TimeWaits {
 
 /// The final ACK of a parked connection, as an IPv4 packet in `out` (returns its length).
 pub(super) fn final_ack(t: &FourTuple, p: &Parked, window: u16, out: &mut [u8]) -> usize {
-    let (ours, theirs) = (Ipv4Address::from(t.local_addr), Ipv4Address::from(t.remote_addr));
-    let tcp = TcpRepr {
-        src_port: t.local_port,
-        dst_port: t.remote_port,
-        control: TcpControl::None,
-        seq_number: TcpSeqNumber(p.snd_nxt as i32),
-        ack_number: Some(TcpSeqNumber(p.rcv_nxt as i32)),
-        window_len: window,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
+    let fields = Fields {
+        syn: false,
+        seq: p.snd_nxt,
+        ack: Some(p.rcv_nxt),
+        window,
+        mss: None,
     };
-    let ip = Ipv4Repr {
-        src_addr: ours,
-        dst_addr: theirs,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let len = ip.buffer_len() + tcp.buffer_len();
-    let caps = ChecksumCapabilities::default();
-    let out = &mut out[..len];
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut out[..20]), &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut out[20..]),
-        &IpAddress::Ipv4(ours),
-        &IpAddress::Ipv4(theirs),
-        &caps,
-    );
-    len
+    segment::build(t, Way::Out, fields, out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
     use std::net::Ipv4Addr;
 
     fn t(port: u16) -> FourTuple {

@@ -159,3 +159,44 @@ pub fn transfer(p: &mut Pair, c: ConnId, s: ConnId, data: &[u8], from_client: bo
     }
     got
 }
+
+/// A TCP/IPv4 frame as `mac` sends it, from `from` to `to`, with TCP `options` (whole 4-byte
+/// words) and `payload`; both checksums filled (tests that need a bad one flip a byte after).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    mac: [u8; 6],
+    from: (Ipv4Addr, u16),
+    to: (Ipv4Addr, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
+    let doff = 20 + options.len();
+    let total = 20 + doff + payload.len();
+    let mut f = vec![0u8; 14 + total];
+    f[0..6].copy_from_slice(&SERVER_MAC);
+    f[6..12].copy_from_slice(&mac);
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&from.0.octets());
+    f[30..34].copy_from_slice(&to.0.octets());
+    f[34..36].copy_from_slice(&from.1.to_be_bytes());
+    f[36..38].copy_from_slice(&to.1.to_be_bytes());
+    f[38..42].copy_from_slice(&seq.to_be_bytes());
+    f[42..46].copy_from_slice(&ack.to_be_bytes());
+    f[46] = ((doff / 4) as u8) << 4;
+    f[47] = flags;
+    f[48..50].copy_from_slice(&window.to_be_bytes());
+    f[54..54 + options.len()].copy_from_slice(options);
+    f[54 + options.len()..].copy_from_slice(payload);
+    TcpPacket::new_unchecked(&mut f[34..]).fill_checksum(&from.0.into(), &to.0.into());
+    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    f
+}

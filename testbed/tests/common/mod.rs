@@ -133,22 +133,36 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
 /// curl's WebSocket upgrade request to the server from the client namespace (cut off after 1 s,
 /// since the connection stays open): (exit success, what it printed).
 pub fn curl_upgrade(ns: &Netns) -> (bool, String) {
-    run_in(
-        &ns.cli,
-        "curl",
-        &[
-            "-si",
-            "--max-time",
-            "1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            &format!("http://{SERVER}/ws"),
-        ],
-    )
+    curl_upgrade_with(ns, "", &[], None)
+}
+
+/// The same for `/ws?<query>` with extra `headers`, from `source` (an address of the client
+/// namespace) if given.
+pub fn curl_upgrade_with(ns: &Netns, query: &str, headers: &[&str], source: Option<&str>) -> (bool, String) {
+    let url = if query.is_empty() {
+        format!("http://{SERVER}/ws")
+    } else {
+        format!("http://{SERVER}/ws?{query}")
+    };
+    let mut args = vec![
+        "-si",
+        "--max-time",
+        "1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    if let Some(source) = source {
+        args.extend(["--interface", source]);
+    }
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(&url);
+    run_in(&ns.cli, "curl", &args)
 }

@@ -10,27 +10,7 @@ use super::*;
 /// curl's upgrade for `/ws?<query>` with extra headers, from the client namespace's second
 /// address (the first is the load's; an xdp client takes over its TCP): the status line.
 fn upgrade_status(ns: &Netns, query: &str, headers: &[&str]) -> String {
-    let url = format!("http://{SERVER}/ws?{query}");
-    let mut args = vec![
-        "-si",
-        "--interface",
-        "198.19.0.2",
-        "--max-time",
-        "1",
-        "-H",
-        "Connection: Upgrade",
-        "-H",
-        "Upgrade: websocket",
-        "-H",
-        "Sec-WebSocket-Version: 13",
-        "-H",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    ];
-    for h in headers {
-        args.extend(["-H", h]);
-    }
-    args.push(&url);
-    let (_, out) = run_in(&ns.cli, "curl", &args);
+    let (_, out) = curl_upgrade_with(ns, query, headers, Some("198.19.0.2"));
     out.lines().next().unwrap_or_default().trim().to_string()
 }
 
