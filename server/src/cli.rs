@@ -74,6 +74,33 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parse a browser origin as browsers send it (RFC 6454): `scheme://host[:port]`, no path, no
+/// trailing slash, at most `MAX_ORIGIN` bytes of visible ASCII (an answer echoes it).
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    use crate::core::http::MAX_ORIGIN;
+    let bad = |why: &str| {
+        Err(format!(
+            "'{text}' is not an origin ({why}; e.g. https://app.example.com)"
+        ))
+    };
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return bad("no scheme");
+    };
+    if text.len() > MAX_ORIGIN {
+        return bad(&format!("longer than {MAX_ORIGIN} bytes"));
+    }
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+        return bad("the scheme is not letters");
+    }
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("no host, or spaces or non-ASCII in it");
+    }
+    if rest.contains(['/', '?', '#', '*']) {
+        return bad("an origin has no path, query or wildcard");
+    }
+    Ok(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +121,24 @@ mod tests {
         assert!(parse_duration_range("9-3").is_err());
         assert_eq!(parse_size("16K"), Ok(16384));
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            parse_origin("https://app.example").as_deref(),
+            Ok("https://app.example")
+        );
+        assert!(parse_origin("http://[::1]:8080").is_ok());
+        for bad in [
+            "app.example",
+            "https://app.example/",
+            "https://*.example",
+            "https://",
+            "https://a b",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+        assert!(parse_origin(&format!("https://{}", "a".repeat(200))).is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ws_server::cli::{parse_duration, parse_duration_range, parse_size, usage, Stack, UsageError};
+use ws_server::cli::{parse_duration, parse_duration_range, parse_origin, parse_size, usage, Stack, UsageError};
 use ws_server::config::ServerConfig;
 
 /// Connections one worker process is planned for: the hard limit of 20,000 open files per process,
@@ -59,8 +59,9 @@ struct Args {
     admin_token_file: Option<std::path::PathBuf>,
     /// A browser origin allowed to connect (repeatable, e.g. https://app.example.com); with any
     /// given, an upgrade or long-poll whose Origin header is not one of them gets 403 (RFC 6455
-    /// §10.2). Clients that send no Origin (devices, servers) are not asked.
-    #[arg(long, value_name = "ORIGIN")]
+    /// §10.2); long-poll answers carry `Access-Control-Allow-Origin` for the pages allowed (any,
+    /// as `*`, when none is given). Clients that send no Origin (devices, servers) are not asked.
+    #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
     allowed_origin: Vec<String>,
     /// Without --device-key-file, accept `?id=DEVICE` on the client's word: anyone may take any
     /// device's id and read its pushes. For benchmarks and demos on private networks; logged as
@@ -211,6 +212,11 @@ fn run() -> anyhow::Result<()> {
     }
     if args.max_restarts > 1000 {
         return Err(usage("--max-restarts must be at most 1000"));
+    }
+    if args.allowed_origin.len() > 1000 {
+        return Err(usage(
+            "at most 1000 --allowed-origin (a page's origin is matched by a scan)",
+        ));
     }
     if args.max_pending.is_some() {
         log::warn!("--max-pending is no longer used: output waits in the message log (--log-size)");

@@ -49,7 +49,8 @@ pub(super) struct Conn {
     /// Closing, the tick its last output must have left by; Ws, the payload bytes so far of the
     /// fragmented message in progress (limit: `max_message`).
     pub(super) timed: u32,
-    /// 4: unfinished UTF-8 sequence at the end of the last text fragment.
+    /// 4: Ws, the unfinished UTF-8 sequence at the end of the last text fragment; Poll, which
+    /// origin asked (`poll_origin`), for the CORS header of the answer.
     pub(super) utf8: Utf8Carry,
     /// 4: the next broadcast to send (low 32 bits of its entry number in the message log).
     pub(super) cursor: u32,
@@ -108,6 +109,16 @@ impl Conn {
 
     pub(super) fn set_frag(&mut self, frag: Frag) {
         self.bits = (self.bits & !(3 << FRAG_SHIFT)) | ((frag as u32) << FRAG_SHIFT);
+    }
+
+    /// A held long-poll's origin grant (`ServerCore::cors_grant`): 0, no Origin header;
+    /// `ANY_ORIGIN`, any origin may connect; else the allowed origin's index + 1.
+    pub(super) fn poll_origin(&self) -> u16 {
+        self.utf8.stashed()
+    }
+
+    pub(super) fn set_poll_origin(&mut self, grant: u16) {
+        self.utf8 = Utf8Carry::stashing(grant);
     }
 
     pub(super) fn keep_alive(&self) -> bool {

@@ -262,6 +262,20 @@ pub struct Utf8Carry {
 impl Utf8Carry {
     pub const EMPTY: Utf8Carry = Utf8Carry { bytes: [0; 3], len: 0 };
 
+    /// Two bytes of another phase kept here while no text message can be in progress (a held
+    /// long-poll's origin, `conn.rs`): a text message's first fragment starts from `EMPTY`.
+    pub fn stashing(value: u16) -> Utf8Carry {
+        let [a, b] = value.to_le_bytes();
+        Utf8Carry {
+            bytes: [a, b, 0],
+            len: 0,
+        }
+    }
+
+    pub fn stashed(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[0], self.bytes[1]])
+    }
+
     /// Validate the next piece of a text message; `fin` says it is the last piece.
     pub fn feed(&mut self, mut data: &[u8], fin: bool) -> Result<(), FrameError> {
         if self.len > 0 {

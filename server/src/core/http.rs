@@ -26,6 +26,9 @@ pub enum Request<'a> {
         keep_alive: bool,
         credential: Credential<'a>,
     },
+    /// `OPTIONS /poll`: a browser asking whether a page of `origin` may send its long-poll with
+    /// an `Authorization` header (the CORS preflight). Answered, then the connection is closed.
+    Preflight { origin: Option<&'a [u8]> },
     /// Anything else, with the status we answer; the connection is then closed.
     Reject(Reject),
 }
@@ -178,6 +181,11 @@ fn route<'a>(req: &httparse::Request<'_, 'a>) -> Request<'a> {
     if path != "/ws" && path != "/poll" {
         return Request::Reject(Reject::NotFound);
     }
+    if method == "OPTIONS" && path == "/poll" {
+        return Request::Preflight {
+            origin: header(req.headers, "origin").map(<[u8]>::trim_ascii),
+        };
+    }
     if method != "GET" {
         return Request::Reject(Reject::MethodNotAllowed);
     }
@@ -291,9 +299,12 @@ fn is_base64_of_16_bytes(key: &[u8]) -> bool {
         && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
 }
 
+/// The longest `--allowed-origin` (checked at start): an answer echoes it in its CORS header.
+pub const MAX_ORIGIN: usize = 128;
+
 /// A formatted response head (plus short body) in a stack buffer.
 pub struct Response {
-    buf: [u8; 320],
+    buf: [u8; 448],
     len: usize,
 }
 
@@ -303,10 +314,11 @@ impl Response {
     }
 
     fn format(args: std::fmt::Arguments<'_>) -> Response {
-        let mut buf = [0u8; 320];
+        let mut buf = [0u8; 448];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        // Every caller formats fixed text plus short values: 320 bytes always suffice.
-        cursor.write_fmt(args).expect("response head fits in 320 bytes");
+        // Every caller formats fixed text plus short values (an origin is at most MAX_ORIGIN,
+        // a subprotocol MAX_PROTOCOL): 448 bytes always suffice.
+        cursor.write_fmt(args).expect("response head fits in 448 bytes");
         let len = cursor.position() as usize;
         Response { buf, len }
     }
@@ -341,12 +353,36 @@ impl Response {
         ))
     }
 
-    /// The head of a `200 OK` carrying a long-poll answer of `body_len` bytes.
-    pub fn poll_answer_head(body_len: usize, keep_alive: bool) -> Response {
+    /// The head of a `200 OK` carrying a long-poll answer of `body_len` bytes; `cors`, the origin
+    /// the page that asked may read it from (its own, or `*` when any origin may connect).
+    pub fn poll_answer_head(body_len: usize, keep_alive: bool, cors: Option<&str>) -> Response {
         let connection = if keep_alive { "keep-alive" } else { "close" };
+        let cors = Cors(cors);
         Response::format(format_args!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {body_len}\r\nConnection: {connection}\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n{cors}Content-Length: {body_len}\r\nConnection: {connection}\r\n\r\n"
         ))
+    }
+
+    /// `204` to a CORS preflight from an origin that may connect: the page may send its
+    /// long-poll with an `Authorization` header (a token) for the next 10 minutes.
+    pub fn preflight(cors: &str) -> Response {
+        let cors = Cors(Some(cors));
+        Response::format(format_args!(
+            "HTTP/1.1 204 No Content\r\n{cors}Access-Control-Allow-Methods: GET\r\nAccess-Control-Allow-Headers: Authorization\r\nAccess-Control-Max-Age: 600\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+    }
+}
+
+/// The CORS headers of an answer a page of that origin may read (`Vary`, since the answer
+/// depends on the asking origin: a cache must not hand it to another).
+struct Cors<'a>(Option<&'a str>);
+
+impl std::fmt::Display for Cors<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(origin) => write!(f, "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -559,7 +595,7 @@ mod tests {
                 credential: Credential::default(),
             }
         );
-        let head = Response::poll_answer_head(12, true);
+        let head = Response::poll_answer_head(12, true, None);
         let text = std::str::from_utf8(head.as_bytes()).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("Content-Length: 12\r\n"));
     }

@@ -75,6 +75,9 @@ const CLOSE_AFTER_OUTPUT_TICKS: u32 = 100;
 /// looked at, whichever comes first (a few milliseconds of work either way).
 const FANOUT_SLICE_BYTES: u64 = 4 << 20;
 const FANOUT_SLICE_CONNS: usize = 65_536;
+/// A held long-poll's origin grant when `--allowed-origin` is empty: its answer says `*`.
+const ANY_ORIGIN: u16 = u16::MAX;
+const FORBIDDEN_ORIGIN: &str = "this Origin may not connect (--allowed-origin)";
 
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -389,12 +392,14 @@ impl ServerCore {
                 if !self.authorized(id, device, credential, io) {
                     return;
                 }
+                let grant = self.cors_grant(credential.origin);
                 let (lo, hi) = self.cfg.poll_hold_ms;
                 let hold = self.rng.u64(lo.min(hi)..=hi.max(lo));
                 let deadline = tick_of(self.now_ms + hold);
                 let c = &mut self.conns[id as usize];
                 c.set_phase(Phase::Poll);
                 c.set_keep_alive(keep_alive);
+                c.set_poll_origin(grant);
                 c.timed = deadline;
                 let gen = c.gen;
                 self.wheel.insert(
@@ -410,8 +415,44 @@ impl ServerCore {
                     self.register_device(id, device, io);
                 }
             }
+            Request::Preflight { origin } => match origin.map(|o| self.cors_grant(Some(o))) {
+                Some(grant) if grant != 0 => {
+                    let response = Response::preflight(self.cors_origin(grant).unwrap_or("*"));
+                    self.emit(id, &[response.as_bytes()], io);
+                    self.close(id, Ended::Server, io);
+                }
+                Some(_) => {
+                    self.stats.origin_refused += 1;
+                    self.reject(id, Reject::Forbidden(FORBIDDEN_ORIGIN), io);
+                }
+                None => self.reject(id, Reject::BadRequest("a CORS preflight without Origin"), io),
+            },
             Request::Reject(reject) => self.reject(id, reject, io),
         }
+    }
+
+    /// Which origin a page may read a long-poll answer from: 0 when the request had no
+    /// `Origin` or one not allowed, `ANY_ORIGIN` when no `--allowed-origin` was given, else the
+    /// index + 1 of the allowed origin it matched.
+    fn cors_grant(&self, origin: Option<&[u8]>) -> u16 {
+        let (Some(origin), allowed) = (origin, &self.cfg.allowed_origins) else {
+            return 0;
+        };
+        if allowed.is_empty() {
+            return ANY_ORIGIN;
+        }
+        // At most a few origins are configured (`main.rs` caps the list below ANY_ORIGIN).
+        allowed
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(origin))
+            .map_or(0, |i| i as u16 + 1)
+    }
+
+    /// The origin a grant names (`None` for no origin or for any).
+    fn cors_origin(&self, grant: u16) -> Option<&str> {
+        let allowed = self.cfg.allowed_origins.get((grant as usize).checked_sub(1)?)?;
+        // Checked to be visible ASCII at start (`main.rs`).
+        std::str::from_utf8(allowed).ok()
     }
 
     /// Whether the request may have its device id: with a device key, only with a token for that
@@ -422,11 +463,7 @@ impl ServerCore {
             let allowed = &self.cfg.allowed_origins;
             if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
                 self.stats.origin_refused += 1;
-                self.reject(
-                    id,
-                    Reject::Forbidden("this Origin may not connect (--allowed-origin)"),
-                    io,
-                );
+                self.reject(id, Reject::Forbidden(FORBIDDEN_ORIGIN), io);
                 return false;
             }
         }
@@ -642,9 +679,15 @@ impl ServerCore {
     /// Answer a held long-poll with `body`, or with the payload already stored in the log at
     /// `stored` (a broadcast's: never copied per connection).
     fn answer_poll(&mut self, id: ConnId, body: &[u8], stored: Option<(u64, u32)>, io: &mut impl Io) {
-        let keep_alive = self.conns[id as usize].keep_alive();
+        let c = &self.conns[id as usize];
+        let keep_alive = c.keep_alive();
+        let cors = match c.poll_origin() {
+            0 => None,
+            ANY_ORIGIN => Some("*"),
+            grant => self.cors_origin(grant),
+        };
         let len = stored.map_or(body.len(), |(_, len)| len as usize);
-        let head = Response::poll_answer_head(len, keep_alive);
+        let head = Response::poll_answer_head(len, keep_alive, cors);
         match stored {
             Some((at, len)) => {
                 self.emit(id, &[head.as_bytes()], io);

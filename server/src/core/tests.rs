@@ -778,6 +778,86 @@ fn an_origin_not_allowed_gets_403_and_no_origin_is_not_asked() {
     assert_eq!(core.stats().origin_refused, 2);
 }
 
+/// Long-poll answers carry CORS headers for the page that asked, when its origin may connect:
+/// its own origin (with `Vary: Origin`), or `*` when no `--allowed-origin` is given; none for a
+/// client without Origin. A preflight (`OPTIONS /poll`, for a token in `Authorization`) is
+/// answered 204 for an allowed origin, 403 for another.
+#[test]
+fn long_poll_answers_carry_cors_headers_for_allowed_origins() {
+    let poll_from = |origin: Option<&str>| {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        format!("GET /poll HTTP/1.1\r\nHost: t\r\n{origin}\r\n").into_bytes()
+    };
+    let preflight = |origin: &str| {
+        format!("OPTIONS /poll HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nAccess-Control-Request-Headers: authorization\r\n\r\n").into_bytes()
+    };
+    for (allowed, origin, want) in [
+        (true, Some("https://APP.example"), Some("https://app.example")),
+        (true, None, None),
+        (false, Some("https://any.example"), Some("*")),
+        (false, None, None),
+    ] {
+        let allowed_origins = if allowed {
+            vec![b"https://other.example".to_vec(), b"https://app.example".to_vec()]
+        } else {
+            vec![]
+        };
+        let mut core = ServerCore::new(
+            CoreConfig {
+                allowed_origins,
+                ..cfg()
+            },
+            16,
+            0,
+        );
+        let mut io = Recorder::default();
+        core.open(1, 0, &mut io);
+        core.data(1, &mut poll_from(origin), 0, &mut io);
+        core.broadcast(b"{}", 1, 100, &mut io).unwrap();
+        let answer = io.text(1);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        match want {
+            Some(o) => assert!(
+                answer.contains(&format!("\r\nAccess-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")),
+                "{answer}"
+            ),
+            None => assert!(!answer.contains("Access-Control"), "{answer}"),
+        }
+        // The keep-alive connection's next poll, from no origin, is answered without them: the
+        // grant of the last one does not linger.
+        core.data(1, &mut poll_from(None), 200, &mut io);
+        core.broadcast(b"{}", 2, 300, &mut io).unwrap();
+        assert!(!io.text(1).contains("Access-Control"));
+    }
+    let allowed_origins = vec![b"https://app.example".to_vec()];
+    let mut core = ServerCore::new(
+        CoreConfig {
+            allowed_origins,
+            ..cfg()
+        },
+        16,
+        0,
+    );
+    let mut io = Recorder::default();
+    core.open(1, 0, &mut io);
+    core.data(1, &mut preflight("https://app.example"), 0, &mut io);
+    let answer = io.text(1);
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
+    assert!(
+        answer.contains("Access-Control-Allow-Origin: https://app.example\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Access-Control-Allow-Headers: Authorization\r\n"),
+        "{answer}"
+    );
+    assert!(io.closed.contains(&1));
+    core.open(2, 0, &mut io);
+    core.data(2, &mut preflight("https://evil.example"), 0, &mut io);
+    assert!(io.text(2).starts_with("HTTP/1.1 403 "));
+    assert_eq!(core.stats().origin_refused, 1);
+}
+
 /// The default without a device key: an id is refused (401), since anyone could claim it; a
 /// listener without an id is served unless the server is for devices only.
 #[test]
