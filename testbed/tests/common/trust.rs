@@ -1,8 +1,11 @@
 //! Device credentials end to end, on both stacks (`e2e_kernel.rs`, `e2e_xdp.rs`): with
 //! `--device-key-file`, ws-load's devices (tokens minted per id) all get in; the same ids without a
 //! token, with a forged one, or with another device's, get `401`, and the devices holding those
-//! ids keep them and their pushes.
+//! ids keep them and their pushes; a page of an origin not allowed gets `403`; standard clients
+//! (Python) present tokens the ways browsers and devices do.
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::time::Duration;
 
 use super::*;
@@ -22,7 +25,7 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
     let key = b"a device key for the e2e test, 40 bytes!";
     let key_arg = key_file.to_str().unwrap();
     let mut args = server_args.to_vec();
-    args.extend(["--device-key-file", key_arg]);
+    args.extend(["--device-key-file", key_arg, "--allowed-origin", "https://app.example"]);
     let _server = start_server(&ns, &args, &dir.join("server.log"));
 
     // 300 devices with their tokens.
@@ -75,10 +78,16 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
     assert_eq!(push["result"], "queued to a connected device", "{push}");
     // An anonymous listener needs no token; a fresh id with its token, in a subprotocol.
     assert!(upgrade_status(&ns, "x=1", &[]).contains(" 101 "));
+    // A page of another origin may not connect (RFC 6455 §10.2); one of the allowed may.
+    assert!(upgrade_status(&ns, "x=1", &["Origin: https://evil.example"]).contains(" 403 "));
+    assert!(upgrade_status(&ns, "x=1", &["Origin: https://app.example"]).contains(" 101 "));
+    assert_eq!(admin_json(&ns, "/stats")["origin_refused"], 1);
     let mine = testbed::load::client::mint(key, "new-1");
     let offered = format!("Sec-WebSocket-Protocol: push.v1, bearer.{mine}");
     let answer = upgrade_status(&ns, "id=new-1", &[&offered]);
     assert!(answer.contains(" 101 "), "{answer}");
+
+    standard_clients_with_tokens(&ns, key);
 
     let b = admin_post(&ns, "/broadcast", b"to everyone");
     assert!(b["queued"].as_u64().unwrap() >= 300, "{b}");
@@ -92,4 +101,42 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
         summary["counters"]["targeted"], 1,
         "dev-7's push reached its holder: {summary}"
     );
+}
+
+/// Python's `websockets` with a forged token (401), then with its token in a subprotocol (as a
+/// browser must send it: answered with the other subprotocol offered) receives its push; a
+/// long-poll for a device without a token gets 401, with its token in `Authorization` it is
+/// held and answered by the device's push.
+fn standard_clients_with_tokens(ns: &Netns, key: &[u8]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_token_check.py");
+    let mint = |id| testbed::load::client::mint(key, id);
+    let forged = testbed::load::client::mint(b"not the server's key, but long enough", "py-dev");
+    let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
+    cmd.arg(&script)
+        .args([SERVER, "198.19.0.2", &mint("py-dev"), &mint("poll-dev"), &forged])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut py = ChildGuard::spawn("python websockets client with tokens", cmd).unwrap();
+    let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next(), "refused 401");
+    assert_eq!(next(), "connected push.v1");
+    assert_eq!(admin_post(ns, "/push?id=py-dev", b"for python")["queued"], true);
+    let line = next();
+    let push: serde_json::Value = serde_json::from_str(line.strip_prefix("message ").expect(&line)).unwrap();
+    assert_eq!(push["data"], "for python", "{push}");
+    assert_eq!(next(), "closed 1000");
+    assert_eq!(next(), "poll-refused 401");
+    assert_eq!(next(), "polling");
+    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        (admin_json(ns, "/stats")["polls_held"].as_u64() == Some(1)).then_some(())
+    })
+    .expect("the long-poll with its token is held");
+    assert_eq!(admin_post(ns, "/push?id=poll-dev", b"for the poller")["queued"], true);
+    let line = next();
+    let body = line.strip_prefix("poll 200 ").expect(&line);
+    let push: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(push["data"], "for the poller", "{push}");
 }
