@@ -41,8 +41,8 @@ pub struct BenchConfig {
     pub out_dir: PathBuf,
     pub workers: Option<usize>,
     pub load_procs: Option<usize>,
-    /// Every connection a device with its token (`--device-tokens`): the server checks them
-    /// with a key written to `<out>/device.key`, the load generator mints them.
+    /// Every connection a device with its token (the default; `--anonymous` turns it off): the
+    /// server checks them with a key written to `<out>/device.key`, the load generator mints them.
     pub device_tokens: bool,
 }
 
@@ -130,6 +130,8 @@ pub struct BenchReport {
     pub machine: Machine,
     pub conns: u64,
     pub rate: f64,
+    /// Every connection a device with its own HS256 token, checked in the handshake.
+    pub device_tokens: bool,
     pub results: Vec<StackResult>,
 }
 
@@ -154,6 +156,7 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
         machine: machine(),
         conns: cfg.conns,
         rate: cfg.rate,
+        device_tokens: cfg.device_tokens,
         results: vec![],
     };
     for &stack in &cfg.stacks {

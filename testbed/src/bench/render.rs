@@ -73,8 +73,13 @@ pub fn render(r: &BenchReport) -> String {
     let m = &r.machine;
     let _ = writeln!(
         out,
-        "\nws-bench: N = {} connections; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
+        "\nws-bench: N = {} connections, {}; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
         thousands(r.conns as f64),
+        if r.device_tokens {
+            "each a device with its token (HS256, checked in the handshake)"
+        } else {
+            "anonymous (no ids, no tokens)"
+        },
         m.cpus,
         m.mem_total_bytes as f64 / (1u64 << 30) as f64,
         m.kernel,

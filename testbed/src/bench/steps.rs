@@ -80,7 +80,7 @@ impl<'a> Admin<'a> {
     }
 }
 
-/// The device key of a `--device-tokens` run: 32 random bytes in `<out>/device.key` (hex).
+/// The device key of a run with device tokens: 32 random bytes in `<out>/device.key` (hex).
 fn device_key(cfg: &BenchConfig) -> anyhow::Result<PathBuf> {
     let path = cfg.out_dir.join("device.key");
     if !path.exists() {
@@ -104,8 +104,6 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> an
     cmd.args(["--stack", name, "--listen", SERVER, "--admin", ADMIN])
         .args(["--max-conns", &capacity.to_string()])
         .args(["--push-interval", "0", "--idle-timeout", "0"])
-        // Without --device-tokens the load sends no ids; with them the key decides.
-        .arg("--insecure-ids")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

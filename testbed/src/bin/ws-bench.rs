@@ -45,11 +45,12 @@ struct Args {
     /// admin's limit; the frame adds the push's JSON (about 70 bytes) and the header.
     #[arg(long, default_value = "0", value_parser = parse_size, value_name = "BYTES")]
     message_size: usize,
-    /// Every connection is a device with its own token: the server runs with a device key
+    /// Connections without device ids or tokens (anonymous broadcast listeners). By default every
+    /// connection is a device with its own token: the server runs with a device key
     /// (`--device-key-file`, written to <out>/device.key) and the load generator mints an HS256
     /// token per device id, so the connect rate includes the real handshake with a credential.
     #[arg(long)]
-    device_tokens: bool,
+    anonymous: bool,
     /// Pause between "all connected" and the memory measurement.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     settle: Duration,
@@ -108,7 +109,7 @@ fn run() -> anyhow::Result<()> {
         out_dir: args.out.clone(),
         workers: args.workers,
         load_procs: args.load_procs,
-        device_tokens: args.device_tokens,
+        device_tokens: !args.anonymous,
     };
     let report = bench::run(&cfg, &stop)?;
     print!("{}", bench::render(&report));
