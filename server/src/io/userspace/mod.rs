@@ -212,6 +212,7 @@ impl Driver for Userspace {
             spill_in_use: t.inp.in_use() as u64,
             spill_capacity: t.inp.capacity() as u64,
             spill_exhausted: t.inp.exhausted,
+            spill_evicted: t.inp.evicted,
             tx_pending_conns: stack.pending_output() as u64 + core.output_behind(),
             last_broadcast_tx_ms: self.last_broadcast_tx_ms,
         }));

@@ -12,7 +12,7 @@
 
 use stack::{CloseReason, ConnId, Event, Link, Stack};
 
-use super::spill::SpillPool;
+use super::spill::{SpillPool, HOLD_LIMIT_MS};
 use crate::control::Outbox;
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId as CoreId, Io, ServerCore};
@@ -106,6 +106,10 @@ pub struct ServedStack<L: Link> {
     waiting: std::collections::VecDeque<u32>,
     /// The ids in `waiting`: each at most once, so the queue is bounded by the slots.
     queued: std::collections::HashSet<u32>,
+    /// When holders past the hold limit may next be looked for (once a second at most).
+    next_eviction_ms: u64,
+    /// Scratch list of those holders (reused: no allocation per sweep).
+    stale: Vec<u32>,
 }
 
 impl<L: Link> ServedStack<L> {
@@ -126,6 +130,8 @@ impl<L: Link> ServedStack<L> {
             rx_buf,
             waiting: std::collections::VecDeque::new(),
             queued: std::collections::HashSet::new(),
+            next_eviction_ms: 0,
+            stale: Vec::new(),
         }
     }
 
@@ -177,8 +183,13 @@ impl<L: Link> ServedStack<L> {
         }
     }
 
-    /// Feed the connections that waited for a spill buffer, as long as buffers are free.
+    /// Feed the connections that waited for a spill buffer, as long as buffers are free. While
+    /// some wait and none is free, the holders past the hold limit are reset first.
     pub fn feed_waiting(&mut self, core: &mut ServerCore, now_ms: u64) {
+        if !self.waiting.is_empty() && !self.io.inp.has_free() && now_ms >= self.next_eviction_ms {
+            self.next_eviction_ms = now_ms + 1_000;
+            self.evict_stale_holders(core, now_ms);
+        }
         let mut rounds = self.waiting.len();
         while rounds > 0 && self.io.inp.has_free() {
             rounds -= 1;
@@ -191,6 +202,28 @@ impl<L: Link> ServedStack<L> {
             self.waiting.shrink_to(4096);
             self.queued.shrink_to(4096);
         }
+    }
+
+    /// Reset the connections that kept a spill buffer `HOLD_LIMIT_MS` without a whole head or
+    /// frame while others wait for one: a client trickling a large frame cannot hold the pool
+    /// (a head is bounded sooner, by the request timeout).
+    fn evict_stale_holders(&mut self, core: &mut ServerCore, now_ms: u64) {
+        let mut stale = std::mem::take(&mut self.stale);
+        self.io.inp.stale(now_ms, &mut stale);
+        for id in stale.drain(..) {
+            self.io.inp.evicted += 1;
+            self.io.log.warn(
+                now_ms,
+                format_args!(
+                    "conn {id}: kept a spill buffer {} s without a whole head or frame while others waited: reset",
+                    HOLD_LIMIT_MS / 1000
+                ),
+            );
+            self.io.abort(id);
+            core.closed(id, now_ms, &mut self.io);
+            settle(core, &mut self.io, now_ms);
+        }
+        self.stale = stale;
     }
 
     /// Connections waiting for a spill buffer now.
@@ -239,7 +272,7 @@ impl<L: Link> ServedStack<L> {
             }
             // The receive buffer is full and still holds no whole head or frame: spill it, or,
             // with every spill buffer taken (a connect storm of long heads: tokens), wait for one.
-            if !self.io.inp.take(id, &self.scratch[used..n]) {
+            if !self.io.inp.take(id, &self.scratch[used..n], now_ms) {
                 if self.queued.insert(id) {
                     self.waiting.push_back(id);
                 }
@@ -272,7 +305,7 @@ impl<L: Link> ServedStack<L> {
             self.io.inp.release(id);
             return false;
         }
-        self.io.inp.consume(id, used);
+        self.io.inp.consume(id, used, now_ms);
         if !self.io.inp.holds(id) {
             return true; // emptied: back to parsing in the receive buffer
         }

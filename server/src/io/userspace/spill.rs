@@ -14,9 +14,22 @@ pub struct SpillPool {
     memory: Box<[u8]>,
     size: usize,
     free: Vec<u32>,
-    /// Connection id → (buffer index, bytes held). Sized for `count` at start: never grows.
-    held: HashMap<u32, (u32, usize)>,
+    /// Connection id → its buffer. Sized for `count` at start: never grows.
+    held: HashMap<u32, Held>,
     pub exhausted: u64,
+    /// Holders reset for keeping a buffer past `HOLD_LIMIT_MS` while others waited.
+    pub evicted: u64,
+}
+
+/// How long a connection may keep a spill buffer while other connections wait for one: a 1 MiB
+/// frame at 1 Mbit/s takes 8 s; a client trickling one to hold the pool takes forever.
+pub const HOLD_LIMIT_MS: u64 = 10_000;
+
+struct Held {
+    index: u32,
+    len: usize,
+    /// When the connection took the buffer (worker clock).
+    since_ms: u64,
 }
 
 impl SpillPool {
@@ -27,6 +40,7 @@ impl SpillPool {
             free: (0..count as u32).rev().collect(),
             held: HashMap::with_capacity(count),
             exhausted: 0,
+            evicted: 0,
         }
     }
 
@@ -39,9 +53,9 @@ impl SpillPool {
         self.held.contains_key(&id)
     }
 
-    /// Give `id` a buffer holding `bytes`; false (and counted) when the pool is empty or the bytes
-    /// do not fit.
-    pub fn take(&mut self, id: u32, bytes: &[u8]) -> bool {
+    /// Give `id` a buffer holding `bytes` from `now_ms` on; false (and counted) when the pool is
+    /// empty or the bytes do not fit.
+    pub fn take(&mut self, id: u32, bytes: &[u8], now_ms: u64) -> bool {
         if self.holds(id) || bytes.len() > self.size {
             return false;
         }
@@ -51,31 +65,29 @@ impl SpillPool {
         };
         let start = index as usize * self.size;
         self.memory[start..start + bytes.len()].copy_from_slice(bytes);
-        self.held.insert(id, (index, bytes.len()));
-        true
-    }
-
-    /// Add bytes behind what `id` holds; false if it holds no buffer or they do not fit.
-    pub fn append(&mut self, id: u32, bytes: &[u8]) -> bool {
-        let size = self.size;
-        let Some((buf, len)) = self.get(id) else { return false };
-        if *len + bytes.len() > size {
-            return false;
-        }
-        buf[*len..*len + bytes.len()].copy_from_slice(bytes);
-        *len += bytes.len();
+        let held = Held {
+            index,
+            len: bytes.len(),
+            since_ms: now_ms,
+        };
+        self.held.insert(id, held);
         true
     }
 
     /// The buffer of `id` (whole) and how many bytes of it are held.
     pub fn get(&mut self, id: u32) -> Option<(&mut [u8], &mut usize)> {
-        let (index, len) = self.held.get_mut(&id)?;
-        let start = *index as usize * self.size;
-        Some((&mut self.memory[start..start + self.size], len))
+        let held = self.held.get_mut(&id)?;
+        let start = held.index as usize * self.size;
+        Some((&mut self.memory[start..start + self.size], &mut held.len))
     }
 
-    /// Drop the first `n` held bytes of `id`; the buffer goes back to the pool once empty.
-    pub fn consume(&mut self, id: u32, n: usize) {
+    /// Drop the first `n` held bytes of `id` (whole heads and frames, at `now_ms`: the hold
+    /// limit counts from the last one); the buffer goes back to the pool once empty.
+    pub fn consume(&mut self, id: u32, n: usize, now_ms: u64) {
+        let Some(held) = self.held.get_mut(&id) else { return };
+        if n > 0 {
+            held.since_ms = now_ms;
+        }
         let Some((buf, len)) = self.get(id) else { return };
         let n = n.min(*len);
         buf.copy_within(n..*len, 0);
@@ -86,14 +98,21 @@ impl SpillPool {
     }
 
     pub fn release(&mut self, id: u32) {
-        if let Some((index, _)) = self.held.remove(&id) {
-            self.free.push(index);
+        if let Some(held) = self.held.remove(&id) {
+            self.free.push(held.index);
         }
     }
 
     /// Bytes held over all buffers.
     pub fn held_bytes(&self) -> usize {
-        self.held.values().map(|(_, len)| len).sum()
+        self.held.values().map(|h| h.len).sum()
+    }
+
+    /// The holders that took their buffer `HOLD_LIMIT_MS` or more before `now_ms`, into `out`
+    /// (a scan of the pool, not of the connections).
+    pub fn stale(&self, now_ms: u64, out: &mut Vec<u32>) {
+        let due = |h: &Held| now_ms.saturating_sub(h.since_ms) >= HOLD_LIMIT_MS;
+        out.extend(self.held.iter().filter(|(_, h)| due(h)).map(|(&id, _)| id));
     }
 
     pub fn in_use(&self) -> usize {
@@ -110,7 +129,7 @@ impl SpillPool {
 
     /// Bytes reserved (virtual; resident only as far as buffers were ever used).
     pub fn bytes(&self) -> usize {
-        self.memory.len() + self.held.capacity() * 24 + self.free.capacity() * 4
+        self.memory.len() + self.held.capacity() * (4 + std::mem::size_of::<Held>()) + self.free.capacity() * 4
     }
 }
 
@@ -121,21 +140,29 @@ mod tests {
     #[test]
     fn buffers_are_lent_consumed_and_returned() {
         let mut pool = SpillPool::new(2, 8);
-        assert!(pool.take(7, b"abcdef"));
-        assert!(!pool.take(7, b"x"), "one buffer per connection");
-        assert!(!pool.take(8, b"123456789"), "bytes larger than a buffer are refused");
-        assert!(pool.take(9, b"zz"));
-        assert!(pool.append(9, b"abc"));
-        assert!(!pool.append(9, b"abcd"), "past the buffer's size");
-        assert_eq!(pool.get(9).map(|(b, l)| b[..*l].to_vec()), Some(b"zzabc".to_vec()));
-        assert!(!pool.take(10, b"q"));
+        assert!(pool.take(7, b"abcdef", 0));
+        assert!(!pool.take(7, b"x", 0), "one buffer per connection");
+        assert!(!pool.take(8, b"123456789", 0), "bytes larger than a buffer are refused");
+        assert!(pool.take(9, b"zz", 1_000));
+        assert_eq!(pool.get(9).map(|(b, l)| b[..*l].to_vec()), Some(b"zz".to_vec()));
+        assert!(!pool.take(10, b"q", 0));
         assert_eq!(pool.exhausted, 1);
-        pool.consume(7, 2);
+        // The hold limit counts from the buffer's last whole head or frame.
+        let stale = |pool: &SpillPool, now| {
+            let mut out = vec![];
+            pool.stale(now, &mut out);
+            out.sort();
+            out
+        };
+        assert_eq!(stale(&pool, HOLD_LIMIT_MS - 1), Vec::<u32>::new());
+        assert_eq!(stale(&pool, HOLD_LIMIT_MS), vec![7]);
+        pool.consume(7, 2, 5_000);
+        assert_eq!(stale(&pool, HOLD_LIMIT_MS + 1_000), vec![9]);
         let (buf, len) = pool.get(7).unwrap();
         assert_eq!(&buf[..*len], b"cdef");
-        pool.consume(7, 4);
+        pool.consume(7, 4, 5_000);
         assert!(!pool.holds(7), "an empty buffer goes back");
-        assert!(pool.take(10, b"q"));
+        assert!(pool.take(10, b"q", 0));
         pool.release(9);
         pool.release(10);
         assert_eq!((pool.in_use(), pool.capacity()), (0, 2));

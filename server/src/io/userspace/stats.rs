@@ -16,8 +16,12 @@ pub struct XdpWorkerStats {
     /// Input spill buffers (request heads and frames larger than the receive buffer).
     pub spill_in_use: u64,
     pub spill_capacity: u64,
-    /// Connections reset because every input spill buffer was taken.
+    /// Times a head or frame found every input spill buffer taken (its connection waited).
     pub spill_exhausted: u64,
+    /// Connections reset for keeping a spill buffer 10 s without a whole head or frame while
+    /// others waited for one.
+    #[serde(default)]
+    pub spill_evicted: u64,
     /// Connections whose output waits for the link, or for room in their send buffer (behind in
     /// the message log).
     pub tx_pending_conns: u64,

@@ -470,3 +470,34 @@ fn messages_of_every_size_reach_a_thousand_connections_over_tcp() {
         "no client saw a close"
     );
 }
+
+/// A client that trickles a large frame keeps its spill buffer only while nobody else needs one:
+/// with another connection's frame waiting, it is reset once it held the buffer 10 s without a
+/// whole frame, and the waiting frame goes on.
+#[test]
+fn a_trickled_frame_loses_its_spill_buffer_to_a_waiting_one_after_the_hold_limit() {
+    let mut r = Rig::new(true, 1, 4096, 4096);
+    let (slow, fast) = (r.connect(), r.connect());
+    r.upgrade(slow, 200);
+    r.upgrade(fast, 200);
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let frame = masked(Op::Binary, &payload);
+    r.send(slow, &frame[..600]);
+    assert_eq!(r.srv.io.inp.in_use(), 1, "the slow frame holds the only buffer");
+    r.send(fast, &frame);
+    assert_eq!(r.srv.waiting(), 1);
+    // Alone, a holder keeps its buffer; the limit counts only while another waits.
+    r.now += Duration::from_millis(9_000);
+    r.settle(100);
+    assert_eq!((r.srv.io.inp.evicted, r.srv.waiting()), (0, 1));
+    r.now += Duration::from_millis(1_000);
+    r.settle(200);
+    assert_eq!(r.srv.io.inp.evicted, 1);
+    assert!(
+        r.cli_events.contains(&Event::Closed(slow, CloseReason::Aborted)),
+        "{:?}",
+        r.cli_events
+    );
+    assert_eq!(frames(r.drain(fast)), vec![(Op::Binary, payload)]);
+    assert_eq!((r.core.stats().connections, r.srv.waiting(), r.srv.io.inp.in_use()), (1, 0, 0));
+}
