@@ -12,6 +12,8 @@ pub enum Refusal {
     Missing,
     Malformed,
     Expired,
+    /// Its `nbf` (not before) is still ahead: counted with the expired ones.
+    NotYetValid,
     BadSignature,
     /// Valid, but for another device id.
     WrongDevice,
@@ -25,6 +27,7 @@ impl Refusal {
             }
             Refusal::Malformed => "the token is not a JWT signed with HS256",
             Refusal::Expired => "the token has expired",
+            Refusal::NotYetValid => "the token is not valid yet (nbf)",
             Refusal::BadSignature => "the token's signature does not verify",
             Refusal::WrongDevice => "the token is for another device id",
         }
@@ -61,6 +64,8 @@ impl DeviceAuth {
         let key = DecodingKey::from_secret(secret).map_err(|e| format!("device key: {e}"))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // No allowance for clock skew: the issuer's and our clocks are NTP-synchronised servers.
         validation.leeway = 0;
         Ok(DeviceAuth { key, validation })
     }
@@ -74,6 +79,7 @@ impl DeviceAuth {
             Ok(_) => Err(Refusal::WrongDevice),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => Refusal::Expired,
+                ErrorKind::ImmatureSignature => Refusal::NotYetValid,
                 ErrorKind::InvalidSignature => Refusal::BadSignature,
                 _ => Refusal::Malformed,
             }),
@@ -123,6 +129,11 @@ pub(crate) mod tests {
         assert_eq!(auth.check(Some(good.as_bytes()), b"dev-2"), Err(Refusal::WrongDevice));
         let old = token(K1, "dev-1", now() - 10);
         assert_eq!(auth.check(Some(old.as_bytes()), b"dev-1"), Err(Refusal::Expired));
+        let early = {
+            let claims = serde_json::json!({ "sub": "dev-1", "exp": now() + 600, "nbf": now() + 300 });
+            encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(K1).unwrap()).unwrap()
+        };
+        assert_eq!(auth.check(Some(early.as_bytes()), b"dev-1"), Err(Refusal::NotYetValid));
         let forged = token(b"another key of 16+ bytes", "dev-1", now() + 60);
         assert_eq!(
             auth.check(Some(forged.as_bytes()), b"dev-1"),

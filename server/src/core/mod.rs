@@ -488,7 +488,7 @@ impl ServerCore {
         let counter = match refusal {
             auth::Refusal::Missing => &mut self.stats.auth_missing,
             auth::Refusal::Malformed => &mut self.stats.auth_malformed,
-            auth::Refusal::Expired => &mut self.stats.auth_expired,
+            auth::Refusal::Expired | auth::Refusal::NotYetValid => &mut self.stats.auth_expired,
             auth::Refusal::BadSignature => &mut self.stats.auth_bad_signature,
             auth::Refusal::WrongDevice => &mut self.stats.auth_wrong_device,
         };
