@@ -131,7 +131,12 @@ pub(crate) mod tests {
         assert_eq!(auth.check(Some(old.as_bytes()), b"dev-1"), Err(Refusal::Expired));
         let early = {
             let claims = serde_json::json!({ "sub": "dev-1", "exp": now() + 600, "nbf": now() + 300 });
-            encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(K1).unwrap()).unwrap()
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(K1).unwrap(),
+            )
+            .unwrap()
         };
         assert_eq!(auth.check(Some(early.as_bytes()), b"dev-1"), Err(Refusal::NotYetValid));
         let forged = token(b"another key of 16+ bytes", "dev-1", now() + 60);

@@ -17,10 +17,15 @@ pub fn key_for(n: u64, seed: u64) -> String {
 
 /// A device token for `sub` (HS256, `exp` 24 h from now), as `ws-server --device-key-file` checks.
 pub fn mint(key: &[u8], sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
+    mint_expiring(key, sub, 24 * 3600)
+}
+
+/// The same with `exp` `valid_for_s` seconds from now (negative: already expired).
+pub fn mint_expiring(key: &[u8], sub: &str, valid_for_s: i64) -> String {
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 24 * 3600;
+        .map_or(0, |d| d.as_secs() as i64);
+    let exp = now.saturating_add(valid_for_s).max(0);
     let claims = serde_json::json!({ "sub": sub, "exp": exp });
     jsonwebtoken::EncodingKey::from_secret(key)
         .and_then(|k| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &k))

@@ -58,21 +58,22 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
     // device's; a valid one through each of the three places is accepted.
     let forged = testbed::load::client::mint(b"not the server's key, but long enough", "dev-7");
     let other = testbed::load::client::mint(key, "dev-8");
+    let expired = testbed::load::client::mint_expiring(key, "dev-7", -60);
     let auth = format!("Authorization: Bearer {forged}");
     assert!(upgrade_status(&ns, "id=dev-7", &[]).contains(" 401 "));
     assert!(upgrade_status(&ns, &format!("id=dev-7&token={forged}"), &[]).contains(" 401 "));
     assert!(upgrade_status(&ns, "id=dev-7", &[&auth]).contains(" 401 "));
     assert!(upgrade_status(&ns, &format!("id=dev-7&token={other}"), &[]).contains(" 401 "));
+    assert!(upgrade_status(&ns, &format!("id=dev-7&token={expired}"), &[]).contains(" 401 "));
     let stats = admin_json(&ns, "/stats");
-    assert_eq!(
-        (
-            &stats["auth_missing"],
-            &stats["auth_bad_signature"],
-            &stats["auth_wrong_device"]
-        ),
-        (&serde_json::json!(1), &serde_json::json!(2), &serde_json::json!(1)),
-        "{stats}"
-    );
+    let counted = [
+        "auth_missing",
+        "auth_bad_signature",
+        "auth_wrong_device",
+        "auth_expired",
+    ]
+    .map(|c| stats[c].clone());
+    assert_eq!(counted, [1, 2, 1, 1].map(serde_json::Value::from), "{stats}");
     assert_eq!(stats["devices_replaced"], 0, "nobody took an id: {stats}");
     let push = admin_post(&ns, "/push?id=dev-7", b"still dev-7's");
     assert_eq!(push["result"], "queued to a connected device", "{push}");
@@ -85,6 +86,9 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
     let mine = testbed::load::client::mint(key, "new-1");
     let offered = format!("Sec-WebSocket-Protocol: push.v1, bearer.{mine}");
     let answer = upgrade_status(&ns, "id=new-1", &[&offered]);
+    assert!(answer.contains(" 101 "), "{answer}");
+    let bearer = format!("Authorization: Bearer {}", testbed::load::client::mint(key, "new-2"));
+    let answer = upgrade_status(&ns, "id=new-2", &[&bearer]);
     assert!(answer.contains(" 101 "), "{answer}");
 
     standard_clients_with_tokens(&ns, key);

@@ -499,5 +499,8 @@ fn a_trickled_frame_loses_its_spill_buffer_to_a_waiting_one_after_the_hold_limit
         r.cli_events
     );
     assert_eq!(frames(r.drain(fast)), vec![(Op::Binary, payload)]);
-    assert_eq!((r.core.stats().connections, r.srv.waiting(), r.srv.io.inp.in_use()), (1, 0, 0));
+    assert_eq!(
+        (r.core.stats().connections, r.srv.waiting(), r.srv.io.inp.in_use()),
+        (1, 0, 0)
+    );
 }
