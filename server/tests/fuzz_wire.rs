@@ -602,7 +602,8 @@ fn check_parse(buf: &[u8]) -> Parsed<'_> {
             Request::Poll { device: Some(d), .. } => {
                 assert!(inside(d) && !d.is_empty() && d.len() <= MAX_DEVICE_ID, "device {d:?}");
             }
-            Request::Poll { device: None, .. } | Request::Reject(_) => {}
+            Request::Preflight { origin: Some(o) } => assert!(inside(o), "origin {o:?}"),
+            Request::Poll { device: None, .. } | Request::Preflight { origin: None } | Request::Reject(_) => {}
         }
     }
     parsed
