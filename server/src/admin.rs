@@ -461,7 +461,7 @@ impl Report {
             g.set(v as i64);
             reg.register(name, help, g);
         }
-        let counters: [(&str, &str, u64); 27] = [
+        let counters: [(&str, &str, u64); 29] = [
             ("accepted", "Connections accepted", t.accepted),
             ("closed", "Connections ended, any reason", t.closed),
             ("expired", "Connections expired by the idle timeout", t.expired),
@@ -484,13 +484,23 @@ impl Report {
             ("rejected_requests", "HTTP requests rejected", t.rejected_requests),
             ("auth_missing", "Device requests refused 401: no token", t.auth_missing),
             (
+                "ids_without_key",
+                "Requests with a device id refused 401: no device key and no --insecure-ids",
+                t.ids_without_key,
+            ),
+            (
+                "anonymous_refused",
+                "Requests without a device id refused 401: --devices-only",
+                t.anonymous_refused,
+            ),
+            (
                 "origin_refused",
                 "Requests refused 403: Origin not allowed",
                 t.origin_refused,
             ),
             (
                 "auth_malformed",
-                "Device requests refused 401: not an HS256 JWT",
+                "Device requests refused 401: not an HS256 JWT, or claims other than sub and exp",
                 t.auth_malformed,
             ),
             (

@@ -74,8 +74,10 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("'{text}' is too large"))
 }
 
-/// Parse a browser origin as browsers send it (RFC 6454): `scheme://host[:port]`, no path, no
-/// trailing slash, at most `MAX_ORIGIN` bytes of visible ASCII (an answer echoes it).
+/// Parse a browser origin and write it as browsers send it (RFC 6454 §6.2): `scheme://host[:port]`
+/// in lower case, without the scheme's default port, no path, no trailing slash, at most
+/// `MAX_ORIGIN` bytes of visible ASCII. CORS answers echo it, and browsers compare those bytes
+/// exactly.
 pub fn parse_origin(text: &str) -> Result<String, String> {
     use crate::core::http::MAX_ORIGIN;
     let bad = |why: &str| {
@@ -95,10 +97,19 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
     if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
         return bad("no host, or spaces or non-ASCII in it");
     }
-    if rest.contains(['/', '?', '#', '*']) {
-        return bad("an origin has no path, query or wildcard");
+    if rest.contains(['/', '?', '#', '*', '@']) {
+        return bad("an origin has no path, query, user or wildcard");
     }
-    Ok(text.to_string())
+    let origin = text.to_ascii_lowercase();
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => ":443",
+        "http" | "ws" => ":80",
+        _ => "",
+    };
+    Ok(match origin.strip_suffix(default_port) {
+        Some(bare) if !default_port.is_empty() => bare.to_string(),
+        _ => origin,
+    })
 }
 
 #[cfg(test)]
@@ -130,6 +141,19 @@ mod tests {
             Ok("https://app.example")
         );
         assert!(parse_origin("http://[::1]:8080").is_ok());
+        // As browsers send it: lower case, no default port.
+        assert_eq!(
+            parse_origin("HTTPS://App.Example:443").as_deref(),
+            Ok("https://app.example")
+        );
+        assert_eq!(
+            parse_origin("http://app.example:80").as_deref(),
+            Ok("http://app.example")
+        );
+        assert_eq!(
+            parse_origin("http://app.example:8080").as_deref(),
+            Ok("http://app.example:8080")
+        );
         for bad in [
             "app.example",
             "https://app.example/",

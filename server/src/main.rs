@@ -350,7 +350,7 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
     }
     if !(192..=1 << 20).contains(&args.tx_buf) {
         return Err(usage(
-            "--tx-buf must be 192 bytes to 1 MiB (the upgrade answer alone is 129 bytes)",
+            "--tx-buf must be 192 bytes to 1 MiB (an upgrade answer is 129 bytes or more)",
         ));
     }
     let max_conns = args.max_conns.unwrap_or(100_000);

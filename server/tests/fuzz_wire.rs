@@ -23,6 +23,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
 
+use ws_server::core::auth::DeviceAuth;
 use ws_server::core::device::DeviceHasher;
 use ws_server::core::frame::{
     apply_mask, close_payload, decode, encode_header, parse_close, FrameError, Op, Role, Utf8Carry,
@@ -217,7 +218,10 @@ struct UpgradeHead {
 }
 
 fn upgrade_head() -> impl Strategy<Value = UpgradeHead> {
-    let device = prop::option::of("[A-Za-z0-9._:~-]{1,128}");
+    let device = prop_oneof![
+        3 => prop::option::of("[A-Za-z0-9._:~-]{1,128}"),
+        1 => Just(Some("dev-1".to_string())),
+    ];
     let ws = prop::sample::select(vec![
         "websocket",
         "WebSocket",
@@ -245,10 +249,10 @@ fn upgrade_head() -> impl Strategy<Value = UpgradeHead> {
             "[a-z0-9.]{1,20}(:[0-9]{1,5})?",
         ),
         (prop::collection::vec(space, 10), prop::collection::vec(any::<u64>(), 5)),
-        (extras, prop::collection::vec(any::<u16>(), 15)),
+        (extras, prop::collection::vec(any::<u16>(), 19), credential_lines()),
     )
         .prop_map(
-            |((key, device, query_before, ws, conn, host), (spaces, cases), (extras, order))| {
+            |((key, device, query_before, ws, conn, host), (spaces, cases), (extras, order, credentials))| {
                 let key = base64(&key);
                 let mut path = "/ws".to_string();
                 let mut sep = '?';
@@ -282,6 +286,9 @@ fn upgrade_head() -> impl Strategy<Value = UpgradeHead> {
                         continue;
                     }
                     lines.push((order[5 + i], format!("{name}: {value}\r\n")));
+                }
+                for (i, line) in credentials.into_iter().enumerate() {
+                    lines.push((order[15 + i], line));
                 }
                 lines.sort_by_key(|(k, _)| *k);
                 let mut head = format!("GET {path} HTTP/1.1\r\n");
@@ -593,8 +600,19 @@ fn check_parse(buf: &[u8]) -> Parsed<'_> {
             range.start <= s.as_ptr() && s.as_ptr_range().end <= range.end
         };
         match request {
-            Request::Upgrade { key, device, .. } => {
+            Request::Upgrade {
+                key,
+                device,
+                credential,
+                ..
+            } => {
                 assert!(inside(key) && key.len() == 24, "key {key:?}");
+                for part in [credential.token, credential.protocol, credential.origin]
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(inside(part), "credential part {part:?}");
+                }
                 if let Some(d) = device {
                     assert!(inside(d) && !d.is_empty() && d.len() <= MAX_DEVICE_ID, "device {d:?}");
                 }
@@ -635,11 +653,17 @@ proptest! {
     #[test]
     fn http_valid_upgrade(head in upgrade_head(), after in prop::collection::vec(any::<u8>(), 0..20)) {
         let buf = [&head.bytes[..], &after[..]].concat();
+        // The credential lines vary (tokens, offers, origins): what they parse to is checked
+        // to lie inside the input (`check_parse`) and by the core's tests.
+        let credential = match check_parse(&buf) {
+            Parsed::Complete { request: Request::Upgrade { credential, .. }, .. } => credential,
+            _ => Default::default(),
+        };
         let expected = Request::Upgrade {
             key: head.key.as_bytes(),
             device: head.device.as_deref().map(str::as_bytes),
             since: None,
-            credential: Default::default(),
+            credential,
         };
         prop_assert_eq!(check_parse(&buf), Parsed::Complete { len: head.bytes.len(), request: expected },
                         "{}", String::from_utf8_lossy(&head.bytes));
@@ -845,17 +869,60 @@ fn client_stream() -> impl Strategy<Value = Vec<u8>> {
 
 fn core_config() -> impl Strategy<Value = CoreConfig> {
     let max_request = prop_oneof![1 => 60..200usize, 3 => 200..4096usize];
-    (125..400usize, 0..1000usize, max_request, any::<bool>()).prop_map(|(max_frame, extra, max_request, echo)| {
-        CoreConfig {
+    // Trust settings too: a device key (tokens are checked), allowed origins (CORS answers),
+    // devices only, ids without a key.
+    let trust = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>());
+    (125..400usize, 0..1000usize, max_request, any::<bool>(), trust).prop_map(
+        |(max_frame, extra, max_request, echo, (key, origins, anonymous, insecure_ids))| CoreConfig {
             echo,
             max_frame,
             max_message: max_frame + extra,
             max_request,
             device_hasher: DeviceHasher::new([1, 2]),
             seed: 7,
+            device_auth: key.then(|| DeviceAuth::hs256(FUZZ_KEY).expect("a long key")),
+            allowed_origins: if origins {
+                vec![b"https://app.example".to_vec()]
+            } else {
+                vec![]
+            },
+            anonymous,
+            insecure_ids,
             ..CoreConfig::default()
-        }
-    })
+        },
+    )
+}
+
+const FUZZ_KEY: &[u8] = b"the fuzzer's device key, 32 byte";
+
+/// Header lines that carry credentials and origins: real-looking tokens (some signed with the
+/// key, for the ids the heads use), garbage, several offers, allowed and foreign origins.
+fn credential_lines() -> impl Strategy<Value = Vec<String>> {
+    let token = prop_oneof![
+        "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,43}",
+        "[ -~]{0,80}",
+        Just(testbed_token("dev-1")),
+    ];
+    let line = (prop::sample::select(vec![0u8, 1, 2, 3, 4]), token).prop_map(|(kind, token)| match kind {
+        0 => format!("Authorization: Bearer {token}\r\n"),
+        1 => format!("Sec-WebSocket-Protocol: push.v1, bearer.{token}\r\n"),
+        2 => format!("Sec-WebSocket-Protocol: bearer.{token}\r\n"),
+        3 => "Origin: https://app.example\r\n".to_string(),
+        _ => "Origin: https://EVIL.example:443\r\n".to_string(),
+    });
+    prop::collection::vec(line, 0..4)
+}
+
+/// A valid token for `sub` under `FUZZ_KEY` (an hour from now).
+fn testbed_token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    let key = jsonwebtoken::EncodingKey::from_secret(FUZZ_KEY).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
 }
 
 /// The most bytes the core may leave unconsumed: a request head up to `max_request`, or an

@@ -11,6 +11,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 pub enum Refusal {
     Missing,
     Malformed,
+    /// Signed with our key, but its claims are not what we check (`sub`, `exp`; no `aud`):
+    /// counted with the malformed ones.
+    BadClaims,
     Expired,
     /// Its `nbf` (not before) is still ahead: counted with the expired ones.
     NotYetValid,
@@ -26,6 +29,7 @@ impl Refusal {
                 "a device id needs a token (?token=, Authorization: Bearer, or the subprotocol bearer.<token>)"
             }
             Refusal::Malformed => "the token is not a JWT signed with HS256",
+            Refusal::BadClaims => "the token's claims are not a string sub and a numeric exp (or it names an aud)",
             Refusal::Expired => "the token has expired",
             Refusal::NotYetValid => "the token is not valid yet (nbf)",
             Refusal::BadSignature => "the token's signature does not verify",
@@ -80,6 +84,7 @@ impl DeviceAuth {
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => Refusal::Expired,
                 ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidAudience => Refusal::BadClaims,
                 ErrorKind::InvalidSignature => Refusal::BadSignature,
                 _ => Refusal::Malformed,
             }),
@@ -112,6 +117,22 @@ pub(crate) mod tests {
     }
 
     const K1: &[u8] = b"a device key of 32 bytes, for us";
+
+    #[test]
+    fn every_reason_fits_a_rejection() {
+        use Refusal::*;
+        for r in [
+            Missing,
+            Malformed,
+            BadClaims,
+            Expired,
+            NotYetValid,
+            BadSignature,
+            WrongDevice,
+        ] {
+            assert!(r.reason().len() <= crate::core::http::MAX_REASON, "{r:?}");
+        }
+    }
 
     #[test]
     fn a_short_key_is_refused() {
@@ -157,6 +178,16 @@ pub(crate) mod tests {
             )
             .unwrap()
         };
-        assert_eq!(auth.check(Some(no_exp.as_bytes()), b"dev-1"), Err(Refusal::Malformed));
+        assert_eq!(auth.check(Some(no_exp.as_bytes()), b"dev-1"), Err(Refusal::BadClaims));
+        let with_aud = {
+            let claims = serde_json::json!({ "sub": "dev-1", "exp": now() + 60, "aud": "another service" });
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(K1).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(auth.check(Some(with_aud.as_bytes()), b"dev-1"), Err(Refusal::BadClaims));
     }
 }

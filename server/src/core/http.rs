@@ -39,8 +39,9 @@ pub struct Credential<'a> {
     /// From `?token=`, `Authorization: Bearer`, or a `Sec-WebSocket-Protocol` value
     /// `bearer.<token>`, in that order.
     pub token: Option<&'a [u8]>,
-    /// Another subprotocol the client offered: the upgrade answers with it (a client that offers
-    /// subprotocols expects one back).
+    /// Another subprotocol the client offered next to a `bearer.<token>` one: the upgrade answers
+    /// with it (a browser aborts a handshake whose answer names none it offered). Without a
+    /// token among them nothing is answered: we speak no subprotocol of our own.
     pub protocol: Option<&'a [u8]>,
     /// The `Origin` a browser sends (RFC 6455 §10.2): checked against `--allowed-origin`.
     pub origin: Option<&'a [u8]>,
@@ -81,7 +82,7 @@ fn credential<'a>(query: Option<&'a str>, headers: &[httparse::Header<'a>]) -> C
     }
     Credential {
         token: from_query.or(from_header).or(from_protocol),
-        protocol,
+        protocol: from_protocol.and(protocol),
         origin: header(headers, "origin").map(<[u8]>::trim_ascii),
     }
 }
@@ -301,10 +302,13 @@ fn is_base64_of_16_bytes(key: &[u8]) -> bool {
 
 /// The longest `--allowed-origin` (checked at start): an answer echoes it in its CORS header.
 pub const MAX_ORIGIN: usize = 128;
+/// The longest reason a rejection carries in its body (the reasons are ours, all shorter; a test
+/// of the core checks the credential ones).
+pub const MAX_REASON: usize = 150;
 
 /// A formatted response head (plus short body) in a stack buffer.
 pub struct Response {
-    buf: [u8; 448],
+    buf: [u8; 512],
     len: usize,
 }
 
@@ -314,11 +318,12 @@ impl Response {
     }
 
     fn format(args: std::fmt::Arguments<'_>) -> Response {
-        let mut buf = [0u8; 448];
+        let mut buf = [0u8; 512];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
         // Every caller formats fixed text plus short values (an origin is at most MAX_ORIGIN,
-        // a subprotocol MAX_PROTOCOL): 448 bytes always suffice.
-        cursor.write_fmt(args).expect("response head fits in 448 bytes");
+        // a subprotocol MAX_PROTOCOL, a reason ~120): 512 bytes always suffice (a test formats
+        // the longest of each).
+        cursor.write_fmt(args).expect("response head fits in 512 bytes");
         let len = cursor.position() as usize;
         Response { buf, len }
     }
@@ -340,14 +345,20 @@ impl Response {
 
     /// An error status with a one-line body; the connection is closed after it.
     pub fn reject(reject: Reject) -> Response {
+        Response::reject_with_cors(reject, None)
+    }
+
+    /// The same, readable by a page of the origin `cors` (see `poll_answer_head`).
+    pub fn reject_with_cors(reject: Reject, cors: Option<&str>) -> Response {
         let reason = reject.reason();
+        let cors = Cors(cors);
         let version = match reject {
             Reject::UpgradeRequired(_) => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             Reject::Unauthorized(_) => "WWW-Authenticate: Bearer\r\n",
             _ => "",
         };
         Response::format(format_args!(
-            "HTTP/1.1 {}\r\n{version}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
+            "HTTP/1.1 {}\r\n{version}{cors}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
             reject.status(),
             reason.len() + 1
         ))
@@ -551,6 +562,8 @@ mod tests {
             token("Sec-WebSocket-Protocol: push.v1, bearer.ppp.qqq.rrr\r\n", "/ws?id=d"),
             (v("ppp.qqq.rrr"), v("push.v1"))
         );
+        // Without a token among the offers we answer none: we speak no subprotocol of our own.
+        assert_eq!(token("Sec-WebSocket-Protocol: push.v1\r\n", "/ws"), (None, None));
         // The query wins over the header, the header over the subprotocol.
         let both = "Authorization: Bearer h.h.h\r\nSec-WebSocket-Protocol: bearer.p.p.p\r\n";
         assert_eq!(token(both, "/ws?id=d&token=q.q.q").0, v("q.q.q"));
@@ -564,6 +577,31 @@ mod tests {
         let r = Response::reject(Reject::Unauthorized("the token has expired"));
         let text = std::str::from_utf8(r.as_bytes()).unwrap();
         assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n") && text.contains("WWW-Authenticate: Bearer"));
+    }
+
+    /// The longest answers fit the response buffer (formatting panics past it): every
+    /// rejection with a reason of `MAX_REASON` bytes and a CORS origin of `MAX_ORIGIN`, the
+    /// preflight, a poll answer, an upgrade answer with the longest subprotocol.
+    #[test]
+    fn the_longest_answers_fit() {
+        let reason: &'static str = "r".repeat(MAX_REASON).leak();
+        let origin = format!("https://{}", "o".repeat(MAX_ORIGIN - 8));
+        for reject in [
+            Reject::BadRequest(reason),
+            Reject::UpgradeRequired(reason),
+            Reject::Unauthorized(reason),
+            Reject::Forbidden(reason),
+        ] {
+            let r = Response::reject_with_cors(reject, Some(&origin));
+            assert!(r.as_bytes().ends_with(format!("{reason}\n").as_bytes()));
+        }
+        assert!(Response::preflight(&origin).as_bytes().ends_with(b"\r\n\r\n"));
+        assert!(Response::poll_answer_head(usize::MAX, true, Some(&origin))
+            .as_bytes()
+            .ends_with(b"\r\n\r\n"));
+        let protocol = "p".repeat(MAX_PROTOCOL);
+        let r = Response::switching_protocols(KEY.as_bytes(), Some(protocol.as_bytes()));
+        assert!(r.as_bytes().ends_with(b"\r\n\r\n"));
     }
 
     #[test]

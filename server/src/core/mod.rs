@@ -417,7 +417,7 @@ impl ServerCore {
             }
             Request::Preflight { origin } => match origin.map(|o| self.cors_grant(Some(o))) {
                 Some(grant) if grant != 0 => {
-                    let response = Response::preflight(self.cors_origin(grant).unwrap_or("*"));
+                    let response = Response::preflight(self.cors_header(grant).unwrap_or("*"));
                     self.emit(id, &[response.as_bytes()], io);
                     self.close(id, Ended::Server, io);
                 }
@@ -431,8 +431,8 @@ impl ServerCore {
         }
     }
 
-    /// Which origin a page may read a long-poll answer from: 0 when the request had no
-    /// `Origin` or one not allowed, `ANY_ORIGIN` when no `--allowed-origin` was given, else the
+    /// Which origin a page may read an answer from: 0 when the request had no `Origin` or one
+    /// not allowed, `ANY_ORIGIN` when no `--allowed-origin` was given, else the
     /// index + 1 of the allowed origin it matched.
     fn cors_grant(&self, origin: Option<&[u8]>) -> u16 {
         let (Some(origin), allowed) = (origin, &self.cfg.allowed_origins) else {
@@ -451,49 +451,70 @@ impl ServerCore {
     /// The origin a grant names (`None` for no origin or for any).
     fn cors_origin(&self, grant: u16) -> Option<&str> {
         let allowed = self.cfg.allowed_origins.get((grant as usize).checked_sub(1)?)?;
-        // Checked to be visible ASCII at start (`main.rs`).
+        // Checked at start (`cli::parse_origin`); a longer one (a library user's) gets no header
+        // rather than overflowing the answer's buffer.
+        (allowed.len() <= http::MAX_ORIGIN).then_some(())?;
         std::str::from_utf8(allowed).ok()
+    }
+
+    /// The value of `Access-Control-Allow-Origin` for a grant, if any.
+    fn cors_header(&self, grant: u16) -> Option<&str> {
+        match grant {
+            0 => None,
+            ANY_ORIGIN => Some("*"),
+            grant => self.cors_origin(grant),
+        }
     }
 
     /// Whether the request may have its device id: with a device key, only with a token for that
     /// id; otherwise answered `401` (counted by reason) and closed. The device that holds the id
-    /// keeps it: nothing of the refused request touches the directory.
+    /// keeps it: nothing of the refused request touches the directory. A page of an allowed
+    /// origin can read the `401` (CORS), so that its script learns why.
     fn authorized(&mut self, id: ConnId, device: Option<&[u8]>, credential: Credential<'_>, io: &mut impl Io) -> bool {
-        if let Some(origin) = credential.origin {
-            let allowed = &self.cfg.allowed_origins;
-            if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-                self.stats.origin_refused += 1;
-                self.reject(id, Reject::Forbidden(FORBIDDEN_ORIGIN), io);
-                return false;
-            }
+        let grant = self.cors_grant(credential.origin);
+        if credential.origin.is_some() && grant == 0 {
+            self.stats.origin_refused += 1;
+            self.reject(id, Reject::Forbidden(FORBIDDEN_ORIGIN), io);
+            return false;
         }
         let refusal = match (&self.cfg.device_auth, device) {
             (None, None) | (Some(_), None) if self.cfg.anonymous => return true,
             (None, Some(_)) if self.cfg.insecure_ids => return true,
-            (_, None) => Some("this server serves devices only: /ws?id=DEVICE with its token"),
-            (None, Some(_)) => Some("device ids need the server's device key (--device-key-file) or --insecure-ids"),
-            (Some(_), Some(_)) => None,
+            (_, None) => {
+                self.stats.anonymous_refused += 1;
+                "this server serves devices only: /ws?id=DEVICE with its token"
+            }
+            (None, Some(_)) => {
+                self.stats.ids_without_key += 1;
+                "device ids need the server's device key (--device-key-file) or --insecure-ids"
+            }
+            (Some(auth), Some(device)) => {
+                let Err(refusal) = auth.check(credential.token, device) else {
+                    return true;
+                };
+                let counter = match refusal {
+                    auth::Refusal::Missing => &mut self.stats.auth_missing,
+                    auth::Refusal::Malformed | auth::Refusal::BadClaims => &mut self.stats.auth_malformed,
+                    auth::Refusal::Expired | auth::Refusal::NotYetValid => &mut self.stats.auth_expired,
+                    auth::Refusal::BadSignature => &mut self.stats.auth_bad_signature,
+                    auth::Refusal::WrongDevice => &mut self.stats.auth_wrong_device,
+                };
+                *counter += 1;
+                refusal.reason()
+            }
         };
-        if let Some(why) = refusal {
-            self.stats.auth_missing += 1;
-            self.reject(id, Reject::Unauthorized(why), io);
-            return false;
-        }
-        let (Some(auth), Some(device)) = (&self.cfg.device_auth, device) else {
-            return true;
-        };
-        let Err(refusal) = auth.check(credential.token, device) else {
-            return true;
-        };
-        let counter = match refusal {
-            auth::Refusal::Missing => &mut self.stats.auth_missing,
-            auth::Refusal::Malformed => &mut self.stats.auth_malformed,
-            auth::Refusal::Expired | auth::Refusal::NotYetValid => &mut self.stats.auth_expired,
-            auth::Refusal::BadSignature => &mut self.stats.auth_bad_signature,
-            auth::Refusal::WrongDevice => &mut self.stats.auth_wrong_device,
-        };
-        *counter += 1;
-        self.reject(id, Reject::Unauthorized(refusal.reason()), io);
+        self.stats.rejected_requests += 1;
+        // Which id was refused helps an operator find the device (or the attacker) in the log;
+        // at most 64 bytes of it, escaped.
+        let named = device.map_or(&[][..], |d| &d[..d.len().min(64)]);
+        self.log.warn(
+            self.now_ms,
+            format_args!("conn {id}: refused device id \"{}\": {refusal}", named.escape_ascii()),
+        );
+        let cors = self.cors_header(grant);
+        let response = Response::reject_with_cors(Reject::Unauthorized(refusal), cors);
+        self.emit(id, &[response.as_bytes()], io);
+        self.close(id, Ended::Server, io);
         false
     }
 
@@ -615,6 +636,24 @@ impl ServerCore {
         }
     }
 
+    /// The transport resets the connection for a reason of its own (a spill buffer kept too
+    /// long): counted as closed by the server, its device id let go.
+    pub fn reset(&mut self, id: ConnId, now_ms: u64, io: &mut impl Io) {
+        self.now_ms = now_ms;
+        match self.conns.get(id as usize).map(|c| c.phase()) {
+            None | Some(Phase::Free) => return,
+            Some(Phase::Closing) => {}
+            Some(_) => self.end(id, Ended::Server, io),
+        }
+        self.conns[id as usize] = self.freed(id);
+        io.abort(id);
+    }
+
+    /// Whether the connection is waiting for (the rest of) a request head.
+    pub fn in_request(&self, id: ConnId) -> bool {
+        self.conns.get(id as usize).is_some_and(|c| c.phase() == Phase::Http)
+    }
+
     /// The transport lost the connection (FIN, RST, error). Unknown ids are ignored.
     pub fn closed(&mut self, id: ConnId, now_ms: u64, io: &mut impl Io) {
         self.now_ms = now_ms;
@@ -681,11 +720,7 @@ impl ServerCore {
     fn answer_poll(&mut self, id: ConnId, body: &[u8], stored: Option<(u64, u32)>, io: &mut impl Io) {
         let c = &self.conns[id as usize];
         let keep_alive = c.keep_alive();
-        let cors = match c.poll_origin() {
-            0 => None,
-            ANY_ORIGIN => Some("*"),
-            grant => self.cors_origin(grant),
-        };
+        let cors = self.cors_header(c.poll_origin());
         let len = stored.map_or(body.len(), |(_, len)| len as usize);
         let head = Response::poll_answer_head(len, keep_alive, cors);
         match stored {

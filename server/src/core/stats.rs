@@ -46,6 +46,13 @@ pub struct CoreStats {
     pub auth_bad_signature: u64,
     #[serde(default)]
     pub auth_wrong_device: u64,
+    /// Requests with a device id refused `401` because the server has no device key (and no
+    /// `--insecure-ids`).
+    #[serde(default)]
+    pub ids_without_key: u64,
+    /// Requests without a device id refused `401` by `--devices-only`.
+    #[serde(default)]
+    pub anonymous_refused: u64,
     /// Requests from a browser origin not in `--allowed-origin`, refused `403`.
     #[serde(default)]
     pub origin_refused: u64,
@@ -105,6 +112,8 @@ impl CoreStats {
             auth_expired,
             auth_bad_signature,
             auth_wrong_device,
+            ids_without_key,
+            anonymous_refused,
             origin_refused,
             request_timeouts,
             protocol_errors,

@@ -74,8 +74,8 @@ struct Args {
     id_prefix: String,
     /// With --ids: the server's device key file (ws-server --device-key-file); every connection
     /// presents a token minted for its own id (HS256, valid 24 h) as ?token=, so the handshake
-    /// measured is the real one.
-    #[arg(long, value_name = "PATH", env = "WS_DEVICE_KEY_FILE")]
+    /// measured is the real one. (Not read from WS_DEVICE_KEY_FILE: that is the server's.)
+    #[arg(long, value_name = "PATH")]
     device_key_file: Option<std::path::PathBuf>,
     /// Long-poll mode: GET /poll repeatedly instead of WebSocket.
     #[arg(long)]

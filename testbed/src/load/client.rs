@@ -27,9 +27,10 @@ pub fn mint_expiring(key: &[u8], sub: &str, valid_for_s: i64) -> String {
         .map_or(0, |d| d.as_secs() as i64);
     let exp = now.saturating_add(valid_for_s).max(0);
     let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    // HS256 signs with a key of any length, and these claims always serialize.
     jsonwebtoken::EncodingKey::from_secret(key)
         .and_then(|k| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &k))
-        .unwrap_or_default()
+        .expect("an HS256 token of a string and a number")
 }
 
 /// `?id=<prefix><n>`, and its `&token=` when a device key is given.

@@ -65,6 +65,20 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
     assert!(upgrade_status(&ns, "id=dev-7", &[&auth]).contains(" 401 "));
     assert!(upgrade_status(&ns, &format!("id=dev-7&token={other}"), &[]).contains(" 401 "));
     assert!(upgrade_status(&ns, &format!("id=dev-7&token={expired}"), &[]).contains(" 401 "));
+    // The long-poll way to the same id (an <img src> anywhere could try it): 401 too.
+    let (_, poll) = run_in(
+        &ns.cli,
+        "curl",
+        &[
+            "-si",
+            "--max-time",
+            "2",
+            "--interface",
+            "198.19.0.2",
+            &format!("http://{SERVER}/poll?id=dev-7"),
+        ],
+    );
+    assert!(poll.starts_with("HTTP/1.1 401 "), "{poll}");
     let stats = admin_json(&ns, "/stats");
     let counted = [
         "auth_missing",
@@ -73,7 +87,7 @@ pub fn only_a_device_with_its_token_gets_its_id(prefix: &str, server_args: &[&st
         "auth_expired",
     ]
     .map(|c| stats[c].clone());
-    assert_eq!(counted, [1, 2, 1, 1].map(serde_json::Value::from), "{stats}");
+    assert_eq!(counted, [2, 2, 1, 1].map(serde_json::Value::from), "{stats}");
     assert_eq!(stats["devices_replaced"], 0, "nobody took an id: {stats}");
     let push = admin_post(&ns, "/push?id=dev-7", b"still dev-7's");
     assert_eq!(push["result"], "queued to a connected device", "{push}");

@@ -12,7 +12,7 @@
 
 use stack::{CloseReason, ConnId, Event, Link, Stack};
 
-use super::spill::{SpillPool, HOLD_LIMIT_MS};
+use super::spill::{SpillPool, FRAME_HOLD_LIMIT_MS, HEAD_HOLD_LIMIT_MS};
 use crate::control::Outbox;
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId as CoreId, Io, ServerCore};
@@ -204,23 +204,27 @@ impl<L: Link> ServedStack<L> {
         }
     }
 
-    /// Reset the connections that kept a spill buffer `HOLD_LIMIT_MS` without a whole head or
-    /// frame while others wait for one: a client trickling a large frame cannot hold the pool
-    /// (a head is bounded sooner, by the request timeout).
+    /// Reset the connections that kept a spill buffer without a whole head (2 s) or frame (10 s)
+    /// while others wait for one: a client trickling a head or a large frame cannot hold the
+    /// pool from the devices that need it (a head with a token needs one).
     fn evict_stale_holders(&mut self, core: &mut ServerCore, now_ms: u64) {
         let mut stale = std::mem::take(&mut self.stale);
-        self.io.inp.stale(now_ms, &mut stale);
+        self.io.inp.stale(now_ms, HEAD_HOLD_LIMIT_MS, &mut stale);
         for id in stale.drain(..) {
+            let held_ms = self.io.inp.held_for(id, now_ms);
+            let head = core.in_request(id);
+            if !head && held_ms < FRAME_HOLD_LIMIT_MS {
+                continue;
+            }
             self.io.inp.evicted += 1;
+            let what = if head { "request head" } else { "frame" };
             self.io.log.warn(
                 now_ms,
                 format_args!(
-                    "conn {id}: kept a spill buffer {} s without a whole head or frame while others waited: reset",
-                    HOLD_LIMIT_MS / 1000
+                    "conn {id}: kept a spill buffer {held_ms} ms without a whole {what} while others waited: reset"
                 ),
             );
-            self.io.abort(id);
-            core.closed(id, now_ms, &mut self.io);
+            core.reset(id, now_ms, &mut self.io);
             settle(core, &mut self.io, now_ms);
         }
         self.stale = stale;

@@ -1,11 +1,11 @@
 //! Spill buffers. A connection's buffers are tiny (256 bytes each by default), so a request head
-//! or a frame longer than the receive buffer can never be whole in it, and a burst of messages may
-//! not fit the send buffer before the peer's ACKs come back. The few connections in that state
-//! borrow a buffer from a fixed pool, allocated once (one pool for input, one for output): bytes
-//! wait there, and the buffer goes back as soon as it is empty. Idle connections never hold one,
-//! so a pool costs nothing per connection; `exhausted` counts the times a head or frame found every
-//! buffer taken (its connection then waits, its bytes in the socket and its window shut, until
-//! one comes back: `serve.rs`).
+//! or a frame longer than the receive buffer can never be whole in it. The few connections in
+//! that state borrow a buffer from a fixed pool, allocated once: bytes wait there, and the buffer
+//! goes back as soon as it is empty. Idle connections never hold one, so the pool costs nothing
+//! per connection; `exhausted` counts the times a head or frame found every buffer taken (its
+//! connection then waits, its bytes in the socket and its window shut, until one comes back:
+//! `serve.rs`). A holder that keeps its buffer past a hold limit while others wait (a client
+//! trickling a head or a large frame) is one `stale` names, for `serve.rs` to reset.
 
 use std::collections::HashMap;
 
@@ -17,13 +17,16 @@ pub struct SpillPool {
     /// Connection id → its buffer. Sized for `count` at start: never grows.
     held: HashMap<u32, Held>,
     pub exhausted: u64,
-    /// Holders reset for keeping a buffer past `HOLD_LIMIT_MS` while others waited.
+    /// Holders reset for keeping a buffer past a hold limit while others waited.
     pub evicted: u64,
 }
 
-/// How long a connection may keep a spill buffer while other connections wait for one: a 1 MiB
-/// frame at 1 Mbit/s takes 8 s; a client trickling one to hold the pool takes forever.
-pub const HOLD_LIMIT_MS: u64 = 10_000;
+/// How long a connection may keep a spill buffer for a request head while other connections
+/// wait for one: an honest head completes in a round trip or two (one with a token is ~340
+/// bytes through a 256-byte buffer); a client trickling heads to hold the pool takes forever.
+pub const HEAD_HOLD_LIMIT_MS: u64 = 2_000;
+/// The same for a frame since the last whole one: a 1 MiB frame at 1 Mbit/s takes 8 s.
+pub const FRAME_HOLD_LIMIT_MS: u64 = 10_000;
 
 struct Held {
     index: u32,
@@ -108,11 +111,16 @@ impl SpillPool {
         self.held.values().map(|h| h.len).sum()
     }
 
-    /// The holders that took their buffer `HOLD_LIMIT_MS` or more before `now_ms`, into `out`
-    /// (a scan of the pool, not of the connections).
-    pub fn stale(&self, now_ms: u64, out: &mut Vec<u32>) {
-        let due = |h: &Held| now_ms.saturating_sub(h.since_ms) >= HOLD_LIMIT_MS;
+    /// The holders whose last whole head or frame (or the taking of the buffer) is `limit_ms`
+    /// or more before `now_ms`, into `out` (a scan of the pool, not of the connections).
+    pub fn stale(&self, now_ms: u64, limit_ms: u64, out: &mut Vec<u32>) {
+        let due = |h: &Held| now_ms.saturating_sub(h.since_ms) >= limit_ms;
         out.extend(self.held.iter().filter(|(_, h)| due(h)).map(|(&id, _)| id));
+    }
+
+    /// How long `id` has held its buffer since its last whole head or frame.
+    pub fn held_for(&self, id: u32, now_ms: u64) -> u64 {
+        self.held.get(&id).map_or(0, |h| now_ms.saturating_sub(h.since_ms))
     }
 
     pub fn in_use(&self) -> usize {
@@ -148,16 +156,18 @@ mod tests {
         assert!(!pool.take(10, b"q", 0));
         assert_eq!(pool.exhausted, 1);
         // The hold limit counts from the buffer's last whole head or frame.
+        const LIMIT: u64 = FRAME_HOLD_LIMIT_MS;
         let stale = |pool: &SpillPool, now| {
             let mut out = vec![];
-            pool.stale(now, &mut out);
+            pool.stale(now, LIMIT, &mut out);
             out.sort();
             out
         };
-        assert_eq!(stale(&pool, HOLD_LIMIT_MS - 1), Vec::<u32>::new());
-        assert_eq!(stale(&pool, HOLD_LIMIT_MS), vec![7]);
+        assert_eq!(stale(&pool, LIMIT - 1), Vec::<u32>::new());
+        assert_eq!(stale(&pool, LIMIT), vec![7]);
         pool.consume(7, 2, 5_000);
-        assert_eq!(stale(&pool, HOLD_LIMIT_MS + 1_000), vec![9]);
+        assert_eq!(stale(&pool, LIMIT + 1_000), vec![9]);
+        assert_eq!(pool.held_for(7, LIMIT + 1_000), LIMIT - 4_000);
         let (buf, len) = pool.get(7).unwrap();
         assert_eq!(&buf[..*len], b"cdef");
         pool.consume(7, 4, 5_000);

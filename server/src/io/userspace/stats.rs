@@ -18,8 +18,8 @@ pub struct XdpWorkerStats {
     pub spill_capacity: u64,
     /// Times a head or frame found every input spill buffer taken (its connection waited).
     pub spill_exhausted: u64,
-    /// Connections reset for keeping a spill buffer 10 s without a whole head or frame while
-    /// others waited for one.
+    /// Connections reset for keeping a spill buffer without a whole head (2 s) or frame (10 s)
+    /// while others waited for one.
     #[serde(default)]
     pub spill_evicted: u64,
     /// Connections whose output waits for the link, or for room in their send buffer (behind in
