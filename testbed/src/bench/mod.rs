@@ -1,14 +1,19 @@
-//! The side-by-side benchmark: for each stack, make the namespaces, start the server, open N
-//! connections with the load generator, measure memory while they are held and idle, broadcast,
-//! and report connections held, connect rate, fan-out time, delivery latency, CPU seconds and bytes
-//! per connection (DESIGN.md §5), as a table and as JSON.
+//! The side-by-side benchmark: for each server (ours on each stack, and the peers users would
+//! pick), make the namespaces, start the server, open N connections with one load generator (the
+//! same for every server), measure memory while they are held and idle, broadcast, and report
+//! connections held, connect rate, fan-out time, delivery latency, CPU seconds and bytes per
+//! connection (DESIGN.md §5), as a table and as JSON.
 //!
-//! - `mod.rs`: the report's types and one stack's run, step by step.
-//! - `steps.rs`: the steps: start the server and the load, wait, broadcast; the server's admin
-//!   endpoint read through its own types (`ws_server::admin`).
+//! - `mod.rs`: the report's types and one server's run, step by step.
+//! - `server.rs`: the servers that can be measured; `peers.rs`: building and starting the
+//!   peers (`testbed/peers/`).
+//! - `steps.rs`: the steps: start the server and the load, wait, broadcast; the servers' admin
+//!   endpoints read through our server's own types (`ws_server::admin`).
 //! - `render.rs`: the table.
 
+pub mod peers;
 mod render;
+pub mod server;
 mod steps;
 
 use std::path::PathBuf;
@@ -23,14 +28,18 @@ pub use ws_server::cli::Stack;
 use crate::load::hist::LatencySummary;
 use crate::load::parent::Summary;
 use crate::load::sources::CONNS_PER_SOURCE;
-use crate::measure::{self, process_tree, MemInput, MemReport, Snapshot, SystemCpu};
+use crate::measure::{self, MemInput, MemReport, Snapshot, SystemCpu};
 pub use render::render;
+pub use server::{client_name, Server};
 use steps::{check_stop, Admin};
 use testkit::{ChildGuard, Netns};
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    pub stacks: Vec<Stack>,
+    pub stacks: Vec<Server>,
+    /// The load generator's stack, the same for every server: xdp (userspace TCP, no file per
+    /// connection) by default, kernel (Linux TCP) as the real-peer check.
+    pub client: Stack,
     pub conns: u64,
     pub rate: f64,
     pub broadcasts: u32,
@@ -78,7 +87,10 @@ pub struct CpuReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StackResult {
+    /// The server measured (`server::Server::name`).
     pub stack: String,
+    /// The load generator's stack: the same for every server of a report.
+    pub client: String,
     pub conns_target: u64,
     /// Connections the server held when memory was measured.
     pub held: u64,
@@ -130,6 +142,8 @@ pub struct BenchReport {
     pub machine: Machine,
     pub conns: u64,
     pub rate: f64,
+    /// The load generator's stack, the same for every server.
+    pub client: String,
     /// Every connection a device with its own HS256 token, checked in the handshake.
     pub device_tokens: bool,
     pub results: Vec<StackResult>,
@@ -156,21 +170,14 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
         machine: machine(),
         conns: cfg.conns,
         rate: cfg.rate,
+        client: client_name(cfg.client).into(),
         device_tokens: cfg.device_tokens,
         results: vec![],
     };
-    for &stack in &cfg.stacks {
-        report.results.push(run_stack(cfg, stop, stack)?);
+    for &server in &cfg.stacks {
+        report.results.push(run_server(cfg, stop, server)?);
     }
     Ok(report)
-}
-
-/// The name a stack has on the command line and in the report.
-pub fn stack_name(stack: Stack) -> &'static str {
-    match stack {
-        Stack::Kernel => "kernel",
-        Stack::Xdp => "xdp",
-    }
 }
 
 /// What one stack's run measured before it is summed up.
@@ -190,12 +197,10 @@ struct Measured {
     notes: Vec<String>,
 }
 
-/// One stack's run. `kernel`: ws-server's epoll workers and ws-load's kernel-socket processes.
-/// `xdp`: ws-server on the userspace stack behind XDP and ws-load on the userspace stack too (no
-/// kernel socket on either side).
-fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow::Result<StackResult> {
+/// One server's run, against the load generator of `cfg.client`.
+fn run_server(cfg: &BenchConfig, stop: &Arc<AtomicBool>, server_kind: Server) -> anyhow::Result<StackResult> {
     let started = Instant::now();
-    let name = stack_name(stack);
+    let name = server_kind.name();
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
     let clients = (cfg.conns as usize).div_ceil(CONNS_PER_SOURCE).max(1);
     eprintln!(
@@ -203,17 +208,17 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow:
         cfg.prefix, cfg.prefix
     );
     let netns = Netns::setup(&cfg.prefix, clients)?;
-    let mut server = steps::start_server(cfg, &netns, stack)?;
-    let admin = Admin::new(&netns)?;
-    let workers = admin.wait_up(cfg, stack)?;
+    let mut server = steps::start_server(cfg, &netns, server_kind)?;
+    let admin = Admin::new(&netns, &server)?;
+    let workers = admin.wait_up(cfg, server_kind)?;
     // A process in the client namespace, so its socket counts can be read before the load starts.
     let mut anchor_cmd = netns.command(&netns.cli, std::path::Path::new("sleep"));
     anchor_cmd.arg("3600").stdin(std::process::Stdio::null());
     let anchor = ChildGuard::spawn("namespace anchor", anchor_cmd)?;
     std::thread::sleep(Duration::from_millis(200));
-    let before = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
+    let before = Snapshot::take(&server.pids(), server.pid(), Some(anchor.pid()))?;
 
-    let (mut load, load_json) = steps::start_load(cfg, &netns, stack)?;
+    let (mut load, load_json) = steps::start_load(cfg, &netns, server_kind)?;
     let mut notes = Vec::new();
     let held = steps::wait_held(cfg, stop, &admin, &mut load, &mut notes)?;
     eprintln!(
@@ -223,10 +228,10 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow:
     std::thread::sleep(cfg.settle);
     check_stop(stop)?;
     let held = admin.conns().unwrap_or(held);
-    let after = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?;
+    let after = Snapshot::take(&server.pids(), server.pid(), Some(anchor.pid()))?;
     let held_stats = admin.report();
-    let broadcasts = steps::broadcasts(cfg, stop, &admin, stack, &mut notes)?;
-    let rss_after_broadcasts = Snapshot::take(&process_tree(server.pid()), server.pid(), Some(anchor.pid()))?
+    let broadcasts = steps::broadcasts(cfg, stop, &admin, server_kind, &mut notes)?;
+    let rss_after_broadcasts = Snapshot::take(&server.pids(), server.pid(), Some(anchor.pid()))?
         .server_mem
         .rss;
     // The server's own account after the broadcasts (link drops, retransmissions, slow readers).
@@ -241,7 +246,7 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow:
         notes.push("the load generator did not finish on its own; it was stopped".into());
         load.stop(Duration::from_secs(10));
     }
-    let end_cpu = measure::cpu_seconds_sum(&process_tree(server.pid()))?;
+    let end_cpu = measure::cpu_seconds_sum(&server.pids())?;
     let end_system = SystemCpu::read()?;
     server.stop(Duration::from_secs(10));
     drop(anchor);
@@ -264,14 +269,15 @@ fn run_stack(cfg: &BenchConfig, stop: &Arc<AtomicBool>, stack: Stack) -> anyhow:
         summary,
         notes,
     };
-    Ok(sum_up(cfg, stack, started, measured))
+    Ok(sum_up(cfg, server_kind, started, measured))
 }
 
-/// The figures of one stack's run.
-fn sum_up(cfg: &BenchConfig, stack: Stack, started: Instant, m: Measured) -> StackResult {
-    let xdp = stack == Stack::Xdp;
+/// The figures of one server's run.
+fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> StackResult {
+    let xdp = server == Server::Xdp;
     let held = m.held;
-    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &m.before, &m.after, !xdp));
+    let client_sockets = cfg.client == Stack::Kernel;
+    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &m.before, &m.after, client_sockets));
     let kernel_bytes = (memory.kernel_slab_bytes_per_conn + memory.kernel_sockbuf_bytes_per_conn) * held as f64;
     let all_in_total = (m.after.server_mem.rss as f64 + kernel_bytes) / held.max(1) as f64;
     let xdp_breakdown = m
@@ -285,7 +291,8 @@ fn sum_up(cfg: &BenchConfig, stack: Stack, started: Instant, m: Measured) -> Sta
     fanouts.sort_by(f64::total_cmp);
     let summary = m.summary;
     StackResult {
-        stack: stack_name(stack).into(),
+        stack: server.name().into(),
+        client: client_name(cfg.client).into(),
         conns_target: cfg.conns,
         held,
         established: summary.established,

@@ -73,10 +73,11 @@ pub fn render(r: &BenchReport) -> String {
     let m = &r.machine;
     let _ = writeln!(
         out,
-        "\nws-bench: N = {} connections, {}; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
+        "\nws-bench: N = {} connections from the {} load generator, {}; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
         thousands(r.conns as f64),
+        r.client,
         if r.device_tokens {
-            "each a device with its token (HS256, checked in the handshake)"
+            "each a device with its token (HS256, checked in the handshake by ours; peers take any)"
         } else {
             "anonymous (no ids, no tokens)"
         },

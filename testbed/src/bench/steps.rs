@@ -1,6 +1,6 @@
-//! The steps of one stack's run: start the server and the load generator in their namespaces,
-//! wait for the connections, broadcast; and the server's admin endpoint, read back through the
-//! server's own report types.
+//! The steps of one server's run: start the server and the load generator in their namespaces,
+//! wait for the connections, broadcast; and the server's admin endpoints, read back through our
+//! server's own report types (a peer answers `/conns` and `/broadcast` in the same shapes).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ws_server::admin::{BroadcastResult, ConnsReport, Report};
 
-use super::{stack_name, BenchConfig, BroadcastRun, Stack};
+use super::peers;
+use super::{client_name, BenchConfig, BroadcastRun, Server, Stack};
 use crate::load::pattern;
+use crate::measure::process_tree;
 use testkit::http::http_in_netns;
 use testkit::{sibling_binary, wait_for, ChildGuard, Netns};
 
@@ -26,55 +28,110 @@ pub(super) fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server's admin endpoint, from inside its namespace.
+/// A server under test: its processes (ours: one supervisor and its workers; a peer: one or more
+/// processes sharing the port) and their admin endpoints.
+pub(super) struct Running {
+    procs: Vec<ChildGuard>,
+    admins: Vec<SocketAddr>,
+    ours: bool,
+}
+
+impl Running {
+    /// The first process (for the namespace it runs in).
+    pub(super) fn pid(&self) -> u32 {
+        self.procs[0].pid()
+    }
+
+    /// Every process of the server, children included: the memory and CPU measured.
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.procs.iter().flat_map(|p| process_tree(p.pid())).collect()
+    }
+
+    pub(super) fn stop(&mut self, grace: Duration) {
+        for p in &mut self.procs {
+            p.stop(grace);
+        }
+    }
+}
+
+/// The server's admin endpoints, from inside its namespace.
 pub(super) struct Admin<'a> {
     netns: &'a Netns,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    ours: bool,
 }
 
 impl<'a> Admin<'a> {
-    pub(super) fn new(netns: &'a Netns) -> anyhow::Result<Admin<'a>> {
+    pub(super) fn new(netns: &'a Netns, server: &Running) -> anyhow::Result<Admin<'a>> {
         Ok(Admin {
             netns,
-            addr: ADMIN.parse()?,
+            addrs: server.admins.clone(),
+            ours: server.ours,
         })
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
-        let (status, body) = http_in_netns(&self.netns.srv, "GET", self.addr, path, b"").ok()?;
+    fn get<T: serde::de::DeserializeOwned>(&self, addr: SocketAddr, path: &str) -> Option<T> {
+        let (status, body) = http_in_netns(&self.netns.srv, "GET", addr, path, b"").ok()?;
         if status != 200 {
             return None;
         }
         serde_json::from_str(&body).ok()
     }
 
-    /// `/stats`.
+    /// Our server's `/stats` (a peer has none).
     pub(super) fn report(&self) -> Option<Report> {
-        self.get("/stats")
+        self.ours.then(|| self.get(self.addrs[0], "/stats")).flatten()
     }
 
-    /// Connections held now (`/conns`).
+    /// Connections held now (`/conns`, summed over the server's processes).
     pub(super) fn conns(&self) -> Option<u64> {
-        self.get::<ConnsReport>("/conns").map(|c| c.conns)
+        self.addrs
+            .iter()
+            .map(|&a| self.get::<ConnsReport>(a, "/conns").map(|c| c.conns))
+            .sum()
     }
 
-    /// `POST /broadcast` of `body` (empty: the server time).
+    /// `POST /broadcast` of `body` (empty: the server time) to every process; their answers
+    /// summed (connections) or the slowest taken (times).
     fn broadcast(&self, body: &[u8]) -> anyhow::Result<BroadcastResult> {
-        let (status, body) = http_in_netns(&self.netns.srv, "POST", self.addr, "/broadcast", body)?;
-        if status != 200 {
-            bail!("the broadcast failed: {status} {body}");
+        let mut total: Option<BroadcastResult> = None;
+        for &addr in &self.addrs {
+            let (status, answer) = http_in_netns(&self.netns.srv, "POST", addr, "/broadcast", body)?;
+            if status != 200 {
+                bail!("the broadcast failed at {addr}: {status} {answer}");
+            }
+            let b: BroadcastResult = serde_json::from_str(&answer)
+                .with_context(|| format!("reading the broadcast's answer from {addr}: {answer}"))?;
+            total = Some(match total {
+                None => b,
+                Some(t) => BroadcastResult {
+                    queued: t.queued + b.queued,
+                    websockets: t.websockets + b.websockets,
+                    polls: t.polls + b.polls,
+                    fanout_ms: t.fanout_ms.max(b.fanout_ms),
+                    elapsed_ms: t.elapsed_ms.max(b.elapsed_ms),
+                    ..t
+                },
+            });
         }
-        serde_json::from_str(&body).with_context(|| format!("reading the broadcast's answer: {body}"))
+        total.context("the server has no admin endpoint")
     }
 
-    /// Wait for every worker to answer; returns how many there are.
-    pub(super) fn wait_up(&self, cfg: &BenchConfig, stack: Stack) -> anyhow::Result<usize> {
+    /// Wait for the server to answer: ours, every worker; a peer, every process. Returns how
+    /// many workers or processes there are.
+    pub(super) fn wait_up(&self, cfg: &BenchConfig, server: Server) -> anyhow::Result<usize> {
         // Dozens of worker processes may take a while to start on two busy cores.
-        match wait_for(Duration::from_secs(90), Duration::from_millis(200), || self.report()) {
-            Some(report) => Ok(report.workers),
+        let up = wait_for(Duration::from_secs(90), Duration::from_millis(200), || {
+            match self.ours {
+                true => self.report().map(|r| r.workers),
+                false => self.conns().map(|_| self.addrs.len()),
+            }
+        });
+        match up {
+            Some(n) => Ok(n),
             None => bail!(
                 "the server did not come up; see {}",
-                cfg.out_dir.join(format!("{}-server.log", stack_name(stack))).display()
+                cfg.out_dir.join(format!("{}-server.log", server.name())).display()
             ),
         }
     }
@@ -90,9 +147,18 @@ fn device_key(cfg: &BenchConfig) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// ws-server in the server namespace, logging to `<out>/<stack>-server.log`.
-pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyhow::Result<ChildGuard> {
-    let name = stack_name(stack);
+/// The server in the server namespace, logging to `<out>/<server>-server.log`: ws-server, or a
+/// peer (built first, if it has not been).
+pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, server: Server) -> anyhow::Result<Running> {
+    let Some(stack) = server.ours() else {
+        let (procs, admins) = peers::start(cfg, netns, server, SERVER)?;
+        return Ok(Running {
+            procs,
+            admins,
+            ours: false,
+        });
+    };
+    let name = server.name();
     let log = std::fs::File::create(cfg.out_dir.join(format!("{name}-server.log")))?;
     let mut cmd = netns.command(&netns.srv, &sibling_binary("ws-server")?);
     // The userspace stack builds a socket for every slot of --max-conns at start (that memory is
@@ -120,17 +186,21 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> an
     if cfg.device_tokens {
         cmd.arg("--device-key-file").arg(device_key(cfg)?);
     }
-    ChildGuard::spawn("ws-server", cmd)
+    Ok(Running {
+        procs: vec![ChildGuard::spawn("ws-server", cmd)?],
+        admins: vec![ADMIN.parse()?],
+        ours: true,
+    })
 }
 
-/// ws-load in the client namespace, holding the connections until every one got every broadcast.
-/// Returns it and where its JSON summary will be.
-pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyhow::Result<(ChildGuard, PathBuf)> {
-    let name = stack_name(stack);
+/// ws-load (on `cfg.client`'s stack, whatever the server) in the client namespace, holding the
+/// connections until every one got every broadcast. Returns it and where its JSON summary will be.
+pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, server: Server) -> anyhow::Result<(ChildGuard, PathBuf)> {
+    let name = server.name();
     let json = cfg.out_dir.join(format!("{name}-load.json"));
     let _ = std::fs::remove_file(&json);
     let mut cmd = netns.command(&netns.cli, &sibling_binary("ws-load")?);
-    cmd.args(["--stack", name, "--server", SERVER])
+    cmd.args(["--stack", client_name(cfg.client), "--server", SERVER])
         .args(["--conns", &cfg.conns.to_string(), "--rate", &cfg.rate.to_string()])
         .args([
             "--hold",
@@ -146,7 +216,7 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyh
     if cfg.device_tokens {
         cmd.arg("--ids").arg("--device-key-file").arg(device_key(cfg)?);
     }
-    match stack {
+    match cfg.client {
         Stack::Xdp => {
             cmd.args(["--iface", &netns.client_dev()]);
         }
@@ -156,7 +226,12 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, stack: Stack) -> anyh
             }
         }
     }
-    eprintln!("[{name}] opening {} connections at {}/s", cfg.conns, cfg.rate);
+    eprintln!(
+        "[{name}] opening {} connections at {}/s from the {} load generator",
+        cfg.conns,
+        cfg.rate,
+        client_name(cfg.client)
+    );
     Ok((ChildGuard::spawn("ws-load", cmd)?, json))
 }
 
@@ -209,10 +284,10 @@ pub(super) fn broadcasts(
     cfg: &BenchConfig,
     stop: &AtomicBool,
     admin: &Admin,
-    stack: Stack,
+    server: Server,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<BroadcastRun>> {
-    let name = stack_name(stack);
+    let name = server.name();
     let body = match cfg.message_size {
         0 => String::new(),
         n => pattern::text(n),
@@ -241,6 +316,12 @@ pub(super) fn broadcasts(
             run.fanout_ms
         );
         let budget = output_budget(cfg);
+        let Some(stack) = server.ours() else {
+            // A peer does not say when its output has left: the clients' latencies tell.
+            std::thread::sleep(Duration::from_millis(1000));
+            runs.push(run);
+            continue;
+        };
         match wait_output(admin, stack, started, budget, stop) {
             _ if stop.load(Ordering::Relaxed) => bail!("interrupted"),
             Some((written_ms, on_link_ms)) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use testbed::bench::{self, BenchConfig, Stack};
+use testbed::bench::{self, BenchConfig, Server, Stack};
 use ws_server::cli::{parse_duration, parse_size, usage, UsageError};
 
 /// Benchmark ws-server on each stack at N concurrent WebSocket connections, side by side.
@@ -30,10 +30,16 @@ struct Args {
     /// Concurrent connections to hold.
     #[arg(long, short = 'n', default_value_t = 20_000)]
     conns: u64,
-    /// Stacks to run, side by side: kernel (epoll workers, Linux TCP clients) and xdp (the
-    /// userspace stack behind XDP, with the userspace-stack load generator).
+    /// Servers to measure, side by side: ours on kernel (epoll workers) and xdp (the userspace
+    /// stack behind XDP), and the ones users would pick instead: gorilla (Go), node-ws (Node.js
+    /// ws), tokio-tungstenite (Rust), each built on first use from testbed/peers/.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "kernel,xdp")]
-    stacks: Vec<Stack>,
+    stacks: Vec<Server>,
+    /// The load generator, the same for every server so that the server is the only variable:
+    /// xdp (our userspace TCP: no file per connection, cheap) or kernel (Linux TCP sockets,
+    /// sharded over processes: the real-peer check).
+    #[arg(long, value_enum, default_value = "xdp")]
+    client: Stack,
     /// New connections per second.
     #[arg(long, default_value_t = 20_000.0)]
     rate: f64,
@@ -100,6 +106,7 @@ fn run() -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     let cfg = BenchConfig {
         stacks: args.stacks.clone(),
+        client: args.client,
         conns: args.conns,
         rate: args.rate,
         broadcasts: args.broadcasts,
