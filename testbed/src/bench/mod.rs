@@ -210,7 +210,11 @@ fn run_server(cfg: &BenchConfig, stop: &Arc<AtomicBool>, server_kind: Server) ->
     let netns = Netns::setup(&cfg.prefix, clients)?;
     let mut server = steps::start_server(cfg, &netns, server_kind)?;
     let admin = Admin::new(&netns, &server)?;
-    let workers = admin.wait_up(cfg, server_kind)?;
+    let workers = match server_kind.ours() {
+        Some(_) => admin.wait_up(cfg, server_kind)?,
+        // A peer's processes, all of them (a Node.js primary and its workers).
+        None => admin.wait_up(cfg, server_kind).map(|_| server.pids().len())?,
+    };
     // A process in the client namespace, so its socket counts can be read before the load starts.
     let mut anchor_cmd = netns.command(&netns.cli, std::path::Path::new("sleep"));
     anchor_cmd.arg("3600").stdin(std::process::Stdio::null());

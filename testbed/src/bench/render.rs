@@ -155,6 +155,17 @@ pub fn render(r: &BenchReport) -> String {
     row("bytes/conn ALL-IN (server RSS + kernel)", &|c| {
         thousands(c.all_in_total_bytes_per_conn)
     });
+    // Each server's cost in units of ours on the userspace stack, when that ran too.
+    let ours = r
+        .results
+        .iter()
+        .find(|c| c.stack == "xdp")
+        .map(|c| c.all_in_total_bytes_per_conn);
+    if let Some(ours) = ours.filter(|&o| o > 0.0) {
+        row("  ÷ ours on xdp", &|c| {
+            format!("{:.1}×", c.all_in_total_bytes_per_conn / ours)
+        });
+    }
     row("  server RSS total / N", &|c| thousands(c.server_rss_total_per_conn));
     row("  same, after the broadcasts", &|c| {
         thousands(c.server_rss_after_broadcasts_per_conn)
