@@ -112,6 +112,10 @@ pub struct StackResult {
     /// Connections the server closed as slow readers during the broadcasts (must be 0: the
     /// clients read).
     pub slow_readers_closed: u64,
+    /// xdp load generator: frames its AF_XDP rings dropped (received, sent). Each is a
+    /// retransmission that the delivery latency of this server includes through no fault of its
+    /// own, so the table shows them.
+    pub load_dropped_frames: Option<(u64, u64)>,
     pub push_latency: LatencySummary,
     pub cpu: CpuReport,
     pub memory: MemReport,
@@ -311,6 +315,10 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
         checked_bytes: summary.counters.checked_bytes,
         corrupt: summary.counters.corrupt,
         slow_readers_closed: m.end_stats.as_ref().map_or(0, |s| s.totals.slow_readers_closed),
+        load_dropped_frames: summary
+            .xdp_client
+            .as_ref()
+            .map(|x| (x.link.rx_dropped, x.link.tx_dropped)),
         message_size: cfg.message_size,
         broadcasts: m.broadcasts,
         push_latency: summary.push_latency.clone(),

@@ -134,6 +134,15 @@ pub fn render(r: &BenchReport) -> String {
         )
     });
     row("closed as slow readers", &|c| thousands(c.slow_readers_closed as f64));
+    if r.results.iter().any(|c| c.load_dropped_frames.is_some()) {
+        row(
+            "load generator frames dropped rx/tx",
+            &|c| match c.load_dropped_frames {
+                Some((rx, tx)) => format!("{} / {}", thousands(rx as f64), thousands(tx as f64)),
+                None => "-".into(),
+            },
+        );
+    }
     row("delivery latency p50 (ms)", &|c| {
         format!("{:.1}", c.push_latency.p50_ms)
     });
