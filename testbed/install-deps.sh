@@ -12,10 +12,12 @@ declare -A need=(
 )
 # The XDP program (xdp-prog/) is compiled by clang; libbpf-sys builds libbpf from source.
 need+=([clang]=clang [make]=make [pkg-config]=pkgconf)
-# header file -> Debian package
+# file -> Debian package
 declare -A headers=(
     [/usr/include/libelf.h]=libelf-dev [/usr/include/zlib.h]=zlib1g-dev
     [/usr/include/linux/bpf.h]=linux-libc-dev
+    # ws-bench's charts: the font their text is measured and rendered with.
+    [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core
 )
 missing=()
 for cmd in "${!need[@]}"; do

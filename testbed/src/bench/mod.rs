@@ -9,8 +9,9 @@
 //!   peers (`testbed/peers/`).
 //! - `steps.rs`: the steps: start the server and the load, wait, broadcast; the servers' admin
 //!   endpoints read through our server's own types (`ws_server::admin`).
-//! - `render.rs`: the table.
+//! - `render.rs`: the table; `charts.rs`: the charts (SVG and PNG).
 
+mod charts;
 pub mod peers;
 mod render;
 pub mod server;
@@ -26,9 +27,10 @@ use serde::Serialize;
 pub use ws_server::cli::Stack;
 
 use crate::load::hist::LatencySummary;
-use crate::load::parent::Summary;
+use crate::load::parent::{RawHistograms, Summary};
 use crate::load::sources::CONNS_PER_SOURCE;
 use crate::measure::{self, MemInput, MemReport, Snapshot, SystemCpu};
+pub use charts::write as write_charts;
 pub use render::render;
 pub use server::{client_name, Server};
 use steps::{check_stop, Admin};
@@ -36,6 +38,8 @@ use testkit::{ChildGuard, Netns};
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
+    /// The Ns to run, in order (`--conns 10000,100000`); `conns` is the one running.
+    pub sweep: Vec<u64>,
     pub stacks: Vec<Server>,
     /// The load generator's stack, the same for every server: xdp (userspace TCP, no file per
     /// connection) by default, kernel (Linux TCP) as the real-peer check.
@@ -130,6 +134,8 @@ pub struct StackResult {
     pub all_in_total_bytes_per_conn: f64,
     /// xdp only: the server's resident memory by structure, bytes per connection.
     pub xdp_breakdown: Option<Vec<(String, f64)>>,
+    /// The load generator's raw latency histograms, so that anyone can redraw them.
+    pub histograms: RawHistograms,
     pub notes: Vec<String>,
 }
 
@@ -141,16 +147,32 @@ pub struct Machine {
     pub fd_hard_limit: usize,
 }
 
+/// What the JSON report's shape is: 2 added the sweep (`conns` a list, each result its own
+/// `conns_target`), the raw histograms, the peers, the client and the provenance fields.
+pub const SCHEMA_VERSION: u32 = 2;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    pub schema_version: u32,
+    /// `ws-bench <version>`.
+    pub tool: String,
+    /// The commit the benchmark was built from (`git describe`-like; `-dirty` with local changes).
+    pub git_commit: String,
+    /// When the report was made (RFC 3339, UTC).
+    pub generated_utc: String,
+    /// How it was made.
+    pub command_line: Vec<String>,
     pub machine: Machine,
-    pub conns: u64,
+    /// Every N run, in order.
+    pub conns: Vec<u64>,
     pub rate: f64,
     /// The load generator's stack, the same for every server.
     pub client: String,
     /// Every connection a device with its own HS256 token, checked in the handshake.
     pub device_tokens: bool,
     pub results: Vec<StackResult>,
+    /// Servers not run at an N, and why (they would not fit in memory).
+    pub skipped: Vec<String>,
 }
 
 pub fn machine() -> Machine {
@@ -171,17 +193,81 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
         bail!("ws-bench needs root: it makes network namespaces and reads /proc/slabinfo");
     }
     let mut report = BenchReport {
+        schema_version: SCHEMA_VERSION,
+        tool: format!("ws-bench {}", env!("CARGO_PKG_VERSION")),
+        git_commit: git_commit(),
+        generated_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        command_line: std::env::args().collect(),
         machine: machine(),
-        conns: cfg.conns,
+        conns: cfg.sweep.clone(),
         rate: cfg.rate,
         client: client_name(cfg.client).into(),
         device_tokens: cfg.device_tokens,
         results: vec![],
+        skipped: vec![],
     };
-    for &server in &cfg.stacks {
-        report.results.push(run_server(cfg, stop, server)?);
+    for &n in &cfg.sweep {
+        // Each N of a sweep keeps its logs in a directory of its own.
+        let at = BenchConfig {
+            conns: n,
+            out_dir: match cfg.sweep.len() {
+                1 => cfg.out_dir.clone(),
+                _ => cfg.out_dir.join(format!("n-{n}")),
+            },
+            ..cfg.clone()
+        };
+        for &server in &cfg.stacks {
+            if let Some(why) = will_not_fit(&report, server, n) {
+                eprintln!("[{}] skipped at N = {n}: {why}", server.name());
+                report.skipped.push(format!("{} at N = {n}: {why}", server.name()));
+                continue;
+            }
+            report.results.push(run_server(&at, stop, server)?);
+        }
     }
     Ok(report)
+}
+
+/// Why `server` cannot hold `n` connections on this machine, judged by what it cost per
+/// connection at a smaller N of the same sweep (with a tenth more for growth, and 2 KiB per
+/// connection for the load generator): a run that would end in the OOM killer is not run.
+fn will_not_fit(report: &BenchReport, server: Server, n: u64) -> Option<String> {
+    let cost = report
+        .results
+        .iter()
+        .filter(|r| r.stack == server.name() && r.conns_target < n)
+        .map(|r| r.all_in_total_bytes_per_conn)
+        .next_back()?;
+    let need = (cost * 1.1 + 2048.0) * n as f64;
+    let available = measure::MemInfo::read().ok()?.mem_available as f64;
+    (need > available).then(|| {
+        format!(
+            "at {cost:.0} B per connection (measured at a smaller N) it needs about {:.1} GiB with the load generator; {:.1} GiB is available",
+            need / (1u64 << 30) as f64,
+            available / (1u64 << 30) as f64
+        )
+    })
+}
+
+/// The commit this tool was built from, if its source tree is a git checkout here.
+fn git_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-C", dir])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{commit}-dirty"),
+            _ => commit,
+        },
+        None => "unknown (not built from a git checkout)".into(),
+    }
 }
 
 /// What one stack's run measured before it is summed up.
@@ -336,6 +422,7 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
         server_rss_after_broadcasts_per_conn: m.rss_after_broadcasts as f64 / held.max(1) as f64,
         all_in_total_bytes_per_conn: all_in_total,
         xdp_breakdown,
+        histograms: summary.histograms.clone(),
         notes: m.notes,
     }
 }

@@ -50,7 +50,7 @@ pub(super) fn xdp_breakdown(stats: &Report, rss: u64, held: u64) -> Vec<(String,
     rows
 }
 
-fn thousands(v: f64) -> String {
+pub(super) fn thousands(v: f64) -> String {
     let n = v.round() as i64;
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
@@ -67,14 +67,27 @@ fn thousands(v: f64) -> String {
     }
 }
 
-/// The side-by-side table: one column per stack.
+/// The side-by-side tables: for each N, one column per server; then the breakdowns.
 pub fn render(r: &BenchReport) -> String {
     let mut out = String::new();
+    for &n in &r.conns {
+        let cols: Vec<&StackResult> = r.results.iter().filter(|c| c.conns_target == n).collect();
+        table(&mut out, r, n, &cols);
+    }
+    breakdowns(&mut out, r);
+    for s in &r.skipped {
+        let _ = writeln!(out, "\nskipped: {s}");
+    }
+    out
+}
+
+/// One N's table.
+fn table(out: &mut String, r: &BenchReport, n: u64, cols: &[&StackResult]) {
     let m = &r.machine;
     let _ = writeln!(
         out,
         "\nws-bench: N = {} connections from the {} load generator, {}; machine: {} CPUs, {:.1} GiB, Linux {}, open-file hard limit {}\n",
-        thousands(r.conns as f64),
+        thousands(n as f64),
         r.client,
         if r.device_tokens {
             "each a device with its token (HS256, checked in the handshake by ours; peers take any)"
@@ -86,10 +99,9 @@ pub fn render(r: &BenchReport) -> String {
         m.kernel,
         m.fd_hard_limit
     );
-    let cols: Vec<&StackResult> = r.results.iter().collect();
     let mut row = |label: &str, f: &dyn Fn(&StackResult) -> String| {
         let _ = write!(out, "  {label:<34}");
-        for c in &cols {
+        for c in cols {
             let _ = write!(out, "{:>26}", f(c));
         }
         out.push('\n');
@@ -134,7 +146,7 @@ pub fn render(r: &BenchReport) -> String {
         )
     });
     row("closed as slow readers", &|c| thousands(c.slow_readers_closed as f64));
-    if r.results.iter().any(|c| c.load_dropped_frames.is_some()) {
+    if cols.iter().any(|c| c.load_dropped_frames.is_some()) {
         row(
             "load generator frames dropped rx/tx",
             &|c| match c.load_dropped_frames {
@@ -165,8 +177,7 @@ pub fn render(r: &BenchReport) -> String {
         thousands(c.all_in_total_bytes_per_conn)
     });
     // Each server's cost in units of ours on the userspace stack, when that ran too.
-    let ours = r
-        .results
+    let ours = cols
         .iter()
         .find(|c| c.stack == "xdp")
         .map(|c| c.all_in_total_bytes_per_conn);
@@ -192,8 +203,6 @@ pub fn render(r: &BenchReport) -> String {
         thousands(c.memory.kernel_sockbuf_bytes_per_conn)
     });
     row("wall time (s)", &|c| format!("{:.1}", c.cpu.wall_s));
-    breakdowns(&mut out, r);
-    out
 }
 
 /// Below the table: each stack's memory breakdown and notes.
@@ -201,8 +210,9 @@ fn breakdowns(out: &mut String, r: &BenchReport) {
     for c in &r.results {
         let _ = writeln!(
             out,
-            "\n--- {} stack: memory breakdown ---\n{}",
+            "\n--- {} at N = {}: memory breakdown ---\n{}",
             c.stack,
+            thousands(c.conns_target as f64),
             measure::render_table(&c.memory)
         );
         if let Some(rows) = &c.xdp_breakdown {

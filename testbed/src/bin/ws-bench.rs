@@ -27,9 +27,10 @@ use ws_server::cli::{parse_duration, parse_size, usage, UsageError};
     after_help = "Exit status: 0 the benchmark ran (its figures may still show failures: read them); 1 it could not run (not root, a server that did not start, interrupted); 2 usage error."
 )]
 struct Args {
-    /// Concurrent connections to hold.
-    #[arg(long, short = 'n', default_value_t = 20_000)]
-    conns: u64,
+    /// Concurrent connections to hold; a list (10000,100000,1000000) runs each N in turn into
+    /// one report and charts of each server against N.
+    #[arg(long, short = 'n', value_delimiter = ',', default_value = "20000")]
+    conns: Vec<u64>,
     /// Servers to measure, side by side: ours on kernel (epoll workers) and xdp (the userspace
     /// stack behind XDP), and the ones users would pick instead: gorilla (Go), node-ws (Node.js
     /// ws), tokio-tungstenite (Rust), each built on first use from testbed/peers/.
@@ -84,7 +85,7 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.conns == 0 || args.conns > 2_000_000 {
+    if args.conns.iter().any(|&n| n == 0 || n > 2_000_000) {
         return Err(usage("--conns must be between 1 and 2,000,000"));
     }
     if !args.rate.is_finite() || args.rate <= 0.0 {
@@ -107,7 +108,8 @@ fn run() -> anyhow::Result<()> {
     let cfg = BenchConfig {
         stacks: args.stacks.clone(),
         client: args.client,
-        conns: args.conns,
+        sweep: args.conns.clone(),
+        conns: args.conns[0],
         rate: args.rate,
         broadcasts: args.broadcasts,
         message_size: args.message_size,
@@ -120,9 +122,18 @@ fn run() -> anyhow::Result<()> {
     };
     let report = bench::run(&cfg, &stop)?;
     print!("{}", bench::render(&report));
-    let path = args.out.join(format!("bench-{}.json", args.conns));
+    let name = args.conns.iter().map(u64::to_string).collect::<Vec<_>>().join("-");
+    let path = args.out.join(format!("bench-{name}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("\nJSON report: {}", path.display());
+    // A report without charts is still a report: say why they are missing.
+    match bench::write_charts(&report, &args.out) {
+        Ok(files) => {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!("charts: {}", names.join(", "));
+        }
+        Err(e) => eprintln!("ws-bench: no charts: {e:#}"),
+    }
     Ok(())
 }

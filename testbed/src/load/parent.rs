@@ -73,6 +73,9 @@ pub struct Summary {
     pub connect_latency: LatencySummary,
     pub push_latency: LatencySummary,
     pub echo_rtt: LatencySummary,
+    /// The raw histograms (µs, HdrHistogram V2, base64), so that anyone can redraw them.
+    #[serde(default)]
+    pub histograms: RawHistograms,
     /// Device ids (or connection numbers without --ids) that got a targeted push; at most 1,000
     /// per process are listed.
     pub targeted_devices: Vec<String>,
@@ -85,6 +88,15 @@ pub struct Summary {
     pub wall_s: f64,
     /// Every child process reported its final line.
     pub complete: bool,
+}
+
+/// A run's latency histograms in microseconds, each HdrHistogram's V2 format in base64
+/// (`hist::decode` reads one back).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RawHistograms {
+    pub connect_latency_us: String,
+    pub push_latency_us: String,
+    pub echo_rtt_us: String,
 }
 
 enum Msg {
@@ -305,6 +317,11 @@ fn summarize(
         connect_latency: hist::summarize(&connect),
         push_latency: hist::summarize(&push),
         echo_rtt: hist::summarize(&echo),
+        histograms: RawHistograms {
+            connect_latency_us: hist::encode(&connect),
+            push_latency_us: hist::encode(&push),
+            echo_rtt_us: hist::encode(&echo),
+        },
         targeted_devices: reported
             .iter()
             .flat_map(|f| f.targeted_devices.iter().map(|&n| name(n)))
