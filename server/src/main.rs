@@ -10,6 +10,22 @@ use ws_server::config::ServerConfig;
 /// Connections one worker process is planned for: the hard limit of 20,000 open files per process,
 /// less headroom because SO_REUSEPORT spreads connections by hash, not evenly.
 const CONNS_PER_WORKER_PLAN: usize = 15_000;
+/// The longest WebSocket frame header a server frame carries (a 64-bit length).
+const FRAME_HEADER: usize = 10;
+
+/// The log an echo server needs: room for two of the largest messages echoed at once.
+fn echo_log_size(args: &Args) -> usize {
+    if args.echo {
+        2 * (args.max_message + FRAME_HEADER)
+    } else {
+        0
+    }
+}
+
+/// `--log-size`, or its default: 4M, or what echo needs.
+fn log_size(args: &Args) -> usize {
+    args.log_size.unwrap_or(echo_log_size(args).max(4 << 20))
+}
 
 /// WebSocket push server for many long-lived connections (IoT devices, chat, live feeds).
 ///
@@ -114,9 +130,10 @@ struct Args {
     /// connection writes it from there as its socket takes it. A connection that falls this far
     /// behind (it stopped reading) is closed with 4008 as a slow reader. Allocated once per
     /// worker; resident as far as it has been written. At least 1M (the largest admin message,
-    /// JSON-escaped, must fit), at most 1G.
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
-    log_size: usize,
+    /// JSON-escaped, must fit), at most 1G. Default 4M; with --echo at least twice
+    /// --max-message, since an echoed message waits there until its client takes it.
+    #[arg(long, value_parser = parse_size)]
+    log_size: Option<usize>,
     /// A connection with output waiting that takes no byte of it for this long while its
     /// client's receive window is shut (it stopped reading) is closed with 4008 as a slow reader,
     /// even if it has not fallen out of the log: its socket buffers are freed. A client with an
@@ -197,8 +214,14 @@ fn run() -> anyhow::Result<()> {
     if args.max_frame < 125 {
         return Err(usage("--max-frame must be at least 125 bytes"));
     }
-    if !(1 << 20..=1 << 30).contains(&args.log_size) {
-        return Err(usage("--log-size must be 1M to 1G"));
+    let (log_size, echo_needs) = (log_size(&args), echo_log_size(&args));
+    if !(1 << 20..=1 << 30).contains(&log_size) {
+        return Err(usage(format!("--log-size must be 1M to 1G (here {log_size} bytes)")));
+    }
+    if log_size < echo_needs {
+        return Err(usage(format!(
+            "with --echo, --log-size must be at least twice --max-message ({echo_needs} bytes): an echoed message waits in the log until its client takes it, and one that falls out closes its client as a slow reader"
+        )));
     }
     if !args.write_timeout.is_zero()
         && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&args.write_timeout)
@@ -318,7 +341,7 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         echo: args.echo,
         max_frame: args.max_frame,
         max_message: args.max_message,
-        log_size: args.log_size,
+        log_size: log_size(args),
         write_timeout: args.write_timeout,
         hang_timeout: (!args.worker_hang_timeout.is_zero()).then_some(args.worker_hang_timeout),
         max_restarts: args.max_restarts,

@@ -500,3 +500,17 @@ fn only_a_device_with_its_token_gets_its_id() {
         messages::Clients::Xdp,
     );
 }
+
+/// The Autobahn|Testsuite cases (kosoku) outside permessage-deflate all conform, the largest
+/// messages (16 MiB) through 256-byte buffers and a spill buffer.
+#[test]
+fn autobahn_cases_conform() {
+    if !privileged("autobahn_cases_conform") {
+        return;
+    }
+    conformance::autobahn(
+        "wsbax",
+        "xdp",
+        &["--stack", "xdp", "--iface", "wsbax-s0", "--spill-buffers", "16"],
+    );
+}

@@ -47,12 +47,14 @@ struct Item {
 
 const NONE: u32 = u32::MAX;
 
-/// One connection's targeted output: a list of items and how far into the first one it is.
+/// One connection's targeted output: a list of items, how far into the first one it is, and
+/// how many bytes wait in all.
 #[derive(Clone, Copy, Debug)]
 struct Queue {
     head: u32,
     tail: u32,
     offset: u32,
+    waiting: u64,
 }
 
 /// The targeted output of every connection that has some (none for the others: 0 bytes each).
@@ -75,6 +77,11 @@ impl Targeted {
 
     pub(super) fn holds(&self, id: ConnId) -> bool {
         self.queues.contains_key(&id)
+    }
+
+    /// Bytes of targeted output waiting for `id`.
+    pub(super) fn waiting_bytes(&self, id: ConnId) -> u64 {
+        self.queues.get(&id).map_or(0, |q| q.waiting)
     }
 
     /// The item `id` is writing, and how far into it.
@@ -106,6 +113,7 @@ impl Targeted {
             Some(q) => {
                 self.items[q.tail as usize].next = index;
                 q.tail = index;
+                q.waiting += u64::from(len);
             }
             None => {
                 self.queues.insert(
@@ -114,6 +122,7 @@ impl Targeted {
                         head: index,
                         tail: index,
                         offset: 0,
+                        waiting: u64::from(len),
                     },
                 );
             }
@@ -124,6 +133,7 @@ impl Targeted {
     fn advance(&mut self, id: ConnId, n: u32) {
         let Some(q) = self.queues.get_mut(&id) else { return };
         q.offset += n;
+        q.waiting = q.waiting.saturating_sub(u64::from(n));
         let head = q.head;
         if q.offset < self.items[head as usize].len {
             return;
@@ -336,11 +346,14 @@ impl ServerCore {
         next.wrapping_sub(u64::from(behind))
     }
 
-    /// Whether the transport should stop reading from `id` for now: output of its own (an echo,
-    /// a pong, an answer) is waiting, so reading more would only pile up more (TCP pushes back on
-    /// a client that sends and does not read). Broadcasts waiting do not pause it.
+    /// Whether the transport should stop reading from `id` for now: more output of its own (an
+    /// echo, pongs, answers) waits than two of the largest messages, so reading more would only
+    /// pile up more (TCP pushes back on a client that sends and does not read). Below that it
+    /// reads on: a client may send a whole message before it reads the echo of its first
+    /// fragments (Autobahn's 9.3: 4 MiB in 4 KiB fragments), and stopping at the first echo
+    /// left both sides' windows shut. Broadcasts waiting do not pause it.
     pub fn input_paused(&self, id: ConnId) -> bool {
-        self.targeted.holds(id)
+        self.targeted.waiting_bytes(id) > 2 * (self.cfg.max_message as u64 + frame::MAX_HEADER as u64)
     }
 
     fn arm_output_timer(&mut self, id: ConnId) {

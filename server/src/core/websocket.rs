@@ -25,9 +25,9 @@ impl ServerCore {
             if self.conns[id as usize].phase() != Phase::Ws {
                 return buf.len();
             }
-            // Its own output (a pong, an echo) is waiting: the rest stays with the transport
-            // until the peer takes it, so one client cannot fill the shared log.
-            if self.targeted.holds(id) {
+            // Past two messages of its own output waiting (pongs, echoes): the rest stays with
+            // the transport until the peer takes some, so one client cannot fill the shared log.
+            if self.input_paused(id) {
                 return pos;
             }
         }

@@ -14,6 +14,7 @@ use stack::{CloseReason, ConnId, Event, Link, Stack};
 
 use super::spill::{SpillPool, FRAME_HOLD_LIMIT_MS, HEAD_HOLD_LIMIT_MS};
 use crate::control::Outbox;
+use crate::core::frame;
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId as CoreId, Io, ServerCore};
 use crate::io::{settle, Transport};
@@ -300,6 +301,18 @@ impl<L: Link> ServedStack<L> {
         let got = self.io.stack.read(cid, &mut buf[*len..]);
         *len += got;
         let held = *len;
+        // A frame whose header says it is not whole yet waits for the rest here, without a copy
+        // or a parse: each arrival (256 bytes at a time) would otherwise copy and re-parse all
+        // that is held, O(n²) for a large frame (a 16 MiB echo took 34 s, most of it that). A
+        // frame longer than the buffer goes to the core, which refuses it.
+        if !core.in_request(id) {
+            if let Some((_, head, payload)) = frame::header(&buf[..held]) {
+                let whole = head as u64 + payload;
+                if (held as u64) < whole && whole <= buf.len() as u64 {
+                    return got > 0 && self.io.stack.readable(cid) > 0;
+                }
+            }
+        }
         // The core parses (and unmasks) a copy: the buffer stays the transport's while the core
         // calls it. Only the few spilled connections pay for this copy.
         self.big[..held].copy_from_slice(&buf[..held]);
