@@ -48,5 +48,13 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
     python3 -c 'import websockets' || { say "could not install the Python websockets package"; exit 1; }
 fi
 
+# The conformance tests run the Autobahn|Testsuite cases with `kosoku` (PyPI; Python >= 3.10).
+if ! command -v kosoku >/dev/null 2>&1; then
+    say "installing the Python 'kosoku' package (Autobahn|Testsuite cases)"
+    python3 -m pip install --quiet --disable-pip-version-check kosoku >/dev/null 2>&1 ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kosoku >/dev/null
+    command -v kosoku >/dev/null 2>&1 || { say "could not install kosoku (pip install kosoku)"; exit 1; }
+fi
+
 command -v cargo >/dev/null 2>&1 || { say "cargo (Rust) is required: https://rustup.rs"; exit 1; }
 say "ok"
