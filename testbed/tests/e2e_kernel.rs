@@ -379,3 +379,13 @@ fn autobahn_cases_conform() {
     }
     conformance::autobahn("wsbak", "kernel", &["--workers", "1"]);
 }
+
+/// Headless Chromium: a WebSocket with a token in a subprotocol, a push, a broadcast, a fetch
+/// long-poll.
+#[test]
+fn a_real_browser_connects_receives_and_long_polls() {
+    if !privileged("a_real_browser_connects_receives_and_long_polls") {
+        return;
+    }
+    browser::a_real_browser("wsbbk", "kernel", &["--workers", "1"]);
+}

@@ -514,3 +514,13 @@ fn autobahn_cases_conform() {
         &["--stack", "xdp", "--iface", "wsbax-s0", "--spill-buffers", "16"],
     );
 }
+
+/// Headless Chromium: a WebSocket with a token in a subprotocol (its long upgrade request through
+/// a spill buffer), a push, a broadcast, a fetch long-poll.
+#[test]
+fn a_real_browser_connects_receives_and_long_polls() {
+    if !privileged("a_real_browser_connects_receives_and_long_polls") {
+        return;
+    }
+    browser::a_real_browser("wsbbx", "xdp", &["--stack", "xdp", "--iface", "wsbbx-s0"]);
+}

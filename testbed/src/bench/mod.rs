@@ -54,6 +54,10 @@ pub struct BenchConfig {
     pub out_dir: PathBuf,
     pub workers: Option<usize>,
     pub load_procs: Option<usize>,
+    /// Data rounds (`--data-rounds 100B/100ms`): every connection sends a frame of this many
+    /// bytes this often, the server echoes it; measured for `data_seconds` once all are held.
+    pub data_rounds: Option<(usize, Duration)>,
+    pub data_seconds: Duration,
     /// Every connection a device with its token (the default; `--anonymous` turns it off): the
     /// server checks them with a key written to `<out>/device.key`, the load generator mints them.
     pub device_tokens: bool,
@@ -136,7 +140,26 @@ pub struct StackResult {
     pub xdp_breakdown: Option<Vec<(String, f64)>>,
     /// The load generator's raw latency histograms, so that anyone can redraw them.
     pub histograms: RawHistograms,
+    /// The data rounds' figures, when they ran.
+    pub data_rounds: Option<DataRounds>,
     pub notes: Vec<String>,
+}
+
+/// What the data rounds measured (seed 003's transmission test).
+#[derive(Clone, Debug, Serialize)]
+pub struct DataRounds {
+    pub payload_bytes: usize,
+    pub interval_ms: f64,
+    /// Frames the clients sent, and echoes they received.
+    pub sent: u64,
+    pub echoed: u64,
+    /// Sent and never echoed by the end of the run.
+    pub missing: u64,
+    /// Echoes per second averaged over the load generator's whole run (connecting included):
+    /// what the server carried (each echo is one message in and one out). At the steady state
+    /// the offer is N per interval.
+    pub echoes_per_s: f64,
+    pub echo_rtt: LatencySummary,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -324,6 +347,14 @@ fn run_server(cfg: &BenchConfig, stop: &Arc<AtomicBool>, server_kind: Server) ->
     let held = admin.conns().unwrap_or(held);
     let after = Snapshot::take(&server.pids(), server.pid(), Some(anchor.pid()))?;
     let held_stats = admin.report();
+    if cfg.data_rounds.is_some() {
+        eprintln!("[{name}] data rounds for {:?}", cfg.data_seconds);
+        let until = Instant::now() + cfg.data_seconds;
+        while Instant::now() < until {
+            check_stop(stop)?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     let broadcasts = steps::broadcasts(cfg, stop, &admin, server_kind, &mut notes)?;
     let rss_after_broadcasts = Snapshot::take(&server.pids(), server.pid(), Some(anchor.pid()))?
         .server_mem
@@ -423,6 +454,15 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
         all_in_total_bytes_per_conn: all_in_total,
         xdp_breakdown,
         histograms: summary.histograms.clone(),
+        data_rounds: cfg.data_rounds.map(|(payload, interval)| DataRounds {
+            payload_bytes: payload,
+            interval_ms: interval.as_secs_f64() * 1e3,
+            sent: summary.counters.sent_frames,
+            echoed: summary.counters.echoes,
+            missing: summary.counters.sent_frames.saturating_sub(summary.counters.echoes),
+            echoes_per_s: summary.counters.echoes as f64 / summary.wall_s.max(1e-9),
+            echo_rtt: summary.echo_rtt.clone(),
+        }),
         notes: m.notes,
     }
 }

@@ -155,6 +155,27 @@ fn table(out: &mut String, r: &BenchReport, n: u64, cols: &[&StackResult]) {
             },
         );
     }
+    if cols.iter().any(|c| c.data_rounds.is_some()) {
+        let d =
+            |c: &StackResult, f: &dyn Fn(&super::DataRounds) -> String| c.data_rounds.as_ref().map_or("-".into(), f);
+        row("data rounds: payload / interval", &|c| {
+            d(c, &|r| format!("{} B / {:.0} ms", r.payload_bytes, r.interval_ms))
+        });
+        row("  echoes / sent (missing)", &|c| {
+            d(c, &|r| {
+                format!(
+                    "{} / {} ({})",
+                    thousands(r.echoed as f64),
+                    thousands(r.sent as f64),
+                    thousands(r.missing as f64)
+                )
+            })
+        });
+        row("  echoes/s (whole run)", &|c| d(c, &|r| thousands(r.echoes_per_s)));
+        row("  echo RTT p50 / p99 (ms)", &|c| {
+            d(c, &|r| format!("{:.1} / {:.1}", r.echo_rtt.p50_ms, r.echo_rtt.p99_ms))
+        });
+    }
     row("delivery latency p50 (ms)", &|c| {
         format!("{:.1}", c.push_latency.p50_ms)
     });

@@ -195,6 +195,9 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, server: Server) -> 
     if cfg.device_tokens {
         cmd.arg("--device-key-file").arg(device_key(cfg)?);
     }
+    if cfg.data_rounds.is_some() {
+        cmd.arg("--echo");
+    }
     Ok(Running {
         procs: vec![ChildGuard::spawn("ws-server", cmd)?],
         admins: vec![ADMIN.parse()?],
@@ -224,6 +227,10 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, server: Server) -> an
         .stdout(std::fs::File::create(cfg.out_dir.join(format!("{name}-load.log")))?);
     if cfg.device_tokens {
         cmd.arg("--ids").arg("--device-key-file").arg(device_key(cfg)?);
+    }
+    if let Some((payload, interval)) = cfg.data_rounds {
+        cmd.args(["--payload", &payload.to_string()])
+            .args(["--send-interval", &format!("{}ms", interval.as_millis())]);
     }
     match cfg.client {
         Stack::Xdp => {

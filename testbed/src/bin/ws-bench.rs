@@ -58,6 +58,14 @@ struct Args {
     /// token per device id, so the connect rate includes the real handshake with a credential.
     #[arg(long)]
     anonymous: bool,
+    /// Data rounds (seed 003's transmission test): every connection sends a frame of B bytes every
+    /// T and the server echoes it (ours runs with --echo; the peers always echo), e.g. 100B/100ms
+    /// or 1K/1s; they run for --data-seconds once all connections are held, then the broadcasts.
+    #[arg(long, value_parser = parse_rounds, value_name = "B/T")]
+    data_rounds: Option<(usize, Duration)>,
+    /// How long the data rounds run once every connection is held.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    data_seconds: Duration,
     /// Pause between "all connected" and the memory measurement.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     settle: Duration,
@@ -73,6 +81,23 @@ struct Args {
     /// Directory for the JSON report and the logs.
     #[arg(long, default_value = "results")]
     out: PathBuf,
+}
+
+/// `100B/100ms`: a frame size (at least 21 bytes: the load generator's marker and send time) and
+/// an interval.
+fn parse_rounds(text: &str) -> Result<(usize, Duration), String> {
+    let (size, every) = text
+        .split_once('/')
+        .ok_or_else(|| format!("'{text}' is not SIZE/INTERVAL (e.g. 100B/100ms)"))?;
+    let size = parse_size(size.trim_end_matches(['B', 'b']))?;
+    let every = parse_duration(every)?;
+    if size < 21 {
+        return Err("a data-round frame needs at least 21 bytes (a marker and the send time)".into());
+    }
+    if every < Duration::from_millis(1) {
+        return Err("the data-round interval must be at least 1ms".into());
+    }
+    Ok((size, every))
 }
 
 fn main() {
@@ -114,6 +139,8 @@ fn run() -> anyhow::Result<()> {
         broadcasts: args.broadcasts,
         message_size: args.message_size,
         settle: args.settle,
+        data_rounds: args.data_rounds,
+        data_seconds: args.data_seconds,
         prefix: args.prefix.clone(),
         out_dir: args.out.clone(),
         workers: args.workers,

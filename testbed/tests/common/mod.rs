@@ -13,6 +13,7 @@ use testkit::http::http_in_netns;
 use testkit::{wait_for, ChildGuard, Netns};
 
 pub mod attacks;
+pub mod browser;
 pub mod conformance;
 pub mod impairment;
 pub mod messages;
