@@ -1,7 +1,7 @@
 //! ws-bench end to end, as root, at a small N: every server it can measure (ours on both stacks,
 //! and the peers users would pick, each built from testbed/peers/ on first use) holds every
-//! connection of the same load generator and delivers every broadcast, and the report says which
-//! load generator that was; the Linux-TCP client drives our servers too.
+//! connection of the same load generator, echoes its data rounds and delivers every broadcast, and
+//! the report says which load generator that was; the Linux-TCP client drives our servers too.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +11,8 @@ use testkit::privileged;
 const N: u64 = 300;
 const BROADCASTS: u64 = 2;
 
-/// Run ws-bench and read its JSON report.
+/// Run ws-bench (with data rounds: 100 bytes every 200 ms from every connection, for 2 s) and
+/// read its JSON report.
 fn bench(prefix: &str, stacks: &str, client: &str, out: &Path) -> serde_json::Value {
     let status = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
         .args(["--conns", &N.to_string(), "--stacks", stacks, "--client", client])
@@ -23,6 +24,7 @@ fn bench(prefix: &str, stacks: &str, client: &str, out: &Path) -> serde_json::Va
             "--broadcasts",
             &BROADCASTS.to_string(),
         ])
+        .args(["--data-rounds", "100B/200ms", "--data-seconds", "2s"])
         .args(["--prefix", prefix, "--out"])
         .arg(out)
         .status()
@@ -50,6 +52,13 @@ fn check(report: &serde_json::Value, servers: &[&str], client: &str) {
         assert_eq!(r["deliveries"], N * BROADCASTS, "{name}: {r}");
         assert_eq!(r["corrupt"], 0, "{name}: {r}");
         assert!(r["all_in_total_bytes_per_conn"].as_f64().unwrap() > 0.0, "{name}: {r}");
+        // Every connection sent rounds for at least the 2 s window, and (but for the last
+        // round in flight when the load stopped) got each one back.
+        let rounds = &r["data_rounds"];
+        let (sent, echoed) = (rounds["sent"].as_u64().unwrap(), rounds["echoed"].as_u64().unwrap());
+        assert!(sent >= N * 10, "{name}: {rounds}");
+        assert!(echoed + N >= sent && echoed <= sent, "{name}: {rounds}");
+        assert!(rounds["echo_rtt"]["p50_ms"].as_f64().unwrap() > 0.0, "{name}: {rounds}");
     }
 }
 

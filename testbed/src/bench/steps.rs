@@ -109,6 +109,25 @@ impl<'a> Admin<'a> {
                     ));
                     b
                 }
+                // No account of it (the admin gave up waiting): the broadcast may still be going
+                // out, and the clients' counts will tell; the expectation is every connection.
+                (status, _) if status >= 500 => {
+                    notes.push(format!(
+                        "a broadcast was answered {status} ({}): counted as sent to every connection held",
+                        answer.trim()
+                    ));
+                    let held = self.get::<ConnsReport>(addr, "/conns").map_or(0, |c| c.conns);
+                    BroadcastResult {
+                        seq: 0,
+                        queued: held,
+                        websockets: held,
+                        polls: 0,
+                        payload_bytes: 0,
+                        fanout_ms: f64::NAN,
+                        elapsed_ms: f64::NAN,
+                        workers_missing: vec![],
+                    }
+                }
                 (status, _) => bail!("the broadcast failed at {addr}: {status} {answer}"),
             };
             total = Some(match total {
