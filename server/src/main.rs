@@ -10,13 +10,13 @@ use ws_server::config::ServerConfig;
 /// Connections one worker process is planned for: the hard limit of 20,000 open files per process,
 /// less headroom because SO_REUSEPORT spreads connections by hash, not evenly.
 const CONNS_PER_WORKER_PLAN: usize = 15_000;
-/// The longest WebSocket frame header a server frame carries (a 64-bit length).
-const FRAME_HEADER: usize = 10;
-
-/// The log an echo server needs: room for two of the largest messages echoed at once.
+/// The log an echo server needs: a connection may have `ECHO_ALLOWANCE_MESSAGES` of the largest
+/// messages of its own echo waiting, and all of them together a quarter of the log
+/// (`core::output::input_paused`), so that broadcasts keep the rest.
 fn echo_log_size(args: &Args) -> usize {
+    use ws_server::core::{frame::MAX_HEADER, ECHO_ALLOWANCE_MESSAGES};
     if args.echo {
-        2 * (args.max_message + FRAME_HEADER)
+        4 * ECHO_ALLOWANCE_MESSAGES as usize * (args.max_message + MAX_HEADER)
     } else {
         0
     }
@@ -130,7 +130,7 @@ struct Args {
     /// connection writes it from there as its socket takes it. A connection that falls this far
     /// behind (it stopped reading) is closed with 4008 as a slow reader. Allocated once per
     /// worker; resident as far as it has been written. At least 1M (the largest admin message,
-    /// JSON-escaped, must fit), at most 1G. Default 4M; with --echo at least twice
+    /// JSON-escaped, must fit), at most 1G. Default 4M; with --echo at least 8 times
     /// --max-message, since an echoed message waits there until its client takes it.
     #[arg(long, value_parser = parse_size)]
     log_size: Option<usize>,
@@ -220,7 +220,7 @@ fn run() -> anyhow::Result<()> {
     }
     if log_size < echo_needs {
         return Err(usage(format!(
-            "with --echo, --log-size must be at least twice --max-message ({echo_needs} bytes): an echoed message waits in the log until its client takes it, and one that falls out closes its client as a slow reader"
+            "with --echo, --log-size must be at least 8 times --max-message ({echo_needs} bytes): an echoed message waits in the log until its client takes it (a connection may have two waiting, all of them together a quarter of the log), and one that falls out closes its client as a slow reader"
         )));
     }
     if !args.write_timeout.is_zero()

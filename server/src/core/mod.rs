@@ -18,6 +18,7 @@ pub mod http;
 pub mod log;
 pub mod message;
 mod output;
+pub use output::ECHO_ALLOWANCE_MESSAGES;
 pub mod ratelog;
 pub mod stats;
 mod websocket;
@@ -647,6 +648,15 @@ impl ServerCore {
         }
         self.conns[id as usize] = self.freed(id);
         io.abort(id);
+    }
+
+    /// Bytes arrived that the transport keeps until a frame is whole (`io/userspace`): they
+    /// count as a sign of life for idle expiry.
+    pub fn heard_from(&mut self, id: ConnId, now_ms: u64) {
+        self.now_ms = now_ms;
+        if let Some(c) = self.conns.get_mut(id as usize) {
+            c.last_active = tick_of(now_ms);
+        }
     }
 
     /// Whether the connection is waiting for (the rest of) a request head.

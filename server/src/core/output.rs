@@ -30,6 +30,10 @@ pub(super) enum SlowReason {
     WriteTimeout,
 }
 
+/// How many of the largest messages of its own echo a connection may have waiting before its
+/// input stops (see `input_paused`).
+pub const ECHO_ALLOWANCE_MESSAGES: u64 = 2;
+
 /// A piece of targeted output in the log, in its connection's queue.
 #[derive(Clone, Copy, Debug)]
 struct Item {
@@ -61,6 +65,8 @@ struct Queue {
 #[derive(Default)]
 pub(super) struct Targeted {
     queues: HashMap<ConnId, Queue>,
+    /// Bytes waiting over every queue.
+    total_waiting: u64,
     /// Item nodes, reused through a free list: no allocation per item once warm.
     items: Vec<Item>,
     free: Option<u32>,
@@ -69,6 +75,7 @@ pub(super) struct Targeted {
 impl Targeted {
     pub(super) fn with_capacity(conns: usize) -> Targeted {
         Targeted {
+            total_waiting: 0,
             queues: HashMap::with_capacity(conns),
             items: Vec::with_capacity(conns),
             free: None,
@@ -91,6 +98,7 @@ impl Targeted {
     }
 
     fn push(&mut self, id: ConnId, at: u64, len: u32, after: u32, mid_frame: bool) {
+        self.total_waiting += u64::from(len);
         let item = Item {
             at,
             len,
@@ -134,6 +142,7 @@ impl Targeted {
         let Some(q) = self.queues.get_mut(&id) else { return };
         q.offset += n;
         q.waiting = q.waiting.saturating_sub(u64::from(n));
+        self.total_waiting = self.total_waiting.saturating_sub(u64::from(n));
         let head = q.head;
         if q.offset < self.items[head as usize].len {
             return;
@@ -151,6 +160,7 @@ impl Targeted {
     /// Drop everything queued for `id`.
     pub(super) fn forget(&mut self, id: ConnId) {
         let Some(q) = self.queues.remove(&id) else { return };
+        self.total_waiting = self.total_waiting.saturating_sub(q.waiting);
         let mut i = q.head;
         while i != NONE {
             let next = self.items[i as usize].next;
@@ -346,14 +356,24 @@ impl ServerCore {
         next.wrapping_sub(u64::from(behind))
     }
 
-    /// Whether the transport should stop reading from `id` for now: more output of its own (an
-    /// echo, pongs, answers) waits than two of the largest messages, so reading more would only
-    /// pile up more (TCP pushes back on a client that sends and does not read). Below that it
-    /// reads on: a client may send a whole message before it reads the echo of its first
-    /// fragments (Autobahn's 9.3: 4 MiB in 4 KiB fragments), and stopping at the first echo
-    /// left both sides' windows shut. Broadcasts waiting do not pause it.
+    /// Whether the transport should stop reading from `id` for now: output of its own (a pong,
+    /// an answer, an echo) is waiting, so reading more would only pile up more (TCP pushes back
+    /// on a client that sends and does not read), and one client cannot fill the shared log.
+    /// An echo server allows a connection two of the largest messages of its own echo first: a
+    /// client may send a whole message before it reads the echo of its first fragments
+    /// (Autobahn's 9.3: 4 MiB in 4 KiB fragments), and stopping at the first echo left both
+    /// sides' windows shut. Never past a quarter of the log over all connections (`main.rs`
+    /// sizes the log for it). Broadcasts waiting do not pause it.
     pub fn input_paused(&self, id: ConnId) -> bool {
-        self.targeted.waiting_bytes(id) > 2 * (self.cfg.max_message as u64 + frame::MAX_HEADER as u64)
+        let waiting = self.targeted.waiting_bytes(id);
+        if waiting == 0 {
+            return false;
+        }
+        if !self.cfg.echo {
+            return true;
+        }
+        let allowance = ECHO_ALLOWANCE_MESSAGES * (self.cfg.max_message as u64 + frame::MAX_HEADER as u64);
+        waiting > allowance || self.targeted.total_waiting > self.cfg.log_size as u64 / 4
     }
 
     fn arm_output_timer(&mut self, id: ConnId) {

@@ -503,3 +503,58 @@ fn since_replays_what_the_log_still_holds_or_says_there_is_a_gap() {
     assert_eq!(v["kind"], "gap");
     assert!(v["oldest"].as_u64().unwrap() > 3, "{v}");
 }
+
+/// On an echo server, clients that send and never read cannot take the shared log from the
+/// others: each may have two of the largest messages of its echo waiting, all of them together a
+/// quarter of the log (each connection one message more: its input is checked after a frame, as
+/// before the allowance); past that their input stops, and a reading client still gets every
+/// broadcast whole.
+#[test]
+fn echo_clients_that_never_read_keep_to_a_quarter_of_the_log() {
+    const LOG: usize = 256 << 10;
+    const MESSAGE: usize = 2048;
+    let cfg = CoreConfig {
+        idle_timeout_ms: 0,
+        echo: true,
+        log_size: LOG,
+        max_frame: MESSAGE,
+        max_message: MESSAGE,
+        device_hasher: DeviceHasher::new([3, 4]),
+        ..CoreConfig::default()
+    };
+    let mut core = ServerCore::new(cfg, 41, 0);
+    let mut io = Pipes::new(256);
+    let ids: Vec<ConnId> = (0..41).collect();
+    upgrade_all(&mut core, &mut io, &ids, "");
+    // 40 clients each send twenty 2 KiB messages and never read.
+    let mut wire = Vec::new();
+    for _ in 0..20 {
+        crate::core::frame::encode(&mut wire, true, Op::Binary, &[b'e'; MESSAGE], Some([1, 2, 3, 4]));
+    }
+    let mut taken = 0;
+    for id in 0..40 {
+        if !core.input_paused(id) {
+            taken += core.data(id, &mut wire.clone(), 10, &mut io);
+        }
+    }
+    assert!(
+        taken < 40 * wire.len() / 4,
+        "input stopped: took {taken} of {} bytes",
+        40 * wire.len()
+    );
+    let waiting: u64 = (0..40).map(|id| core.targeted.waiting_bytes(id)).sum();
+    let frame = (MESSAGE + crate::core::frame::MAX_HEADER) as u64;
+    assert!(
+        waiting <= LOG as u64 / 4 + 40 * frame,
+        "echo waiting over all: {waiting}"
+    );
+    assert!((0..40).all(|id| core.input_paused(id)));
+    // The reader (40) gets three broadcasts whole: nothing it needs fell out of the log.
+    for seq in 0..3 {
+        core.broadcast(&payload(seq, 4096), seq, 20, &mut io).unwrap();
+        while io.ack(&mut core, &[40], 20) {}
+    }
+    let got = io.frames(40);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(core.stats().slow_readers_closed, 0);
+}

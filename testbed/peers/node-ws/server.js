@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // A WebSocket push server as a Node.js user would write it: the ws package in cluster workers
-// (a process may hold at most 20,000 files here; the primary hands connections to the workers),
+// (a process may hold at most 20,000 files here; the primary accepts every connection and hands
+// it to a worker, round robin, which bounds the connect rate),
 // for ws-bench to measure beside ours. Data frames are echoed; the primary's admin port answers
 // POST /broadcast (every worker sends the message to its connections) and GET /conns, summed
 // over the workers, in the shapes ws-bench reads. Per-message deflate stays off (ws's default
@@ -75,7 +76,8 @@ if (cluster.isPrimary) {
       req.on('data', (c) => chunks.push(c));
       req.on('end', () => {
         const started = process.hrtime.bigint();
-        const ts = BigInt(Date.now()) * 1000000n + (process.hrtime.bigint() % 1000000n);
+        // Wall-clock nanoseconds (the clients measure latency against their own clock).
+        const ts = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
         seq += 1;
         const body = Buffer.concat(chunks).toString();
         const data = body.length > 0 ? body : `server time ${ts}`;
@@ -114,9 +116,11 @@ if (cluster.isPrimary) {
     } else if (m.type === 'broadcast') {
       const started = process.hrtime.bigint();
       let sent = 0;
+      // Encoded once; every connection sends the same bytes.
+      const text = Buffer.from(m.text);
       for (const ws of wss.clients) {
         if (ws.readyState === 1) {
-          ws.send(m.text);
+          ws.send(text, { binary: false });
           sent += 1;
         }
       }

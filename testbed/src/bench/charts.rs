@@ -69,17 +69,16 @@ fn by_server(report: &BenchReport) -> Vec<(&str, Vec<&StackResult>)> {
     out
 }
 
-fn color(i: usize) -> RGBColor {
-    // Ours first (kernel, xdp), then the peers: distinct and readable on white.
-    const COLORS: [RGBColor; 6] = [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0x8c, 0x56, 0x4b),
-    ];
-    COLORS[i % COLORS.len()]
+/// Each server its own colour in every chart, whichever ran at which N.
+fn color(server: &str) -> RGBColor {
+    match server {
+        "kernel" => RGBColor(0x1f, 0x77, 0xb4),
+        "xdp" => RGBColor(0xd6, 0x27, 0x28),
+        "gorilla" => RGBColor(0x2c, 0xa0, 0x2c),
+        "node-ws" => RGBColor(0xff, 0x7f, 0x0e),
+        "tokio-tungstenite" => RGBColor(0x94, 0x67, 0xbd),
+        _ => RGBColor(0x8c, 0x56, 0x4b),
+    }
 }
 
 fn caption(report: &BenchReport, what: &str) -> String {
@@ -106,10 +105,9 @@ fn per_n_chart(
 ) -> anyhow::Result<String> {
     let series: Vec<Series> = by_server(report)
         .into_iter()
-        .enumerate()
-        .map(|(i, (name, rs))| {
+        .map(|(name, rs)| {
             let points = rs.iter().map(|r| (r.conns_target as f64, value(r))).collect();
-            (name, points, color(i))
+            (name, points, color(name))
         })
         .collect();
     let values: Vec<f64> = report.results.iter().map(&value).filter(|v| *v > 0.0).collect();
@@ -183,7 +181,7 @@ fn bytes_per_connection(report: &BenchReport) -> anyhow::Result<String> {
 fn connect_rate(report: &BenchReport) -> anyhow::Result<String> {
     per_n_chart(
         report,
-        "Connect rate",
+        "Connect rate (the load generator offers --rate)",
         "connections established per second",
         false,
         |r| r.connect_rate_per_s,
@@ -237,8 +235,8 @@ fn latency_cdf(report: &BenchReport) -> anyhow::Result<String> {
             .y_desc("deliveries within (%)")
             .draw()
             .map_err(|e| anyhow!("{e:?}"))?;
-        for (i, (name, points)) in curves.into_iter().enumerate() {
-            let c = color(i);
+        for (name, points) in curves {
+            let c = color(name);
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))
                 .map_err(|e| anyhow!("{e:?}"))?

@@ -136,6 +136,10 @@ pub struct StackResult {
     /// The headline: the server's whole RSS plus its share of kernel memory (slab, socket
     /// buffers), divided by the connections held. Nothing the server set up at start is left out.
     pub all_in_total_bytes_per_conn: f64,
+    /// The same with the processes' proportional set size (PSS) instead of RSS: pages shared
+    /// between a server's processes (code, libraries) counted once, not once per process, which
+    /// is fairer to servers of many processes (ours on kernel sockets, every peer).
+    pub all_in_pss_bytes_per_conn: f64,
     /// xdp only: the server's resident memory by structure, bytes per connection.
     pub xdp_breakdown: Option<Vec<(String, f64)>>,
     /// The load generator's raw latency histograms, so that anyone can redraw them.
@@ -194,7 +198,7 @@ pub struct BenchReport {
     /// Every connection a device with its own HS256 token, checked in the handshake.
     pub device_tokens: bool,
     pub results: Vec<StackResult>,
-    /// Servers not run at an N, and why (they would not fit in memory).
+    /// Servers not run (or not finished) at an N, and why.
     pub skipped: Vec<String>,
 }
 
@@ -245,7 +249,17 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
                 report.skipped.push(format!("{} at N = {n}: {why}", server.name()));
                 continue;
             }
-            report.results.push(run_server(&at, stop, server)?);
+            match run_server(&at, stop, server) {
+                Ok(result) => report.results.push(result),
+                // Interrupted: stop here. Anything else: say so and go on with the others.
+                Err(e) if stop.load(std::sync::atomic::Ordering::Relaxed) => return Err(e),
+                Err(e) => {
+                    eprintln!("[{}] failed at N = {n}: {e:#}", server.name());
+                    report
+                        .skipped
+                        .push(format!("{} at N = {n}: the run failed: {e:#}", server.name()));
+                }
+            }
         }
     }
     Ok(report)
@@ -405,6 +419,7 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
     let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &m.before, &m.after, client_sockets));
     let kernel_bytes = (memory.kernel_slab_bytes_per_conn + memory.kernel_sockbuf_bytes_per_conn) * held as f64;
     let all_in_total = (m.after.server_mem.rss as f64 + kernel_bytes) / held.max(1) as f64;
+    let all_in_pss = (m.after.server_mem.pss as f64 + kernel_bytes) / held.max(1) as f64;
     let xdp_breakdown = m
         .held_stats
         .as_ref()
@@ -452,6 +467,7 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
         server_rss_total_per_conn: m.after.server_mem.rss as f64 / held.max(1) as f64,
         server_rss_after_broadcasts_per_conn: m.rss_after_broadcasts as f64 / held.max(1) as f64,
         all_in_total_bytes_per_conn: all_in_total,
+        all_in_pss_bytes_per_conn: all_in_pss,
         xdp_breakdown,
         histograms: summary.histograms.clone(),
         data_rounds: cfg.data_rounds.map(|(payload, interval)| DataRounds {

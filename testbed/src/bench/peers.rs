@@ -72,6 +72,9 @@ pub fn start(
     listen: &str,
 ) -> anyhow::Result<(Vec<ChildGuard>, Vec<SocketAddr>)> {
     let program = build(server)?;
+    // A peer process holds up to CONNS_PER_PROCESS sockets: give it the hard limit as its soft
+    // one (children inherit it; tokio does not raise it itself, Go and Node.js do).
+    host::process::raise_fd_limit();
     let processes = cfg.conns.div_ceil(CONNS_PER_PROCESS).max(1) as u16;
     let log = std::fs::File::create(cfg.out_dir.join(format!("{}-server.log", server.name())))?;
     let spawn = |admin: SocketAddr, extra: &[String]| -> anyhow::Result<ChildGuard> {

@@ -197,6 +197,9 @@ fn table(out: &mut String, r: &BenchReport, n: u64, cols: &[&StackResult]) {
     row("bytes/conn ALL-IN (server RSS + kernel)", &|c| {
         thousands(c.all_in_total_bytes_per_conn)
     });
+    row("  same with PSS (shared pages once)", &|c| {
+        thousands(c.all_in_pss_bytes_per_conn)
+    });
     // Each server's cost in units of ours on the userspace stack, when that ran too.
     let ours = cols
         .iter()

@@ -60,7 +60,9 @@ struct Args {
     anonymous: bool,
     /// Data rounds (seed 003's transmission test): every connection sends a frame of B bytes every
     /// T and the server echoes it (ours runs with --echo; the peers always echo), e.g. 100B/100ms
-    /// or 1K/1s; they run for --data-seconds once all connections are held, then the broadcasts.
+    /// or 1K/1s. Each connection sends from its open until the load ends (so memory and the
+    /// broadcasts are measured under that traffic); --data-seconds holds all of them that much
+    /// longer before the broadcasts.
     #[arg(long, value_parser = parse_rounds, value_name = "B/T")]
     data_rounds: Option<(usize, Duration)>,
     /// How long the data rounds run once every connection is held.

@@ -46,8 +46,19 @@ pub fn a_real_browser(prefix: &str, stack: &str, stack_args: &[&str]) {
         .stderr(Stdio::inherit());
     let mut browser = ChildGuard::spawn("chromium via playwright-core", cmd).unwrap();
     let stdout = browser.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    // Lines through a channel, so that a browser that hangs fails the test instead of holding it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the browser said nothing for 60 s")
+    };
 
     assert_eq!(
         next(),

@@ -14,7 +14,7 @@ use stack::{CloseReason, ConnId, Event, Link, Stack};
 
 use super::spill::{SpillPool, FRAME_HOLD_LIMIT_MS, HEAD_HOLD_LIMIT_MS};
 use crate::control::Outbox;
-use crate::core::frame;
+use crate::core::frame::{self, Role};
 use crate::core::ratelog::RateLimitedLog;
 use crate::core::{ConnId as CoreId, Io, ServerCore};
 use crate::io::{settle, Transport};
@@ -305,10 +305,18 @@ impl<L: Link> ServedStack<L> {
         // or a parse: each arrival (256 bytes at a time) would otherwise copy and re-parse all
         // that is held, O(n²) for a large frame (a 16 MiB echo took 34 s, most of it that). A
         // frame longer than the buffer goes to the core, which refuses it.
+        // Its header must pass the core's checks first (mask, reserved bits, control frame
+        // rules, the size limit): a frame that breaks them is refused now, not when whole.
         if !core.in_request(id) {
             if let Some((_, head, payload)) = frame::header(&buf[..held]) {
-                let whole = head as u64 + payload;
-                if (held as u64) < whole && whole <= buf.len() as u64 {
+                let whole = (head as u64).saturating_add(payload);
+                let max_frame = core.config().max_frame;
+                let header_ok = matches!(frame::decode(&mut buf[..head], Role::Server, max_frame), Ok(None));
+                if header_ok && (held as u64) < whole && whole <= buf.len() as u64 {
+                    if got > 0 {
+                        // The bytes count as the client being alive (idle expiry).
+                        core.heard_from(id, now_ms);
+                    }
                     return got > 0 && self.io.stack.readable(cid) > 0;
                 }
             }

@@ -530,3 +530,21 @@ fn a_trickled_head_loses_its_spill_buffer_to_a_waiting_one_after_2_s() {
     assert!(r.cli_events.contains(&Event::Closed(slow, CloseReason::Aborted)));
     assert!(String::from_utf8_lossy(&r.drain(fast)).starts_with("HTTP/1.1 101 "));
 }
+
+/// A large frame whose header breaks the rules (a reserved bit here) is refused as soon as its
+/// header is in, though its payload waits in a spill buffer: not when (if ever) it is whole.
+#[test]
+fn a_bad_header_of_a_large_frame_is_refused_before_its_payload_arrives() {
+    let mut r = Rig::new(true, 4, 4096, 4096);
+    let c = r.connect();
+    r.upgrade(c, 200);
+    let mut frame = masked(Op::Binary, &[7u8; 1000]);
+    frame[0] |= 0x40; // RSV1, with no extension negotiated
+    r.send(c, &frame[..600]);
+    r.settle(100);
+    let got = frames(r.drain(c));
+    assert_eq!(got.first().map(|(op, _)| *op), Some(Op::Close), "{got:?}");
+    let code = u16::from_be_bytes([got[0].1[0], got[0].1[1]]);
+    assert_eq!(code, 1002);
+    assert_eq!(r.core.stats().protocol_errors, 1);
+}
