@@ -6,7 +6,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 if ! command -v chromium >/dev/null 2>&1; then
     echo "browser test: installing chromium (apt)" >&2
     [[ $(id -u) -eq 0 ]] || { echo "browser test: need root to install chromium" >&2; exit 1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    # A fresh machine may have no package lists yet: refresh them once if the install fails.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+        { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 if [[ ! -d $here/node_modules/playwright-core ]]; then
     echo "browser test: npm install playwright-core" >&2

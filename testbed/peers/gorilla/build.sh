@@ -9,7 +9,9 @@ gocode=/usr/share/gocode
 if ! command -v go >/dev/null || [[ ! -d $gocode/src/github.com/gorilla/websocket ]]; then
     echo "gorilla peer: installing golang-go and golang-github-gorilla-websocket-dev (apt)" >&2
     [[ $(id -u) -eq 0 ]] || { echo "gorilla peer: need root to install them" >&2; exit 1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >&2
+    # A fresh machine may have no package lists yet: refresh them once if the install fails.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >&2 ||
+        { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >&2; }
 fi
 mkdir -p "$target"
 echo "gorilla peer: go build ($(go version | cut -d' ' -f3), gorilla/websocket from $gocode, offline)" >&2
