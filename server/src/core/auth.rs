@@ -100,7 +100,11 @@ pub(crate) mod tests {
     /// A token for `sub` expiring at `exp` (unix seconds), signed with `secret` (also for the
     /// core's tests).
     pub(crate) fn token(secret: &[u8], sub: &str, exp: u64) -> String {
-        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        signed(secret, serde_json::json!({ "sub": sub, "exp": exp }))
+    }
+
+    /// Any claims, signed with HS256 and `secret`.
+    fn signed(secret: &[u8], claims: serde_json::Value) -> String {
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -150,15 +154,10 @@ pub(crate) mod tests {
         assert_eq!(auth.check(Some(good.as_bytes()), b"dev-2"), Err(Refusal::WrongDevice));
         let old = token(K1, "dev-1", now() - 10);
         assert_eq!(auth.check(Some(old.as_bytes()), b"dev-1"), Err(Refusal::Expired));
-        let early = {
-            let claims = serde_json::json!({ "sub": "dev-1", "exp": now() + 600, "nbf": now() + 300 });
-            encode(
-                &Header::new(Algorithm::HS256),
-                &claims,
-                &EncodingKey::from_secret(K1).unwrap(),
-            )
-            .unwrap()
-        };
+        let early = signed(
+            K1,
+            serde_json::json!({ "sub": "dev-1", "exp": now() + 600, "nbf": now() + 300 }),
+        );
         assert_eq!(auth.check(Some(early.as_bytes()), b"dev-1"), Err(Refusal::NotYetValid));
         let forged = token(b"another key of 16+ bytes", "dev-1", now() + 60);
         assert_eq!(
@@ -169,25 +168,12 @@ pub(crate) mod tests {
         // {"alg":"none","typ":"JWT"} . {"sub":"dev-1","exp":9999999999} . (no signature)
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJkZXYtMSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert_eq!(auth.check(Some(none.as_bytes()), b"dev-1"), Err(Refusal::Malformed));
-        let no_exp = {
-            let claims = serde_json::json!({ "sub": "dev-1" });
-            encode(
-                &Header::new(Algorithm::HS256),
-                &claims,
-                &EncodingKey::from_secret(K1).unwrap(),
-            )
-            .unwrap()
-        };
+        let no_exp = signed(K1, serde_json::json!({ "sub": "dev-1" }));
         assert_eq!(auth.check(Some(no_exp.as_bytes()), b"dev-1"), Err(Refusal::BadClaims));
-        let with_aud = {
-            let claims = serde_json::json!({ "sub": "dev-1", "exp": now() + 60, "aud": "another service" });
-            encode(
-                &Header::new(Algorithm::HS256),
-                &claims,
-                &EncodingKey::from_secret(K1).unwrap(),
-            )
-            .unwrap()
-        };
+        let with_aud = signed(
+            K1,
+            serde_json::json!({ "sub": "dev-1", "exp": now() + 60, "aud": "another service" }),
+        );
         assert_eq!(auth.check(Some(with_aud.as_bytes()), b"dev-1"), Err(Refusal::BadClaims));
     }
 }
