@@ -5,7 +5,6 @@
 //! Chromium's upgrade request is longer than the 256-byte receive buffer: on xdp it goes through
 //! a spill buffer, with a real client.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -46,19 +45,8 @@ pub fn a_real_browser(prefix: &str, stack: &str, stack_args: &[&str]) {
         .stderr(Stdio::inherit());
     let mut browser = ChildGuard::spawn("chromium via playwright-core", cmd).unwrap();
     let stdout = browser.child.as_mut().unwrap().stdout.take().unwrap();
-    // Lines through a channel, so that a browser that hangs fails the test instead of holding it.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || {
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("the browser said nothing for 60 s")
-    };
+    // A browser that hangs fails the test instead of holding it.
+    let mut next = line_reader(stdout, Duration::from_secs(60));
 
     assert_eq!(
         next(),

@@ -2,7 +2,7 @@
 //! broadcasts to thousands of reading clients, a standard client library receiving 60 KiB
 //! messages, and clients that never read, which are closed while nobody else is held back.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
@@ -102,8 +102,7 @@ pub fn a_standard_client_receives_60_kib_messages(prefix: &str, server_args: &[&
         .stderr(Stdio::piped());
     let mut py = ChildGuard::spawn("python websockets client", cmd).unwrap();
     let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let mut next = line_reader(stdout, Duration::from_secs(60));
     assert_eq!(next(), "connected");
     assert_eq!(broadcast_pattern(&ns, LEN)["queued"], 1);
     assert_eq!(next(), format!("message broadcast {LEN} ok"));

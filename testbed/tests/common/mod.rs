@@ -168,3 +168,22 @@ pub fn curl_upgrade_with(ns: &Netns, query: &str, headers: &[&str], source: Opti
     args.push(&url);
     run_in(&ns.cli, "curl", &args)
 }
+
+/// The lines a test's helper process prints, one per call: "" once it has ended, and a failure
+/// (not a hang) if it says nothing for `patience`.
+pub fn line_reader(stdout: impl std::io::Read + Send + 'static, patience: Duration) -> impl FnMut() -> String {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    move || match rx.recv_timeout(patience) {
+        Ok(line) => line,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => String::new(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the helper process said nothing for {patience:?}"),
+    }
+}

@@ -1,7 +1,7 @@
 //! Scenarios both stacks must pass, run by `e2e_kernel.rs` and `e2e_xdp.rs` with their own
 //! server flags and namespace prefixes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
@@ -25,8 +25,7 @@ pub fn standard_clients(prefix: &str, stack_args: &[&str]) {
         .stderr(Stdio::piped());
     let mut py = ChildGuard::spawn("python websockets client", cmd).unwrap();
     let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let mut next = line_reader(stdout, Duration::from_secs(60));
     assert_eq!(next(), "connected");
     assert_eq!(next(), "pong");
     assert_eq!(admin_post(&ns, "/push?id=py-1", b"hello python")["queued"], true);

@@ -4,7 +4,6 @@
 //! ids keep them and their pushes; a page of an origin not allowed gets `403`; standard clients
 //! (Python) present tokens the ways browsers and devices do.
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -137,8 +136,7 @@ fn standard_clients_with_tokens(ns: &Netns, key: &[u8]) {
         .stderr(Stdio::inherit());
     let mut py = ChildGuard::spawn("python websockets client with tokens", cmd).unwrap();
     let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let mut next = line_reader(stdout, Duration::from_secs(60));
     assert_eq!(next(), "refused 401");
     assert_eq!(next(), "connected push.v1");
     assert_eq!(admin_post(ns, "/push?id=py-dev", b"for python")["queued"], true);
