@@ -137,13 +137,16 @@ fn per_n_chart(
                 for (name, points, c) in &series {
                     let c = *c;
                     chart
-                        .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))
                         .map_err(|e| anyhow!("{e:?}"))?
                         .label(*name)
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
-                    chart
-                        .draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))
-                        .map_err(|e| anyhow!("{e:?}"))?;
+                    // A line needs two points (one N: the points alone).
+                    if points.len() > 1 {
+                        chart
+                            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+                            .map_err(|e| anyhow!("{e:?}"))?;
+                    }
                 }
                 chart
                     .configure_series_labels()
