@@ -265,9 +265,18 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
     Ok(report)
 }
 
+/// What the load generator takes beside the server: the xdp one about 1.2 KB per connection
+/// and 384 MiB of AF_XDP rings; the kernel one a kernel socket (~4 KB) per connection.
+fn load_generator_bytes(client: &str, n: u64) -> f64 {
+    match client {
+        "xdp" => 1300.0 * n as f64 + (384u64 << 20) as f64,
+        _ => 4500.0 * n as f64,
+    }
+}
+
 /// Why `server` cannot hold `n` connections on this machine, judged by what it cost per
-/// connection at a smaller N of the same sweep (with a tenth more for growth, and 2 KiB per
-/// connection for the load generator): a run that would end in the OOM killer is not run.
+/// connection at a smaller N of the same sweep (with a tenth more for growth) and what the load
+/// generator needs: a run that would end in the OOM killer is not run.
 fn will_not_fit(report: &BenchReport, server: Server, n: u64) -> Option<String> {
     let cost = report
         .results
@@ -275,7 +284,7 @@ fn will_not_fit(report: &BenchReport, server: Server, n: u64) -> Option<String> 
         .filter(|r| r.stack == server.name() && r.conns_target < n)
         .map(|r| r.all_in_total_bytes_per_conn)
         .next_back()?;
-    let need = (cost * 1.1 + 2048.0) * n as f64;
+    let need = cost * 1.1 * n as f64 + load_generator_bytes(&report.client, n);
     let available = measure::MemInfo::read().ok()?.mem_available as f64;
     (need > available).then(|| {
         format!(
