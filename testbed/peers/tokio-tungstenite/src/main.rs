@@ -55,7 +55,15 @@ async fn main() {
     eprintln!("peer-tokio-tungstenite: WebSocket on {listen}, admin on {}", admin.local_addr().unwrap());
     tokio::spawn(serve_admin(admin, tx.clone(), counts.clone()));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of files, say: wait a moment rather than spin.
+                eprintln!("peer-tokio-tungstenite: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let rx = tx.subscribe();
         tokio::spawn(serve_ws(stream, rx, counts.clone()));
     }
