@@ -371,15 +371,6 @@ fn only_a_device_with_its_token_gets_its_id() {
     trust::only_a_device_with_its_token_gets_its_id("wsbty", &["--workers", "2"], messages::Clients::Kernel);
 }
 
-/// The Autobahn|Testsuite cases (kosoku) outside permessage-deflate all conform.
-#[test]
-fn autobahn_cases_conform() {
-    if !privileged("autobahn_cases_conform") {
-        return;
-    }
-    conformance::autobahn("wsbak", "kernel", &["--workers", "1"]);
-}
-
 /// Headless Chromium: a WebSocket with a token in a subprotocol, a push, a broadcast, a fetch
 /// long-poll.
 #[test]

@@ -501,20 +501,6 @@ fn only_a_device_with_its_token_gets_its_id() {
     );
 }
 
-/// The Autobahn|Testsuite cases (kosoku) outside permessage-deflate all conform, the largest
-/// messages (16 MiB) through 256-byte buffers and a spill buffer.
-#[test]
-fn autobahn_cases_conform() {
-    if !privileged("autobahn_cases_conform") {
-        return;
-    }
-    conformance::autobahn(
-        "wsbax",
-        "xdp",
-        &["--stack", "xdp", "--iface", "wsbax-s0", "--spill-buffers", "16"],
-    );
-}
-
 /// Headless Chromium: a WebSocket with a token in a subprotocol (its long upgrade request through
 /// a spill buffer), a push, a broadcast, a fetch long-poll.
 #[test]
