@@ -446,7 +446,9 @@ impl ServerCore {
         allowed
             .iter()
             .position(|a| a.eq_ignore_ascii_case(origin))
-            .map_or(0, |i| i as u16 + 1)
+            .and_then(|i| u16::try_from(i + 1).ok())
+            .filter(|&grant| grant != ANY_ORIGIN)
+            .unwrap_or(0)
     }
 
     /// The origin a grant names (`None` for no origin or for any).

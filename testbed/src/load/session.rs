@@ -131,17 +131,23 @@ pub fn timed_out(conn: &mut Proto, sh: &mut Shared, cause: &str) {
     set_state(conn, State::Done, sh);
 }
 
+/// Connection `n`'s long-poll request, as the plan says (host, id, token).
+fn poll_request(req: &mut Vec<u8>, sh: &Shared, n: u64) {
+    let plan = &sh.plan;
+    client::poll_request(
+        req,
+        &plan.host,
+        plan.id_prefix.as_deref(),
+        plan.device_key.as_deref(),
+        n,
+    );
+}
+
 /// TCP is up: send the upgrade request (or the first long-poll).
 pub fn connected<C: Peer>(conn: &mut C, sh: &mut Shared) -> Fate {
     let mut req = Vec::with_capacity(256);
     if sh.plan.poll {
-        client::poll_request(
-            &mut req,
-            &sh.plan.host,
-            sh.plan.id_prefix.as_deref(),
-            sh.plan.device_key.as_deref(),
-            conn.proto().n,
-        );
+        poll_request(&mut req, sh, conn.proto().n);
         set_state(conn.proto(), State::Polling, sh);
         sh.c.polls_sent += 1;
         established(conn.proto(), sh);
@@ -279,13 +285,7 @@ fn poll_answer<C: Peer>(conn: &mut C, sh: &mut Shared, buf: &[u8]) -> Read {
                 return Read::End(Fate::Drop);
             }
             let mut req = Vec::with_capacity(128);
-            client::poll_request(
-                &mut req,
-                &sh.plan.host,
-                sh.plan.id_prefix.as_deref(),
-                sh.plan.device_key.as_deref(),
-                conn.proto().n,
-            );
+            poll_request(&mut req, sh, conn.proto().n);
             sh.c.polls_sent += 1;
             if conn.send(&req) == Fate::Drop {
                 return Read::End(eof(conn.proto(), sh, "error"));

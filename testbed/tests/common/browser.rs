@@ -5,11 +5,10 @@
 //! Chromium's upgrade request is longer than the 256-byte receive buffer: on xdp it goes through
 //! a spill buffer, with a real client.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use super::*;
-use testkit::ChildGuard;
 
 pub fn a_real_browser(prefix: &str, stack: &str, stack_args: &[&str]) {
     let root = testkit::repo_root().unwrap();
@@ -39,14 +38,8 @@ pub fn a_real_browser(prefix: &str, stack: &str, stack_args: &[&str]) {
             "browser-poll",
             &mint("browser-poll"),
         ])
-        .arg(&shot)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut browser = ChildGuard::spawn("chromium via playwright-core", cmd).unwrap();
-    let stdout = browser.child.as_mut().unwrap().stdout.take().unwrap();
-    // A browser that hangs fails the test instead of holding it.
-    let mut next = line_reader(stdout, Duration::from_secs(60));
+        .arg(&shot);
+    let (mut browser, mut next) = talk_to("chromium via playwright-core", cmd);
 
     assert_eq!(
         next(),

@@ -4,12 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use testbed::load::pattern;
-use testkit::{in_ns, wait_for, ChildGuard, Netns};
+use testkit::{in_ns, wait_for, Netns};
 
 use super::*;
 
@@ -94,15 +93,8 @@ pub fn a_standard_client_receives_60_kib_messages(prefix: &str, server_args: &[&
     let _server = start_server(&ns, server_args, &dir.join("server.log"));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_big_messages.py");
     let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
-    cmd.arg(&script)
-        .arg(format!("ws://{SERVER}/ws?id=py-big"))
-        .arg("2")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut py = ChildGuard::spawn("python websockets client", cmd).unwrap();
-    let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut next = line_reader(stdout, Duration::from_secs(60));
+    cmd.arg(&script).arg(format!("ws://{SERVER}/ws?id=py-big")).arg("2");
+    let (mut py, mut next) = talk_to("python websockets client", cmd);
     assert_eq!(next(), "connected");
     assert_eq!(broadcast_pattern(&ns, LEN)["queued"], 1);
     assert_eq!(next(), format!("message broadcast {LEN} ok"));
@@ -111,18 +103,10 @@ pub fn a_standard_client_receives_60_kib_messages(prefix: &str, server_args: &[&
     assert_eq!(pushed["result"], "queued to a connected device", "{pushed}");
     assert_eq!(next(), format!("message push {LEN} ok"));
     let status = py.wait_timeout(Duration::from_secs(10)).expect("python client exits");
-    if !status.success() {
-        let mut err = String::new();
-        let _ = py
-            .child
-            .as_mut()
-            .unwrap()
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err);
-        panic!("python client failed: {err}");
-    }
+    assert!(
+        status.success(),
+        "python client failed: {status} (its standard error is above)"
+    );
 }
 
 /// Connections from `src` that upgrade and then never read, with a small receive buffer (4 KiB)

@@ -169,10 +169,15 @@ pub fn curl_upgrade_with(ns: &Netns, query: &str, headers: &[&str], source: Opti
     run_in(&ns.cli, "curl", &args)
 }
 
-/// The lines a test's helper process prints, one per call: "" once it has ended, and a failure
-/// (not a hang) if it says nothing for `patience`.
-pub fn line_reader(stdout: impl std::io::Read + Send + 'static, patience: Duration) -> impl FnMut() -> String {
+/// Start a helper process (a Python client, the browser) whose standard output a test reads a
+/// line at a time: "" once it has ended, and a failure (not a hang) if it says nothing for 60 s.
+/// Its standard error goes to the test's.
+pub fn talk_to(name: &str, mut cmd: Command) -> (ChildGuard, impl FnMut() -> String) {
     use std::io::BufRead;
+    const PATIENCE: Duration = Duration::from_secs(60);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = ChildGuard::spawn(name, cmd).unwrap();
+    let stdout = child.child.as_mut().unwrap().stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -181,9 +186,10 @@ pub fn line_reader(stdout: impl std::io::Read + Send + 'static, patience: Durati
             }
         }
     });
-    move || match rx.recv_timeout(patience) {
+    let next = move || match rx.recv_timeout(PATIENCE) {
         Ok(line) => line,
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => String::new(),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the helper process said nothing for {patience:?}"),
-    }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the helper process said nothing for {PATIENCE:?}"),
+    };
+    (child, next)
 }

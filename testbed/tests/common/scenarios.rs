@@ -4,11 +4,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::process::Stdio;
 use std::time::Duration;
 
 use super::*;
-use testkit::{ChildGuard, Netns};
+use testkit::Netns;
 
 /// A standard client library (Python `websockets`) connects, pings, receives a targeted push and a
 /// broadcast, and closes cleanly; curl's upgrade request gets 101.
@@ -18,14 +17,8 @@ pub fn standard_clients(prefix: &str, stack_args: &[&str]) {
     let _server = start_server(&ns, stack_args, &dir.join("server.log"));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_client_check.py");
     let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
-    cmd.arg(&script)
-        .arg(format!("ws://{SERVER}/ws?id=py-1"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut py = ChildGuard::spawn("python websockets client", cmd).unwrap();
-    let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut next = line_reader(stdout, Duration::from_secs(60));
+    cmd.arg(&script).arg(format!("ws://{SERVER}/ws?id=py-1"));
+    let (mut py, mut next) = talk_to("python websockets client", cmd);
     assert_eq!(next(), "connected");
     assert_eq!(next(), "pong");
     assert_eq!(admin_post(&ns, "/push?id=py-1", b"hello python")["queued"], true);
@@ -39,18 +32,10 @@ pub fn standard_clients(prefix: &str, stack_args: &[&str]) {
     assert_eq!(b["kind"], "broadcast");
     assert_eq!(next(), "closed 1000");
     let status = py.wait_timeout(Duration::from_secs(10)).expect("python client exits");
-    if !status.success() {
-        let mut err = String::new();
-        py.child
-            .as_mut()
-            .unwrap()
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        panic!("python client failed: {err}");
-    }
+    assert!(
+        status.success(),
+        "python client failed: {status} (its standard error is above)"
+    );
 
     let (_, curl) = curl_upgrade(&ns);
     assert!(curl.starts_with("HTTP/1.1 101 Switching Protocols"), "{curl}");

@@ -4,7 +4,6 @@
 //! ids keep them and their pushes; a page of an origin not allowed gets `403`; standard clients
 //! (Python) present tokens the ways browsers and devices do.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use super::*;
@@ -130,13 +129,8 @@ fn standard_clients_with_tokens(ns: &Netns, key: &[u8]) {
     let forged = testbed::load::client::mint(b"not the server's key, but long enough", "py-dev");
     let mut cmd = ns.command(&ns.cli, std::path::Path::new("python3"));
     cmd.arg(&script)
-        .args([SERVER, "198.19.0.2", &mint("py-dev"), &mint("poll-dev"), &forged])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut py = ChildGuard::spawn("python websockets client with tokens", cmd).unwrap();
-    let stdout = py.child.as_mut().unwrap().stdout.take().unwrap();
-    let mut next = line_reader(stdout, Duration::from_secs(60));
+        .args([SERVER, "198.19.0.2", &mint("py-dev"), &mint("poll-dev"), &forged]);
+    let (_py, mut next) = talk_to("python websockets client with tokens", cmd);
     assert_eq!(next(), "refused 401");
     assert_eq!(next(), "connected push.v1");
     assert_eq!(admin_post(ns, "/push?id=py-dev", b"for python")["queued"], true);
