@@ -224,8 +224,10 @@ impl<D: Driver> Worker<D> {
             if self.core.fan_out_pending() {
                 self.driver.call(&mut self.core, now, |core, io| core.fan_out(io));
             }
-            self.driver.flush(&self.core);
+            // Claims before the frames: a client should not hear its 101 before the directory
+            // can (the directory's routing copes when it does not, `directory.rs`).
             self.send(None)?;
+            self.driver.flush(&self.core);
         }
         self.shutdown()
     }

@@ -23,10 +23,16 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Lines of a child's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
 /// A child process stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
 pub struct ChildGuard {
     pub child: Option<Child>,
     pub name: String,
+    /// Where its output goes: its last lines are printed when a test fails while it runs (CI
+    /// keeps the test's output, not the scratch files).
+    pub log: Option<PathBuf>,
 }
 
 impl ChildGuard {
@@ -35,7 +41,14 @@ impl ChildGuard {
         Ok(ChildGuard {
             child: Some(child),
             name: name.to_string(),
+            log: None,
         })
+    }
+
+    /// Print the last lines of `log` if a test fails while this child is alive.
+    pub fn with_log(mut self, log: &Path) -> ChildGuard {
+        self.log = Some(log.to_path_buf());
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -81,6 +94,20 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if self.running() {
             self.stop(Duration::from_secs(5));
+        }
+        if let Some(log) = self.log.as_ref().filter(|_| std::thread::panicking()) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "--- the last {} lines of {} ({}) ---",
+                tail.len(),
+                self.name,
+                log.display()
+            );
+            for line in tail {
+                eprintln!("{line}");
+            }
         }
     }
 }

@@ -63,9 +63,28 @@ impl Directory {
     }
 
     /// The worker holding `hash`.
+    #[cfg(test)]
     pub fn holder(&self, hash: u64) -> Option<usize> {
         self.held.get(&hash).map(|&(worker, _)| worker)
     }
+
+    /// Where a push for `hash` goes. A device's claim travels on its worker's control socket and
+    /// reader thread, a push on the admin thread: a client that has its 101 (so is registered in
+    /// its worker) may not be here yet. So a device not held by a running worker is asked of
+    /// every worker, whose own answer is never stale.
+    pub fn push_route(&self, hash: u64, running: impl Fn(usize) -> bool) -> PushRoute {
+        match self.held.get(&hash) {
+            Some(&(worker, _)) if running(worker) => PushRoute::Holder(worker),
+            _ => PushRoute::Everyone,
+        }
+    }
+}
+
+/// Which workers a push asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushRoute {
+    Holder(usize),
+    Everyone,
 }
 
 #[cfg(test)]
@@ -107,6 +126,23 @@ mod tests {
         assert_eq!(d.claim(1, 5, 50), Some(Evict { worker: 1, hash: 5 }));
         d.purge(1);
         assert_eq!(d.holder(5), Some(0), "the live worker keeps its device");
+    }
+
+    #[test]
+    fn a_push_goes_to_the_running_holder_else_to_everyone() {
+        let mut d = Directory::default();
+        d.claim(1, 7, 100);
+        assert_eq!(d.push_route(7, |_| true), PushRoute::Holder(1));
+        assert_eq!(
+            d.push_route(8, |_| true),
+            PushRoute::Everyone,
+            "a claim still on its way"
+        );
+        assert_eq!(
+            d.push_route(7, |w| w != 1),
+            PushRoute::Everyone,
+            "its holder is restarting"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::config::ServerConfig;
 use crate::control::{ToWorker, WorkerConfig};
 use crate::core::device::DeviceHasher;
 use crate::core::message::{self, Kind};
-use directory::Directory;
+use directory::{Directory, PushRoute};
 use pending::{Pending, PendingCalls, PendingKind};
 use restart::RestartPolicy;
 use workers::{spawn_worker, SendError, Slot, WorkerRef};
@@ -76,6 +76,9 @@ struct Supervisor {
     directory: Directory,
     pending: PendingCalls,
     push_seq: u64,
+    /// Pushes answered "not connected" (counted here: a miss asks every worker, and all but one
+    /// of them miss even when the device is connected).
+    pushes_missed: u64,
     /// The newest broadcast's number: a restarted worker's log starts after it.
     last_broadcast_seq: u64,
     broadcasts_done: u64,
@@ -197,6 +200,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         directory: Directory::default(),
         pending: PendingCalls::default(),
         push_seq: first_seq,
+        pushes_missed: 0,
         last_broadcast_seq: first_seq,
         broadcasts_done: 0,
         last_broadcast: None,
@@ -364,13 +368,18 @@ impl Supervisor {
                 let seq = self.push_seq;
                 let payload = message::format_push(message::unix_ns(), seq, Kind::Push, text.as_deref());
                 let hash = self.hasher.hash(id.as_bytes());
-                let holder = self.directory.holder(hash).filter(|&w| self.slots[w].is_running());
-                let Some(worker) = holder else {
-                    let result = admin::PushResult::new(id, seq, false);
-                    return request.respond_json(200, &serde_json::to_value(result).unwrap_or_default());
-                };
                 let req = self.pending.next_req();
                 let kind = PendingKind::Push { id, seq };
+                let running = |w: usize| self.slots.get(w).is_some_and(Slot::is_running);
+                let PushRoute::Holder(worker) = self.directory.push_route(hash, running) else {
+                    let (sent, _) = self.send_to(Slot::is_running, |_| ToWorker::Push {
+                        req,
+                        hash,
+                        payload: payload.clone(),
+                    });
+                    // Workers not running hold no device: "not connected", not "lost".
+                    return self.begin(req, kind, sent, vec![], Some(request));
+                };
                 match self.send(worker, &ToWorker::Push { req, hash, payload }) {
                     Ok(()) | Err(SendError::Overflow) => self.begin(req, kind, vec![worker], vec![], Some(request)),
                     Err(SendError::Gone) => self.complete(Pending::now(kind, vec![worker], Some(request)), false),

@@ -196,6 +196,7 @@ impl Supervisor {
                     .replies
                     .iter()
                     .any(|m| matches!(m, FromWorker::Push { queued: true, .. }));
+                self.pushes_missed += u64::from(!queued);
                 if let Some(request) = p.request {
                     let result = if !queued && !p.missing.is_empty() {
                         admin::PushResult::lost(id, seq)
@@ -225,6 +226,7 @@ impl Supervisor {
             self.last_broadcast.clone(),
             host::process::own_rss_bytes(),
         );
+        report.totals.pushes_missed = self.pushes_missed;
         report.worker_restarts = self.restart_counts;
         report.restarts = self
             .restarts

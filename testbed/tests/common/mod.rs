@@ -38,8 +38,8 @@ pub fn admin() -> SocketAddr {
 }
 
 /// Start ws-server in the server namespace with `args` and wait until its admin answers.
-pub fn start_server(ns: &Netns, args: &[&str], log: &Path) -> ChildGuard {
-    let log = std::fs::File::create(log).unwrap();
+pub fn start_server(ns: &Netns, args: &[&str], log_path: &Path) -> ChildGuard {
+    let log = std::fs::File::create(log_path).unwrap();
     let mut cmd = ns.command(&ns.srv, &server_bin());
     // Device ids on the client's word, unless a test gives a device key (which then decides).
     cmd.args([
@@ -55,7 +55,7 @@ pub fn start_server(ns: &Netns, args: &[&str], log: &Path) -> ChildGuard {
     .stdin(Stdio::null())
     .stdout(log.try_clone().unwrap())
     .stderr(log);
-    let server = ChildGuard::spawn("ws-server", cmd).unwrap();
+    let server = ChildGuard::spawn("ws-server", cmd).unwrap().with_log(log_path);
     let up = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
         http_in_netns(&ns.srv, "GET", admin(), "/conns", b"").ok()
     });
