@@ -12,6 +12,8 @@ declare -A need=(
 )
 # The XDP program (xdp-prog/) is compiled by clang; libbpf-sys builds libbpf from source.
 need+=([clang]=clang [make]=make [pkg-config]=pkgconf)
+# The cluster tests start a real NATS server (with JetStream) as the nodes' broker.
+need+=([nats-server]=nats-server)
 # file -> Debian package
 declare -A headers=(
     [/usr/include/libelf.h]=libelf-dev [/usr/include/zlib.h]=zlib1g-dev

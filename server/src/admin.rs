@@ -174,6 +174,9 @@ pub struct Report {
     #[cfg(feature = "xdp")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steering: Option<xdp_prog::Counters>,
+    /// The cluster as this node sees it (`--cluster` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::supervisor::cluster::ClusterReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -414,6 +417,7 @@ impl Report {
             admin: AdminStats::default(),
             #[cfg(feature = "xdp")]
             steering: None,
+            cluster: None,
         }
     }
 
@@ -630,10 +634,84 @@ impl Report {
             c.inc_by(v);
             reg.register(name, help, c);
         }
+        if let Some(c) = &self.cluster {
+            cluster_metrics(&mut reg, c);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         encode(&mut out, &reg).expect("encoding metrics into a String");
         out
+    }
+}
+
+/// A cluster node's figures (`--cluster`).
+fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterReport) {
+    let node = Family::<Vec<(String, String)>, Gauge>::default();
+    node.get_or_create(&vec![("node".to_string(), c.node.clone())])
+        .set(i64::from(c.state == "connected"));
+    reg.register(
+        "cluster_broker_connected",
+        "1 while this node is connected to the cluster's broker, by node name",
+        node,
+    );
+    let gauges: [(&str, &str, u64); 4] = [
+        ("cluster_peers", "Other nodes alive (heard within 3 s)", c.peers.len() as u64),
+        ("cluster_last_seq", "Sequence number of the newest broadcast here", c.last_seq),
+        (
+            "cluster_lag_messages",
+            "Broadcasts in the stream not yet delivered to this node",
+            c.lag_messages,
+        ),
+        (
+            "cluster_lag_ms",
+            "Milliseconds from the last broadcast's publication to its arrival here",
+            c.lag_ms,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let g: Gauge = Gauge::default();
+        g.set(v as i64);
+        reg.register(name, help, g);
+    }
+    let counters: [(&str, &str, u64); 13] = [
+        ("cluster_broadcasts_published", "Broadcasts this node published", c.broadcasts_published),
+        (
+            "cluster_broadcasts_not_published",
+            "Broadcasts refused: the broker was unreachable or did not confirm",
+            c.broadcasts_not_published,
+        ),
+        ("cluster_broadcasts_received", "Broadcasts read from the stream", c.broadcasts_received),
+        ("cluster_pushes_asked", "Pushes asked of the other nodes", c.pushes_asked),
+        (
+            "cluster_pushes_queued_elsewhere",
+            "Pushes another node queued to its device",
+            c.pushes_queued_elsewhere,
+        ),
+        (
+            "cluster_push_answers_missing",
+            "Live nodes that did not answer a push in time",
+            c.push_answers_missing,
+        ),
+        (
+            "cluster_pushes_not_asked",
+            "Pushes the other nodes could not be asked about (broker unreachable)",
+            c.pushes_not_asked,
+        ),
+        ("cluster_pushes_answered", "Other nodes' push questions answered here", c.pushes_answered),
+        ("cluster_claims_sent", "Device registrations announced", c.claims_sent),
+        ("cluster_claims_received", "Device registrations heard from other nodes", c.claims_received),
+        (
+            "cluster_devices_moved_away",
+            "Connections closed (4002): their device connected to another node later",
+            c.devices_moved_away,
+        ),
+        ("cluster_bad_messages", "Broker messages that did not decode", c.bad_messages),
+        ("cluster_disconnects", "Times the broker connection was lost", c.disconnects),
+    ];
+    for (name, help, v) in counters {
+        let counter: Counter = Counter::default();
+        counter.inc_by(v);
+        reg.register(name, help, counter);
     }
 }
 

@@ -47,9 +47,14 @@ pub struct WorkerConfig {
     /// Milliseconds a connection may take no output before it is closed as a slow reader (0: off).
     #[serde(default)]
     pub write_timeout_ms: u64,
-    /// Every broadcast of this run is numbered after this (`message::first_seq`).
+    /// Every broadcast of this run is numbered after this (`message::first_seq`, or the
+    /// cluster's sequence when the node started).
     #[serde(default)]
     pub first_seq: u64,
+    /// The node is part of a cluster (`--cluster`): device claims carry the id (the other nodes
+    /// hash ids with keys of their own).
+    #[serde(default)]
+    pub cluster: bool,
     /// Started again after its predecessor on this index died: resources that predecessor held
     /// may take a moment to be freed by the kernel (an AF_XDP socket's queue), so opening them
     /// is retried for a while.
@@ -85,6 +90,7 @@ impl WorkerConfig {
             log_size: 1 << 20,
             write_timeout_ms: 30_000,
             first_seq: 0,
+            cluster: false,
             restarted: false,
             #[cfg(feature = "xdp")]
             xdp: None,
@@ -145,10 +151,13 @@ pub enum FromWorker {
         req: u64,
         stats: Box<WorkerStats>,
     },
-    /// The device registered here at `at_ns` (CLOCK_MONOTONIC, comparable across processes).
+    /// The device registered here at `at_ns` (CLOCK_MONOTONIC, comparable across processes);
+    /// its id only in a cluster.
     Claim {
         hash: u64,
         at_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
     },
     Release {
         hash: u64,
@@ -227,24 +236,30 @@ impl ControlReader {
 /// Messages for the supervisor produced inside core calls (device claims and releases), held
 /// until the call returns; every transport keeps one.
 #[derive(Default)]
-pub struct Outbox(pub Vec<FromWorker>);
+pub struct Outbox {
+    pub msgs: Vec<FromWorker>,
+    /// Claims carry the device id (a cluster node: `WorkerConfig::cluster`).
+    pub ids: bool,
+}
 
 impl Outbox {
-    pub fn device_claimed(&mut self, hash: u64) {
-        self.0.push(FromWorker::Claim {
+    pub fn device_claimed(&mut self, hash: u64, id: &[u8]) {
+        self.msgs.push(FromWorker::Claim {
             hash,
             at_ns: host::monotonic_ns(),
+            // Ids are URL-safe ASCII (`http::device_id`): the conversion never replaces anything.
+            id: self.ids.then(|| String::from_utf8_lossy(id).into_owned()),
         });
     }
 
     pub fn device_released(&mut self, hash: u64) {
-        self.0.push(FromWorker::Release { hash });
+        self.msgs.push(FromWorker::Release { hash });
     }
 
     /// Write them out, then `reply`.
     pub fn send(&mut self, out: &mut std::os::unix::net::UnixStream, reply: Option<FromWorker>) -> anyhow::Result<()> {
         use anyhow::Context;
-        for msg in self.0.drain(..).chain(reply) {
+        for msg in self.msgs.drain(..).chain(reply) {
             send_line(out, &msg).context("writing to the supervisor")?;
         }
         Ok(())
@@ -282,6 +297,6 @@ mod tests {
             ToWorker::Push { req: 3, hash: 9, .. }
         ));
         let back: FromWorker = serde_json::from_str(r#"{"msg":"claim","hash":1,"at_ns":2}"#).unwrap();
-        assert!(matches!(back, FromWorker::Claim { hash: 1, at_ns: 2 }));
+        assert!(matches!(back, FromWorker::Claim { hash: 1, at_ns: 2, id: None }));
     }
 }

@@ -185,6 +185,25 @@ struct Args {
     /// than the receive buffer, allocated once.
     #[arg(long, default_value_t = 1024)]
     spill_buffers: usize,
+    /// Run as one node of a cluster whose nodes share this NATS server (with JetStream: started
+    /// with -js): a broadcast posted on any node reaches every node's connections, a push finds
+    /// its device on whichever node holds it, and a device that connects to another node is
+    /// closed here (4002). `nats://HOST:PORT` (`nats://user:password@HOST:PORT` for a password).
+    /// The node does not start if the broker cannot be reached within
+    /// --cluster-connect-timeout. Without it: a single server, no broker.
+    #[arg(long, value_name = "URL", env = "WS_CLUSTER")]
+    cluster: Option<String>,
+    /// --cluster: this node's name, as logs, /stats and push answers say it (unique in the
+    /// cluster). Default: HOSTNAME:PORT of --listen.
+    #[arg(long, value_name = "NAME", env = "WS_NODE_ID")]
+    node_id: Option<String>,
+    /// --cluster: the cluster's name: its subjects and stream on the broker (several clusters
+    /// may share one broker). 1-32 letters, digits, - or _.
+    #[arg(long, value_name = "NAME", default_value = "ws", env = "WS_CLUSTER_NAME")]
+    cluster_name: String,
+    /// --cluster: how long the node tries to reach the broker at start.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "WS_CLUSTER_CONNECT_TIMEOUT")]
+    cluster_connect_timeout: Duration,
     /// Internal: run as a worker process of a server.
     #[arg(long, hide = true)]
     worker: bool,
@@ -276,6 +295,7 @@ fn run() -> anyhow::Result<()> {
     let mut cfg = server_config(&args, workers, per_worker_capacity.min(max_conns));
     cfg.device_jwt_key = device_key(&args)?;
     cfg.admin_access = admin_access(&args)?;
+    cfg.cluster = cluster_options(&args)?;
     ws_server::supervisor::run(cfg)
 }
 
@@ -351,9 +371,63 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         insecure_ids: args.insecure_ids,
         anonymous: !args.devices_only,
         admin_access: ws_server::admin::AdminAccess::default(),
+        cluster: None,
         #[cfg(feature = "xdp")]
         xdp: None,
     }
+}
+
+/// This machine's name (for a node's default name).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `--cluster` and its settings, checked.
+fn cluster_options(args: &Args) -> anyhow::Result<Option<ws_server::supervisor::cluster::ClusterOptions>> {
+    let Some(url) = &args.cluster else {
+        for (given, flag) in [(args.node_id.is_some(), "--node-id")] {
+            if given {
+                return Err(usage(format!("{flag} is for --cluster")));
+            }
+        }
+        return Ok(None);
+    };
+    let rest = url.strip_prefix("nats://").ok_or_else(|| {
+        usage(format!(
+            "--cluster {}: give the broker as nats://HOST:PORT",
+            ws_server::supervisor::cluster::redact_url(url)
+        ))
+    })?;
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    if host_port.is_empty() || host_port.contains('/') {
+        return Err(usage("--cluster: give the broker as nats://HOST:PORT"));
+    }
+    if !ws_server::supervisor::cluster::valid_cluster_name(&args.cluster_name) {
+        return Err(usage(format!(
+            "--cluster-name {:?}: use 1-32 letters, digits, - or _",
+            args.cluster_name
+        )));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&args.cluster_connect_timeout) {
+        return Err(usage("--cluster-connect-timeout must be 1s to 10min"));
+    }
+    let node = match &args.node_id {
+        Some(node) => node.clone(),
+        None => format!("{}:{}", hostname(), args.listen.port()),
+    };
+    if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control()) {
+        return Err(usage("--node-id must be 1-64 printable characters"));
+    }
+    Ok(Some(ws_server::supervisor::cluster::ClusterOptions {
+        url: url.clone(),
+        node,
+        name: args.cluster_name.clone(),
+        connect_timeout: args.cluster_connect_timeout,
+    }))
 }
 
 #[cfg(not(feature = "xdp"))]
@@ -402,6 +476,7 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
         xdp: Some(xdp),
         device_jwt_key: device_key(&args)?,
         admin_access: admin_access(&args)?,
+        cluster: cluster_options(&args)?,
         ..server_config(&args, queues, max_conns.div_ceil(queues))
     };
     ws_server::supervisor::run(cfg)

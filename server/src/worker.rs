@@ -147,7 +147,7 @@ fn start<D: Driver>(
     control_in: UnixStream,
     out: &mut UnixStream,
 ) -> anyhow::Result<()> {
-    let driver = match made {
+    let mut driver = match made {
         Ok(driver) => driver,
         Err(e) => {
             let error = format!("{e:#}");
@@ -155,6 +155,7 @@ fn start<D: Driver>(
             return Err(e);
         }
     };
+    driver.io().outbox().ids = cfg.cluster;
     // Everything is built before the worker says it is ready.
     let core = ServerCore::new(core_config(&cfg), driver.id_space(), 0);
     send_line(

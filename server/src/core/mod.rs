@@ -59,7 +59,7 @@ pub trait Io {
     /// network is overloaded is not a slow reader. A transport that cannot tell says `true`.
     fn peer_window_closed(&mut self, id: ConnId) -> bool;
     /// A device id (its hash) is now held by this core; a multi-process transport tells the others.
-    fn device_claimed(&mut self, _hash: u64) {}
+    fn device_claimed(&mut self, _hash: u64, _id: &[u8]) {}
     /// This core no longer holds the device id.
     fn device_released(&mut self, _hash: u64) {}
 }
@@ -574,7 +574,7 @@ impl ServerCore {
             _ => self.stats.devices += 1,
         }
         self.conns[id as usize].device = hash;
-        io.device_claimed(hash);
+        io.device_claimed(hash, device);
     }
 
     fn unregister_device(&mut self, id: ConnId, io: &mut impl Io) {

@@ -50,7 +50,7 @@ impl Io for Recorder {
         self.closed.push(id);
         self.aborted.push(id);
     }
-    fn device_claimed(&mut self, hash: u64) {
+    fn device_claimed(&mut self, hash: u64, _id: &[u8]) {
         self.claimed.push(hash);
     }
     fn device_released(&mut self, hash: u64) {

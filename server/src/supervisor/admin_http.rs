@@ -90,6 +90,13 @@ pub struct Answer {
 pub struct Responder(oneshot::Sender<Answer>);
 
 impl Responder {
+    /// A responder whose answer comes out of the receiver (the cluster combines this node's
+    /// answer with the other nodes', or sends it to the node that asked).
+    pub fn pair() -> (Responder, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        (Responder(tx), rx)
+    }
+
     pub fn respond(self, status: u16, body: String, content_type: &'static str) {
         // The client may be gone (its connection timed out or closed): nothing to do then.
         let _ = self.0.send(Answer {

@@ -41,6 +41,21 @@ impl Directory {
         }
     }
 
+    /// Another node registered `hash` at `at_ns` (on our clock). `Ok(Some(worker))`: our
+    /// connection is older, `worker` must close it (the device is forgotten here now);
+    /// `Ok(None)`: not held here; `Err(ours)`: ours is newer (registered at `ours`), and the other
+    /// node must hear of it.
+    pub fn claimed_elsewhere(&mut self, hash: u64, at_ns: u64) -> Result<Option<usize>, u64> {
+        match self.held.get(&hash).copied() {
+            None => Ok(None),
+            Some((worker, ours)) if ours <= at_ns => {
+                self.held.remove(&hash);
+                Ok(Some(worker))
+            }
+            Some((_, ours)) => Err(ours),
+        }
+    }
+
     /// `worker` no longer holds `hash` (a release from a worker that lost it is ignored).
     pub fn release(&mut self, worker: usize, hash: u64) {
         if self.held.get(&hash).is_some_and(|&(holder, _)| holder == worker) {
@@ -57,7 +72,6 @@ impl Directory {
     }
 
     /// Devices held, all workers together.
-    #[cfg(test)]
     pub fn devices(&self) -> usize {
         self.held.len()
     }
@@ -143,6 +157,17 @@ mod tests {
             PushRoute::Everyone,
             "its holder is restarting"
         );
+    }
+
+    #[test]
+    fn the_newest_connection_wins_across_nodes() {
+        let mut d = Directory::default();
+        d.claim(1, 7, 100);
+        assert_eq!(d.claimed_elsewhere(8, 50), Ok(None), "not held here");
+        assert_eq!(d.claimed_elsewhere(7, 90), Err(100), "ours is newer: say so");
+        assert_eq!(d.holder(7), Some(1));
+        assert_eq!(d.claimed_elsewhere(7, 150), Ok(Some(1)), "theirs is newer: close ours");
+        assert_eq!(d.holder(7), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! with its own `SO_REUSEPORT` listener on the same port; the xdp stack runs one per receive queue.
 
 mod admin_http;
+pub mod cluster;
 mod directory;
 mod liveness;
 mod pending;
@@ -56,6 +57,8 @@ enum Event {
     WorkerGone(WorkerRef),
     /// An admin request, its body already read and routed on the admin thread.
     Admin(Responder, AdminRequest),
+    /// From the cluster's broker client (`--cluster`).
+    Cluster(cluster::ClusterEvent),
     Signal,
 }
 
@@ -96,6 +99,8 @@ struct Supervisor {
     restarts: VecDeque<(u64, RestartRecord)>,
     restart_number: u64,
     admin_counters: Arc<AdminCounters>,
+    /// The broker client of a cluster node (`--cluster`).
+    cluster: Option<cluster::Cluster>,
     /// The XDP steering of an xdp server (detached after the workers stop).
     #[cfg(feature = "xdp")]
     xdp: Option<xdp_prog::Attachment>,
@@ -129,6 +134,7 @@ impl WorkerPlan {
                 log_size: cfg.log_size,
                 write_timeout_ms: cfg.write_timeout.as_millis() as u64,
                 first_seq,
+                cluster: false,
                 restarted: false,
                 #[cfg(feature = "xdp")]
                 xdp: None,
@@ -178,6 +184,17 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let admin_listener =
         std::net::TcpListener::bind(cfg.admin).map_err(|e| explain_bind_error("admin endpoint", cfg.admin, &e))?;
     let (tx, rx) = mpsc::channel();
+    // A cluster node numbers broadcasts as the cluster does: it needs the broker before it
+    // serves anyone.
+    let (cluster, first_seq) = match cfg.cluster.clone() {
+        Some(opts) => {
+            let started = cluster::Cluster::start(opts, tx.clone())?;
+            plan.base.cluster = true;
+            plan.base.first_seq = started.first_seq;
+            (Some(started.cluster), started.first_seq)
+        }
+        None => (None, first_seq),
+    };
     let exe = std::env::current_exe().context("finding our own executable to start workers")?;
     let mut slots = Vec::new();
     for index in 0..cfg.workers {
@@ -214,6 +231,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         restarts: VecDeque::new(),
         restart_number: 0,
         admin_counters: Arc::new(AdminCounters::default()),
+        cluster,
         #[cfg(feature = "xdp")]
         xdp: attachment,
     };
@@ -242,6 +260,9 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     admin_server.stop();
     sup.stop_workers();
+    if let Some(cluster) = sup.cluster.as_mut() {
+        cluster.stop();
+    }
     #[cfg(feature = "xdp")]
     if let Some(att) = sup.xdp.as_mut() {
         att.finish();
@@ -304,6 +325,9 @@ impl Supervisor {
             if now >= next_watch {
                 next_watch = now + WATCH_EVERY;
                 self.expire_pending();
+                if let Some(c) = &self.cluster {
+                    c.set_devices(self.directory.devices() as u64);
+                }
                 self.watch_workers()?;
             }
             let wait = next_push
@@ -312,6 +336,7 @@ impl Supervisor {
             match self.events.recv_timeout(wait) {
                 Ok(Event::FromWorker(who, msg)) => self.worker_message(who, msg),
                 Ok(Event::Admin(request, routed)) => self.admin(request, routed),
+                Ok(Event::Cluster(event)) => self.cluster_event(event),
                 Ok(Event::WorkerGone(who)) => self.worker_gone(who)?,
                 Ok(Event::Signal) => {
                     log::info!("signal received: closing connections and stopping workers");
@@ -319,6 +344,66 @@ impl Supervisor {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("event channel closed"),
+            }
+        }
+    }
+
+    /// Push `payload` to device `id` if a worker of this node holds it; `request` gets the
+    /// answer (`admin::PushResult`).
+    fn push_here(&mut self, id: String, seq: u64, payload: String, request: Responder) {
+        let hash = self.hasher.hash(id.as_bytes());
+        let req = self.pending.next_req();
+        let kind = PendingKind::Push { id, seq };
+        let running = |w: usize| self.slots.get(w).is_some_and(Slot::is_running);
+        let PushRoute::Holder(worker) = self.directory.push_route(hash, running) else {
+            let (sent, _) = self.send_to(Slot::is_running, |_| ToWorker::Push {
+                req,
+                hash,
+                payload: payload.clone(),
+            });
+            // Workers not running hold no device: "not connected", not "lost".
+            return self.begin(req, kind, sent, vec![], Some(request));
+        };
+        match self.send(worker, &ToWorker::Push { req, hash, payload }) {
+            Ok(()) | Err(SendError::Overflow) => self.begin(req, kind, vec![worker], vec![], Some(request)),
+            Err(SendError::Gone) => self.complete(Pending::now(kind, vec![worker], Some(request)), false),
+        }
+    }
+
+    fn cluster_event(&mut self, event: cluster::ClusterEvent) {
+        match event {
+            cluster::ClusterEvent::Broadcast {
+                seq,
+                ts_ns,
+                text,
+                request,
+            } => self.fan_out(seq, ts_ns, text, request),
+            cluster::ClusterEvent::PushAsk { id, payload, reply } => {
+                let seq = self.last_broadcast_seq;
+                self.push_here(id, seq, payload, reply);
+            }
+            cluster::ClusterEvent::Claims { node, claims } => {
+                let (unix_now, mono_now) = (message::unix_ns(), host::monotonic_ns());
+                for (id, at_unix_ns) in claims {
+                    let hash = self.hasher.hash(id.as_bytes());
+                    // Their Unix time on our monotonic clock (the directory's).
+                    let at_ns = mono_now.saturating_sub(unix_now.saturating_sub(at_unix_ns));
+                    match self.directory.claimed_elsewhere(hash, at_ns) {
+                        Ok(None) => {}
+                        Ok(Some(worker)) => {
+                            log::info!("device {id} connected to node {node}: closing its older connection here (4002)");
+                            let _ = self.send(worker, &ToWorker::Evict { hash });
+                            if let Some(c) = &self.cluster {
+                                c.moved_away();
+                            }
+                        }
+                        Err(ours) => {
+                            if let Some(c) = &self.cluster {
+                                c.claim(id, unix_now.saturating_sub(mono_now.saturating_sub(ours)));
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -364,25 +449,24 @@ impl Supervisor {
             }
             AdminRequest::Broadcast { text } => self.start_broadcast(text, Some(request)),
             AdminRequest::Push { id, text } => {
-                self.push_seq += 1;
-                let seq = self.push_seq;
-                let payload = message::format_push(message::unix_ns(), seq, Kind::Push, text.as_deref());
-                let hash = self.hasher.hash(id.as_bytes());
-                let req = self.pending.next_req();
-                let kind = PendingKind::Push { id, seq };
-                let running = |w: usize| self.slots.get(w).is_some_and(Slot::is_running);
-                let PushRoute::Holder(worker) = self.directory.push_route(hash, running) else {
-                    let (sent, _) = self.send_to(Slot::is_running, |_| ToWorker::Push {
-                        req,
-                        hash,
-                        payload: payload.clone(),
-                    });
-                    // Workers not running hold no device: "not connected", not "lost".
-                    return self.begin(req, kind, sent, vec![], Some(request));
+                let seq = match self.cluster {
+                    // A push does not take a number of the cluster's sequence (only broadcasts
+                    // do): it carries the newest broadcast's, so a client resuming with the
+                    // highest `seq` it saw misses no broadcast.
+                    Some(_) => self.last_broadcast_seq,
+                    None => {
+                        self.push_seq += 1;
+                        self.push_seq
+                    }
                 };
-                match self.send(worker, &ToWorker::Push { req, hash, payload }) {
-                    Ok(()) | Err(SendError::Overflow) => self.begin(req, kind, vec![worker], vec![], Some(request)),
-                    Err(SendError::Gone) => self.complete(Pending::now(kind, vec![worker], Some(request)), false),
+                let payload = message::format_push(message::unix_ns(), seq, Kind::Push, text.as_deref());
+                match &self.cluster {
+                    Some(cluster) => {
+                        let (here, answer) = Responder::pair();
+                        cluster.push(id.clone(), payload.clone(), answer, request);
+                        self.push_here(id, seq, payload, here);
+                    }
+                    None => self.push_here(id, seq, payload, request),
                 }
             }
             // The admin thread answers these itself; nothing to do if one comes here.
@@ -395,10 +479,19 @@ impl Supervisor {
     /// started after broadcast N, whose log begins there, misses nothing after N); the call
     /// waits for the running ones.
     fn start_broadcast(&mut self, text: Option<String>, request: Option<Responder>) {
+        if let Some(cluster) = &self.cluster {
+            // Numbered by the stream and fanned out when it comes back (`cluster_event`).
+            return cluster.broadcast(text, request);
+        }
         self.push_seq += 1;
-        let seq = self.push_seq;
+        self.fan_out(self.push_seq, message::unix_ns(), text, request);
+    }
+
+    /// Hand broadcast `seq` to every worker.
+    fn fan_out(&mut self, seq: u64, ts_ns: u64, text: Option<String>, request: Option<Responder>) {
+        self.push_seq = self.push_seq.max(seq);
         self.last_broadcast_seq = seq;
-        let payload = message::format_push(message::unix_ns(), seq, Kind::Broadcast, text.as_deref());
+        let payload = message::format_push(ts_ns, seq, Kind::Broadcast, text.as_deref());
         let payload_bytes = payload.len() as u64;
         let req = self.pending.next_req();
         let (sent, missing) = self.send_to(

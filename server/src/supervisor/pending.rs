@@ -237,6 +237,7 @@ impl Supervisor {
             .map(|(_, r)| r.clone())
             .collect();
         report.admin = self.admin_counters.snapshot();
+        report.cluster = self.cluster.as_ref().map(|c| c.report());
         #[cfg(feature = "xdp")]
         {
             report.steering = self.xdp.as_ref().and_then(|a| a.counters());

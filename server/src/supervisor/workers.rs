@@ -351,9 +351,14 @@ impl Supervisor {
             FromWorker::Failed { error } => {
                 log::error!("worker {} (restart) failed to start: {error}", who.index);
             }
-            FromWorker::Claim { hash, at_ns } => {
+            FromWorker::Claim { hash, at_ns, id } => {
                 if let Some(evict) = self.directory.claim(who.index, hash, at_ns) {
                     let _ = self.send(evict.worker, &ToWorker::Evict { hash: evict.hash });
+                }
+                // The other nodes close an older connection of the device (`cluster`).
+                if let (Some(cluster), Some(id)) = (&self.cluster, id) {
+                    let age = host::monotonic_ns().saturating_sub(at_ns);
+                    cluster.claim(id, crate::core::message::unix_ns().saturating_sub(age));
                 }
             }
             FromWorker::Release { hash } => self.directory.release(who.index, hash),

@@ -208,8 +208,8 @@ impl Io for Sockets {
         self.drop_conn(id);
     }
 
-    fn device_claimed(&mut self, hash: u64) {
-        self.outbox.device_claimed(hash);
+    fn device_claimed(&mut self, hash: u64, id: &[u8]) {
+        self.outbox.device_claimed(hash, id);
     }
 
     fn device_released(&mut self, hash: u64) {

@@ -69,8 +69,8 @@ impl<L: Link> Io for StackIo<L> {
         }
     }
 
-    fn device_claimed(&mut self, hash: u64) {
-        self.outbox.device_claimed(hash);
+    fn device_claimed(&mut self, hash: u64, id: &[u8]) {
+        self.outbox.device_claimed(hash, id);
     }
 
     fn device_released(&mut self, hash: u64) {
