@@ -655,8 +655,16 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterRe
         node,
     );
     let gauges: [(&str, &str, u64); 4] = [
-        ("cluster_peers", "Other nodes alive (heard within 3 s)", c.peers.len() as u64),
-        ("cluster_last_seq", "Sequence number of the newest broadcast here", c.last_seq),
+        (
+            "cluster_peers",
+            "Other nodes alive (heard within 3 s)",
+            c.peers.len() as u64,
+        ),
+        (
+            "cluster_last_seq",
+            "Sequence number of the newest broadcast here",
+            c.last_seq,
+        ),
         (
             "cluster_lag_messages",
             "Broadcasts in the stream not yet delivered to this node",
@@ -674,14 +682,26 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterRe
         reg.register(name, help, g);
     }
     let counters: [(&str, &str, u64); 13] = [
-        ("cluster_broadcasts_published", "Broadcasts this node published", c.broadcasts_published),
+        (
+            "cluster_broadcasts_published",
+            "Broadcasts this node published",
+            c.broadcasts_published,
+        ),
         (
             "cluster_broadcasts_not_published",
             "Broadcasts refused: the broker was unreachable or did not confirm",
             c.broadcasts_not_published,
         ),
-        ("cluster_broadcasts_received", "Broadcasts read from the stream", c.broadcasts_received),
-        ("cluster_pushes_asked", "Pushes asked of the other nodes", c.pushes_asked),
+        (
+            "cluster_broadcasts_received",
+            "Broadcasts read from the stream",
+            c.broadcasts_received,
+        ),
+        (
+            "cluster_pushes_asked",
+            "Pushes asked of the other nodes",
+            c.pushes_asked,
+        ),
         (
             "cluster_pushes_queued_elsewhere",
             "Pushes another node queued to its device",
@@ -697,16 +717,32 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterRe
             "Pushes the other nodes could not be asked about (broker unreachable)",
             c.pushes_not_asked,
         ),
-        ("cluster_pushes_answered", "Other nodes' push questions answered here", c.pushes_answered),
+        (
+            "cluster_pushes_answered",
+            "Other nodes' push questions answered here",
+            c.pushes_answered,
+        ),
         ("cluster_claims_sent", "Device registrations announced", c.claims_sent),
-        ("cluster_claims_received", "Device registrations heard from other nodes", c.claims_received),
+        (
+            "cluster_claims_received",
+            "Device registrations heard from other nodes",
+            c.claims_received,
+        ),
         (
             "cluster_devices_moved_away",
             "Connections closed (4002): their device connected to another node later",
             c.devices_moved_away,
         ),
-        ("cluster_bad_messages", "Broker messages that did not decode", c.bad_messages),
-        ("cluster_disconnects", "Times the broker connection was lost", c.disconnects),
+        (
+            "cluster_bad_messages",
+            "Broker messages that did not decode",
+            c.bad_messages,
+        ),
+        (
+            "cluster_disconnects",
+            "Times the broker connection was lost",
+            c.disconnects,
+        ),
     ];
     for (name, help, v) in counters {
         let counter: Counter = Counter::default();

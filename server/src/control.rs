@@ -297,6 +297,13 @@ mod tests {
             ToWorker::Push { req: 3, hash: 9, .. }
         ));
         let back: FromWorker = serde_json::from_str(r#"{"msg":"claim","hash":1,"at_ns":2}"#).unwrap();
-        assert!(matches!(back, FromWorker::Claim { hash: 1, at_ns: 2, id: None }));
+        assert!(matches!(
+            back,
+            FromWorker::Claim {
+                hash: 1,
+                at_ns: 2,
+                id: None
+            }
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! - [`privileged`]: the skip-or-fail rule for tests that need root.
 //! - [`netns`]: a server and a client network namespace joined by veth (`netns-scripts/`),
 //!   always removed; running code inside one.
+//! - [`cluster`]: the hosts of a cluster (`netns-scripts/cluster.sh`): nodes, a client, a broker.
 //! - [`child`]: child processes that are always stopped, and finding our other binaries.
 //! - [`http`]: plain HTTP/1.1 to an admin endpoint, from inside a namespace if need be.
 //! - [`fuzz`]: the proptest configuration of the property tests of wire parsers.
@@ -11,6 +12,7 @@
 //! `xdp-flood`) use it too. The server, the stack and the steering loader never do.
 
 pub mod child;
+pub mod cluster;
 pub mod fuzz;
 pub mod http;
 pub mod netns;

@@ -90,7 +90,7 @@ impl Drop for Netns {
 /// An exclusive lock on the namespace names of `prefix`, across processes: two test runs (two
 /// checkouts, or a test and a benchmark) that use the same prefix take turns instead of tearing
 /// down each other's namespaces. Released when the file is dropped, or when the process dies.
-fn lock_prefix(prefix: &str) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_prefix(prefix: &str) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let dir = std::path::Path::new("/run/lock");
     let dir = if dir.is_dir() {

@@ -391,7 +391,9 @@ impl Supervisor {
                     match self.directory.claimed_elsewhere(hash, at_ns) {
                         Ok(None) => {}
                         Ok(Some(worker)) => {
-                            log::info!("device {id} connected to node {node}: closing its older connection here (4002)");
+                            log::info!(
+                                "device {id} connected to node {node}: closing its older connection here (4002)"
+                            );
                             let _ = self.send(worker, &ToWorker::Evict { hash });
                             if let Some(c) = &self.cluster {
                                 c.moved_away();

@@ -474,7 +474,9 @@ async fn run(
         let asks = client.subscribe(shared.subjects.push.clone()).await?;
         let claims = client.subscribe(shared.subjects.claim.clone()).await?;
         let beats = client.subscribe(shared.subjects.node.clone()).await?;
-        let replies = client.subscribe(format!("{}.*", shared.subjects.replies(shared.instance))).await?;
+        let replies = client
+            .subscribe(format!("{}.*", shared.subjects.replies(shared.instance)))
+            .await?;
         anyhow::Ok((asks, claims, beats, replies))
     };
     let (asks, claims, beats, replies) = match subscriptions.await {
@@ -591,9 +593,7 @@ async fn publish(shared: Arc<Shared>, js: jetstream::Context, text: Option<Strin
             return refuse(
                 request,
                 504,
-                format!(
-                    "unknown: the broker did not confirm within {PUBLISH_TIMEOUT:?}; it may still be delivered"
-                ),
+                format!("unknown: the broker did not confirm within {PUBLISH_TIMEOUT:?}; it may still be delivered"),
             )
         }
     };
@@ -805,11 +805,7 @@ async fn send_heartbeats(shared: Arc<Shared>, client: async_nats::Client) {
 /// Answers to this node's push questions, to the question they answer.
 async fn read_replies(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
     while let Some(msg) = replies.next().await {
-        let ask = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|n| n.parse::<u64>().ok());
+        let ask = msg.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
         let (Some(ask), Some(reply)) = (ask, wire::decode::<wire::PushReply>(&msg.payload)) else {
             add(&shared.counters.bad_messages, 1);
             continue;

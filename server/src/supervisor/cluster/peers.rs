@@ -120,7 +120,10 @@ mod tests {
         let report = peers.report(t0 + Duration::from_secs(3));
         assert_eq!((report[0].devices, report[0].last_heard_ms), (11, 1000));
         // Two live processes under one name.
-        assert_eq!(peers.heard(3, "a", 0, t0 + Duration::from_secs(3)), Heard::DuplicateName);
+        assert_eq!(
+            peers.heard(3, "a", 0, t0 + Duration::from_secs(3)),
+            Heard::DuplicateName
+        );
         assert_eq!(peers.live().len(), 2);
         // A restarted node: a new instance under its old name, after its predecessor's silence.
         let t1 = t0 + Duration::from_secs(5);

@@ -41,7 +41,10 @@ impl Subjects {
 
 /// Whether `name` may name a cluster: it becomes a subject token and part of a stream name.
 pub fn valid_cluster_name(name: &str) -> bool {
-    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Headers of a broadcast in the stream.
