@@ -10,8 +10,10 @@
 //! - `steps.rs`: the steps: start the server and the load, wait, broadcast; the servers' admin
 //!   endpoints read through our server's own types (`ws_server::admin`).
 //! - `render.rs`: the table; `charts.rs`: the charts (SVG and PNG).
+//! - `cluster.rs`: `--nodes K`, the same N on K nodes on NATS next to one node.
 
 mod charts;
+pub mod cluster;
 pub mod peers;
 mod render;
 pub mod server;
@@ -265,6 +267,32 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
     Ok(report)
 }
 
+/// `--nodes K`: N connections on one node of `cfg.stacks[0]`, then on K nodes on NATS, both with
+/// the kernel load generator.
+pub fn run_cluster(cfg: &BenchConfig, stop: &Arc<AtomicBool>, nodes: usize) -> anyhow::Result<cluster::ClusterResult> {
+    if !host::is_root() {
+        bail!("ws-bench needs root: it makes network namespaces");
+    }
+    let cfg = BenchConfig {
+        client: Stack::Kernel,
+        conns: cfg.sweep[0],
+        out_dir: cfg.out_dir.join(format!("cluster-{nodes}")),
+        ..cfg.clone()
+    };
+    std::fs::create_dir_all(&cfg.out_dir)?;
+    let server = cfg.stacks[0];
+    eprintln!("[{}] one node first, at the same N", server.name());
+    let single = match run_server(&cfg, stop, server) {
+        Ok(r) => Some(r),
+        Err(e) if stop.load(std::sync::atomic::Ordering::Relaxed) => return Err(e),
+        Err(e) => {
+            eprintln!("[{}] the one-node run failed: {e:#}", server.name());
+            None
+        }
+    };
+    cluster::run(&cfg, stop, nodes, single)
+}
+
 /// What the load generator takes beside the server: the xdp one about 1.2 KB per connection
 /// and 384 MiB of AF_XDP rings; the kernel one a kernel socket (~4 KB) per connection.
 fn load_generator_bytes(client: &str, n: u64) -> f64 {
@@ -296,7 +324,7 @@ fn will_not_fit(report: &BenchReport, server: Server, n: u64) -> Option<String> 
 }
 
 /// The commit this tool was built from, if its source tree is a git checkout here.
-fn git_commit() -> String {
+pub fn git_commit() -> String {
     let dir = env!("CARGO_MANIFEST_DIR");
     let git = |args: &[&str]| {
         std::process::Command::new("git")

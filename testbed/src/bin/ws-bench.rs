@@ -77,6 +77,14 @@ struct Args {
     /// Load generator processes (default: ws-load decides from N).
     #[arg(long)]
     load_procs: Option<usize>,
+    /// Run the N connections on this many ws-server nodes that are one service on NATS (each node
+    /// in its own namespace, nats-server with JetStream in another: netns-scripts/cluster.sh), after
+    /// the same N on one node: delivery latency across the cluster next to one node's, broker
+    /// messages per broadcast, each node's bytes per connection. One of our stacks (--stacks kernel
+    /// or xdp), one N, at most 60,000 connections per node; the load generator is the kernel one
+    /// for both runs. 1: off.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    nodes: u8,
     /// Namespace name prefix (1-8 lowercase letters/digits).
     #[arg(long, default_value = "wsbb")]
     prefix: String,
@@ -149,6 +157,9 @@ fn run() -> anyhow::Result<()> {
         load_procs: args.load_procs,
         device_tokens: !args.anonymous,
     };
+    if args.nodes > 1 {
+        return run_cluster(&args, &cfg, &stop);
+    }
     let report = bench::run(&cfg, &stop)?;
     print!("{}", bench::render(&report));
     let name = args.conns.iter().map(u64::to_string).collect::<Vec<_>>().join("-");
@@ -164,5 +175,42 @@ fn run() -> anyhow::Result<()> {
         }
         Err(e) => eprintln!("ws-bench: no charts: {e:#}"),
     }
+    Ok(())
+}
+
+/// `--nodes K`.
+fn run_cluster(args: &Args, cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
+    let nodes = usize::from(args.nodes);
+    if args.conns.len() != 1 || args.stacks.len() != 1 || args.stacks[0].ours().is_none() {
+        return Err(usage(
+            "--nodes takes one N (--conns) and one of our stacks (--stacks kernel or xdp)",
+        ));
+    }
+    if args.conns[0] > nodes as u64 * bench::cluster::MAX_CONNS_PER_NODE {
+        return Err(usage(format!(
+            "--nodes {nodes}: at most {} connections per node (one client address per node link)",
+            bench::cluster::MAX_CONNS_PER_NODE
+        )));
+    }
+    if args.client == Stack::Xdp {
+        eprintln!("ws-bench: --nodes uses the kernel load generator for both runs (the cluster's client host has one address per node)");
+    }
+    let result = bench::run_cluster(cfg, stop, nodes)?;
+    print!("{}", bench::cluster::render(&result));
+    let path = args
+        .out
+        .join(format!("bench-cluster-{nodes}x-{}.json", args.conns[0]));
+    let report = serde_json::json!({
+        "schema_version": bench::SCHEMA_VERSION,
+        "tool": format!("ws-bench {}", env!("CARGO_PKG_VERSION")),
+        "git_commit": bench::git_commit(),
+        "generated_utc": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "command_line": std::env::args().collect::<Vec<_>>(),
+        "machine": bench::machine(),
+        "cluster": result,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nJSON report: {}", path.display());
     Ok(())
 }
