@@ -39,6 +39,9 @@ fn log_size(args: &Args) -> usize {
 /// program to --iface (or adopts the one testbed/attach.sh pinned), runs one worker per receive
 /// queue with an AF_XDP socket each, holds connections in fixed arena slots (no file descriptor
 /// per connection), and detaches on exit. Needs root. The admin endpoint stays on the kernel.
+///
+/// --cluster nats://HOST:PORT makes it one node of a service of several: broadcasts and pushes
+/// posted on any node reach every node's connections (README: "A cluster of nodes").
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -105,6 +108,7 @@ struct Args {
     #[arg(long)]
     workers: Option<usize>,
     /// Broadcast the server time to every connection this often (seed 000 uses 60 s); 0 = never.
+    /// In a cluster each node's periodic push reaches every node: give it to one node only.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     push_interval: Duration,
     /// Close connections that sent nothing (no data, no ping) for this long; 0 = never.

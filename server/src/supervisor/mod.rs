@@ -292,6 +292,17 @@ impl Supervisor {
                 "no --device-key-file: requests with a device id are refused (401); pass --device-key-file, or --insecure-ids for a demo"
             ),
         }
+        if let Some(c) = &self.cluster {
+            log::info!(
+                "cluster node {}: broadcasts and pushes reach every node of the cluster{}",
+                c.node(),
+                if self.cfg.push_interval.is_some() {
+                    "; every node's periodic push is published to all (set --push-interval on one node)"
+                } else {
+                    ""
+                }
+            );
+        }
         log::info!(
             "ws-server ({} stack): {} workers on {}, admin on http://{}/, push every {}, idle timeout {}, {}, restarts: at most {} per worker per minute",
             self.cfg.stack_name(),

@@ -89,7 +89,13 @@ fn get(ns: &str, path: &str) -> Option<serde_json::Value> {
     (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }
 
-fn start_node(cfg: &BenchConfig, cl: &ClusterNetns, k: usize, stack: Stack, per_node: u64) -> anyhow::Result<ChildGuard> {
+fn start_node(
+    cfg: &BenchConfig,
+    cl: &ClusterNetns,
+    k: usize,
+    stack: Stack,
+    per_node: u64,
+) -> anyhow::Result<ChildGuard> {
     let ns = cl.node_ns(k);
     let log_path = cfg.out_dir.join(format!("cluster-node{k}.log"));
     let log = std::fs::File::create(&log_path)?;
@@ -98,13 +104,31 @@ fn start_node(cfg: &BenchConfig, cl: &ClusterNetns, k: usize, stack: Stack, per_
         Stack::Xdp => "xdp",
         Stack::Kernel => "kernel",
     };
-    cmd.args(["--stack", stack_name, "--listen", &format!("{}:{PORT}", cl.node_addr(k))])
-        .args(["--admin", ADMIN, "--push-interval", "0", "--idle-timeout", "0", "--insecure-ids"])
-        .args(["--max-conns", &(per_node + 1024).to_string()])
-        .args(["--cluster", &format!("nats://{BROKER_ADDR}:4222"), "--node-id", &format!("n{k}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args([
+        "--stack",
+        stack_name,
+        "--listen",
+        &format!("{}:{PORT}", cl.node_addr(k)),
+    ])
+    .args([
+        "--admin",
+        ADMIN,
+        "--push-interval",
+        "0",
+        "--idle-timeout",
+        "0",
+        "--insecure-ids",
+    ])
+    .args(["--max-conns", &(per_node + 1024).to_string()])
+    .args([
+        "--cluster",
+        &format!("nats://{BROKER_ADDR}:4222"),
+        "--node-id",
+        &format!("n{k}"),
+    ])
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     if stack == Stack::Xdp {
         cmd.args(["--iface", &cl.node_dev(k)]);
     }
@@ -123,7 +147,12 @@ fn start_load(cfg: &BenchConfig, cl: &ClusterNetns, k: usize, conns: u64) -> any
     let _ = std::fs::remove_file(&json);
     let mut cmd = cl.command(&cl.cli, &sibling_binary("ws-load")?);
     cmd.args(["--stack", "kernel", "--server", &format!("{}:{PORT}", cl.node_addr(k))])
-        .args(["--conns", &conns.to_string(), "--rate", &(cfg.rate / cl.nodes as f64).to_string()])
+        .args([
+            "--conns",
+            &conns.to_string(),
+            "--rate",
+            &(cfg.rate / cl.nodes as f64).to_string(),
+        ])
         .args(["--hold", "1800s", "--expect-broadcasts", &cfg.broadcasts.to_string()])
         .args(["--progress", "off", "--json"])
         .arg(&json)
@@ -142,12 +171,18 @@ pub fn run(
 ) -> anyhow::Result<ClusterResult> {
     let server = cfg.stacks[0];
     let Some(stack) = server.ours() else {
-        bail!("--nodes runs our server (--stacks kernel or xdp), not {}", server.name());
+        bail!(
+            "--nodes runs our server (--stacks kernel or xdp), not {}",
+            server.name()
+        );
     };
     let per_node = cfg.conns.div_ceil(nodes as u64);
     std::fs::create_dir_all(&cfg.out_dir)?;
     let mut notes = Vec::new();
-    eprintln!("[cluster] {nodes} {} nodes, {per_node} connections each, on nats-server", server.name());
+    eprintln!(
+        "[cluster] {nodes} {} nodes, {per_node} connections each, on nats-server",
+        server.name()
+    );
     let cl = ClusterNetns::setup(&cfg.prefix[..cfg.prefix.len().min(6)], nodes)?;
     let nats = start_nats(cfg, &cl)?;
     let mut servers = Vec::new();
@@ -163,7 +198,11 @@ pub fn run(
     }
     // Everyone connected, then idle: the broker's idle traffic (heartbeats) measured.
     let deadline = Instant::now() + Duration::from_secs_f64(120.0 + 3.0 * cfg.conns as f64 / cfg.rate.max(1000.0));
-    let held = |k: usize| get(&cl.node_ns(k), "/conns").and_then(|c| c["conns"].as_u64()).unwrap_or(0);
+    let held = |k: usize| {
+        get(&cl.node_ns(k), "/conns")
+            .and_then(|c| c["conns"].as_u64())
+            .unwrap_or(0)
+    };
     loop {
         check_stop(stop)?;
         let all: u64 = (1..=nodes).map(held).sum();
@@ -205,7 +244,9 @@ pub fn run(
         if status != 200 {
             bail!("broadcast {} on node {k}: {status} {answer}", i + 1);
         }
-        let seq = serde_json::from_str::<serde_json::Value>(&answer)?["seq"].as_u64().unwrap_or(0);
+        let seq = serde_json::from_str::<serde_json::Value>(&answer)?["seq"]
+            .as_u64()
+            .unwrap_or(0);
         // Every node has fanned it out and written it.
         let done = wait_for(Duration::from_secs(120), Duration::from_millis(50), || {
             (1..=nodes)
@@ -270,11 +311,20 @@ fn start_nats(cfg: &BenchConfig, cl: &ClusterNetns) -> anyhow::Result<ChildGuard
     let _ = std::fs::remove_dir_all(&store);
     let log = std::fs::File::create(cfg.out_dir.join("cluster-nats.log"))?;
     let mut cmd = cl.command(&cl.bus, Path::new("nats-server"));
-    cmd.args(["-a", BROKER_ADDR, "-p", "4222", "-m", &NATS_MONITOR.to_string(), "-js", "-sd"])
-        .arg(&store)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args([
+        "-a",
+        BROKER_ADDR,
+        "-p",
+        "4222",
+        "-m",
+        &NATS_MONITOR.to_string(),
+        "-js",
+        "-sd",
+    ])
+    .arg(&store)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     let nats = ChildGuard::spawn("nats-server", cmd).context("starting nats-server (install-deps.sh installs it)")?;
     if wait_for(Duration::from_secs(10), Duration::from_millis(100), || varz(cl).ok()).is_none() {
         bail!("nats-server did not come up");

@@ -25,7 +25,8 @@ struct Args {
 }
 
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -42,7 +43,9 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = async_nats::connect(args.url.as_str()).await.with_context(|| format!("connecting to {}", args.url))?;
+        let client = async_nats::connect(args.url.as_str())
+            .await
+            .with_context(|| format!("connecting to {}", args.url))?;
         client.flush().await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (own_before, broker_before) = (host::process::own_rss_bytes(), args.broker_pid.map(rss_of).transpose()?);
@@ -65,9 +68,15 @@ fn main() -> anyhow::Result<()> {
             took.as_secs_f64(),
             n / took.as_secs_f64().max(1e-9)
         );
-        println!("client (async-nats): {:.0} resident bytes per subscription", own_after.saturating_sub(own_before) as f64 / n);
+        println!(
+            "client (async-nats): {:.0} resident bytes per subscription",
+            own_after.saturating_sub(own_before) as f64 / n
+        );
         if let (Some(before), Some(after)) = (broker_before, broker_after) {
-            println!("broker: {:.0} resident bytes per subscription", after.saturating_sub(before) as f64 / n);
+            println!(
+                "broker: {:.0} resident bytes per subscription",
+                after.saturating_sub(before) as f64 / n
+            );
         }
         drop(subs);
         client.flush().await?;

@@ -197,9 +197,7 @@ fn run_cluster(args: &Args, cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow
     }
     let result = bench::run_cluster(cfg, stop, nodes)?;
     print!("{}", bench::cluster::render(&result));
-    let path = args
-        .out
-        .join(format!("bench-cluster-{nodes}x-{}.json", args.conns[0]));
+    let path = args.out.join(format!("bench-cluster-{nodes}x-{}.json", args.conns[0]));
     let report = serde_json::json!({
         "schema_version": bench::SCHEMA_VERSION,
         "tool": format!("ws-bench {}", env!("CARGO_PKG_VERSION")),
