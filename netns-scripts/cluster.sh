@@ -102,7 +102,8 @@ on_exit() {
     exit "$rc"
 }
 trap on_exit EXIT
-trap 'trap - INT TERM; echo "$PROG: interrupted" >&2; exit 130' INT TERM
+trap 'trap - INT TERM; echo "$PROG: interrupted" >&2; exit 130' INT
+trap 'trap - INT TERM; echo "$PROG: terminated" >&2; exit 143' TERM
 
 down   # leftovers of a crashed run
 CREATED=1

@@ -360,13 +360,23 @@ impl Supervisor {
     }
 
     /// Push `payload` to device `id` if a worker of this node holds it; `request` gets the
-    /// answer (`admin::PushResult`).
-    fn push_here(&mut self, id: String, seq: u64, payload: String, request: Responder) {
+    /// answer (`admin::PushResult`). `asked_by_peer`: another node's question, asked of every
+    /// node: only the directory's holder is asked here (not every worker, for a device that is
+    /// almost always elsewhere), and a miss is not this node's to count.
+    fn push_here(&mut self, id: String, seq: u64, payload: String, request: Responder, asked_by_peer: bool) {
         let hash = self.hasher.hash(id.as_bytes());
         let req = self.pending.next_req();
-        let kind = PendingKind::Push { id, seq };
+        let kind = PendingKind::Push {
+            id,
+            seq,
+            count_miss: !asked_by_peer && self.cluster.is_none(),
+        };
         let running = |w: usize| self.slots.get(w).is_some_and(Slot::is_running);
-        let PushRoute::Holder(worker) = self.directory.push_route(hash, running) else {
+        let route = self.directory.push_route(hash, running);
+        if asked_by_peer && route == PushRoute::Everyone {
+            return self.complete(Pending::now(kind, vec![], Some(request)), false);
+        }
+        let PushRoute::Holder(worker) = route else {
             let (sent, _) = self.send_to(Slot::is_running, |_| ToWorker::Push {
                 req,
                 hash,
@@ -389,9 +399,11 @@ impl Supervisor {
                 text,
                 request,
             } => self.fan_out(seq, ts_ns, text, request),
-            cluster::ClusterEvent::PushAsk { id, payload, reply } => {
+            cluster::ClusterEvent::PushAsk { id, text, ts_ns, reply } => {
+                // Numbered here: after the broadcasts this node has handed out, never before.
                 let seq = self.last_broadcast_seq;
-                self.push_here(id, seq, payload, reply);
+                let payload = message::format_push(ts_ns, seq, Kind::Push, text.as_deref());
+                self.push_here(id, seq, payload, reply, true);
             }
             cluster::ClusterEvent::Claims { node, claims } => {
                 let (unix_now, mono_now) = (message::unix_ns(), host::monotonic_ns());
@@ -405,8 +417,8 @@ impl Supervisor {
                             log::info!(
                                 "device {id} connected to node {node}: closing its older connection here (4002)"
                             );
-                            let _ = self.send(worker, &ToWorker::Evict { hash });
-                            if let Some(c) = &self.cluster {
+                            let sent = self.send(worker, &ToWorker::Evict { hash }).is_ok();
+                            if let (Some(c), true) = (&self.cluster, sent) {
                                 c.moved_away();
                             }
                         }
@@ -472,14 +484,15 @@ impl Supervisor {
                         self.push_seq
                     }
                 };
-                let payload = message::format_push(message::unix_ns(), seq, Kind::Push, text.as_deref());
+                let ts_ns = message::unix_ns();
+                let payload = message::format_push(ts_ns, seq, Kind::Push, text.as_deref());
                 match &self.cluster {
                     Some(cluster) => {
                         let (here, answer) = Responder::pair();
-                        cluster.push(id.clone(), payload.clone(), answer, request);
-                        self.push_here(id, seq, payload, here);
+                        cluster.push(id.clone(), text, ts_ns, answer, request);
+                        self.push_here(id, seq, payload, here, false);
                     }
-                    None => self.push_here(id, seq, payload, request),
+                    None => self.push_here(id, seq, payload, request, false),
                 }
             }
             // The admin thread answers these itself; nothing to do if one comes here.

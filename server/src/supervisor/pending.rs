@@ -15,8 +15,17 @@ use crate::control::{FromWorker, WorkerStats};
 
 pub(super) enum PendingKind {
     Stats(StatsFormat),
-    Broadcast { seq: u64, payload_bytes: u64 },
-    Push { id: String, seq: u64 },
+    Broadcast {
+        seq: u64,
+        payload_bytes: u64,
+    },
+    /// `count_miss`: a "not connected" answer is this process's to count (one node, asked by
+    /// the admin; in a cluster the combined answer is counted by the cluster).
+    Push {
+        id: String,
+        seq: u64,
+        count_miss: bool,
+    },
 }
 
 /// An admin request (or a periodic push) waiting for worker replies.
@@ -191,12 +200,12 @@ impl Supervisor {
                     request.respond_json(status, &serde_json::to_value(&result).unwrap_or_default());
                 }
             }
-            PendingKind::Push { id, seq } => {
+            PendingKind::Push { id, seq, count_miss } => {
                 let queued = p
                     .replies
                     .iter()
                     .any(|m| matches!(m, FromWorker::Push { queued: true, .. }));
-                self.pushes_missed += u64::from(!queued);
+                self.pushes_missed += u64::from(!queued && count_miss);
                 if let Some(request) = p.request {
                     let result = if !queued && !p.missing.is_empty() {
                         admin::PushResult::lost(id, seq)
@@ -226,7 +235,10 @@ impl Supervisor {
             self.last_broadcast.clone(),
             host::process::own_rss_bytes(),
         );
-        report.totals.pushes_missed = self.pushes_missed;
+        report.totals.pushes_missed = match &self.cluster {
+            Some(c) => c.pushes_missed(),
+            None => self.pushes_missed,
+        };
         report.worker_restarts = self.restart_counts;
         report.restarts = self
             .restarts
@@ -309,7 +321,17 @@ mod tests {
     fn a_death_answers_every_call_that_waited_only_for_it() {
         let mut calls = PendingCalls::default();
         let a = calls.next_req();
-        calls.start(a, PendingKind::Push { id: "d".into(), seq: 1 }, vec![1], vec![], None);
+        calls.start(
+            a,
+            PendingKind::Push {
+                id: "d".into(),
+                seq: 1,
+                count_miss: true,
+            },
+            vec![1],
+            vec![],
+            None,
+        );
         let b = calls.next_req();
         calls.start(
             b,

@@ -312,6 +312,9 @@ impl Supervisor {
                     bail!("worker {} exited during start-up (see its log above)", w.index)
                 }
                 Ok(Event::FromWorker(w, msg)) => self.worker_message(w, msg),
+                // Broadcasts from the other nodes reach starting workers too (their logs begin
+                // where the cluster's numbering stood), and claims are not lost.
+                Ok(Event::Cluster(event)) => self.cluster_event(event),
                 Ok(_) => {}
                 Err(_) => bail!("workers did not report ready within {} s", START_TIMEOUT.as_secs()),
             }
@@ -352,11 +355,14 @@ impl Supervisor {
                 log::error!("worker {} (restart) failed to start: {error}", who.index);
             }
             FromWorker::Claim { hash, at_ns, id } => {
-                if let Some(evict) = self.directory.claim(who.index, hash, at_ns) {
+                let evict = self.directory.claim(who.index, hash, at_ns);
+                if let Some(evict) = evict {
                     let _ = self.send(evict.worker, &ToWorker::Evict { hash: evict.hash });
                 }
-                // The other nodes close an older connection of the device (`cluster`).
-                if let (Some(cluster), Some(id)) = (&self.cluster, id) {
+                let lost_here = evict.is_some_and(|e| e.worker == who.index && e.hash == hash);
+                // The other nodes close an older connection of the device (`cluster`), unless
+                // this one lost already to a newer one on another worker.
+                if let (Some(cluster), Some(id), false) = (&self.cluster, id, lost_here) {
                     let age = host::monotonic_ns().saturating_sub(at_ns);
                     cluster.claim(id, crate::core::message::unix_ns().saturating_sub(age));
                 }

@@ -34,7 +34,13 @@ pub enum Heard {
     Known,
     /// Another process already uses this node name (two nodes configured alike).
     DuplicateName,
+    /// Not taken: `MAX_PEERS` are known.
+    TooMany,
 }
+
+/// Nodes known at most: heartbeats from more processes than this are ignored (whoever can
+/// publish on the broker could invent nodes; every push waits for each known one).
+pub const MAX_PEERS: usize = 256;
 
 #[derive(Default)]
 pub struct Peers {
@@ -47,6 +53,9 @@ impl Peers {
             peer.devices = devices;
             peer.heard = now;
             return Heard::Known;
+        }
+        if self.by_instance.len() >= MAX_PEERS {
+            return Heard::TooMany;
         }
         // The same name from another process: a restarted node (its predecessor fell silent:
         // it is forgotten now), or two live nodes configured alike (both keep beating).
@@ -67,6 +76,19 @@ impl Peers {
             Heard::DuplicateName
         } else {
             Heard::Joined
+        }
+    }
+
+    /// A node said it is leaving: forget it at once; returns its name.
+    pub fn left(&mut self, instance: u64) -> Option<String> {
+        self.by_instance.remove(&instance).map(|p| p.node)
+    }
+
+    /// This node heard nobody for a while (its broker connection was down): every node gets a
+    /// full `PEER_TTL` from `now` to be heard again.
+    pub fn forgive(&mut self, now: Instant) {
+        for p in self.by_instance.values_mut() {
+            p.heard = now;
         }
     }
 
@@ -129,5 +151,23 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         assert_eq!(peers.heard(4, "a", 0, t1), Heard::Joined);
         assert_eq!(peers.live(), vec![(4, "a".to_string())]);
+        // One that says it leaves is gone at once; after an outage of our own, nobody expires
+        // before a full TTL.
+        assert_eq!(peers.left(4), Some("a".to_string()));
+        assert_eq!(peers.left(4), None);
+        peers.heard(5, "b", 0, t1);
+        peers.forgive(t1 + Duration::from_secs(10));
+        assert!(peers.expire(t1 + Duration::from_secs(12)).is_empty());
+    }
+
+    #[test]
+    fn invented_nodes_are_bounded() {
+        let t0 = Instant::now();
+        let mut peers = Peers::default();
+        for i in 0..MAX_PEERS as u64 {
+            assert_eq!(peers.heard(i, &format!("n{i}"), 0, t0), Heard::Joined);
+        }
+        assert_eq!(peers.heard(u64::MAX, "one more", 0, t0), Heard::TooMany);
+        assert_eq!(peers.live().len(), MAX_PEERS);
     }
 }

@@ -28,7 +28,7 @@ impl Subjects {
             push: format!("{cluster}.push"),
             claim: format!("{cluster}.claim"),
             node: format!("{cluster}.node"),
-            stream: format!("{}_BROADCASTS", cluster.to_ascii_uppercase().replace('-', "_")),
+            stream: format!("{}_BROADCASTS", cluster.to_ascii_uppercase()),
             prefix: cluster.to_string(),
         }
     }
@@ -39,12 +39,13 @@ impl Subjects {
     }
 }
 
-/// Whether `name` may name a cluster: it becomes a subject token and part of a stream name.
+/// Whether `name` may name a cluster: it becomes a subject token and, upper-cased, part of a
+/// stream name (so lower case only: two names never make one stream).
 pub fn valid_cluster_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Headers of a broadcast in the stream.
@@ -53,14 +54,20 @@ pub const HEADER_NODE: &str = "Ws-Node";
 /// `periodic`: the server's own push (its data is the receiving node's clock), else the admin's.
 pub const HEADER_KIND: &str = "Ws-Kind";
 
+/// Identifies a broadcast's admin request (`<instance>-<n>`): the posting node finds its answer
+/// when the message comes back from the stream.
+pub const HEADER_REQUEST: &str = "Ws-Req";
+
 /// "Does any of you hold this device? Push this to it."
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushAsk {
     /// The asking process (a node ignores its own question).
     pub instance: u64,
     pub id: String,
-    /// The push's JSON, formatted once by the asking node.
-    pub payload: String,
+    /// The admin's body (None: the server's time) and when it was posted: the holding node
+    /// formats the push, numbered after the broadcasts it has handed out.
+    pub text: Option<String>,
+    pub ts_ns: u64,
 }
 
 /// A node's answer to a `PushAsk`.
@@ -69,6 +76,9 @@ pub struct PushReply {
     pub instance: u64,
     pub node: String,
     pub queued: bool,
+    /// The number the push carried there.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Devices registered on a node, with when (Unix ns): the newest connection of a device wins.
@@ -79,13 +89,15 @@ pub struct Claims {
     pub claims: Vec<(String, u64)>,
 }
 
-/// "I am alive": sent every `HEARTBEAT_EVERY`.
+/// "I am alive": sent every `HEARTBEAT_EVERY`; `leaving` once when a node stops.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub instance: u64,
     pub node: String,
     /// Devices held by the node.
     pub devices: u64,
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> bytes::Bytes {
@@ -106,7 +118,8 @@ mod tests {
         let ask = PushAsk {
             instance: 7,
             id: "dev-1".into(),
-            payload: r#"{"kind":"push"}"#.into(),
+            text: Some("hello".into()),
+            ts_ns: 5,
         };
         assert_eq!(decode::<PushAsk>(&encode(&ask)), Some(ask));
         let claims = Claims {
@@ -121,12 +134,12 @@ mod tests {
 
     #[test]
     fn names_become_subjects_and_a_stream() {
-        let s = Subjects::new("push-eu_1");
-        assert_eq!(s.broadcast, "push-eu_1.broadcast");
-        assert_eq!(s.stream, "PUSH_EU_1_BROADCASTS");
-        assert_eq!(s.replies(255), "push-eu_1.reply.00000000000000ff");
+        let s = Subjects::new("push_eu1");
+        assert_eq!(s.broadcast, "push_eu1.broadcast");
+        assert_eq!(s.stream, "PUSH_EU1_BROADCASTS");
+        assert_eq!(s.replies(255), "push_eu1.reply.00000000000000ff");
         assert!(valid_cluster_name("ws"));
-        for bad in ["", "a.b", "a b", "a*", "a>", &"x".repeat(33)] {
+        for bad in ["", "a.b", "a b", "a*", "a>", "WS", "a-b", &"x".repeat(33)] {
             assert!(!valid_cluster_name(bad), "{bad:?}");
         }
     }
