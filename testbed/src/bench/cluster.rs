@@ -247,20 +247,26 @@ pub fn run(
         let seq = serde_json::from_str::<serde_json::Value>(&answer)?["seq"]
             .as_u64()
             .unwrap_or(0);
-        // Every node has fanned it out and written it.
+        // Every node has fanned it out and written it; what each queued it to is expected.
         let done = wait_for(Duration::from_secs(120), Duration::from_millis(50), || {
-            (1..=nodes)
-                .all(|n| {
-                    get(&cl.node_ns(n), "/stats").is_some_and(|s| {
-                        s["cluster"]["last_seq"].as_u64() == Some(seq) && s["output_waiting"].as_u64() == Some(0)
-                    })
-                })
-                .then_some(())
+            let mut queued = 0;
+            for n in 1..=nodes {
+                let s = get(&cl.node_ns(n), "/stats")?;
+                let written = s["cluster"]["last_seq"].as_u64() == Some(seq) && s["output_waiting"].as_u64() == Some(0);
+                if !written || s["last_broadcast"]["seq"].as_u64() != Some(seq) {
+                    return None;
+                }
+                queued += s["last_broadcast"]["websockets"].as_u64().unwrap_or(0);
+            }
+            Some(queued)
         });
-        if done.is_none() {
-            notes.push(format!("broadcast {}: not written everywhere after 120 s", i + 1));
+        match done {
+            Some(queued) => expected += queued,
+            None => {
+                notes.push(format!("broadcast {}: not written everywhere after 120 s", i + 1));
+                expected += (1..=nodes).map(held).sum::<u64>();
+            }
         }
-        expected += (1..=nodes).map(held).sum::<u64>();
         eprintln!("[cluster] broadcast {} posted on node {k}", i + 1);
         std::thread::sleep(Duration::from_millis(1000));
     }
