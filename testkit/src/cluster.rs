@@ -68,9 +68,7 @@ impl ClusterNetns {
 
     /// `ip netns exec <ns> <program>`.
     pub fn command(&self, ns: &str, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(program);
-        cmd
+        crate::netns::exec_in(ns, program)
     }
 }
 

@@ -64,10 +64,15 @@ impl Netns {
 
     /// `ip netns exec <ns> <program> <args…>`.
     pub fn command(&self, ns: &str, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(program);
-        cmd
+        exec_in(ns, program)
     }
+}
+
+/// `ip netns exec <ns> <program>`: add the arguments.
+pub fn exec_in(ns: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
 }
 
 impl Drop for Netns {
