@@ -37,6 +37,8 @@ pub enum AdminRequest {
         id: String,
         text: Option<String>,
     },
+    /// `/readyz`: should this node get new clients?
+    Ready,
     Help,
     Error {
         status: u16,
@@ -57,6 +59,7 @@ pub fn route(method: &str, url: &str, body: &[u8], declared: Option<usize>) -> A
         ("GET" | "HEAD", "/conns") => AdminRequest::Stats(StatsFormat::Conns),
         ("GET" | "HEAD", "/metrics") => AdminRequest::Stats(StatsFormat::Prometheus),
         ("GET" | "HEAD", "/") => AdminRequest::Help,
+        ("GET" | "HEAD", "/readyz") => AdminRequest::Ready,
         ("POST", "/broadcast") => match read_text(body, declared) {
             Ok(text) => AdminRequest::Broadcast { text },
             Err(e) => e,
@@ -77,7 +80,9 @@ pub fn route(method: &str, url: &str, body: &[u8], declared: Option<usize>) -> A
                 Err(e) => e,
             }
         }
-        (_, "/stats" | "/conns" | "/metrics" | "/broadcast" | "/push" | "/") => err(405, "method not allowed here"),
+        (_, "/stats" | "/conns" | "/metrics" | "/broadcast" | "/push" | "/readyz" | "/") => {
+            err(405, "method not allowed here")
+        }
         _ => err(404, "no such admin endpoint; GET / lists them"),
     }
 }
@@ -110,6 +115,9 @@ pub const HELP: &str = "ws-server admin endpoint
 GET  /stats            JSON: connections, accepted, closed, expired, messages, bytes, stack, per-worker
 GET  /conns            {\"closed\":N,\"conns\":M}
 GET  /metrics          Prometheus text format
+GET  /healthz          200 while the process runs (no token needed)
+GET  /readyz           200 when it should get new clients, else 503 with the reasons: workers
+                       down, draining, the cluster broker or the XDP steering missing (no token)
 POST /broadcast        push the body (or the server time) to every connection; answers the
                        sequence number and how many connections it was queued to
 POST /push?id=DEVICE   push the body (or the server time) to one device; answers whether it was
@@ -961,7 +969,7 @@ impl AdminAccess {
             }
         }
         let Some(token) = &self.token else { return Ok(()) };
-        if path == "/healthz" || (path == "/metrics" && self.metrics_public) {
+        if path == "/healthz" || path == "/readyz" || (path == "/metrics" && self.metrics_public) {
             return Ok(());
         }
         let presented = authorization

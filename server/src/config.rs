@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub anonymous: bool,
     /// Who may use the admin endpoint (token, public metrics, Host names).
     pub admin_access: crate::admin::AdminAccess,
+    /// Connections closed per second when draining on SIGTERM (0: all at once).
+    pub drain_rate: f64,
     /// One node of a cluster (`--cluster`); None: a single server.
     pub cluster: Option<crate::supervisor::cluster::ClusterOptions>,
     /// Serve the WebSocket port on the userspace stack (`--stack xdp`); `None`: kernel sockets.

@@ -124,6 +124,11 @@ pub enum ToWorker {
     Ping {
         n: u64,
     },
+    /// Refuse new requests (503), close the open connections with 1001 at `per_second`, then
+    /// exit.
+    Drain {
+        per_second: f64,
+    },
     Shutdown,
 }
 

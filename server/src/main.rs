@@ -189,6 +189,13 @@ struct Args {
     /// than the receive buffer, allocated once.
     #[arg(long, default_value_t = 1024)]
     spill_buffers: usize,
+    /// On SIGTERM or SIGINT: /readyz answers 503 at once, new clients are refused (503), and the
+    /// open connections are closed with 1001 at this rate (per second, all workers together:
+    /// reconnecting clients reach the other nodes spread out, not all in one second), then the
+    /// server exits. A second signal closes the rest at once. 0: close every connection at once.
+    /// Default: a million in 30 s.
+    #[arg(long, value_name = "N[/s]", default_value = "33334/s", value_parser = parse_rate, env = "WS_DRAIN_RATE")]
+    drain_rate: f64,
     /// Run as one node of a cluster whose nodes share this NATS server (with JetStream: started
     /// with -js): a broadcast posted on any node reaches every node's connections, a push finds
     /// its device on whichever node holds it, and a device that connects to another node is
@@ -375,9 +382,21 @@ fn server_config(args: &Args, workers: usize, max_conns_per_worker: usize) -> Se
         insecure_ids: args.insecure_ids,
         anonymous: !args.devices_only,
         admin_access: ws_server::admin::AdminAccess::default(),
+        drain_rate: args.drain_rate,
         cluster: None,
         #[cfg(feature = "xdp")]
         xdp: None,
+    }
+}
+
+/// `2000/s` or `2000`: connections per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let n = text.strip_suffix("/s").unwrap_or(text);
+    match n.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.0..=1e9).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "'{text}' is not a rate (connections per second, e.g. 2000/s; 0: at once)"
+        )),
     }
 }
 

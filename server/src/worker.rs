@@ -174,6 +174,7 @@ fn start<D: Driver>(
         clock: Clock::start(),
         expiry_busy_ns: 0,
         recent_expiries: RecentExpiries::new(),
+        drain: None,
         stop: false,
     };
     worker.run()
@@ -190,7 +191,15 @@ struct Worker<D: Driver> {
     /// Time spent in ticks that expired at least one connection.
     expiry_busy_ns: u64,
     recent_expiries: RecentExpiries,
+    /// Draining (`ToWorker::Drain`): connections closed so far at the rate asked.
+    drain: Option<Drain>,
     stop: bool,
+}
+
+struct Drain {
+    started_ms: u64,
+    per_second: f64,
+    closed: u64,
 }
 
 impl<D: Driver> Worker<D> {
@@ -244,6 +253,19 @@ impl<D: Driver> Worker<D> {
         }
         self.recent_expiries.record(now, expired);
         self.driver.housekeeping(&mut self.core, now);
+        if let Some(d) = self.drain.as_mut() {
+            // As many as the rate allows by now: the closes are spread evenly over the drain.
+            let due = (d.per_second * now.saturating_sub(d.started_ms) as f64 / 1000.0) as u64;
+            let n = due.saturating_sub(d.closed);
+            let (closed, done) = self
+                .driver
+                .call(&mut self.core, now, |core, io| core.drain_some(n, now, io));
+            d.closed += closed;
+            if done {
+                log::info!("worker {}: drained ({} connections closed)", self.cfg.index, d.closed);
+                self.stop = true;
+            }
+        }
     }
 
     /// Read what the supervisor sent and carry out every complete command.
@@ -303,6 +325,20 @@ impl<D: Driver> Worker<D> {
                 stats: Box::new(self.stats()),
             }),
             ToWorker::Ping { n } => Some(FromWorker::Pong { n }),
+            ToWorker::Drain { per_second } => {
+                core.start_draining();
+                log::info!(
+                    "worker {}: draining: no new clients, closing {} connections at {per_second:.0}/s",
+                    self.cfg.index,
+                    core.stats().connections
+                );
+                self.drain = Some(Drain {
+                    started_ms: now,
+                    per_second,
+                    closed: 0,
+                });
+                None
+            }
             ToWorker::Shutdown => {
                 self.stop = true;
                 None

@@ -380,3 +380,22 @@ fn a_real_browser_connects_receives_and_long_polls() {
     }
     browser::a_real_browser("wsbbk", "kernel", &["--workers", "1"]);
 }
+
+/// SIGTERM drains 10,000 connections at --drain-rate 2000/s: /readyz 503 at once, new clients
+/// refused, 1001 closes spread over ~5 s, then a clean exit.
+#[test]
+fn sigterm_drains_at_the_drain_rate() {
+    if !privileged("sigterm_drains_at_the_drain_rate") {
+        return;
+    }
+    scenarios::drain_on_sigterm("wsbtd", &["--workers", "2"], messages::Clients::Kernel);
+}
+
+/// A second SIGTERM ends a slow drain at once, every client still getting 1001.
+#[test]
+fn a_second_signal_ends_the_drain() {
+    if !privileged("a_second_signal_ends_the_drain") {
+        return;
+    }
+    scenarios::second_signal_ends_the_drain("wsbte", &["--workers", "2"]);
+}

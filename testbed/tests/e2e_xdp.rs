@@ -510,3 +510,18 @@ fn a_real_browser_connects_receives_and_long_polls() {
     }
     browser::a_real_browser("wsbbx", "xdp", &["--stack", "xdp", "--iface", "wsbbx-s0"]);
 }
+
+/// SIGTERM drains 10,000 connections of the xdp server at --drain-rate 2000/s: /readyz 503 at
+/// once, new clients refused, 1001 closes spread over ~5 s, then a clean exit.
+#[test]
+fn sigterm_drains_the_xdp_server_at_the_drain_rate() {
+    if !privileged("sigterm_drains_the_xdp_server_at_the_drain_rate") {
+        return;
+    }
+    scenarios::drain_on_sigterm(
+        "wsbtdx",
+        &["--stack", "xdp", "--iface", "wsbtdx-s0", "--max-conns", "12000"],
+        // Linux TCP clients: curl's refused upgrade shares their namespace.
+        messages::Clients::Kernel,
+    );
+}

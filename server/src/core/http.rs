@@ -103,6 +103,8 @@ pub enum Reject {
     Unauthorized(&'static str),
     /// A browser page from an origin not in `--allowed-origin`.
     Forbidden(&'static str),
+    /// The server is draining (SIGTERM): this node takes no new clients.
+    Draining,
 }
 
 impl Reject {
@@ -116,6 +118,7 @@ impl Reject {
             Reject::RequestTimeout => "408 Request Timeout",
             Reject::Unauthorized(_) => "401 Unauthorized",
             Reject::Forbidden(_) => "403 Forbidden",
+            Reject::Draining => "503 Service Unavailable",
         }
     }
 
@@ -130,6 +133,7 @@ impl Reject {
             Reject::HeadersTooLarge => "request head too large",
             Reject::PipeliningNotSupported => "a request arrived while another was held",
             Reject::RequestTimeout => "the request head did not arrive in time",
+            Reject::Draining => "the server is shutting down; connect again (another node will take you)",
         }
     }
 }
@@ -355,6 +359,7 @@ impl Response {
         let version = match reject {
             Reject::UpgradeRequired(_) => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             Reject::Unauthorized(_) => "WWW-Authenticate: Bearer\r\n",
+            Reject::Draining => "Retry-After: 1\r\n",
             _ => "",
         };
         Response::format(format_args!(

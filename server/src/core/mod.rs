@@ -188,6 +188,10 @@ pub struct ServerCore {
     /// its way here): they skip broadcasts up to it. Only such connections have an entry, until
     /// the first broadcast after their `since`.
     ahead: HashMap<ConnId, u64>,
+    /// Draining (`start_draining`): new requests are refused (503), and `drain_some` closes the
+    /// open connections a few at a time from `drain_cursor` on.
+    draining: bool,
+    drain_cursor: usize,
 }
 
 impl ServerCore {
@@ -204,6 +208,8 @@ impl ServerCore {
             rng: fastrand::Rng::with_seed(cfg.seed),
             msglog: MessageLog::new(cfg.log_size, cfg.first_seq),
             ahead: HashMap::new(),
+            draining: false,
+            drain_cursor: 0,
             fanout_next: None,
             written: 0,
             targeted: Targeted::with_capacity(1024),
@@ -358,6 +364,10 @@ impl ServerCore {
     }
 
     fn request(&mut self, id: ConnId, request: Request<'_>, io: &mut impl Io) {
+        if self.draining && !matches!(request, Request::Reject(_)) {
+            self.stats.refused_draining += 1;
+            return self.reject(id, Reject::Draining, io);
+        }
         match request {
             Request::Upgrade {
                 key,
@@ -900,6 +910,32 @@ impl ServerCore {
     }
 
     /// Close every connection (1001 Going Away on WebSockets).
+    /// From now on, refuse new requests with 503 (a load balancer sends them elsewhere).
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// Close up to `n` open connections with 1001 "server draining", going on where the last
+    /// call stopped. Returns how many it closed, and whether none is left open (a whole pass over
+    /// the table found nothing to close). Called a few times a second while draining only.
+    pub fn drain_some(&mut self, n: u64, now_ms: u64, io: &mut impl Io) -> (u64, bool) {
+        self.now_ms = now_ms;
+        let len = self.conns.len();
+        let mut closed = 0;
+        for _ in 0..len {
+            if closed == n {
+                return (closed, false);
+            }
+            let idx = self.drain_cursor % len;
+            self.drain_cursor = idx + 1;
+            if !matches!(self.conns[idx].phase(), Phase::Free | Phase::Closing) {
+                self.end_with_close_frame(idx as ConnId, close_code::GOING_AWAY, "server draining", io);
+                closed += 1;
+            }
+        }
+        (closed, closed == 0)
+    }
+
     pub fn shutdown(&mut self, now_ms: u64, io: &mut impl Io) {
         self.now_ms = now_ms;
         for idx in 0..self.conns.len() {

@@ -35,6 +35,9 @@ pub struct CoreStats {
 
     pub upgrades: u64,
     pub rejected_requests: u64,
+    /// Requests refused 503 while the server drains (part of `rejected_requests`).
+    #[serde(default)]
+    pub refused_draining: u64,
     /// Requests for a device id refused `401` for their credential (`core/auth.rs`), by reason.
     #[serde(default)]
     pub auth_missing: u64,
@@ -107,6 +110,7 @@ impl CoreStats {
             expired,
             upgrades,
             rejected_requests,
+            refused_draining,
             auth_missing,
             auth_malformed,
             auth_expired,

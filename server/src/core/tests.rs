@@ -506,6 +506,36 @@ fn shutdown_sends_going_away_to_everyone() {
 }
 
 #[test]
+fn a_drain_closes_a_few_at_a_time_and_refuses_newcomers() {
+    let (mut core, mut io) = upgraded(cfg(), &[1, 2, 3, 4, 5]);
+    core.start_draining();
+    assert_eq!(core.drain_some(0, 0, &mut io), (0, false), "nothing due yet");
+    assert_eq!(core.drain_some(2, 0, &mut io), (2, false));
+    assert_eq!(core.stats().connections, 3);
+    for id in [1, 2] {
+        assert_eq!(&io.frames(id)[0].1[..2], &1001u16.to_be_bytes());
+    }
+    assert!(io.frames(3).is_empty(), "the others are still served");
+    // A newcomer is refused while draining.
+    core.open(9, 0, &mut io);
+    let mut req = upgrade(None);
+    core.data(9, &mut req, 0, &mut io);
+    assert!(
+        io.text(9).starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{}",
+        io.text(9)
+    );
+    assert_eq!(core.stats().refused_draining, 1);
+    assert_eq!(core.drain_some(10, 1, &mut io), (3, false), "the rest");
+    assert_eq!(
+        core.drain_some(10, 2, &mut io),
+        (0, true),
+        "a whole pass found nobody open"
+    );
+    assert_eq!(core.stats().connections, 0);
+}
+
+#[test]
 fn counters_add_up() {
     let (mut core, mut io) = upgraded(cfg(), &[1, 2, 3]);
     core.closed(1, 1, &mut io);

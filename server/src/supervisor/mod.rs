@@ -101,6 +101,8 @@ struct Supervisor {
     admin_counters: Arc<AdminCounters>,
     /// The broker client of a cluster node (`--cluster`).
     cluster: Option<cluster::Cluster>,
+    /// Since when the node drains (the first SIGTERM/SIGINT).
+    draining: Option<Instant>,
     /// The XDP steering of an xdp server (detached after the workers stop).
     #[cfg(feature = "xdp")]
     xdp: Option<xdp_prog::Attachment>,
@@ -232,6 +234,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         restart_number: 0,
         admin_counters: Arc::new(AdminCounters::default()),
         cluster,
+        draining: None,
         #[cfg(feature = "xdp")]
         xdp: attachment,
     };
@@ -273,9 +276,12 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 /// SIGINT and SIGTERM become an event of the loop.
 fn forward_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    // Every signal: the first starts the drain, a second one ends it at once.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = tx.send(Event::Signal);
+        for _ in signals.forever() {
+            if tx.send(Event::Signal).is_err() {
+                break;
+            }
         }
     });
     Ok(())
@@ -333,6 +339,10 @@ impl Supervisor {
             }
             // Pings, deadlines and due restarts every WATCH_EVERY, not per event (a storm of
             // device claims from many workers must not cost a pass over every worker each).
+            if self.draining.is_some() && self.slots.iter().all(|s| s.proc.is_none()) {
+                log::info!("drained: every worker has closed its connections and exited");
+                return Ok(());
+            }
             if now >= next_watch {
                 next_watch = now + WATCH_EVERY;
                 self.expire_pending();
@@ -349,14 +359,51 @@ impl Supervisor {
                 Ok(Event::Admin(request, routed)) => self.admin(request, routed),
                 Ok(Event::Cluster(event)) => self.cluster_event(event),
                 Ok(Event::WorkerGone(who)) => self.worker_gone(who)?,
+                Ok(Event::Signal) if self.draining.is_none() && self.cfg.drain_rate > 0.0 => self.begin_drain(),
                 Ok(Event::Signal) => {
-                    log::info!("signal received: closing connections and stopping workers");
+                    log::info!("signal received: closing every connection now and stopping workers");
                     return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("event channel closed"),
             }
         }
+    }
+
+    /// SIGTERM: `/readyz` says 503 from now on, workers refuse new clients and close their
+    /// connections at `--drain-rate` (shared among them), then exit; the loop ends when all have.
+    fn begin_drain(&mut self) {
+        self.draining = Some(Instant::now());
+        self.stopping = true; // workers that exit now are not restarted
+        let running = self.slots.iter().filter(|s| s.proc.is_some()).count().max(1);
+        let per_second = self.cfg.drain_rate / running as f64;
+        log::info!(
+            "signal received: draining (readiness 503, new clients refused, connections closed at {:.0}/s); a second signal closes the rest at once",
+            self.cfg.drain_rate
+        );
+        for w in 0..self.slots.len() {
+            let _ = self.send(w, &ToWorker::Drain { per_second });
+        }
+    }
+
+    /// `/readyz`: why this node should not get new clients, if it should not.
+    fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.draining.is_some() {
+            why.push("draining (shutting down)".to_string());
+        }
+        let down: Vec<usize> = (0..self.slots.len()).filter(|&w| !self.slots[w].is_running()).collect();
+        if !down.is_empty() {
+            why.push(format!("workers not running: {down:?}"));
+        }
+        if self.cluster.as_ref().is_some_and(|c| !c.connected()) {
+            why.push("the cluster broker is unreachable".to_string());
+        }
+        #[cfg(feature = "xdp")]
+        if self.cfg.xdp.is_some() && self.xdp.as_ref().is_none_or(|a| a.counters().is_none()) {
+            why.push("the XDP steering program is not attached".to_string());
+        }
+        why
     }
 
     /// Push `payload` to device `id` if a worker of this node holds it; `request` gets the
@@ -495,6 +542,10 @@ impl Supervisor {
                     None => self.push_here(id, seq, payload, request, false),
                 }
             }
+            AdminRequest::Ready => match self.not_ready() {
+                why if why.is_empty() => request.respond(200, "ready\n".to_string(), "text/plain"),
+                why => request.respond(503, format!("not ready: {}\n", why.join("; ")), "text/plain"),
+            },
             // The admin thread answers these itself; nothing to do if one comes here.
             AdminRequest::Help => request.respond(200, admin::HELP.to_string(), "text/plain"),
             AdminRequest::Error { status, message } => request.respond(status, format!("{message}\n"), "text/plain"),

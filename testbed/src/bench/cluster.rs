@@ -118,6 +118,8 @@ fn start_node(
         "--idle-timeout",
         "0",
         "--insecure-ids",
+        "--drain-rate",
+        "0",
     ])
     .args(["--max-conns", &(per_node + 1024).to_string()])
     .args([

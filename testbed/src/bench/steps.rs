@@ -197,7 +197,8 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, server: Server) -> 
     };
     cmd.args(["--stack", name, "--listen", SERVER, "--admin", ADMIN])
         .args(["--max-conns", &capacity.to_string()])
-        .args(["--push-interval", "0", "--idle-timeout", "0"])
+        // Stopped at once when measured (a drain would outlast the stop's grace at large N).
+        .args(["--push-interval", "0", "--idle-timeout", "0", "--drain-rate", "0"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -236,3 +236,112 @@ pub fn long_poll_and_echo(prefix: &str, stack_args: &[&str]) {
     assert_eq!(stats["polls_answered_by_push"], 1);
     assert_eq!(stats["echoed"], ec["echoes"], "{stats}");
 }
+
+/// SIGTERM drains: `/readyz` says 503 at once, a new client is refused (503), and 10,000
+/// connections are closed with 1001 at `--drain-rate 2000/s`, spread over about 5 s (not all at
+/// once, not stuck); then the server exits by itself, cleanly.
+pub fn drain_on_sigterm(prefix: &str, stack_args: &[&str], clients: super::messages::Clients) {
+    const CONNS: u64 = 10_000;
+    let dir = scratch(&format!("drain-{prefix}"));
+    let ns = Netns::setup(prefix, 1).unwrap();
+    let mut args = stack_args.to_vec();
+    args.extend(["--drain-rate", "2000/s"]);
+    let mut server = start_server(&ns, &args, &dir.join("server.log"));
+    let json = dir.join("load.json");
+    let mut load_args = super::messages::load_args(&ns, clients);
+    load_args.extend(
+        ["--conns", "10000", "--rate", "0", "--hold", "12s"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let load = start_load(&ns, &load_args.iter().map(String::as_str).collect::<Vec<_>>(), &json);
+    wait_conns(&ns, CONNS, Duration::from_secs(60));
+    let ready = testkit::http::http_in_netns(&ns.srv, "GET", admin(), "/readyz", b"").unwrap();
+    assert_eq!(ready, (200, "ready\n".to_string()));
+
+    // SAFETY: kill on the pid of a child we started and have not reaped.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+    let signalled = std::time::Instant::now();
+    let (status, why) = testkit::http::http_in_netns(&ns.srv, "GET", admin(), "/readyz", b"").unwrap();
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("draining"), "{why}");
+    let (_, answer) = curl_upgrade(&ns);
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "a new client is refused while draining: {answer}"
+    );
+
+    // The connections go down step by step (sampled until the admin endpoint is gone).
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while let Ok((200, body)) = testkit::http::http_in_netns(&ns.srv, "GET", admin(), "/conns", b"") {
+        let conns = serde_json::from_str::<serde_json::Value>(&body).unwrap()["conns"]
+            .as_u64()
+            .unwrap();
+        samples.push((signalled.elapsed().as_secs_f64(), conns));
+        if signalled.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let exit = server
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the server exits once drained");
+    let took = signalled.elapsed().as_secs_f64();
+    assert!(exit.success(), "{exit}");
+    let at = |t: f64| {
+        samples
+            .iter()
+            .take_while(|(s, _)| *s <= t)
+            .last()
+            .map_or(CONNS, |&(_, c)| c)
+    };
+    // 2,000/s from 10,000: about 8,000 left after 1 s, 4,000 after 3 s, none after 5 s.
+    assert!(
+        (2000..=9500).contains(&at(1.5)),
+        "closed step by step, not at once: {samples:?}"
+    );
+    assert!(
+        took >= 3.5,
+        "10,000 at 2,000/s take about 5 s, not {took:.1} s: {samples:?}"
+    );
+    let summary = finish_load(load, &json, Duration::from_secs(60));
+    assert_eq!(
+        summary["counters"]["closed_by_server"]["1001"], CONNS,
+        "every client got 1001: {summary}"
+    );
+}
+
+/// A second SIGTERM during a slow drain closes the rest at once (still with 1001) and the server
+/// exits.
+pub fn second_signal_ends_the_drain(prefix: &str, stack_args: &[&str]) {
+    const CONNS: u64 = 2000;
+    let dir = scratch(&format!("drain2-{prefix}"));
+    let ns = Netns::setup(prefix, 1).unwrap();
+    let mut args = stack_args.to_vec();
+    args.extend(["--drain-rate", "100/s"]);
+    let mut server = start_server(&ns, &args, &dir.join("server.log"));
+    let json = dir.join("load.json");
+    let load = start_load(&ns, &["--conns", "2000", "--rate", "0", "--hold", "10s"], &json);
+    wait_conns(&ns, CONNS, Duration::from_secs(60));
+    let term = |pid: u32| {
+        // SAFETY: kill on the pid of a child we started and have not reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    };
+    term(server.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let left = admin_json(&ns, "/conns")["conns"].as_u64().unwrap();
+    assert!(
+        (1000..CONNS).contains(&left),
+        "draining at 100/s: {left} left after 2 s"
+    );
+    term(server.pid());
+    let exit = server
+        .wait_timeout(Duration::from_secs(10))
+        .expect("a second signal ends the drain at once");
+    assert!(exit.success(), "{exit}");
+    let summary = finish_load(load, &json, Duration::from_secs(60));
+    assert_eq!(
+        summary["counters"]["closed_by_server"]["1001"], CONNS,
+        "the rest were closed with 1001 too: {summary}"
+    );
+}

@@ -286,6 +286,11 @@ impl Cluster {
         &self.shared.opts.node
     }
 
+    /// Whether the broker connection is up.
+    pub fn connected(&self) -> bool {
+        self.shared.connected()
+    }
+
     /// Publish a broadcast (`text` None: the periodic push); `request` is answered once it comes
     /// back from the stream and is fanned out here, or at once if it could not be published.
     pub(super) fn broadcast(&self, text: Option<String>, request: Option<Responder>) {
