@@ -50,6 +50,21 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
     python3 -c 'import websockets' || { say "could not install the Python websockets package"; exit 1; }
 fi
 
+# The metrics tests lint /metrics with Prometheus' promtool. Only that binary is taken from the
+# Debian package (installing the package would start a Prometheus server).
+if ! command -v promtool >/dev/null 2>&1; then
+    say "installing promtool (from the Debian package prometheus, without the server)"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) ||
+        { apt-get update -qq >/dev/null && (cd "$tmp" && apt-get download prometheus >/dev/null); }
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
+    trap - EXIT
+    command -v promtool >/dev/null 2>&1 || { say "could not install promtool"; exit 1; }
+fi
+
 # The conformance tests run the Autobahn|Testsuite cases with `kosoku` (PyPI; Python >= 3.10).
 if ! command -v kosoku >/dev/null 2>&1; then
     say "installing the Python 'kosoku' package (Autobahn|Testsuite cases)"

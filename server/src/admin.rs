@@ -5,11 +5,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::control::WorkerStats;
@@ -22,7 +17,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub enum StatsFormat {
     Json,
     Conns,
+    /// The classic text format (0.0.4).
     Prometheus,
+    /// OpenMetrics (a scraper that asks for it).
+    OpenMetrics,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -182,6 +180,12 @@ pub struct Report {
     #[cfg(feature = "xdp")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steering: Option<xdp_prog::Counters>,
+    /// Per broadcast, the slowest worker's fan-out time (`broadcast_fanout_seconds`).
+    #[serde(default)]
+    pub fanout_ms: crate::core::stats::MsHistogram,
+    /// Per broadcast and worker, until no connection had it waiting (`message_log_lag_seconds`).
+    #[serde(default)]
+    pub log_lag_ms: crate::core::stats::MsHistogram,
     /// The cluster as this node sees it (`--cluster` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::supervisor::cluster::ClusterReport>,
@@ -392,6 +396,8 @@ impl Report {
         per_worker.sort_by_key(|w| w.index);
         let mut totals = CoreStats::default();
         per_worker.iter().for_each(|w| totals.add(&w.core));
+        let mut log_lag_ms = crate::core::stats::MsHistogram::default();
+        per_worker.iter().for_each(|w| log_lag_ms.add(&w.log_lag_ms));
         // Each broadcast reaches every worker; count it once.
         totals.broadcasts = broadcasts;
         let sum = |f: fn(&WorkerStats) -> u64| per_worker.iter().map(f).sum::<u64>();
@@ -425,6 +431,8 @@ impl Report {
             admin: AdminStats::default(),
             #[cfg(feature = "xdp")]
             steering: None,
+            fanout_ms: Default::default(),
+            log_lag_ms,
             cluster: None,
         }
     }
@@ -443,319 +451,13 @@ impl Report {
                 .unwrap_or_default(),
                 "application/json",
             ),
-            StatsFormat::Prometheus => (self.prometheus(), "text/plain; version=0.0.4; charset=utf-8"),
+            StatsFormat::Prometheus => (self.prometheus(false), crate::metrics::TEXT_FORMAT),
+            StatsFormat::OpenMetrics => (self.prometheus(true), crate::metrics::OPEN_METRICS),
         }
     }
 
-    fn prometheus(&self) -> String {
-        let mut reg = Registry::with_prefix("wsserver");
-        let t = &self.totals;
-        let gauges: [(&str, &str, u64); 8] = [
-            ("connections", "Open connections", t.connections),
-            ("websockets", "Upgraded WebSocket connections", t.websockets),
-            ("polls_held", "Long-poll requests being held", t.polls_held),
-            ("devices", "Registered device ids", t.devices),
-            (
-                "rss_bytes",
-                "Resident memory of all server processes",
-                self.memory.rss_bytes,
-            ),
-            ("workers", "Worker processes", self.workers as u64),
-            (
-                "output_waiting",
-                "Connections with output waiting in the message logs",
-                self.output_waiting,
-            ),
-            ("log_bytes", "Message log memory of all workers", self.memory.log_bytes),
-        ];
-        for (name, help, v) in gauges {
-            let g: Gauge = Gauge::default();
-            g.set(v as i64);
-            reg.register(name, help, g);
-        }
-        let counters: [(&str, &str, u64); 29] = [
-            ("accepted", "Connections accepted", t.accepted),
-            ("closed", "Connections ended, any reason", t.closed),
-            ("expired", "Connections expired by the idle timeout", t.expired),
-            (
-                "closed_by_peer",
-                "Connections the peer closed or reset",
-                t.closed_by_peer,
-            ),
-            (
-                "closed_by_client",
-                "Connections ended by a client close frame",
-                t.closed_by_client,
-            ),
-            ("closed_by_server", "Connections the server closed", t.closed_by_server),
-            (
-                "protocol_errors",
-                "Connections failed for a protocol violation",
-                t.protocol_errors,
-            ),
-            ("rejected_requests", "HTTP requests rejected", t.rejected_requests),
-            ("auth_missing", "Device requests refused 401: no token", t.auth_missing),
-            (
-                "ids_without_key",
-                "Requests with a device id refused 401: no device key and no --insecure-ids",
-                t.ids_without_key,
-            ),
-            (
-                "anonymous_refused",
-                "Requests without a device id refused 401: --devices-only",
-                t.anonymous_refused,
-            ),
-            (
-                "origin_refused",
-                "Requests refused 403: Origin not allowed",
-                t.origin_refused,
-            ),
-            (
-                "auth_malformed",
-                "Device requests refused 401: not an HS256 JWT, or claims other than sub and exp",
-                t.auth_malformed,
-            ),
-            (
-                "auth_expired",
-                "Device requests refused 401: token expired",
-                t.auth_expired,
-            ),
-            (
-                "auth_bad_signature",
-                "Device requests refused 401: signature does not verify",
-                t.auth_bad_signature,
-            ),
-            (
-                "auth_wrong_device",
-                "Device requests refused 401: token for another device id",
-                t.auth_wrong_device,
-            ),
-            ("messages_in", "Data messages received", t.messages_in),
-            ("messages_out", "Data messages sent", t.messages_out),
-            ("bytes_in", "Bytes received", t.bytes_in),
-            ("bytes_out", "Bytes sent", t.bytes_out),
-            ("broadcasts", "Broadcasts", t.broadcasts),
-            ("refused", "Connections refused at capacity", self.refused),
-            (
-                "refused_per_source",
-                "Connections refused: their address held --max-conns-per-source",
-                self.refused_per_source,
-            ),
-            (
-                "pushes_queued",
-                "Targeted pushes queued to a connected device",
-                t.pushes_queued,
-            ),
-            (
-                "pushes_missed",
-                "Targeted pushes for a device not connected",
-                t.pushes_missed,
-            ),
-            (
-                "slow_readers_closed",
-                "Connections closed (4008) for falling out of the message log",
-                t.slow_readers_closed,
-            ),
-            (
-                "close_timeouts",
-                "Connections reset because their close frame could not be sent in time",
-                t.close_timeouts,
-            ),
-            ("resumed", "Reconnections with since= served from the log", t.resumed),
-            ("resume_gaps", "Reconnections with since= told of a gap", t.resume_gaps),
-        ];
-        for (name, help, v) in counters {
-            let c: Counter = Counter::default();
-            c.inc_by(v);
-            reg.register(name, help, c);
-        }
-        let per_worker = Family::<Vec<(String, String)>, Gauge>::default();
-        for w in &self.per_worker {
-            per_worker
-                .get_or_create(&vec![("worker".to_string(), w.index.to_string())])
-                .set(w.core.connections as i64);
-        }
-        reg.register("worker_connections", "Open connections per worker", per_worker);
-        let restarts = Family::<Vec<(String, String)>, Counter>::default();
-        for (reason, n) in [
-            (RestartReason::Exited, self.worker_restarts.exited),
-            (RestartReason::Signal, self.worker_restarts.signal),
-            (RestartReason::Hung, self.worker_restarts.hung),
-        ] {
-            restarts
-                .get_or_create(&vec![("reason".to_string(), reason.as_str().to_string())])
-                .inc_by(n);
-        }
-        reg.register("worker_restarts", "Worker processes restarted, by reason", restarts);
-        let missing: Gauge = Gauge::default();
-        missing.set(self.workers_missing.len() as i64);
-        reg.register(
-            "workers_missing",
-            "Workers whose share is missing from this report (dead or restarting)",
-            missing,
-        );
-        let a = &self.admin;
-        let open: Gauge = Gauge::default();
-        open.set(a.connections as i64);
-        reg.register("admin_connections", "Admin endpoint connections open", open);
-        let admin_counters: [(&str, &str, u64); 9] = [
-            ("admin_accepted", "Admin endpoint connections accepted", a.accepted),
-            (
-                "admin_refused",
-                "Admin endpoint connections refused over the limit (503)",
-                a.refused,
-            ),
-            (
-                "admin_evicted_idle",
-                "Idle admin connections closed to make room at the limit",
-                a.evicted_idle,
-            ),
-            (
-                "admin_head_timeouts",
-                "Admin connections that sent no request head in time",
-                a.head_timeouts,
-            ),
-            (
-                "admin_oversize_heads",
-                "Admin request heads over the size limit (431)",
-                a.oversize_heads,
-            ),
-            (
-                "admin_body_timeouts",
-                "Admin request bodies not sent in time (408)",
-                a.body_timeouts,
-            ),
-            (
-                "admin_write_timeouts",
-                "Admin answers the client did not take in time",
-                a.write_timeouts,
-            ),
-            ("admin_bad_requests", "Malformed admin requests (400)", a.bad_requests),
-            (
-                "admin_unauthorized",
-                "Admin requests refused: no or wrong token (401), or a foreign Host (403)",
-                a.unauthorized,
-            ),
-        ];
-        for (name, help, v) in admin_counters {
-            let c: Counter = Counter::default();
-            c.inc_by(v);
-            reg.register(name, help, c);
-        }
-        if let Some(c) = &self.cluster {
-            cluster_metrics(&mut reg, c);
-        }
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        encode(&mut out, &reg).expect("encoding metrics into a String");
-        out
-    }
-}
-
-/// A cluster node's figures (`--cluster`).
-fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterReport) {
-    let node = Family::<Vec<(String, String)>, Gauge>::default();
-    node.get_or_create(&vec![("node".to_string(), c.node.clone())])
-        .set(i64::from(c.state == "connected"));
-    reg.register(
-        "cluster_broker_connected",
-        "1 while this node is connected to the cluster's broker, by node name",
-        node,
-    );
-    let gauges: [(&str, &str, u64); 4] = [
-        (
-            "cluster_peers",
-            "Other nodes alive (heard within 3 s)",
-            c.peers.len() as u64,
-        ),
-        (
-            "cluster_last_seq",
-            "Sequence number of the newest broadcast here",
-            c.last_seq,
-        ),
-        (
-            "cluster_lag_messages",
-            "Broadcasts in the stream not yet delivered to this node",
-            c.lag_messages,
-        ),
-        (
-            "cluster_lag_ms",
-            "Milliseconds from the last broadcast's publication to its arrival here",
-            c.lag_ms,
-        ),
-    ];
-    for (name, help, v) in gauges {
-        let g: Gauge = Gauge::default();
-        g.set(v as i64);
-        reg.register(name, help, g);
-    }
-    let counters: [(&str, &str, u64); 13] = [
-        (
-            "cluster_broadcasts_published",
-            "Broadcasts this node published",
-            c.broadcasts_published,
-        ),
-        (
-            "cluster_broadcasts_not_published",
-            "Broadcasts refused: the broker was unreachable or did not confirm",
-            c.broadcasts_not_published,
-        ),
-        (
-            "cluster_broadcasts_received",
-            "Broadcasts read from the stream",
-            c.broadcasts_received,
-        ),
-        (
-            "cluster_pushes_asked",
-            "Pushes asked of the other nodes",
-            c.pushes_asked,
-        ),
-        (
-            "cluster_pushes_queued_elsewhere",
-            "Pushes another node queued to its device",
-            c.pushes_queued_elsewhere,
-        ),
-        (
-            "cluster_push_answers_missing",
-            "Live nodes that did not answer a push in time",
-            c.push_answers_missing,
-        ),
-        (
-            "cluster_pushes_not_asked",
-            "Pushes the other nodes could not be asked about (broker unreachable)",
-            c.pushes_not_asked,
-        ),
-        (
-            "cluster_pushes_answered",
-            "Other nodes' push questions answered here",
-            c.pushes_answered,
-        ),
-        ("cluster_claims_sent", "Device registrations announced", c.claims_sent),
-        (
-            "cluster_claims_received",
-            "Device registrations heard from other nodes",
-            c.claims_received,
-        ),
-        (
-            "cluster_devices_moved_away",
-            "Connections closed (4002): their device connected to another node later",
-            c.devices_moved_away,
-        ),
-        (
-            "cluster_bad_messages",
-            "Broker messages that did not decode",
-            c.bad_messages,
-        ),
-        (
-            "cluster_disconnects",
-            "Times the broker connection was lost",
-            c.disconnects,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let counter: Counter = Counter::default();
-        counter.inc_by(v);
-        reg.register(name, help, counter);
+    fn prometheus(&self, open_metrics: bool) -> String {
+        crate::metrics::render(self, open_metrics)
     }
 }
 
@@ -853,9 +555,17 @@ mod tests {
             prom.contains("# TYPE wsserver_connections gauge\nwsserver_connections 15\n"),
             "{prom}"
         );
-        assert!(prom.contains("wsserver_expired_total 10\n"));
+        assert!(
+            prom.contains("wsserver_closes_total{reason=\"expired\"} 10\n"),
+            "{prom}"
+        );
         assert!(prom.contains("wsserver_worker_connections{worker=\"1\"} 10\n"));
-        assert!(prom.ends_with("# EOF\n"));
+        assert!(prom.contains("# TYPE wsserver_closes_total counter\n"), "{prom}");
+        assert!(!prom.contains("# EOF"), "the classic format has no end marker");
+        let (om, content_type) = r.render(StatsFormat::OpenMetrics);
+        assert!(content_type.starts_with("application/openmetrics-text"));
+        assert!(om.contains("# TYPE wsserver_closes counter\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"));
     }
 
     #[test]
@@ -881,7 +591,10 @@ mod tests {
             prom.contains("wsserver_worker_restarts_total{reason=\"exited\"} 0\n"),
             "{prom}"
         );
-        assert!(prom.contains("wsserver_admin_refused_total 3\n"), "{prom}");
+        assert!(
+            prom.contains("wsserver_admin_refusals_total{reason=\"over_limit\"} 3\n"),
+            "{prom}"
+        );
         assert!(prom.contains("wsserver_workers_missing 1\n"), "{prom}");
         // A report from before these fields (ws-bench reads old JSON too) still parses.
         let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();

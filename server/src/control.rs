@@ -179,6 +179,10 @@ pub struct WorkerStats {
     pub index: usize,
     pub pid: u32,
     pub core: CoreStats,
+    /// Per broadcast: from its arrival until no connection of this worker had it (or anything
+    /// before it) waiting in the message log, in ms.
+    #[serde(default)]
+    pub log_lag_ms: crate::core::stats::MsHistogram,
     /// Connections refused because this worker was at `max_conns` or out of file descriptors.
     pub refused: u64,
     /// Connections refused because their address held `max_conns_per_source` already.

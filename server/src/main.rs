@@ -44,7 +44,7 @@ fn log_size(args: &Args) -> usize {
 /// posted on any node reach every node's connections (README: "A cluster of nodes").
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    version = ws_server::metrics::VERSION,
     about,
     long_about,
     after_help = "Exit status: 0 stopped by SIGINT/SIGTERM after closing every connection; 1 could not start, or a worker kept dying past --max-restarts (the reason is printed); 2 usage error (bad or inconsistent options)."

@@ -175,6 +175,8 @@ fn start<D: Driver>(
         expiry_busy_ns: 0,
         recent_expiries: RecentExpiries::new(),
         drain: None,
+        lag_since: None,
+        log_lag_ms: Default::default(),
         stop: false,
     };
     worker.run()
@@ -193,6 +195,10 @@ struct Worker<D: Driver> {
     recent_expiries: RecentExpiries,
     /// Draining (`ToWorker::Drain`): connections closed so far at the rate asked.
     drain: Option<Drain>,
+    /// The last broadcast's arrival while some connection still waits for it, and the lags
+    /// measured so far (`WorkerStats::log_lag_ms`).
+    lag_since: Option<Instant>,
+    log_lag_ms: crate::core::stats::MsHistogram,
     stop: bool,
 }
 
@@ -238,6 +244,10 @@ impl<D: Driver> Worker<D> {
             // can (the directory's routing copes when it does not, `directory.rs`).
             self.send(None)?;
             self.driver.flush(&self.core);
+            if let Some(since) = self.lag_since.filter(|_| self.core.output_behind() == 0) {
+                self.log_lag_ms.record(since.elapsed().as_millis() as u64);
+                self.lag_since = None;
+            }
         }
         self.shutdown()
     }
@@ -304,6 +314,9 @@ impl<D: Driver> Worker<D> {
                     Default::default()
                 });
                 let fanout_us = started.elapsed().as_micros() as u64;
+                // A broadcast while the previous one is still waiting somewhere: measured from
+                // the older one (what a client at the back waits).
+                self.lag_since.get_or_insert(started);
                 driver.broadcast_written(started);
                 Some(FromWorker::Broadcast {
                     req,
@@ -356,6 +369,7 @@ impl<D: Driver> Worker<D> {
             index: self.cfg.index,
             pid: std::process::id(),
             core: self.core.stats().clone(),
+            log_lag_ms: self.log_lag_ms.clone(),
             expiry_busy_ns: self.expiry_busy_ns,
             expired_last_10s: self.recent_expiries.sum(),
             core_heap_bytes: self.core.heap_bytes() as u64,

@@ -99,6 +99,7 @@ fn broadcast_targeted_push_and_stats_agree() {
     let (status, metrics) = http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
     assert_eq!(status, 200);
     assert!(metrics.contains("wsserver_accepted_total 2400\n"), "{metrics}");
+    promtool_check(&metrics);
 }
 
 /// Silent connections expire after the idle timeout; heartbeating ones do not.

@@ -135,6 +135,16 @@ fn server_counts_both_clients(ns: &Netns, x: &serde_json::Value, k: &serde_json:
     assert_eq!(stats["broadcasts"], 2);
     assert_eq!(stats["devices"], 0, "device ids are released on close");
     assert_eq!(stats["slow_readers_closed"], 0);
+    let (_, metrics) = testkit::http::http_in_netns(&ns.srv, "GET", admin(), "/metrics", b"").unwrap();
+    promtool_check(&metrics);
+    assert!(
+        metrics.contains("stack=\"xdp\"} 1\n"),
+        "build_info names the stack: {metrics}"
+    );
+    assert!(
+        metrics.contains("wsserver_handshake_seconds_count 10300\n"),
+        "{metrics}"
+    );
     // Echoes the clients saw are at most what the server echoed (the last may be in flight).
     let server_echoed = stats["echoed"].as_u64().unwrap();
     assert!(server_echoed >= echoed && server_echoed <= echoed + 10_000, "{stats}");

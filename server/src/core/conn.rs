@@ -52,7 +52,9 @@ pub(super) struct Conn {
     /// 4: Ws, the unfinished UTF-8 sequence at the end of the last text fragment; Poll, which
     /// origin asked (`poll_origin`), for the CORS header of the answer.
     pub(super) utf8: Utf8Carry,
-    /// 4: the next broadcast to send (low 32 bits of its entry number in the message log).
+    /// 4: Ws (and Closing after it), the next broadcast to send (low 32 bits of its entry number
+    /// in the message log); Http, when it was accepted (low 32 bits of its ms), for the handshake
+    /// time; Poll, unused.
     pub(super) cursor: u32,
     /// 4: bits 0-19, bytes of the broadcast at `cursor` already written (a frame is at most 1 MiB);
     /// 20-22, the phase; 23, keep-alive; 24, an output timer is armed; 25-26, the fragmented

@@ -281,6 +281,9 @@ impl ServerCore {
         *c = Conn {
             gen,
             last_active: now,
+            // Unused until the upgrade: when it was accepted (ms, wrapping), for the handshake
+            // time.
+            cursor: now_ms as u32,
             ..Conn::FREE
         };
         c.set_phase(Phase::Http);
@@ -384,6 +387,10 @@ impl ServerCore {
                     return;
                 }
                 let c = &mut self.conns[id as usize];
+                let accepted = c.cursor;
+                self.stats
+                    .handshake_ms
+                    .record(u64::from((self.now_ms as u32).wrapping_sub(accepted)));
                 c.set_phase(Phase::Ws);
                 c.cursor = self.msglog.next_entry() as u32;
                 self.stats.upgrades += 1;

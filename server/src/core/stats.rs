@@ -87,6 +87,40 @@ pub struct CoreStats {
     pub polls: u64,
     pub polls_answered_by_push: u64,
     pub polls_timed_out: u64,
+    /// From a connection's accept to its `101` (the request head, the credential check and the
+    /// answer), in milliseconds.
+    #[serde(default)]
+    pub handshake_ms: MsHistogram,
+}
+
+/// Upper bounds (ms) of the buckets of an `MsHistogram`; one more counts the rest.
+pub const MS_BUCKETS: [u64; 14] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
+
+/// Counts of durations in milliseconds by bucket (`MS_BUCKETS`, then everything longer), and
+/// their sum: what a Prometheus histogram needs, summed over workers by adding.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsHistogram {
+    pub counts: [u64; MS_BUCKETS.len() + 1],
+    pub sum_ms: u64,
+}
+
+impl MsHistogram {
+    pub fn record(&mut self, ms: u64) {
+        let bucket = MS_BUCKETS.iter().position(|&b| ms <= b).unwrap_or(MS_BUCKETS.len());
+        self.counts[bucket] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
+
+    pub fn add(&mut self, o: &MsHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(o.sum_ms);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 impl CoreStats {
@@ -137,5 +171,6 @@ impl CoreStats {
             polls_answered_by_push,
             polls_timed_out
         );
+        self.handshake_ms.add(&o.handshake_ms);
     }
 }

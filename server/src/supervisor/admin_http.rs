@@ -425,6 +425,8 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         return response(200, "ok\n".to_string(), "text/plain");
     }
     let method = request.method().as_str().to_string();
+    // A scraper that asks for OpenMetrics gets it; anyone else the classic text format.
+    let open_metrics = header(hyper::header::ACCEPT).is_some_and(|a| a.contains("application/openmetrics-text"));
     let url = request
         .uri()
         .path_and_query()
@@ -443,7 +445,12 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         // A GET's body (if any) is not read; hyper closes a connection whose body was left.
         Bytes::new()
     };
-    let routed = admin::route(&method, &url, &body, declared);
+    let routed = match admin::route(&method, &url, &body, declared) {
+        AdminRequest::Stats(admin::StatsFormat::Prometheus) if open_metrics => {
+            AdminRequest::Stats(admin::StatsFormat::OpenMetrics)
+        }
+        routed => routed,
+    };
     let (status, text, content_type) = match routed {
         AdminRequest::Help => (200, admin::HELP.to_string(), "text/plain"),
         AdminRequest::Error { status, message } => (status, format!("{message}\n"), "text/plain"),

@@ -85,6 +85,8 @@ struct Supervisor {
     /// The newest broadcast's number: a restarted worker's log starts after it.
     last_broadcast_seq: u64,
     broadcasts_done: u64,
+    /// Per broadcast, the slowest worker's fan-out (`/metrics`).
+    fanout_ms: crate::core::stats::MsHistogram,
     last_broadcast: Option<BroadcastResult>,
     started: Instant,
     stopping: bool,
@@ -222,6 +224,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         pushes_missed: 0,
         last_broadcast_seq: first_seq,
         broadcasts_done: 0,
+        fanout_ms: Default::default(),
         last_broadcast: None,
         started: Instant::now(),
         stopping: false,

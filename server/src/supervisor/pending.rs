@@ -195,6 +195,9 @@ impl Supervisor {
                     }
                 );
                 self.broadcasts_done += 1;
+                if result.fanout_ms.is_finite() {
+                    self.fanout_ms.record(result.fanout_ms.round() as u64);
+                }
                 self.last_broadcast = Some(result.clone());
                 if let Some(request) = p.request {
                     request.respond_json(status, &serde_json::to_value(&result).unwrap_or_default());
@@ -249,6 +252,7 @@ impl Supervisor {
             .map(|(_, r)| r.clone())
             .collect();
         report.admin = self.admin_counters.snapshot();
+        report.fanout_ms = self.fanout_ms.clone();
         report.cluster = self.cluster.as_ref().map(|c| c.report());
         #[cfg(feature = "xdp")]
         {

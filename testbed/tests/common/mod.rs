@@ -193,3 +193,24 @@ pub fn talk_to(name: &str, mut cmd: Command) -> (ChildGuard, impl FnMut() -> Str
     };
     (child, next)
 }
+
+/// `promtool check metrics` (Prometheus' own linter, installed by install-deps.sh) on a
+/// `/metrics` body: it must pass, names, types and help texts.
+pub fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (testbed/install-deps.sh installs it)");
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
