@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod io;
+pub mod layers;
 pub mod metrics;
 pub mod secret;
 pub mod supervisor;

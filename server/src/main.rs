@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ws_server::cli::{parse_duration, parse_duration_range, parse_origin, parse_size, usage, Stack, UsageError};
 use ws_server::config::ServerConfig;
 
@@ -215,6 +215,14 @@ struct Args {
     /// --cluster: how long the node tries to reach the broker at start.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "WS_CLUSTER_CONNECT_TIMEOUT")]
     cluster_connect_timeout: Duration,
+    /// Read settings from this TOML file too: keys are the flags without `--` (`max-conns` or
+    /// `max_conns`), e.g. `max_conns = 200000`, `allowed_origin = ["https://a.example"]`,
+    /// `echo = true`. A flag given on the command line wins over the environment (`WS_` and the
+    /// flag in capitals: `WS_MAX_CONNS`, for every flag), which wins over the file. Unknown keys
+    /// are errors. `ws-server check-config [--config PATH] [flags]` checks everything and prints
+    /// the effective settings with where each comes from, without starting.
+    #[arg(long, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
     /// Internal: run as a worker process of a server.
     #[arg(long, hide = true)]
     worker: bool,
@@ -230,8 +238,75 @@ fn main() {
     }
 }
 
+/// `check-config`: what to print instead of starting (set once the command line is read).
+static CHECK_ONLY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The command line, with the environment and the config file under it (`layers.rs`); for
+/// `check-config`, the effective settings and their sources are kept in `CHECK_ONLY`.
+fn parse_layers() -> anyhow::Result<Args> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let check_only = argv.get(1).is_some_and(|a| a == "check-config");
+    if check_only {
+        argv.remove(1);
+    }
+    let cmd = ws_server::layers::with_env(Args::command());
+    let (argv, from_file) = match ws_server::layers::config_path(&argv) {
+        Some(path) => {
+            let shown = std::path::Path::new(&path).display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| usage(format!("--config {shown}: {e}")))?;
+            ws_server::layers::with_file(&cmd, argv, &text).map_err(|e| usage(format!("--config {shown}: {e}")))?
+        }
+        None => (argv, Vec::new()),
+    };
+    let matches = cmd.clone().try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
+    let args = Args::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
+    if check_only {
+        let mut out = String::from("# effective settings (value, then where it comes from)\n");
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            let (id, Some(long)) = (arg.get_id().as_str(), arg.get_long()) else {
+                continue;
+            };
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let values: Vec<String> = matches
+                .get_raw(id)
+                .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let source = match matches.value_source(id) {
+                _ if from_file.iter().any(|f| f == long) => "config file",
+                Some(clap::parser::ValueSource::CommandLine) => "command line",
+                Some(clap::parser::ValueSource::EnvVariable) => "environment",
+                Some(clap::parser::ValueSource::DefaultValue) => "default",
+                _ => "not set",
+            };
+            let value = match values.len() {
+                0 => "-".to_string(),
+                _ => values.join(", "),
+            };
+            out.push_str(&format!("{long} = {value}    # {source}\n"));
+        }
+        let _ = CHECK_ONLY.set(out);
+    }
+    Ok(args)
+}
+
+/// Start the server, or for `check-config` say that it would start and with what.
+fn launch(cfg: ServerConfig) -> anyhow::Result<()> {
+    if let Some(effective) = CHECK_ONLY.get() {
+        print!("{effective}");
+        println!(
+            "# the configuration is valid ({} stack, {} workers)",
+            cfg.stack_name(),
+            cfg.workers
+        );
+        return Ok(());
+    }
+    launch(cfg)
+}
+
 fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = parse_layers()?;
     if args.worker {
         return ws_server::worker::run();
     }
@@ -307,7 +382,7 @@ fn run() -> anyhow::Result<()> {
     cfg.device_jwt_key = device_key(&args)?;
     cfg.admin_access = admin_access(&args)?;
     cfg.cluster = cluster_options(&args)?;
-    ws_server::supervisor::run(cfg)
+    launch(cfg)
 }
 
 /// The settings both stacks share, from the command line.
