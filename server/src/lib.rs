@@ -19,6 +19,7 @@ pub mod control;
 pub mod core;
 pub mod io;
 pub mod layers;
+pub mod logging;
 pub mod metrics;
 pub mod secret;
 pub mod supervisor;

@@ -215,6 +215,10 @@ struct Args {
     /// --cluster: how long the node tries to reach the broker at start.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "WS_CLUSTER_CONNECT_TIMEOUT")]
     cluster_connect_timeout: Duration,
+    /// Log lines as text, or as JSON objects, one per line (time, level, target, pid, worker,
+    /// message, and fields such as event and counts), for a log pipeline. Level: RUST_LOG.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: ws_server::logging::LogFormat,
     /// Read settings from this TOML file too: keys are the flags without `--` (`max-conns` or
     /// `max_conns`), e.g. `max_conns = 200000`, `allowed_origin = ["https://a.example"]`,
     /// `echo = true`. A flag given on the command line wins over the environment (`WS_` and the
@@ -229,9 +233,6 @@ struct Args {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     if let Err(e) = run() {
         eprintln!("ws-server: error: {e:#}");
         std::process::exit(if e.is::<UsageError>() { 2 } else { 1 });
@@ -302,11 +303,16 @@ fn launch(cfg: ServerConfig) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    launch(cfg)
+    ws_server::supervisor::run(cfg)
 }
 
 fn run() -> anyhow::Result<()> {
     let args = parse_layers()?;
+    ws_server::logging::init(args.log_format);
+    // The workers log alike (they read it from their environment).
+    if !args.worker {
+        std::env::set_var("WS_LOG_FORMAT", args.log_format.as_str());
+    }
     if args.worker {
         return ws_server::worker::run();
     }
@@ -577,5 +583,5 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
         cluster: cluster_options(&args)?,
         ..server_config(&args, queues, max_conns.div_ceil(queues))
     };
-    ws_server::supervisor::run(cfg)
+    launch(cfg)
 }

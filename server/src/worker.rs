@@ -78,6 +78,7 @@ pub fn run() -> anyhow::Result<()> {
         anyhow::bail!("the first control message was not the config");
     };
     let cfg = *cfg;
+    crate::logging::set_worker(cfg.index);
     control_in.set_nonblocking(true)?;
     let mut out = control_out;
     #[cfg(feature = "xdp")]
@@ -272,7 +273,7 @@ impl<D: Driver> Worker<D> {
                 .call(&mut self.core, now, |core, io| core.drain_some(n, now, io));
             d.closed += closed;
             if done {
-                log::info!("worker {}: drained ({} connections closed)", self.cfg.index, d.closed);
+                log::info!(event = "drained", closed = d.closed; "worker {}: drained ({} connections closed)", self.cfg.index, d.closed);
                 self.stop = true;
             }
         }
@@ -341,6 +342,7 @@ impl<D: Driver> Worker<D> {
             ToWorker::Drain { per_second } => {
                 core.start_draining();
                 log::info!(
+                    event = "drain_start", connections = core.stats().connections;
                     "worker {}: draining: no new clients, closing {} connections at {per_second:.0}/s",
                     self.cfg.index,
                     core.stats().connections

@@ -183,6 +183,8 @@ impl Supervisor {
                 let mut result = broadcast_result(seq, payload_bytes, elapsed_ms, &p.replies);
                 result.workers_missing = p.missing;
                 log::info!(
+                    event = "broadcast", seq = seq, websockets = result.websockets, polls = result.polls,
+                    fanout_ms = result.fanout_ms;
                     "broadcast #{seq}: {} websockets and {} polls in {:.1} ms (slowest worker {:.1} ms){}",
                     result.websockets,
                     result.polls,
