@@ -2,11 +2,13 @@
 //! steering loader and the testbed agree on it (and no copy drifts):
 //!
 //! - [`process`]: open-file limits, resident memory, whether we are root.
+//! - [`caps`]: the capabilities we hold (what the xdp stack needs, by name).
 //! - [`time`]: CLOCK_MONOTONIC, one clock for every process on the machine.
 //! - [`iface`]: an interface's IPv4 addresses and MAC, the kernel's neighbour table.
 //! - [`netns`]: moving a thread into a network namespace.
 //! - [`tcp`]: what the kernel knows about one of our TCP sockets (the peer's window).
 
+pub mod caps;
 pub mod iface;
 pub mod netns;
 pub mod process;

@@ -6,6 +6,16 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether this process may lock any amount of memory (RLIMIT_MEMLOCK unlimited).
+pub fn memlock_unlimited() -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur == libc::RLIM_INFINITY }
+}
+
 /// Raise the soft open-file limit to the hard one; returns the limit in force.
 pub fn raise_fd_limit() -> usize {
     let mut lim = libc::rlimit {

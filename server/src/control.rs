@@ -12,6 +12,9 @@ use crate::core::stats::CoreStats;
 /// The file descriptors a worker finds its control channel on.
 pub const FD_FROM_SUPERVISOR: i32 = 3;
 pub const FD_TO_SUPERVISOR: i32 = 4;
+/// An xdp worker's steering XSKMAP, passed by the supervisor (opening it by id would need
+/// CAP_SYS_ADMIN).
+pub const FD_XSKMAP: i32 = 5;
 
 /// What a worker needs to know to start; sent as the first line.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -563,8 +563,24 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
             "--workers is for --stack kernel; --stack xdp runs one worker per --queues",
         ));
     }
-    if !host::is_root() {
-        anyhow::bail!("--stack xdp needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW: XDP and AF_XDP)");
+    // What the xdp stack needs, by name (root has them all): loading and attaching the XDP
+    // program (CAP_BPF, CAP_NET_ADMIN; CAP_PERFMON too: without it the verifier refuses the
+    // program's pointer arithmetic, measured on Linux 6.18), the AF_XDP sockets (CAP_NET_RAW),
+    // and the locked memory of their buffers (CAP_IPC_LOCK, or an unlimited RLIMIT_MEMLOCK).
+    // The workers get the XSKMAP's descriptor from the supervisor: no CAP_SYS_ADMIN.
+    use host::caps;
+    let mut wanted = vec![caps::NET_ADMIN, caps::NET_RAW, caps::BPF, caps::PERFMON];
+    if !host::process::memlock_unlimited() {
+        wanted.push(caps::IPC_LOCK);
+    }
+    let missing = caps::missing(caps::effective(), &wanted);
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
+        anyhow::bail!(
+            "--stack xdp needs {} (missing: {}); run it as root, or give its user these capabilities (systemd: AmbientCapabilities=; setpriv --ambient-caps)",
+            wanted.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+            names.join(", ")
+        );
     }
     let queues = args.queues as usize;
     let xdp = ws_server::config::XdpOptions {

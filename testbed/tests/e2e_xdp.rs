@@ -535,3 +535,60 @@ fn sigterm_drains_the_xdp_server_at_the_drain_rate() {
         messages::Clients::Kernel,
     );
 }
+
+/// Least privilege: the xdp server runs as `nobody` holding only CAP_NET_ADMIN, CAP_NET_RAW,
+/// CAP_IPC_LOCK, CAP_BPF and CAP_PERFMON (setpriv, ambient), serves a WebSocket and detaches on
+/// SIGTERM; with one of them missing it does not start and names it.
+#[test]
+fn the_xdp_server_runs_unprivileged_with_only_its_capabilities() {
+    if !privileged("the_xdp_server_runs_unprivileged_with_only_its_capabilities") {
+        return;
+    }
+    let ns = Netns::setup("wsbtcap", 1).unwrap();
+    let dir = scratch("caps");
+    let as_nobody = |caps: &str| {
+        let mut cmd = ns.command(&ns.srv, std::path::Path::new("setpriv"));
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps=-all,{caps}"))
+            .arg(format!("--ambient-caps=-all,{caps}"))
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg(server_bin())
+            .args([
+                "--stack",
+                "xdp",
+                "--iface",
+                "wsbtcap-s0",
+                "--listen",
+                SERVER,
+                "--admin",
+                ADMIN,
+            ])
+            .args(["--insecure-ids", "--push-interval", "0", "--max-conns", "1000"]);
+        cmd
+    };
+    let all = "+net_admin,+net_raw,+ipc_lock,+bpf,+perfmon";
+    // One missing: a clear refusal naming it.
+    let (ok, text) = output_of(as_nobody("+net_admin,+ipc_lock,+bpf,+perfmon"));
+    assert!(!ok && text.contains("missing: CAP_NET_RAW"), "{text}");
+
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let mut cmd = as_nobody(all);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    let mut server = testkit::ChildGuard::spawn("ws-server as nobody", cmd)
+        .unwrap()
+        .with_log(&dir.join("server.log"));
+    let ready = testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        testkit::http::http_in_netns(&ns.srv, "GET", admin(), "/readyz", b"")
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    });
+    assert!(ready.is_some(), "the unprivileged server became ready");
+    let (_, upgrade) = curl_upgrade(&ns);
+    assert!(upgrade.starts_with("HTTP/1.1 101"), "{upgrade}");
+    let stats = admin_json(&ns, "/stats");
+    assert_eq!(stats["stack"], "xdp");
+    let status = server.stop(Duration::from_secs(10)).expect("it stops on SIGTERM");
+    assert!(status.success(), "{status}");
+    let (_, link) = run_in(&ns.srv, "ip", &["link", "show", "wsbtcap-s0"]);
+    assert!(!link.contains("xdp"), "the program was detached: {link}");
+}

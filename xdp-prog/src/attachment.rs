@@ -124,6 +124,11 @@ impl Attachment {
         Ok(added)
     }
 
+    /// The XSKMAP's descriptor, passed to the workers to register their sockets in.
+    pub fn xsks_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.steering.xsks_fd()
+    }
+
     /// The XSKMAP's id, for the workers to register their sockets in.
     pub fn xsks_map_id(&self) -> anyhow::Result<u32> {
         Ok(self.steering.xsks_map_id()?)

@@ -68,8 +68,8 @@ impl Attached {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
-    #[error("not running as root: loading and attaching XDP programs needs CAP_BPF and CAP_NET_ADMIN")]
-    NotRoot,
+    #[error("loading and attaching XDP programs needs CAP_BPF and CAP_NET_ADMIN (missing: {0}); run as root or give these capabilities")]
+    MissingCaps(String),
     #[error("no network interface named '{0}' in this network namespace")]
     NoSuchInterface(String),
     #[error("{iface} runs another XDP program (id {id}, '{name}'), not ours: not touching it; detach it first")]
@@ -138,12 +138,20 @@ pub struct Steering {
     detach_on_drop: bool,
 }
 
+/// What loading and attaching the program needs (root has it all).
+fn check_caps() -> Result<()> {
+    let missing = host::caps::missing(host::caps::effective(), &[host::caps::BPF, host::caps::NET_ADMIN]);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
+    Err(SteerError::MissingCaps(names.join(", ")))
+}
+
 impl Steering {
     /// Load the program (the verifier checks it) without attaching it anywhere.
     pub fn load() -> Result<Steering> {
-        if !host::is_root() {
-            return Err(SteerError::NotRoot);
-        }
+        check_caps()?;
         if let Ok(mut log) = LOAD_LOG.lock() {
             log.clear();
         }
@@ -178,9 +186,7 @@ impl Steering {
 
     /// Load the program and attach it to `iface` (in the calling thread's network namespace).
     pub fn attach(iface: &str, mode: Mode) -> Result<Steering> {
-        if !host::is_root() {
-            return Err(SteerError::NotRoot);
-        }
+        check_caps()?;
         let index = ifindex(iface)?;
         let mut steering = Steering::load()?;
         if let Some((id, name, _)) = attached_program(iface)? {
@@ -428,12 +434,17 @@ impl Steering {
 
     /// Send this queue's steered segments to the AF_XDP socket `fd`.
     pub fn register_socket(&self, queue: u32, fd: BorrowedFd<'_>) -> Result<()> {
-        register_in(&self.xsks, queue, fd)
+        register_in(self.xsks.as_fd(), queue, fd)
+    }
+
+    /// The XSKMAP's descriptor, for the workers to inherit.
+    pub fn xsks_fd(&self) -> BorrowedFd<'_> {
+        self.xsks.as_fd()
     }
 
     /// Stop steering this queue to a socket (its segments go to the kernel again).
     pub fn unregister_socket(&self, queue: u32) -> Result<()> {
-        unregister_in(&self.xsks, queue)
+        unregister_in(self.xsks.as_fd(), queue)
     }
 
     /// Run the program once on `frame`, as if it had come in on queue 0, without any interface

@@ -203,7 +203,13 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let mut slots = Vec::new();
     for index in 0..cfg.workers {
         let who = WorkerRef { index, gen: 0 };
-        let proc = spawn_worker(&exe, plan.worker(index, first_seq), who, tx.clone())
+        #[cfg(feature = "xdp")]
+        let xsks_fd = attachment
+            .as_ref()
+            .map(|a| std::os::fd::AsRawFd::as_raw_fd(&a.xsks_fd()));
+        #[cfg(not(feature = "xdp"))]
+        let xsks_fd = None;
+        let proc = spawn_worker(&exe, plan.worker(index, first_seq), who, tx.clone(), xsks_fd)
             .with_context(|| format!("starting worker {index}"))?;
         slots.push(Slot::new(proc));
     }
@@ -371,6 +377,14 @@ impl Supervisor {
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("event channel closed"),
             }
         }
+    }
+
+    /// The XSKMAP descriptor xdp workers inherit (None on the kernel stack).
+    fn xsks_fd(&self) -> Option<i32> {
+        #[cfg(feature = "xdp")]
+        return self.xdp.as_ref().map(|a| std::os::fd::AsRawFd::as_raw_fd(&a.xsks_fd()));
+        #[cfg(not(feature = "xdp"))]
+        None
     }
 
     /// SIGTERM: `/readyz` says 503 from now on, workers refuse new clients and close their

@@ -41,6 +41,7 @@ pub(super) fn prepare_xdp(x: &XdpOptions, listen: SocketAddr) -> anyhow::Result<
         iface: x.iface.clone(),
         queue: 0,
         xsks_map_id: att.xsks_map_id()?,
+        xsks_fd_passed: true,
         addr,
         prefix_len,
         port: listen.port(),

@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use super::restart::Decision;
 use super::{Event, Supervisor};
 use crate::admin::{RestartReason, RestartRecord, RECENT_RESTARTS};
-use crate::control::{FromWorker, ToWorker, WorkerConfig, FD_FROM_SUPERVISOR, FD_TO_SUPERVISOR};
+use crate::control::{FromWorker, ToWorker, WorkerConfig, FD_FROM_SUPERVISOR, FD_TO_SUPERVISOR, FD_XSKMAP};
 
 /// How long workers may take to report ready (at start, and after a restart).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -205,6 +205,7 @@ pub(super) fn spawn_worker(
     cfg: WorkerConfig,
     who: WorkerRef,
     events: mpsc::Sender<Event>,
+    xsks_fd: Option<i32>,
 ) -> anyhow::Result<WorkerProc> {
     let (to_worker, worker_in) = UnixStream::pair()?;
     let (worker_out, from_worker) = UnixStream::pair()?;
@@ -222,6 +223,14 @@ pub(super) fn spawn_worker(
             }
             libc::close(a);
             libc::close(b);
+            // An xdp worker's XSKMAP (dup2 leaves the copy open across exec).
+            if let Some(x) = xsks_fd {
+                let c = libc::fcntl(x, libc::F_DUPFD, 10);
+                if c < 0 || libc::dup2(c, FD_XSKMAP) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(c);
+            }
             // If the supervisor dies, its workers go too. (The signal follows the thread that
             // forked: workers are only ever started from the supervisor's main thread.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -551,7 +560,7 @@ impl Supervisor {
             restarted: true,
             ..self.plan.worker(index, self.last_broadcast_seq)
         };
-        match spawn_worker(&self.exe, cfg, who, self.events_tx.clone()) {
+        match spawn_worker(&self.exe, cfg, who, self.events_tx.clone(), self.xsks_fd()) {
             Ok(proc) => {
                 let now = Instant::now();
                 log::info!("worker {index}: starting again as pid {}", proc.pid);
