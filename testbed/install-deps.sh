@@ -14,6 +14,8 @@ declare -A need=(
 need+=([clang]=clang [make]=make [pkg-config]=pkgconf)
 # The cluster tests start a real NATS server (with JetStream) as the nodes' broker.
 need+=([nats-server]=nats-server)
+# The service tests check dist/ws-server.service with systemd-analyze verify.
+need+=([systemd-analyze]=systemd [setpriv]=util-linux)
 # file -> Debian package
 declare -A headers=(
     [/usr/include/libelf.h]=libelf-dev [/usr/include/zlib.h]=zlib1g-dev

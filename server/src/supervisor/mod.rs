@@ -266,6 +266,11 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     };
     forward_signals(tx)?;
     sup.log_start();
+    // Type=notify: every worker is up (and on xdp the steering attached).
+    let status = format!("serving on {} with {} workers", sup.cfg.listen, sup.slots.len());
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+        log::warn!("telling systemd we are ready (NOTIFY_SOCKET): {e}");
+    }
     let result = sup.run();
     if let Err(e) = &result {
         log::error!("{e:#}");
@@ -401,6 +406,10 @@ impl Supervisor {
         for w in 0..self.slots.len() {
             let _ = self.send(w, &ToWorker::Drain { per_second });
         }
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("draining"),
+        ]);
     }
 
     /// `/readyz`: why this node should not get new clients, if it should not.
