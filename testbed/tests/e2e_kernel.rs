@@ -398,5 +398,5 @@ fn a_second_signal_ends_the_drain() {
     if !privileged("a_second_signal_ends_the_drain") {
         return;
     }
-    scenarios::second_signal_ends_the_drain("wsbte", &["--workers", "2"]);
+    scenarios::second_signal_ends_the_drain("wsbtsig", &["--workers", "2"]);
 }

@@ -215,21 +215,24 @@ pub(super) fn spawn_worker(
     // SAFETY: only async-signal-safe calls between fork and exec (fcntl, dup2, close, prctl).
     unsafe {
         cmd.pre_exec(move || {
-            // Move the two ends above any fd number we are about to overwrite, then onto 3 and 4.
+            // Move the ends (and an xdp worker's XSKMAP) above any fd number we are about to
+            // overwrite first, then onto 3, 4 (and 5): the XSKMAP's own number may be 3 or 4.
             let a = libc::fcntl(fd_in, libc::F_DUPFD, 10);
             let b = libc::fcntl(fd_out, libc::F_DUPFD, 10);
-            if a < 0 || b < 0 || libc::dup2(a, FD_FROM_SUPERVISOR) < 0 || libc::dup2(b, FD_TO_SUPERVISOR) < 0 {
+            let x = xsks_fd.map_or(-1, |x| libc::fcntl(x, libc::F_DUPFD, 10));
+            if a < 0 || b < 0 || (xsks_fd.is_some() && x < 0) {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::dup2(a, FD_FROM_SUPERVISOR) < 0
+                || libc::dup2(b, FD_TO_SUPERVISOR) < 0
+                || (x >= 0 && libc::dup2(x, FD_XSKMAP) < 0)
+            {
                 return Err(io::Error::last_os_error());
             }
             libc::close(a);
             libc::close(b);
-            // An xdp worker's XSKMAP (dup2 leaves the copy open across exec).
-            if let Some(x) = xsks_fd {
-                let c = libc::fcntl(x, libc::F_DUPFD, 10);
-                if c < 0 || libc::dup2(c, FD_XSKMAP) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                libc::close(c);
+            if x >= 0 {
+                libc::close(x);
             }
             // If the supervisor dies, its workers go too. (The signal follows the thread that
             // forked: workers are only ever started from the supervisor's main thread.)
