@@ -127,3 +127,82 @@ pub fn find_pin(root: &Path, prog_id: u32) -> Option<std::path::PathBuf> {
                 .is_some_and(|(id, _)| id == prog_id)
     })
 }
+
+/// What an interface's driver offers XDP (the kernel's netdev XDP features, Linux 6.3 and later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct XdpFeatures {
+    pub flags: u64,
+    /// The most fragments a zero-copy AF_XDP frame may have (0: no zero-copy).
+    pub zc_max_segs: u32,
+}
+
+/// `NETDEV_XDP_ACT_*` of linux/netdev.h, and their names.
+const XDP_ACT: [(u64, &str); 7] = [
+    (1 << 0, "basic"),
+    (1 << 1, "redirect"),
+    (1 << 2, "ndo-xmit"),
+    (1 << 3, "xsk-zerocopy"),
+    (1 << 4, "hw-offload"),
+    (1 << 5, "rx-sg"),
+    (1 << 6, "ndo-xmit-sg"),
+];
+
+impl XdpFeatures {
+    /// The driver runs XDP programs itself (native mode), not only the generic (skb) path.
+    pub fn native(&self) -> bool {
+        self.flags & 1 != 0
+    }
+
+    /// AF_XDP sockets can share the driver's buffers (zero-copy).
+    pub fn zero_copy(&self) -> bool {
+        self.flags & (1 << 3) != 0
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        XDP_ACT
+            .iter()
+            .filter(|(bit, _)| self.flags & bit != 0)
+            .map(|&(_, name)| name)
+            .collect()
+    }
+}
+
+/// What `iface`'s driver offers XDP.
+pub fn xdp_features(iface: &str) -> Result<XdpFeatures> {
+    let index = ifindex(iface)?;
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: bpf_xdp_query fills the opts struct we own, whose size field is set.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
+    if rc != 0 {
+        return Err(SteerError::Io {
+            what: format!("querying XDP on {iface}"),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    Ok(XdpFeatures {
+        flags: opts.feature_flags,
+        zc_max_segs: opts.xdp_zc_max_segs,
+    })
+}
+
+/// The interfaces of this network namespace, by name.
+pub fn interfaces() -> Vec<String> {
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns a list we free with if_freenameindex; its names are C strings.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return names;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            names.push(std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names
+}

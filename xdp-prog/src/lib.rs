@@ -29,7 +29,7 @@ mod steering;
 mod xsk_map;
 
 pub use attachment::{Attachment, Steer, PIN_ROOT};
-pub use interface::{attached_program, detach_left_over, find_pin, ifindex};
+pub use interface::{attached_program, detach_left_over, find_pin, ifindex, interfaces, xdp_features, XdpFeatures};
 pub use maps::Counters;
 pub use steering::{Attached, Mode, SteerError, Steering, PROGRAM_NAME};
 pub use xsk_map::XskMap;

@@ -269,7 +269,27 @@ fn attach_script_status_and_detach_script() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
+    let json_of = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(steer).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = || json_of(&["status", "--netns", &tb.srv, "--json"]);
+    assert_eq!(all(), serde_json::json!([]), "nothing of ours yet");
+    // A veth runs XDP in its driver (native) but has no AF_XDP zero-copy.
+    let features = json_of(&["features", &tb.dev(), "--netns", &tb.srv, "--json"]);
+    assert_eq!(
+        (&features["native"], &features["zero_copy"]),
+        (&true.into(), &false.into()),
+        "{features}"
+    );
     script("attach.sh");
+    let listed = all();
+    assert_eq!(
+        listed[0]["iface"],
+        tb.dev().as_str(),
+        "status without an interface lists ours: {listed}"
+    );
     let first = status();
     assert_eq!(first["attached"]["name"], "steer", "{first}");
     assert_eq!(first["ours"], true);

@@ -66,13 +66,24 @@ enum Cmd {
         #[arg(long)]
         pin: Option<PathBuf>,
     },
-    /// Show what runs on IFACE, and (with --pin) endpoints and counters.
+    /// Show what runs on IFACE, and (with --pin) endpoints and counters; without IFACE, every
+    /// interface of the namespace that runs our program.
     Status {
-        iface: String,
+        iface: Option<String>,
         #[arg(long)]
         netns: Option<String>,
         #[arg(long)]
         pin: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What IFACE's driver offers: native (driver) XDP, AF_XDP zero-copy, and the rest of the
+    /// kernel's XDP feature flags (Linux 6.3 and later report them).
+    Features {
+        iface: String,
+        #[arg(long)]
+        netns: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -116,6 +127,10 @@ fn run() -> anyhow::Result<()> {
             enter(&netns)?;
             detach(&iface, pin.as_deref())
         }
+        Cmd::Features { iface, netns, json } => {
+            enter(&netns)?;
+            features(&iface, json)
+        }
         Cmd::Status {
             iface,
             netns,
@@ -123,6 +138,9 @@ fn run() -> anyhow::Result<()> {
             json,
         } => {
             enter(&netns)?;
+            let Some(iface) = iface else {
+                return status_of_all(json);
+            };
             let status = Status::read(iface, pin)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status.json())?);
@@ -132,6 +150,60 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `status` without an interface: every interface of this namespace our program runs on.
+fn status_of_all(json: bool) -> anyhow::Result<()> {
+    let mut ours = Vec::new();
+    for iface in xdp_prog::interfaces() {
+        if let Ok(Some((id, name, mode))) = attached_program(&iface) {
+            if name == xdp_prog::PROGRAM_NAME {
+                ours.push((iface, id, mode));
+            }
+        }
+    }
+    if json {
+        let list: Vec<serde_json::Value> = ours
+            .iter()
+            .map(|(iface, id, mode)| serde_json::json!({"iface": iface, "id": id, "mode": mode}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if ours.is_empty() {
+        println!("our steering program runs on no interface of this namespace");
+    } else {
+        for (iface, id, mode) in &ours {
+            println!("{iface}: steering program {id} ({mode:?})");
+        }
+    }
+    Ok(())
+}
+
+/// `features`: what the driver offers.
+fn features(iface: &str, json: bool) -> anyhow::Result<()> {
+    let f = xdp_prog::xdp_features(iface)?;
+    if json {
+        let v = serde_json::json!({
+            "iface": iface,
+            "native": f.native(),
+            "zero_copy": f.zero_copy(),
+            "zc_max_segs": f.zc_max_segs,
+            "flags": f.names(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("{iface}: native XDP: {}", yes(f.native()));
+    println!("{iface}: AF_XDP zero-copy: {}", yes(f.zero_copy()));
+    println!(
+        "{iface}: XDP features: {}",
+        if f.flags == 0 {
+            "none reported".to_string()
+        } else {
+            f.names().join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// `attach`: load, attach and fill the maps; then either pin and exit, or stay until a signal.
