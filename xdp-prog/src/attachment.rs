@@ -1,7 +1,8 @@
 //! The steering policy a stack on an interface follows (the server's, or a load generator's):
 //! attach the program (or adopt the one `testbed/attach.sh` pinned), add its endpoints, and on
-//! exit take back exactly what it set up, since another stack may share the program. A program
-//! left attached by a server that crashed is replaced, so a restart works.
+//! exit take back exactly what it set up, since another stack may share the program. Its own
+//! attachment is a BPF link (the kernel drops it when the process dies, even by SIGKILL); a
+//! program of ours some other process left attached over netlink is replaced, so a start works.
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -58,7 +59,8 @@ impl Attachment {
                 if let Some(id) = crate::detach_left_over(iface)? {
                     log::warn!("{iface}: replaced steering program {id} left attached by an earlier run");
                 }
-                let steering = Steering::attach(iface, mode)?;
+                // A BPF link: the kernel detaches it when this process ends, even by SIGKILL.
+                let steering = Steering::attach_link(iface, mode)?;
                 Attachment {
                     steering,
                     iface: iface.to_string(),

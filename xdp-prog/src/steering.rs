@@ -135,6 +135,9 @@ pub struct Steering {
     config: MapHandle,
     /// Where it is attached, if it is.
     attachment: Option<(u32, Attached)>,
+    /// A BPF link holding the attachment (`attach_link`): closing it detaches, so the kernel
+    /// drops the program when its process dies, however it dies.
+    link: Option<OwnedFd>,
     detach_on_drop: bool,
 }
 
@@ -180,6 +183,7 @@ impl Steering {
             config: handle(&|| MapHandle::try_from(&skel.maps.config), "config map")?,
             prog,
             attachment: None,
+            link: None,
             detach_on_drop: true,
         })
     }
@@ -229,6 +233,72 @@ impl Steering {
         Ok(steering)
     }
 
+    /// Load the program and attach it to `iface` with a BPF link held by this handle: the
+    /// attachment ends when the handle is dropped or the process dies (a SIGKILL leaves nothing
+    /// behind). An interface that runs another XDP program is refused, as by `attach`.
+    pub fn attach_link(iface: &str, mode: Mode) -> Result<Steering> {
+        check_caps()?;
+        let index = ifindex(iface)?;
+        let mut steering = Steering::load()?;
+        if let Some((id, name, _)) = attached_program(iface)? {
+            return Err(if name == PROGRAM_NAME {
+                SteerError::AlreadyAttached {
+                    iface: iface.to_string(),
+                    id,
+                }
+            } else {
+                SteerError::AttachedBySomeoneElse {
+                    iface: iface.to_string(),
+                    id,
+                    name,
+                }
+            });
+        }
+        let prog = steering.prog.as_raw_fd();
+        let try_mode = |m: Attached| -> std::result::Result<(OwnedFd, Attached), std::io::Error> {
+            let opts = libbpf_sys::bpf_link_create_opts {
+                sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+                flags: m.flags().bits(),
+                ..Default::default()
+            };
+            // SAFETY: a program fd we own, an interface index, and options whose size is set.
+            let fd = unsafe { libbpf_sys::bpf_link_create(prog, index as i32, libbpf_sys::BPF_XDP, &opts) };
+            if fd < 0 {
+                return Err(std::io::Error::from_raw_os_error(-fd));
+            }
+            // SAFETY: a new link fd, ours from here.
+            Ok((unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }, m))
+        };
+        let io_err = |what: String| move |source| SteerError::Io { what, source };
+        let (link, attached) = match mode {
+            Mode::Native => {
+                try_mode(Attached::Native).map_err(io_err(format!("attaching in native mode to {iface}")))?
+            }
+            Mode::Generic => {
+                try_mode(Attached::Generic).map_err(io_err(format!("attaching in generic mode to {iface}")))?
+            }
+            Mode::Auto => match try_mode(Attached::Native) {
+                Ok(done) => done,
+                Err(e) => {
+                    log::warn!("{iface}: native XDP failed ({e}); falling back to generic (skb) mode, which is slower");
+                    try_mode(Attached::Generic).map_err(io_err(format!("attaching in generic mode to {iface}")))?
+                }
+            },
+        };
+        steering.link = Some(link);
+        steering.attachment = Some((index, attached));
+        let mut cfg = steering.config()?;
+        cfg.ifindex = index;
+        cfg.attach_mode = attached.code();
+        steering.set_config(cfg)?;
+        Ok(steering)
+    }
+
+    /// Whether the attachment is a BPF link held by this handle.
+    pub fn is_link(&self) -> bool {
+        self.link.is_some()
+    }
+
     /// Open what `pin` made in `dir` (from any process, any network namespace).
     pub fn open_pinned(dir: &Path) -> Result<Steering> {
         let map = |name: &str| {
@@ -245,6 +315,7 @@ impl Steering {
             counters: map("counters")?,
             config: map("config")?,
             attachment: None,
+            link: None,
             detach_on_drop: false,
         };
         let cfg = s.config()?;
@@ -317,6 +388,15 @@ impl Steering {
         let Some((index, mode)) = self.attachment else {
             return Ok(());
         };
+        if let Some(link) = self.link.take() {
+            // Closing the only descriptor of the link detaches the program.
+            drop(link);
+            self.attachment = None;
+            let mut cfg = self.config()?;
+            cfg.ifindex = 0;
+            cfg.attach_mode = 0;
+            return self.set_config(cfg);
+        }
         let iface = ifname(index);
         match attached_program(&iface) {
             Ok(Some((id, _, _))) if id == self.prog_id => {
