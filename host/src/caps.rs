@@ -46,9 +46,12 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// Those of `wanted` not in the effective set `have`.
+/// Those of `wanted` not in the effective set `have`. CAP_SYS_ADMIN stands in for CAP_BPF and
+/// CAP_PERFMON, as the kernel lets it (and older container runtimes know no other).
 pub fn missing(have: u64, wanted: &[Cap]) -> Vec<Cap> {
-    wanted.iter().copied().filter(|c| have & (1 << c.bit) == 0).collect()
+    let holds =
+        |c: &Cap| have & (1 << c.bit) != 0 || ((*c == BPF || *c == PERFMON) && have & (1 << SYS_ADMIN.bit) != 0);
+    wanted.iter().copied().filter(|c| !holds(c)).collect()
 }
 
 #[cfg(test)]
@@ -62,6 +65,10 @@ mod tests {
         assert!(missing(have, &[NET_ADMIN, NET_RAW, IPC_LOCK, BPF]).is_empty());
         assert_eq!(missing(have, &[SYS_ADMIN, BPF]), vec![SYS_ADMIN]);
         assert_eq!(missing(0, &[BPF]), vec![BPF]);
+        assert!(
+            missing(1 << SYS_ADMIN.bit, &[BPF, PERFMON]).is_empty(),
+            "SYS_ADMIN stands in"
+        );
         assert_eq!(parse_cap_eff("CapEff: zz"), None);
     }
 }

@@ -22,6 +22,11 @@ pub fn with_env(cmd: Command) -> Command {
             return a;
         }
         let name = env_name(a.get_id().as_str());
+        // A switch from the environment: 1/0, yes/no, on/off, true/false (empty: off).
+        let a = match a.get_action() {
+            ArgAction::SetTrue => a.value_parser(clap::builder::FalseyValueParser::new()),
+            _ => a,
+        };
         a.env(name)
     })
 }
@@ -83,13 +88,10 @@ pub fn with_file(cmd: &Command, argv: Vec<OsString>, file: &str) -> Result<(Vec<
                 (toml::Value::Boolean(true), true) => injected.push(format!("--{long}").into()),
                 (toml::Value::Boolean(false), true) => {}
                 (_, true) => return Err(format!("'{key}' is a switch: give it true or false")),
-                (toml::Value::String(s), false) => {
-                    injected.push(format!("--{long}").into());
-                    injected.push(s.into());
-                }
+                // `--flag=value`: a value that starts with `-` stays a value.
+                (toml::Value::String(s), false) => injected.push(format!("--{long}={s}").into()),
                 (toml::Value::Integer(_) | toml::Value::Float(_), false) => {
-                    injected.push(format!("--{long}").into());
-                    injected.push(v.to_string().into());
+                    injected.push(format!("--{long}={v}").into());
                 }
                 (_, false) => return Err(format!("'{key}': give a string or a number")),
             }
@@ -131,10 +133,8 @@ mod tests {
             argv(&[
                 "t",
                 "--echo",
-                "--origin",
-                "https://a",
-                "--origin",
-                "https://b",
+                "--origin=https://a",
+                "--origin=https://b",
                 "--max-conns=7"
             ])
         );

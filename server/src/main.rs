@@ -283,6 +283,7 @@ fn parse_layers() -> anyhow::Result<Args> {
             };
             let value = match values.len() {
                 0 => "-".to_string(),
+                _ if id == "cluster" => ws_server::supervisor::cluster::redact_url(&values.join(", ")),
                 _ => values.join(", "),
             };
             out.push_str(&format!("{long} = {value}    # {source}\n"));
@@ -307,15 +308,21 @@ fn launch(cfg: ServerConfig) -> anyhow::Result<()> {
 }
 
 fn run() -> anyhow::Result<()> {
+    // A worker takes its settings from its supervisor, not from the command line, the
+    // environment or a file (it inherits the environment, which may name settings it lacks).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--worker") {
+        let json = std::env::var("WS_LOG_FORMAT").is_ok_and(|f| f == "json");
+        ws_server::logging::init(if json {
+            ws_server::logging::LogFormat::Json
+        } else {
+            ws_server::logging::LogFormat::Text
+        });
+        return ws_server::worker::run();
+    }
     let args = parse_layers()?;
     ws_server::logging::init(args.log_format);
     // The workers log alike (they read it from their environment).
-    if !args.worker {
-        std::env::set_var("WS_LOG_FORMAT", args.log_format.as_str());
-    }
-    if args.worker {
-        return ws_server::worker::run();
-    }
+    std::env::set_var("WS_LOG_FORMAT", args.log_format.as_str());
     if args.max_message < args.max_frame {
         return Err(usage(format!(
             "--max-message ({}) must be at least --max-frame ({})",
@@ -574,7 +581,7 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
         wanted.push(caps::IPC_LOCK);
     }
     let missing = caps::missing(caps::effective(), &wanted);
-    if !missing.is_empty() {
+    if !missing.is_empty() && CHECK_ONLY.get().is_none() {
         let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
         anyhow::bail!(
             "--stack xdp needs {} (missing: {}); run it as root, or give its user these capabilities (systemd: AmbientCapabilities=; setpriv --ambient-caps)",

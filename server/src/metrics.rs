@@ -310,11 +310,12 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterRe
         "Broadcasts in the stream not yet delivered to this node",
         c.lag_messages,
     );
-    gauge(
-        reg,
-        "cluster_lag_milliseconds",
+    let lag: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    lag.set(c.lag_ms as f64 / 1000.0);
+    reg.register(
+        "cluster_lag_seconds",
         "From the last broadcast's publication to its arrival here",
-        c.lag_ms,
+        lag,
     );
     by(
         reg,
@@ -333,13 +334,18 @@ fn cluster_metrics(reg: &mut Registry, c: &crate::supervisor::cluster::ClusterRe
         "Broadcasts read from the stream",
         c.broadcasts_received,
     );
+    counter(
+        reg,
+        "cluster_pushes_asked",
+        "Pushes posted here and asked of the other nodes",
+        c.pushes_asked,
+    );
     by(
         reg,
-        "cluster_pushes",
-        "Pushes posted here, by what the other nodes did with them",
+        "cluster_push_results",
+        "Pushes posted here that this node did not hold, by what became of them",
         "result",
         &[
-            ("asked", c.pushes_asked),
             ("queued_elsewhere", c.pushes_queued_elsewhere),
             ("missed_everywhere", c.pushes_missed),
             ("not_asked", c.pushes_not_asked),

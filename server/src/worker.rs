@@ -206,8 +206,15 @@ struct Worker<D: Driver> {
 struct Drain {
     started_ms: u64,
     per_second: f64,
+    /// Closed since `started_ms`, and before it (at an earlier rate).
     closed: u64,
+    closed_before: u64,
+    /// Past this, whatever is left is closed at once (a drain ends, whatever the clients do).
+    deadline_ms: u64,
 }
+
+/// A drain's deadline beyond what its rate needs.
+const DRAIN_SLACK_MS: u64 = 10_000;
 
 impl<D: Driver> Worker<D> {
     fn now_ms(&self) -> u64 {
@@ -245,8 +252,10 @@ impl<D: Driver> Worker<D> {
             // can (the directory's routing copes when it does not, `directory.rs`).
             self.send(None)?;
             self.driver.flush(&self.core);
-            if let Some(since) = self.lag_since.filter(|_| self.core.output_behind() == 0) {
-                self.log_lag_ms.record(since.elapsed().as_millis() as u64);
+            if let Some(since) = self.lag_since.filter(|_| self.core.broadcast_behind() == 0) {
+                // Rounded up: 1.9 ms is in the 2 ms bucket, not the 1 ms one.
+                self.log_lag_ms
+                    .record(since.elapsed().as_micros().div_ceil(1000) as u64);
                 self.lag_since = None;
             }
         }
@@ -272,8 +281,16 @@ impl<D: Driver> Worker<D> {
                 .driver
                 .call(&mut self.core, now, |core, io| core.drain_some(n, now, io));
             d.closed += closed;
+            let total = d.closed_before + d.closed;
             if done {
-                log::info!(event = "drained", closed = d.closed; "worker {}: drained ({} connections closed)", self.cfg.index, d.closed);
+                log::info!(event = "drained", closed = total; "worker {}: drained ({total} clients closed)", self.cfg.index);
+                self.stop = true;
+            } else if now >= d.deadline_ms {
+                log::warn!(
+                    event = "drain_deadline", closed = total;
+                    "worker {}: the drain's deadline passed with clients left; closing them all now",
+                    self.cfg.index
+                );
                 self.stop = true;
             }
         }
@@ -340,17 +357,24 @@ impl<D: Driver> Worker<D> {
             }),
             ToWorker::Ping { n } => Some(FromWorker::Pong { n }),
             ToWorker::Drain { per_second } => {
-                core.start_draining();
-                log::info!(
-                    event = "drain_start", connections = core.stats().connections;
-                    "worker {}: draining: no new clients, closing {} connections at {per_second:.0}/s",
-                    self.cfg.index,
-                    core.stats().connections
-                );
+                let clients = core.stats().websockets + core.stats().polls_held;
+                if self.drain.is_none() {
+                    core.start_draining();
+                    log::info!(
+                        event = "drain_start", clients = clients;
+                        "worker {}: draining: no new clients, closing {clients} at {per_second:.0}/s",
+                        self.cfg.index
+                    );
+                }
+                // From now on at this rate (again when another worker finished: its share is
+                // ours too); done by the deadline whatever the clients do.
+                let closed_before = self.drain.as_ref().map_or(0, |d| d.closed_before + d.closed);
                 self.drain = Some(Drain {
                     started_ms: now,
                     per_second,
                     closed: 0,
+                    closed_before,
+                    deadline_ms: now + (clients as f64 / per_second.max(1.0) * 1000.0) as u64 + DRAIN_SLACK_MS,
                 });
                 None
             }

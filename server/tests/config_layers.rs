@@ -39,7 +39,7 @@ fn flags_beat_the_environment_which_beats_the_file() {
         "allowed-origin = https://a.example, https://b.example    # config file",
         "echo = true    # config file",
         "admin = 127.0.0.1:9001    # default",
-        "# the configuration is valid (kernel stack, 4 workers)",
+        "# the configuration is valid (kernel stack, ",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }
@@ -72,5 +72,13 @@ fn unknown_keys_and_bad_values_are_usage_errors() {
 fn the_version_names_the_commit() {
     let out = server().arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("ws-server ") && text.contains("(commit "), "{text}");
+    // Built from this git checkout: a 12-digit commit, not "unknown".
+    let commit = text
+        .split("(commit ")
+        .nth(1)
+        .map(|c| c.trim_end().trim_end_matches(')'));
+    assert!(
+        commit.is_some_and(|c| c.len() == 12 && c.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text}"
+    );
 }

@@ -377,6 +377,7 @@ fn three_nodes_on_nats_are_one_service_through_moves_deaths_and_broker_restarts(
         metrics.contains("wsserver_cluster_broadcasts_received_total"),
         "{metrics}"
     );
+    common::promtool_check(&metrics);
     nodes.clear();
     drop(nats);
 }

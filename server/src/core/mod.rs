@@ -254,6 +254,11 @@ impl ServerCore {
         self.behind + self.targeted.waiting() as u64
     }
 
+    /// WebSockets that have not yet written the newest broadcast.
+    pub fn broadcast_behind(&self) -> u64 {
+        self.behind
+    }
+
     pub fn device_hash(&self, id: &[u8]) -> u64 {
         self.cfg.device_hasher.hash(id)
     }
@@ -767,7 +772,10 @@ impl ServerCore {
         self.stats.messages_out += 1;
         self.stats.polls_held -= 1;
         // Back to waiting for a request; without keep-alive the connection ends here.
-        self.conns[id as usize].set_phase(Phase::Http);
+        let c = &mut self.conns[id as usize];
+        c.set_phase(Phase::Http);
+        // The next request's handshake time counts from now, not from the first accept.
+        c.cursor = self.now_ms as u32;
         if keep_alive {
             self.await_request(id);
         } else {
@@ -922,22 +930,37 @@ impl ServerCore {
         self.draining = true;
     }
 
-    /// Close up to `n` open connections with 1001 "server draining", going on where the last
-    /// call stopped. Returns how many it closed, and whether none is left open (a whole pass over
-    /// the table found nothing to close). Called a few times a second while draining only.
+    /// Close up to `n` clients (WebSockets with 1001 "server draining", held long-polls with
+    /// `503`), going on where the last call stopped; connections that have not made a request yet
+    /// are refused (`503`) as they are passed, outside `n`. Returns how many clients it closed,
+    /// and whether none is left (a whole pass found no WebSocket and no held poll). Called a few
+    /// times a second while draining only.
     pub fn drain_some(&mut self, n: u64, now_ms: u64, io: &mut impl Io) -> (u64, bool) {
         self.now_ms = now_ms;
         let len = self.conns.len();
         let mut closed = 0;
         for _ in 0..len {
-            if closed == n {
+            let idx = self.drain_cursor % len;
+            let phase = self.conns[idx].phase();
+            if matches!(phase, Phase::Ws | Phase::Poll) && closed == n {
                 return (closed, false);
             }
-            let idx = self.drain_cursor % len;
             self.drain_cursor = idx + 1;
-            if !matches!(self.conns[idx].phase(), Phase::Free | Phase::Closing) {
-                self.end_with_close_frame(idx as ConnId, close_code::GOING_AWAY, "server draining", io);
-                closed += 1;
+            let id = idx as ConnId;
+            match phase {
+                Phase::Free | Phase::Closing => {}
+                Phase::Http => {
+                    self.stats.refused_draining += 1;
+                    self.reject(id, Reject::Draining, io);
+                }
+                Phase::Poll => {
+                    self.reject(id, Reject::Draining, io);
+                    closed += 1;
+                }
+                Phase::Ws => {
+                    self.end_with_close_frame(id, close_code::GOING_AWAY, "server draining", io);
+                    closed += 1;
+                }
             }
         }
         (closed, closed == 0)

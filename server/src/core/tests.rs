@@ -526,13 +526,31 @@ fn a_drain_closes_a_few_at_a_time_and_refuses_newcomers() {
         io.text(9)
     );
     assert_eq!(core.stats().refused_draining, 1);
+    // One that has sent nothing yet is refused as the drain passes it, outside the rate.
+    core.open(10, 0, &mut io);
     assert_eq!(core.drain_some(10, 1, &mut io), (3, false), "the rest");
+    assert!(io.text(10).starts_with("HTTP/1.1 503 "), "{}", io.text(10));
     assert_eq!(
         core.drain_some(10, 2, &mut io),
         (0, true),
         "a whole pass found nobody open"
     );
     assert_eq!(core.stats().connections, 0);
+}
+
+#[test]
+fn a_drained_long_poll_is_answered_503() {
+    let mut core = ServerCore::new(cfg(), 16, 0);
+    let mut io = Recorder::default();
+    core.open(1, 0, &mut io);
+    poll(&mut core, &mut io, 1, 0);
+    core.start_draining();
+    assert_eq!(core.drain_some(0, 0, &mut io), (0, false), "a held poll is a client");
+    assert_eq!(core.drain_some(1, 0, &mut io), (1, false));
+    let answer = io.text(1);
+    assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+    assert!(answer.contains("Retry-After: 1\r\n"), "{answer}");
+    assert_eq!(core.drain_some(1, 0, &mut io), (0, true));
 }
 
 #[test]

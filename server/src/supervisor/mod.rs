@@ -384,6 +384,18 @@ impl Supervisor {
         }
     }
 
+    /// The drain rate, shared among the workers still draining (again whenever one finishes, so
+    /// that the others take up its share).
+    fn drain_share_changed(&mut self, _since: Instant) {
+        let running: Vec<usize> = (0..self.slots.len())
+            .filter(|&w| self.slots[w].proc.is_some())
+            .collect();
+        let per_second = self.cfg.drain_rate / running.len().max(1) as f64;
+        for w in running {
+            let _ = self.send(w, &ToWorker::Drain { per_second });
+        }
+    }
+
     /// The XSKMAP descriptor xdp workers inherit (None on the kernel stack).
     fn xsks_fd(&self) -> Option<i32> {
         #[cfg(feature = "xdp")]
@@ -395,17 +407,14 @@ impl Supervisor {
     /// SIGTERM: `/readyz` says 503 from now on, workers refuse new clients and close their
     /// connections at `--drain-rate` (shared among them), then exit; the loop ends when all have.
     fn begin_drain(&mut self) {
-        self.draining = Some(Instant::now());
+        let now = Instant::now();
+        self.draining = Some(now);
         self.stopping = true; // workers that exit now are not restarted
-        let running = self.slots.iter().filter(|s| s.proc.is_some()).count().max(1);
-        let per_second = self.cfg.drain_rate / running as f64;
         log::info!(
             "signal received: draining (readiness 503, new clients refused, connections closed at {:.0}/s); a second signal closes the rest at once",
             self.cfg.drain_rate
         );
-        for w in 0..self.slots.len() {
-            let _ = self.send(w, &ToWorker::Drain { per_second });
-        }
+        self.drain_share_changed(now);
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::Status("draining"),

@@ -430,7 +430,8 @@ impl Supervisor {
 
     /// Pings, hang and start deadlines, due restarts. Called from the loop at least every 100 ms.
     pub(super) fn watch_workers(&mut self) -> anyhow::Result<()> {
-        if self.stopping {
+        // While draining, a hung worker is still killed (never restarted): a drain must end.
+        if self.stopping && self.draining.is_none() {
             return Ok(());
         }
         let now = Instant::now();
@@ -468,7 +469,7 @@ impl Supervisor {
                         format!("not ready within {} s of its start", START_TIMEOUT.as_secs()),
                     );
                 }
-                SlotState::Down { restart_at } if now >= restart_at => self.restart(index)?,
+                SlotState::Down { restart_at } if now >= restart_at && !self.stopping => self.restart(index)?,
                 _ => {}
             }
         }
@@ -500,6 +501,14 @@ impl Supervisor {
         let pid = proc.pid;
         drop(proc); // its writer thread ends
         if self.stopping {
+            // Not restarted, but nothing waits for it, and its devices are gone.
+            self.directory.purge(index);
+            for (_, p) in self.pending.worker_gone(index) {
+                self.complete(p, false);
+            }
+            if let Some(d) = self.draining {
+                self.drain_share_changed(d);
+            }
             return Ok(());
         }
         self.restart_counts.count(reason);

@@ -192,6 +192,11 @@ fn features(iface: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    if f.flags == 0 {
+        // Kernels before 6.3 report no XDP features at all: nothing to say either way.
+        println!("{iface}: the kernel reports no XDP features (Linux 6.3 and later do): unknown");
+        return Ok(());
+    }
     let yes = |b: bool| if b { "yes" } else { "no" };
     println!("{iface}: native XDP: {}", yes(f.native()));
     println!("{iface}: AF_XDP zero-copy: {}", yes(f.zero_copy()));
