@@ -154,6 +154,11 @@ fn a_dead_or_hung_worker_is_restarted(ns: &Netns, server_args: &[&str], dir: &st
     eprintln!("the restarted worker accepted its first connection {accepted:?} after the kill");
     assert!(accepted <= RESTART_WITHIN, "first accept {accepted:?} after the kill");
     wait_conns(ns, 900 - n1, Duration::from_secs(60));
+    // Accepted is not yet upgraded: wait for every one's 101 before broadcasting.
+    let upgraded = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+        (admin_json(ns, "/stats")["websockets"].as_u64() == Some(900 - n1)).then_some(())
+    });
+    assert!(upgraded.is_some(), "{}", admin_json(ns, "/stats"));
     phase("restarted; 300 more connections");
 
     // The next broadcast reaches every connection of the other workers, and the new ones.
