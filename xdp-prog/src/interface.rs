@@ -49,7 +49,58 @@ pub(crate) fn prog_info(fd: BorrowedFd<'_>) -> Result<(u32, String)> {
     Ok((info.id, name))
 }
 
-/// What runs on an interface now: (program id, name, mode), if anything.
+/// The maps our program's code uses, by name (the `config` map is userspace's only, so the
+/// kernel does not list it): with its name, what makes a program ours (another program could
+/// take the name, not these maps as well).
+const OUR_MAPS: [&str; 3] = ["xsks", "endpoints", "counters"];
+
+/// The names of the maps program `prog` uses.
+fn map_names(prog: BorrowedFd<'_>) -> Vec<String> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) } != 0 {
+        return Vec::new();
+    }
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    let mut info = libbpf_sys::bpf_prog_info {
+        nr_map_ids: ids.len() as u32,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: the kernel writes at most `nr_map_ids` ids into `ids`, which has that many.
+    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) } != 0 {
+        return Vec::new();
+    }
+    ids.truncate(info.nr_map_ids as usize);
+    ids.iter()
+        .filter_map(|&id| {
+            // SAFETY: returns a new fd for the map id (or an error).
+            let fd = unsafe { libbpf_sys::bpf_map_get_fd_by_id(id) };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: a fresh fd that we own from here.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut m = libbpf_sys::bpf_map_info::default();
+            let mut len = std::mem::size_of::<libbpf_sys::bpf_map_info>() as u32;
+            // SAFETY: the kernel writes at most `len` bytes into `m`.
+            if unsafe { libbpf_sys::bpf_map_get_info_by_fd(fd.as_raw_fd(), &mut m, &mut len) } != 0 {
+                return None;
+            }
+            // SAFETY: `name` is a fixed array the kernel NUL-terminates.
+            Some(
+                unsafe { CStr::from_ptr(m.name.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What runs on an interface now: (program id, name, mode), if anything. A program named like
+/// ours whose maps are not ours is reported with its name and "(not ours)".
 pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attached>)>> {
     let index = ifindex(iface)?;
     let mut opts = libbpf_sys::bpf_xdp_query_opts {
@@ -77,7 +128,13 @@ pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attac
     let name = if fd >= 0 {
         // SAFETY: a fresh fd that we own from here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        prog_info(fd.as_fd()).map(|(_, n)| n).unwrap_or_default()
+        let name = prog_info(fd.as_fd()).map(|(_, n)| n).unwrap_or_default();
+        let maps = map_names(fd.as_fd());
+        if name == PROGRAM_NAME && !OUR_MAPS.iter().all(|m| maps.iter().any(|n| n == m)) {
+            format!("{name} (not ours: its maps are {maps:?})")
+        } else {
+            name
+        }
     } else {
         String::new()
     };

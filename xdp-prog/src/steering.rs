@@ -124,7 +124,7 @@ fn capture_libbpf_log(_level: libbpf_rs::PrintLevel, line: String) {
 }
 
 /// The program's name as the kernel knows it (first 15 bytes of the function name).
-pub const PROGRAM_NAME: &str = "steer";
+pub const PROGRAM_NAME: &str = "wsb_steer";
 
 pub struct Steering {
     prog: OwnedFd,
@@ -168,7 +168,7 @@ impl Steering {
         let skel = loaded?;
         let prog = skel
             .progs
-            .steer
+            .wsb_steer
             .as_fd()
             .try_clone_to_owned()
             .map_err(io("duplicating the program fd".into()))?;

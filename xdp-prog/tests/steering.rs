@@ -291,7 +291,7 @@ fn attach_script_status_and_detach_script() {
         "status without an interface lists ours: {listed}"
     );
     let first = status();
-    assert_eq!(first["attached"]["name"], "steer", "{first}");
+    assert_eq!(first["attached"]["name"], "wsb_steer", "{first}");
     assert_eq!(first["ours"], true);
     assert_eq!(first["endpoints"], serde_json::json!(["198.18.0.1:8080"]));
     let counters = first["counters"].as_object().unwrap();
@@ -395,6 +395,44 @@ fn someone_elses_program_is_not_replaced() {
     let dev = tb.dev();
     let still = in_ns(&tb.srv, move || attached_program(&dev).unwrap());
     assert_eq!(still.map(|(_, name, _)| name), Some("foreign".to_string()));
+
+    // A program that takes our name but not our maps is not ours either.
+    let off = Command::new("ip")
+        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "off"])
+        .output()
+        .unwrap();
+    assert!(off.status.success());
+    std::fs::write(
+        dir.join("impostor.bpf.c"),
+        "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int wsb_steer(struct xdp_md *ctx) { return XDP_PASS; }\n\
+         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let cc = Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", &arch, "-c"])
+        .arg(dir.join("impostor.bpf.c"))
+        .arg("-o")
+        .arg(dir.join("impostor.o"))
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let attach = Command::new("ip")
+        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
+        .arg(dir.join("impostor.o"))
+        .args(["sec", "xdp"])
+        .output()
+        .unwrap();
+    assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
+    let dev = tb.dev();
+    let refused = in_ns(&tb.srv, move || match Steering::attach(&dev, Mode::Auto) {
+        Err(SteerError::AttachedBySomeoneElse { name, .. }) => name,
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("attached over an impostor"),
+    });
+    assert!(refused.starts_with("wsb_steer (not ours"), "{refused}");
+    let _ = Command::new("ip")
+        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "off"])
+        .output();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -102,7 +102,7 @@ static __always_inline int source_known(__be32 saddr, __be16 sport, __be32 daddr
 }
 
 SEC("xdp")
-int steer(struct xdp_md *ctx)
+int wsb_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
