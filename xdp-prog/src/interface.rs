@@ -99,9 +99,8 @@ fn map_names(prog: BorrowedFd<'_>) -> Vec<String> {
         .collect()
 }
 
-/// What runs on an interface now: (program id, name, mode), if anything. A program named like
-/// ours whose maps are not ours is reported with its name and "(not ours)".
-pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attached>)>> {
+/// The kernel's XDP state of `iface`: what is attached, how, and what its driver offers.
+fn xdp_query(iface: &str) -> Result<libbpf_sys::bpf_xdp_query_opts> {
     let index = ifindex(iface)?;
     let mut opts = libbpf_sys::bpf_xdp_query_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
@@ -115,6 +114,13 @@ pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attac
             source: std::io::Error::from_raw_os_error(-rc),
         });
     }
+    Ok(opts)
+}
+
+/// What runs on an interface now: (program id, name, mode), if anything. A program named like
+/// ours whose maps are not ours is reported with its name and "(not ours)".
+pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attached>)>> {
+    let opts = xdp_query(iface)?;
     if opts.prog_id == 0 {
         return Ok(None);
     }
@@ -226,19 +232,7 @@ impl XdpFeatures {
 
 /// What `iface`'s driver offers XDP.
 pub fn xdp_features(iface: &str) -> Result<XdpFeatures> {
-    let index = ifindex(iface)?;
-    let mut opts = libbpf_sys::bpf_xdp_query_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
-        ..Default::default()
-    };
-    // SAFETY: bpf_xdp_query fills the opts struct we own, whose size field is set.
-    let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
-    if rc != 0 {
-        return Err(SteerError::Io {
-            what: format!("querying XDP on {iface}"),
-            source: std::io::Error::from_raw_os_error(-rc),
-        });
-    }
+    let opts = xdp_query(iface)?;
     Ok(XdpFeatures {
         flags: opts.feature_flags,
         zc_max_segs: opts.xdp_zc_max_segs,

@@ -141,6 +141,20 @@ pub struct Steering {
     detach_on_drop: bool,
 }
 
+/// An interface that runs an XDP program already is not ours to attach to: ours (detach it
+/// first) or someone else's (never taken over).
+fn refuse_occupied(iface: &str) -> Result<()> {
+    let Some((id, name, _)) = attached_program(iface)? else {
+        return Ok(());
+    };
+    let iface = iface.to_string();
+    Err(if name == PROGRAM_NAME {
+        SteerError::AlreadyAttached { iface, id }
+    } else {
+        SteerError::AttachedBySomeoneElse { iface, id, name }
+    })
+}
+
 /// What loading and attaching the program needs (root has it all).
 fn check_caps() -> Result<()> {
     let missing = host::caps::missing(host::caps::effective(), &[host::caps::BPF, host::caps::NET_ADMIN]);
@@ -193,20 +207,7 @@ impl Steering {
         check_caps()?;
         let index = ifindex(iface)?;
         let mut steering = Steering::load()?;
-        if let Some((id, name, _)) = attached_program(iface)? {
-            return Err(if name == PROGRAM_NAME {
-                SteerError::AlreadyAttached {
-                    iface: iface.to_string(),
-                    id,
-                }
-            } else {
-                SteerError::AttachedBySomeoneElse {
-                    iface: iface.to_string(),
-                    id,
-                    name,
-                }
-            });
-        }
+        refuse_occupied(iface)?;
         let xdp = Xdp::new(steering.prog.as_fd());
         let try_mode = |m: Attached| {
             xdp.attach(index as i32, m.flags() | XdpFlags::UPDATE_IF_NOEXIST)
@@ -240,20 +241,7 @@ impl Steering {
         check_caps()?;
         let index = ifindex(iface)?;
         let mut steering = Steering::load()?;
-        if let Some((id, name, _)) = attached_program(iface)? {
-            return Err(if name == PROGRAM_NAME {
-                SteerError::AlreadyAttached {
-                    iface: iface.to_string(),
-                    id,
-                }
-            } else {
-                SteerError::AttachedBySomeoneElse {
-                    iface: iface.to_string(),
-                    id,
-                    name,
-                }
-            });
-        }
+        refuse_occupied(iface)?;
         let prog = steering.prog.as_raw_fd();
         let try_mode = |m: Attached| -> std::result::Result<(OwnedFd, Attached), std::io::Error> {
             let opts = libbpf_sys::bpf_link_create_opts {

@@ -351,29 +351,39 @@ fn someone_elses_program_is_not_replaced() {
     let tb = Netns::setup_with_queues("wsbx6", 2, 1).unwrap();
     let dir = std::env::temp_dir().join(format!("wsb-foreign-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("foreign.bpf.c"),
-        "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int foreign(struct xdp_md *ctx) { return XDP_PASS; }\n\
-         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    )
-    .unwrap();
-    let arch = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
-    let cc = Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", &arch, "-c"])
-        .arg(dir.join("foreign.bpf.c"))
-        .arg("-o")
-        .arg(dir.join("foreign.o"))
-        .output()
+    // A program whose function is `name`, compiled and attached in generic mode by `ip`.
+    let attach_passing = |name: &str| {
+        let source = dir.join(format!("{name}.bpf.c"));
+        std::fs::write(
+            &source,
+            format!(
+                "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int {name}(struct xdp_md *ctx) {{ return XDP_PASS; }}\n\
+                 char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n"
+            ),
+        )
         .unwrap();
-    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
-    let foreign = dir.join("foreign.o");
-    let attach = Command::new("ip")
-        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
-        .arg(&foreign)
-        .args(["sec", "xdp"])
-        .output()
-        .unwrap();
-    assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
+        let object = dir.join(format!("{name}.o"));
+        let arch = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+        let cc = Command::new("clang")
+            .args(["-O2", "-g", "-target", "bpf", &arch, "-c"])
+            .arg(&source)
+            .arg("-o")
+            .arg(&object)
+            .output()
+            .unwrap();
+        assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+        let _ = Command::new("ip")
+            .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "off"])
+            .output();
+        let attach = Command::new("ip")
+            .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
+            .arg(&object)
+            .args(["sec", "xdp"])
+            .output()
+            .unwrap();
+        assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
+    };
+    attach_passing("foreign");
 
     let dev = tb.dev();
     let refused = in_ns(&tb.srv, move || match Steering::attach(&dev, Mode::Auto) {
@@ -397,32 +407,7 @@ fn someone_elses_program_is_not_replaced() {
     assert_eq!(still.map(|(_, name, _)| name), Some("foreign".to_string()));
 
     // A program that takes our name but not our maps is not ours either.
-    let off = Command::new("ip")
-        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "off"])
-        .output()
-        .unwrap();
-    assert!(off.status.success());
-    std::fs::write(
-        dir.join("impostor.bpf.c"),
-        "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int wsb_steer(struct xdp_md *ctx) { return XDP_PASS; }\n\
-         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    )
-    .unwrap();
-    let cc = Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", &arch, "-c"])
-        .arg(dir.join("impostor.bpf.c"))
-        .arg("-o")
-        .arg(dir.join("impostor.o"))
-        .output()
-        .unwrap();
-    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
-    let attach = Command::new("ip")
-        .args(["-n", &tb.srv, "link", "set", "dev", &tb.dev(), "xdpgeneric", "obj"])
-        .arg(dir.join("impostor.o"))
-        .args(["sec", "xdp"])
-        .output()
-        .unwrap();
-    assert!(attach.status.success(), "{}", String::from_utf8_lossy(&attach.stderr));
+    attach_passing("wsb_steer");
     let dev = tb.dev();
     let refused = in_ns(&tb.srv, move || match Steering::attach(&dev, Mode::Auto) {
         Err(SteerError::AttachedBySomeoneElse { name, .. }) => name,
