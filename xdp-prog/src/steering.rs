@@ -206,7 +206,7 @@ impl Steering {
     pub fn attach(iface: &str, mode: Mode) -> Result<Steering> {
         check_caps()?;
         let index = ifindex(iface)?;
-        let mut steering = Steering::load()?;
+        let steering = Steering::load()?;
         refuse_occupied(iface)?;
         let xdp = Xdp::new(steering.prog.as_fd());
         let try_mode = |m: Attached| {
@@ -226,12 +226,17 @@ impl Steering {
                 }
             },
         };
-        steering.attachment = Some((index, attached));
-        let mut cfg = steering.config()?;
+        steering.attached(index, attached)
+    }
+
+    /// Record where it is attached, in this handle and in the program's config map.
+    fn attached(mut self, index: u32, attached: Attached) -> Result<Steering> {
+        self.attachment = Some((index, attached));
+        let mut cfg = self.config()?;
         cfg.ifindex = index;
         cfg.attach_mode = attached.code();
-        steering.set_config(cfg)?;
-        Ok(steering)
+        self.set_config(cfg)?;
+        Ok(self)
     }
 
     /// Load the program and attach it to `iface` with a BPF link held by this handle: the
@@ -274,12 +279,7 @@ impl Steering {
             },
         };
         steering.link = Some(link);
-        steering.attachment = Some((index, attached));
-        let mut cfg = steering.config()?;
-        cfg.ifindex = index;
-        cfg.attach_mode = attached.code();
-        steering.set_config(cfg)?;
-        Ok(steering)
+        steering.attached(index, attached)
     }
 
     /// Whether the attachment is a BPF link held by this handle.
