@@ -376,6 +376,7 @@ impl Supervisor {
                 Ok(Event::Signal) if self.draining.is_none() && self.cfg.drain_rate > 0.0 => self.begin_drain(),
                 Ok(Event::Signal) => {
                     log::info!("signal received: closing every connection now and stopping workers");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                     return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
