@@ -104,7 +104,7 @@ struct Supervisor {
     /// The broker client of a cluster node (`--cluster`).
     cluster: Option<cluster::Cluster>,
     /// Since when the node drains (the first SIGTERM/SIGINT).
-    draining: Option<Instant>,
+    draining: bool,
     /// The XDP steering of an xdp server (detached after the workers stop).
     #[cfg(feature = "xdp")]
     xdp: Option<xdp_prog::Attachment>,
@@ -243,7 +243,7 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         restart_number: 0,
         admin_counters: Arc::new(AdminCounters::default()),
         cluster,
-        draining: None,
+        draining: false,
         #[cfg(feature = "xdp")]
         xdp: attachment,
     };
@@ -353,7 +353,7 @@ impl Supervisor {
             }
             // Pings, deadlines and due restarts every WATCH_EVERY, not per event (a storm of
             // device claims from many workers must not cost a pass over every worker each).
-            if self.draining.is_some() && self.slots.iter().all(|s| s.proc.is_none()) {
+            if self.draining && self.slots.iter().all(|s| s.proc.is_none()) {
                 log::info!("drained: every worker has closed its connections and exited");
                 return Ok(());
             }
@@ -373,7 +373,7 @@ impl Supervisor {
                 Ok(Event::Admin(request, routed)) => self.admin(request, routed),
                 Ok(Event::Cluster(event)) => self.cluster_event(event),
                 Ok(Event::WorkerGone(who)) => self.worker_gone(who)?,
-                Ok(Event::Signal) if self.draining.is_none() && self.cfg.drain_rate > 0.0 => self.begin_drain(),
+                Ok(Event::Signal) if !self.draining && self.cfg.drain_rate > 0.0 => self.begin_drain(),
                 Ok(Event::Signal) => {
                     log::info!("signal received: closing every connection now and stopping workers");
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -387,7 +387,7 @@ impl Supervisor {
 
     /// The drain rate, shared among the workers still draining (again whenever one finishes, so
     /// that the others take up its share).
-    fn drain_share_changed(&mut self, _since: Instant) {
+    fn drain_share_changed(&mut self) {
         let running: Vec<usize> = (0..self.slots.len())
             .filter(|&w| self.slots[w].proc.is_some())
             .collect();
@@ -408,14 +408,13 @@ impl Supervisor {
     /// SIGTERM: `/readyz` says 503 from now on, workers refuse new clients and close their
     /// connections at `--drain-rate` (shared among them), then exit; the loop ends when all have.
     fn begin_drain(&mut self) {
-        let now = Instant::now();
-        self.draining = Some(now);
+        self.draining = true;
         self.stopping = true; // workers that exit now are not restarted
         log::info!(
             "signal received: draining (readiness 503, new clients refused, connections closed at {:.0}/s); a second signal closes the rest at once",
             self.cfg.drain_rate
         );
-        self.drain_share_changed(now);
+        self.drain_share_changed();
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::Status("draining"),
@@ -425,7 +424,7 @@ impl Supervisor {
     /// `/readyz`: why this node should not get new clients, if it should not.
     fn not_ready(&self) -> Vec<String> {
         let mut why = Vec::new();
-        if self.draining.is_some() {
+        if self.draining {
             why.push("draining (shutting down)".to_string());
         }
         let down: Vec<usize> = (0..self.slots.len()).filter(|&w| !self.slots[w].is_running()).collect();

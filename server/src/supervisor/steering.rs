@@ -40,8 +40,6 @@ pub(super) fn prepare_xdp(x: &XdpOptions, listen: SocketAddr) -> anyhow::Result<
     let base = XdpWorkerConfig {
         iface: x.iface.clone(),
         queue: 0,
-        xsks_map_id: att.xsks_map_id()?,
-        xsks_fd_passed: true,
         addr,
         prefix_len,
         port: listen.port(),

@@ -431,7 +431,7 @@ impl Supervisor {
     /// Pings, hang and start deadlines, due restarts. Called from the loop at least every 100 ms.
     pub(super) fn watch_workers(&mut self) -> anyhow::Result<()> {
         // While draining, a hung worker is still killed (never restarted): a drain must end.
-        if self.stopping && self.draining.is_none() {
+        if self.stopping && !self.draining {
             return Ok(());
         }
         let now = Instant::now();
@@ -506,8 +506,8 @@ impl Supervisor {
             for (_, p) in self.pending.worker_gone(index) {
                 self.complete(p, false);
             }
-            if let Some(d) = self.draining {
-                self.drain_share_changed(d);
+            if self.draining {
+                self.drain_share_changed();
             }
             return Ok(());
         }

@@ -48,12 +48,6 @@ const EVENTS_KEPT: usize = 4096;
 pub struct XdpWorkerConfig {
     pub iface: String,
     pub queue: u32,
-    /// The steering program's XSKMAP, where the worker registers its socket: its id (for the
-    /// logs; opening by id needs CAP_SYS_ADMIN), and whether the supervisor passed its
-    /// descriptor at `control::FD_XSKMAP` (it always does).
-    pub xsks_map_id: u32,
-    #[serde(default)]
-    pub xsks_fd_passed: bool,
     /// Our address on the interface, and its prefix length.
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
@@ -88,13 +82,10 @@ impl Userspace {
         };
         let link = XdpLink::open(&link_cfg)
             .with_context(|| format!("binding an AF_XDP socket to {} queue {}", x.iface, x.queue))?;
-        let xsks = if x.xsks_fd_passed {
-            // SAFETY: the supervisor dup2'ed the map's descriptor here before exec
-            // (`spawn_worker`), and nothing in this process closes it.
-            unsafe { xdp_prog::XskMap::inherited(crate::control::FD_XSKMAP)? }
-        } else {
-            xdp_prog::XskMap::open(x.xsks_map_id)?
-        };
+        // The steering program's XSKMAP, where the worker registers its socket. SAFETY: the
+        // supervisor dup2'ed the map's descriptor here before exec (`spawn_worker`; opening it by
+        // id would need CAP_SYS_ADMIN), and nothing in this process closes it.
+        let xsks = unsafe { xdp_prog::XskMap::inherited(crate::control::FD_XSKMAP)? };
         let umem_bytes = link.umem_bytes() as u64;
         let our_mac = host::iface::mac_of(&x.iface).with_context(|| format!("reading the MAC of {}", x.iface))?;
         let stack_cfg = StackConfig {

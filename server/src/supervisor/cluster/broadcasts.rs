@@ -166,7 +166,6 @@ async fn consume(shared: &Shared, js: &jetstream::Context, base: &mut u64, last:
         );
         *base = now_base;
         *last = 0;
-        shared.base.store(now_base, Ordering::Relaxed);
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {

@@ -72,7 +72,9 @@ pub(super) async fn read_heartbeats(shared: Arc<Shared>, mut beats: async_nats::
         }
     };
     while let Some(msg) = beats.next().await {
-        let Some(beat) = wire::decode::<Heartbeat>(&msg.payload) else {
+        // A node's name is at most 64 bytes (`--node-id`): a longer one is not a node of ours,
+        // and names are kept for every peer.
+        let Some(beat) = wire::decode::<Heartbeat>(&msg.payload).filter(|b| b.node.len() <= 64) else {
             add(&shared.counters.bad_messages, 1);
             continue;
         };

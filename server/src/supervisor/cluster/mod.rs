@@ -195,8 +195,6 @@ struct Shared {
     instance: u64,
     counters: Counters,
     peers: Mutex<Peers>,
-    /// The stream's number base (`broadcasts::seq_base`), as the reader last saw it.
-    base: AtomicU64,
     /// Admin answers of broadcasts posted here, by request id (`wire::HEADER_REQUEST`), until
     /// their message comes back from the stream.
     waiting: Mutex<HashMap<String, (Instant, Responder)>>,
@@ -237,7 +235,6 @@ impl Cluster {
             instance: fastrand::u64(1..),
             counters: Counters::default(),
             peers: Mutex::new(Peers::default()),
-            base: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(0),
             asks: Mutex::new(HashMap::new()),
@@ -507,7 +504,6 @@ async fn run(
             return;
         }
     };
-    shared.base.store(base, Ordering::Relaxed);
     shared.counters.last_seq.store(base + last, Ordering::Relaxed);
     log::info!(
         "cluster: node {} connected to {}; broadcasts from stream {} (next number {})",
