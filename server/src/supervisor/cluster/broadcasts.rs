@@ -172,7 +172,7 @@ async fn consume(shared: &Shared, js: &jetstream::Context, base: &mut u64, last:
             deliver_subject: js.client().new_inbox(),
             filter_subject: shared.subjects.broadcast.clone(),
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: *last + 1,
+                start_sequence: last.saturating_add(1),
             },
             ..Default::default()
         })
@@ -213,7 +213,8 @@ async fn consume(shared: &Shared, js: &jetstream::Context, base: &mut u64, last:
         let ts_ns = header(HEADER_TS).and_then(|t| t.parse().ok()).unwrap_or(published);
         let periodic = header(HEADER_KIND).as_deref() == Some("periodic");
         let text = (!periodic).then(|| String::from_utf8_lossy(&msg.payload).into_owned());
-        let seq = *base + stream_seq;
+        // Sequences come from the broker: no arithmetic on them may overflow.
+        let seq = base.saturating_add(stream_seq);
         let c = &shared.counters;
         add(&c.broadcasts_received, 1);
         c.last_seq.store(seq, Ordering::Relaxed);

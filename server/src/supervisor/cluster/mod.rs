@@ -504,15 +504,16 @@ async fn run(
             return;
         }
     };
-    shared.counters.last_seq.store(base + last, Ordering::Relaxed);
+    let first_seq = base.saturating_add(last);
+    shared.counters.last_seq.store(first_seq, Ordering::Relaxed);
     log::info!(
         "cluster: node {} connected to {}; broadcasts from stream {} (next number {})",
         shared.opts.node,
         redact_url(&shared.opts.url),
         shared.subjects.stream,
-        base + last + 1
+        first_seq.saturating_add(1)
     );
-    let _ = ready.send(Ok(base + last));
+    let _ = ready.send(Ok(first_seq));
 
     let tasks = [
         tokio::spawn(broadcasts::read(Arc::clone(&shared), js.clone(), base, last)),
