@@ -16,6 +16,8 @@ need+=([clang]=clang [make]=make [pkg-config]=pkgconf)
 need+=([nats-server]=nats-server)
 # The service tests check dist/ws-server.service with systemd-analyze verify.
 need+=([systemd-analyze]=systemd [setpriv]=util-linux)
+# The coexistence test loads the XDP program with libxdp's xdp-loader, beside xdp-filter.
+need+=([xdp-loader]=xdp-tools)
 # file -> Debian package
 declare -A headers=(
     [/usr/include/libelf.h]=libelf-dev [/usr/include/zlib.h]=zlib1g-dev

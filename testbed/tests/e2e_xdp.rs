@@ -410,6 +410,126 @@ fn the_program_attach_sh_pinned_is_adopted_and_left_attached() {
     assert!(!attached().contains("prog/xdp"));
 }
 
+/// The program as Debian's `xdp-loader` (libxdp) loads it, from the file `xdp-steer object`
+/// writes: libxdp reads its run config (priority 20, chained on XDP_PASS); a server with
+/// `--xdp-mode external` uses it and leaves it attached; `xdp-loader unload` removes it. Where the
+/// kernel lets libxdp's dispatcher run (extension programs), another program (xdp-filter, denying
+/// a UDP port) runs beside it on the same interface and both work.
+#[test]
+fn a_program_xdp_loader_attached_is_used_and_left_to_it() {
+    if !privileged("a_program_xdp_loader_attached_is_used_and_left_to_it") {
+        return;
+    }
+    let dir = scratch("xdp-loader");
+    let ns = Netns::setup("wsbtx", 1).unwrap();
+    let dev = "wsbtx-s0";
+    let object = dir.join("wsb_steer.o");
+    let xdp_steer = testkit::sibling_binary("xdp-steer").unwrap();
+    let (ok, out) = output_of({
+        let mut c = std::process::Command::new(&xdp_steer);
+        c.args(["object", "-o"]).arg(&object);
+        c
+    });
+    assert!(ok, "{out}");
+    // libxdp pins its dispatcher on a bpffs; `ip netns exec` gives the namespace a /sys without one.
+    let bpffs = dir.join("bpffs");
+    std::fs::create_dir_all(&bpffs).unwrap();
+    let (ok, out) = output_of({
+        let mut c = std::process::Command::new("mount");
+        c.args(["-t", "bpf", "bpf"]).arg(&bpffs);
+        c
+    });
+    assert!(ok, "{out}");
+    let _unmount = Unmount(bpffs.clone());
+    let libxdp_env = format!("LIBXDP_BPFFS={}", bpffs.display());
+    let with_env = |tool: &str, args: &[&str]| {
+        let mut all = vec![libxdp_env.as_str(), tool];
+        all.extend_from_slice(args);
+        run_in(&ns.srv, "env", &all)
+    };
+    let loader = |args: &[&str]| with_env("xdp-loader", args);
+    let (ok, out) = loader(&["load", "-v", "-m", "native", dev, object.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Run prio: 20. Chain call actions: XDP_PASS"), "{out}");
+    let dispatcher = !out.contains("Falling back to loading single prog without dispatcher");
+    let (_, status) = loader(&["status", dev]);
+    assert!(status.contains("wsb_steer"), "{status}");
+
+    // Beside it, where libxdp can build its dispatcher: xdp-filter drops UDP to port 9.
+    if dispatcher {
+        let (ok, out) = with_env("xdp-filter", &["load", "-m", "native", "-f", "udp", dev]);
+        assert!(ok, "{out}");
+        let (ok, out) = with_env("xdp-filter", &["port", "9", "-p", "udp"]);
+        assert!(ok, "{out}");
+    } else {
+        // Said as a skip (counted by testbed/run-tests.sh), straight to stderr so it is seen.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            "SKIP a_program_xdp_loader_attached_is_used_and_left_to_it (a second program beside it): \
+             this kernel refuses extension (freplace) programs, so libxdp loads ours without its \
+             dispatcher and no other program can share the interface; ours is checked alone\n"
+                .as_bytes(),
+        );
+    }
+
+    let mut args = xdp_server_args(&ns);
+    args.extend(["--xdp-mode".to_string(), "external".to_string()]);
+    let mut server = start_server(&ns, &strs(&args), &dir.join("server.log"));
+    let (_, curl) = curl_upgrade(&ns);
+    assert!(curl.starts_with("HTTP/1.1 101 "), "{curl}");
+    if dispatcher {
+        let got = udp_arrives(&ns, 9);
+        assert!(!got, "xdp-filter lets UDP to port 9 through");
+        assert!(
+            udp_arrives(&ns, 10),
+            "UDP to port 10 is not xdp-filter's and must arrive"
+        );
+    }
+    drop_guard(&mut server);
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    assert!(log.contains("attached by another loader"), "{log}");
+    assert!(!log.contains("XDP steering detached"), "{log}");
+    let (_, after) = loader(&["status", dev]);
+    assert!(
+        after.contains("wsb_steer"),
+        "the server left the program to its loader: {after}"
+    );
+    let (ok, out) = loader(&["unload", "--all", dev]);
+    assert!(ok, "{out}");
+    assert!(!loader(&["status", dev]).1.contains("wsb_steer"));
+
+    // Nothing of ours attached: a refusal that says so, not a server that steers nothing.
+    let mut cmd = ns.command(&ns.srv, &server_bin());
+    cmd.args(strs(&args)).args(["--admin", "127.0.0.1:9002"]);
+    let (ok, out) = output_of(cmd);
+    assert!(!ok, "{out}");
+    assert!(out.contains("no steering program is attached on wsbtx-s0"), "{out}");
+}
+
+/// Unmounts a test's bpffs when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Whether a UDP datagram from the client namespace reaches a socket on `port` in the server's.
+fn udp_arrives(ns: &Netns, port: u16) -> bool {
+    let to: std::net::SocketAddr = format!("198.18.0.1:{port}").parse().unwrap();
+    let socket = testkit::in_ns(&ns.srv, move || std::net::UdpSocket::bind(to).unwrap());
+    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    testkit::in_ns(&ns.cli, move || {
+        let out = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..3 {
+            let _ = out.send_to(b"hello", to);
+        }
+    });
+    let mut buf = [0u8; 16];
+    socket.recv_from(&mut buf).is_ok()
+}
+
 /// 2,000 userspace-stack clients get broadcasts of 300 B, 4 KiB and 60 KiB through the xdp
 /// server's 256-byte send buffers, every byte, nobody closed.
 #[test]

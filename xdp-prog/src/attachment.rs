@@ -3,6 +3,8 @@
 //! exit take back exactly what it set up, since another stack may share the program. Its own
 //! attachment is a BPF link (the kernel drops it when the process dies, even by SIGKILL); a
 //! program of ours some other process left attached over netlink is replaced, so a start works.
+//! With `--xdp-mode external` the program an operator's loader attached (`xdp-loader`, maybe
+//! beside other programs under libxdp's dispatcher) is used and left as it was found.
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -43,9 +45,10 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// Steer `what` on `iface` to AF_XDP sockets on `queues` queues. `pin`: adopt the program
-    /// pinned there; otherwise one pinned under [`PIN_ROOT`] is adopted if it is the one
-    /// attached, a left-over of ours is replaced, and else we attach our own.
+    /// Steer `what` on `iface` to AF_XDP sockets on `queues` queues. [`Mode::External`]: use the
+    /// program another loader attached (xdp-loader, alone or under libxdp's dispatcher). `pin`:
+    /// adopt the program pinned there; otherwise one pinned under [`PIN_ROOT`] is adopted if it
+    /// is the one attached, a left-over of ours is replaced, and else we attach our own.
     pub fn prepare(
         iface: &str,
         mode: Mode,
@@ -53,8 +56,23 @@ impl Attachment {
         pin: Option<&Path>,
         queues: u32,
     ) -> anyhow::Result<Attachment> {
-        let mut att = match find_pinned(iface, pin)? {
+        let pinned = if mode == Mode::External {
+            None
+        } else {
+            find_pinned(iface, pin)?
+        };
+        let mut att = match pinned {
             Some(dir) => adopt(&dir, iface)?,
+            None if mode == Mode::External => Attachment {
+                steering: Steering::open_external(iface).with_context(|| {
+                    format!("--xdp-mode external: using the program another loader attached to {iface}")
+                })?,
+                iface: iface.to_string(),
+                ours: false,
+                added: Added::default(),
+                queues,
+                finished: false,
+            },
             None => {
                 if let Some(id) = crate::detach_left_over(iface)? {
                     log::warn!("{iface}: replaced steering program {id} left attached by an earlier run");
@@ -88,7 +106,11 @@ impl Attachment {
         log::info!(
             "XDP steering on {iface} ({how} mode, program {}{}): {steered} goes to AF_XDP, everything else to the kernel",
             att.steering.program_id(),
-            if att.ours { "" } else { ", adopted from its pin" }
+            match (att.ours, mode) {
+                (true, _) => "",
+                (false, Mode::External) => ", attached by another loader",
+                (false, _) => ", adopted from its pin",
+            }
         );
         Ok(att)
     }

@@ -54,8 +54,8 @@ pub(crate) fn prog_info(fd: BorrowedFd<'_>) -> Result<(u32, String)> {
 /// take the name, not these maps as well).
 const OUR_MAPS: [&str; 3] = ["xsks", "endpoints", "counters"];
 
-/// The names of the maps program `prog` uses.
-fn map_names(prog: BorrowedFd<'_>) -> Vec<String> {
+/// The ids of the maps program `prog` uses.
+pub(crate) fn map_ids(prog: BorrowedFd<'_>) -> Vec<u32> {
     let mut info = libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: the kernel writes at most `len` bytes into `info`.
@@ -74,8 +74,14 @@ fn map_names(prog: BorrowedFd<'_>) -> Vec<String> {
         return Vec::new();
     }
     ids.truncate(info.nr_map_ids as usize);
-    ids.iter()
-        .filter_map(|&id| {
+    ids
+}
+
+/// The names of the maps program `prog` uses.
+fn map_names(prog: BorrowedFd<'_>) -> Vec<String> {
+    map_ids(prog)
+        .into_iter()
+        .filter_map(|id| {
             // SAFETY: returns a new fd for the map id (or an error).
             let fd = unsafe { libbpf_sys::bpf_map_get_fd_by_id(id) };
             if fd < 0 {
@@ -145,6 +151,84 @@ pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attac
         String::new()
     };
     Ok(Some((opts.prog_id, name, mode)))
+}
+
+/// Whether program `id` is ours: its name and our maps (the check `attached_program` makes).
+fn is_ours(id: u32) -> bool {
+    // SAFETY: returns a new fd for the program id (or an error).
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh fd that we own from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let maps = map_names(fd.as_fd());
+    prog_info(fd.as_fd()).is_ok_and(|(_, name)| name == PROGRAM_NAME)
+        && OUR_MAPS.iter().all(|m| maps.iter().any(|n| n == m))
+}
+
+/// The name libxdp's dispatcher runs under (`xdp-loader load` of several programs).
+pub const DISPATCHER_NAME: &str = "xdp_dispatcher";
+
+/// The steering program another loader attached to `iface` (`xdp-loader load IFACE
+/// wsb_steer.o`): its id and mode, whether it runs alone or as a component under libxdp's
+/// dispatcher. Anything else is an error that says what runs there.
+pub fn external_program(iface: &str) -> Result<(u32, Attached)> {
+    let Some((id, name, mode)) = attached_program(iface)? else {
+        return Err(SteerError::NotAttached(iface.to_string()));
+    };
+    let mode = mode.unwrap_or(Attached::Native);
+    if name == PROGRAM_NAME {
+        return Ok((id, mode));
+    }
+    if name == DISPATCHER_NAME {
+        return dispatcher_component(id)
+            .map(|c| (c, mode))
+            .ok_or_else(|| SteerError::NotAmongComponents {
+                iface: iface.to_string(),
+                id,
+            });
+    }
+    Err(SteerError::AttachedBySomeoneElse {
+        iface: iface.to_string(),
+        id,
+        name,
+    })
+}
+
+/// Our program among the components of dispatcher `dispatcher`: libxdp attaches each component
+/// as an extension (freplace) program through a BPF link whose target is the dispatcher.
+fn dispatcher_component(dispatcher: u32) -> Option<u32> {
+    let mut id = 0u32;
+    loop {
+        let mut next = 0u32;
+        // SAFETY: writes the next link id into `next`.
+        if unsafe { libbpf_sys::bpf_link_get_next_id(id, &mut next) } != 0 {
+            return None;
+        }
+        id = next;
+        // SAFETY: returns a new fd for the link id (or an error).
+        let fd = unsafe { libbpf_sys::bpf_link_get_fd_by_id(id) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a fresh fd that we own from here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut info = libbpf_sys::bpf_link_info::default();
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+        // SAFETY: the kernel writes at most `len` bytes into `info`.
+        if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) } != 0 {
+            continue;
+        }
+        if info.type_ != libbpf_sys::BPF_LINK_TYPE_TRACING {
+            continue;
+        }
+        // SAFETY: a tracing link's info fills the `tracing` member of the union.
+        let target = unsafe { info.__bindgen_anon_1.tracing.target_obj_id };
+        if target == dispatcher && is_ours(info.prog_id) {
+            return Some(info.prog_id);
+        }
+    }
 }
 
 /// Detach a steering program of ours that no handle refers to (left attached by a process that

@@ -22,6 +22,10 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/steer.skel.rs"));
 }
 
+/// The compiled program (BPF ELF with BTF and its `.xdp_run_config`), as `xdp-loader load` takes
+/// it: `xdp-steer object` writes it out.
+pub const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
+
 mod attachment;
 mod interface;
 pub mod maps;

@@ -32,6 +32,10 @@ pub enum Mode {
     Native,
     /// Generic (skb) mode: works everywhere, slower, no AF_XDP zero-copy.
     Generic,
+    /// Attached by another loader (`xdp-loader load IFACE wsb_steer.o`, alone or beside other
+    /// programs under libxdp's dispatcher; `xdp-steer object` writes the file): used as it is,
+    /// never attached or detached here.
+    External,
 }
 
 /// How the program is attached.
@@ -94,6 +98,12 @@ pub enum SteerError {
     NotAttached(String),
     #[error("queue {0} is out of range: the program has sockets for queues 0 to {max}", max = MAX_QUEUES - 1)]
     BadQueue(u32),
+    #[error("{iface} runs libxdp's dispatcher (id {id}) without our program among its components: load it with `xdp-loader load {iface} wsb_steer.o` (`xdp-steer object` writes the file)")]
+    NotAmongComponents { iface: String, id: u32 },
+    #[error("program {id} has no map '{missing}': not ours")]
+    NotOurs { id: u32, missing: String },
+    #[error("--mode external uses the program another loader attached (xdp-loader); it is not a way to attach")]
+    ExternalIsNotAttaching,
     #[error("too many endpoints: the program holds at most 256 (endpoints, servers and client addresses together)")]
     TooManyEndpoints,
 }
@@ -132,7 +142,9 @@ pub struct Steering {
     xsks: MapHandle,
     endpoints: MapHandle,
     counters: MapHandle,
-    config: MapHandle,
+    /// Absent for a program another loader attached: the program does not use it, so the kernel
+    /// keeps it only while that loader's object lives.
+    config: Option<MapHandle>,
     /// Where it is attached, if it is.
     attachment: Option<(u32, Attached)>,
     /// A BPF link holding the attachment (`attach_link`): closing it detaches, so the kernel
@@ -194,7 +206,7 @@ impl Steering {
             xsks: handle(&|| MapHandle::try_from(&skel.maps.xsks), "xsks map")?,
             endpoints: handle(&|| MapHandle::try_from(&skel.maps.endpoints), "endpoints map")?,
             counters: handle(&|| MapHandle::try_from(&skel.maps.counters), "counters map")?,
-            config: handle(&|| MapHandle::try_from(&skel.maps.config), "config map")?,
+            config: Some(handle(&|| MapHandle::try_from(&skel.maps.config), "config map")?),
             prog,
             attachment: None,
             link: None,
@@ -218,6 +230,7 @@ impl Steering {
             Mode::Generic => {
                 try_mode(Attached::Generic).map_err(bpf(&format!("attaching in generic mode to {iface}")))?
             }
+            Mode::External => return Err(SteerError::ExternalIsNotAttaching),
             Mode::Auto => match try_mode(Attached::Native) {
                 Ok(m) => m,
                 Err(e) => {
@@ -270,6 +283,7 @@ impl Steering {
             Mode::Generic => {
                 try_mode(Attached::Generic).map_err(io_err(format!("attaching in generic mode to {iface}")))?
             }
+            Mode::External => return Err(SteerError::ExternalIsNotAttaching),
             Mode::Auto => match try_mode(Attached::Native) {
                 Ok(done) => done,
                 Err(e) => {
@@ -301,7 +315,7 @@ impl Steering {
             xsks: map("xsks")?,
             endpoints: map("endpoints")?,
             counters: map("counters")?,
-            config: map("config")?,
+            config: Some(map("config")?),
             attachment: None,
             link: None,
             detach_on_drop: false,
@@ -309,6 +323,50 @@ impl Steering {
         let cfg = s.config()?;
         s.attachment = Attached::from_code(cfg.attach_mode).map(|m| (cfg.ifindex, m));
         Ok(s)
+    }
+
+    /// Open the program of ours another loader attached to `iface` (`xdp-loader`, alone or as a
+    /// component under libxdp's dispatcher) and its maps, by id (needs CAP_SYS_ADMIN). Dropping
+    /// the handle leaves it attached: its loader owns the attachment.
+    pub fn open_external(iface: &str) -> Result<Steering> {
+        let (prog_id, mode) = crate::interface::external_program(iface)?;
+        let by_id = |what: &str, fd: i32| {
+            if fd < 0 {
+                return Err(SteerError::Io {
+                    what: format!("opening {what} of program {prog_id} by id (needs CAP_SYS_ADMIN)"),
+                    source: std::io::Error::from_raw_os_error(-fd),
+                });
+            }
+            // SAFETY: a fresh fd that we own from here.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        };
+        // SAFETY: returns a new fd for the program id, or a negative error.
+        let prog = by_id("the program", unsafe { libbpf_sys::bpf_prog_get_fd_by_id(prog_id) })?;
+        let mut maps = std::collections::HashMap::new();
+        for id in crate::interface::map_ids(prog.as_fd()) {
+            let map = MapHandle::from_map_id(id).map_err(bpf(&format!(
+                "opening map {id} of program {prog_id} by id (needs CAP_SYS_ADMIN)"
+            )))?;
+            maps.insert(map.name().to_string_lossy().into_owned(), map);
+        }
+        let mut take = |name: &str| {
+            maps.remove(name).ok_or_else(|| SteerError::NotOurs {
+                id: prog_id,
+                missing: name.to_string(),
+            })
+        };
+        let index = ifindex(iface)?;
+        Ok(Steering {
+            xsks: take("xsks")?,
+            endpoints: take("endpoints")?,
+            counters: take("counters")?,
+            config: None,
+            prog,
+            prog_id,
+            attachment: Some((index, mode)),
+            link: None,
+            detach_on_drop: false,
+        })
     }
 
     /// Pin the program and its maps under `dir` (on a bpffs); from now on dropping this handle
@@ -332,11 +390,12 @@ impl Steering {
             });
         }
         for (name, map) in [
-            ("xsks", &mut self.xsks),
-            ("endpoints", &mut self.endpoints),
-            ("counters", &mut self.counters),
-            ("config", &mut self.config),
+            ("xsks", Some(&mut self.xsks)),
+            ("endpoints", Some(&mut self.endpoints)),
+            ("counters", Some(&mut self.counters)),
+            ("config", self.config.as_mut()),
         ] {
+            let Some(map) = map else { continue };
             map.pin(dir.join(name))
                 .map_err(bpf(&format!("pinning {}", dir.join(name).display())))?;
         }
@@ -404,8 +463,10 @@ impl Steering {
     }
 
     fn config(&self) -> Result<Config> {
-        let v = self
-            .config
+        let Some(config) = &self.config else {
+            return Ok(Config::default());
+        };
+        let v = config
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(bpf("reading the config map"))?;
         Ok(v.and_then(|v| bytemuck::try_pod_read_unaligned(&v).ok())
@@ -413,7 +474,10 @@ impl Steering {
     }
 
     fn set_config(&self, cfg: Config) -> Result<()> {
-        self.config
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        config
             .update(&0u32.to_ne_bytes(), bytemuck::bytes_of(&cfg), MapFlags::ANY)
             .map_err(bpf("writing the config map"))
     }

@@ -78,6 +78,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write the compiled program (a BPF object with BTF and its libxdp run config) to FILE, for
+    /// `xdp-loader load IFACE FILE` beside other programs under libxdp's dispatcher; a server
+    /// started on that interface then adopts it. Needs no privileges.
+    Object {
+        /// Where to write it ('-': standard output).
+        #[arg(short, long, default_value = "wsb_steer.o")]
+        output: PathBuf,
+    },
     /// What IFACE's driver offers: native (driver) XDP, AF_XDP zero-copy, and the rest of the
     /// kernel's XDP feature flags (Linux 6.3 and later report them).
     Features {
@@ -98,6 +106,23 @@ fn main() {
     }
 }
 
+fn write_object(output: &Path) -> anyhow::Result<()> {
+    if output == Path::new("-") {
+        use std::io::Write;
+        return std::io::stdout()
+            .write_all(xdp_prog::OBJECT)
+            .context("writing to standard output");
+    }
+    std::fs::write(output, xdp_prog::OBJECT).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "wrote {} ({} bytes): load it with `xdp-loader load -m native IFACE {}`",
+        output.display(),
+        xdp_prog::OBJECT.len(),
+        output.display()
+    );
+    Ok(())
+}
+
 fn enter(ns: &Option<String>) -> anyhow::Result<()> {
     if let Some(ns) = ns {
         netns::enter(ns).with_context(|| format!("entering network namespace {ns}"))?;
@@ -107,6 +132,9 @@ fn enter(ns: &Option<String>) -> anyhow::Result<()> {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Cmd::Object { output } = &args.cmd {
+        return write_object(output);
+    }
     if !host::is_root() {
         bail!("xdp-steer needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs)");
     }
@@ -131,6 +159,7 @@ fn run() -> anyhow::Result<()> {
             enter(&netns)?;
             features(&iface, json)
         }
+        Cmd::Object { .. } => unreachable!("handled before the privilege check"),
         Cmd::Status {
             iface,
             netns,

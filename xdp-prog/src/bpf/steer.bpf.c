@@ -141,4 +141,14 @@ int wsb_steer(struct xdp_md *ctx)
 	return to_socket(ctx, STEER_REDIRECTED);
 }
 
+// How the program runs as a component under libxdp's dispatcher (`xdp-loader load IFACE
+// wsb_steer.o`, beside other programs on one interface): before the default priority (50), and
+// whatever it passes (not ours) goes on to the next program. libxdp reads this section from the
+// object's BTF; the server's own attachment ignores it. (libxdp's XDP_RUN_CONFIG macro, written
+// out so the build needs no libxdp headers.)
+struct {
+	__uint(priority, 20);
+	__uint(XDP_PASS, 1);
+} _wsb_steer SEC(".xdp_run_config");
+
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
