@@ -18,6 +18,8 @@ need+=([nats-server]=nats-server)
 need+=([systemd-analyze]=systemd [setpriv]=util-linux)
 # The coexistence test loads the XDP program with libxdp's xdp-loader, beside xdp-filter.
 need+=([xdp-loader]=xdp-tools)
+# TLS in front of a server (a test, and ws-bench --stacks kernel-tls): haproxy, certificates.
+need+=([haproxy]=haproxy [openssl]=openssl)
 # file -> Debian package
 declare -A headers=(
     [/usr/include/libelf.h]=libelf-dev [/usr/include/zlib.h]=zlib1g-dev

@@ -120,6 +120,10 @@ fn ws_bench_refuses_a_bad_command_line_before_it_starts() {
     assert!(err.contains("--conns"), "{err}");
     let (code, err) = run(&["--broadcasts", "0"]);
     assert_eq!(code, Some(2), "{err}");
+    // The TLS row needs the load generator that speaks TLS.
+    let (code, err) = run(&["--stacks", "kernel,kernel-tls"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--client kernel"), "{err}");
     let help = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
         .arg("--help")
         .output()

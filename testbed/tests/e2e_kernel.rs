@@ -400,3 +400,66 @@ fn a_second_signal_ends_the_drain() {
     }
     scenarios::second_signal_ends_the_drain("wsbtsig", &["--workers", "2"]);
 }
+
+/// ws-load speaks TLS (`--tls-ca`) through haproxy terminating it in front of the kernel server:
+/// 2,000 connections get broadcasts of 300 B, 4 KiB and 60 KiB, every byte checked; a load
+/// generator trusting another authority gets no connection, each failure counted as a TLS error.
+#[test]
+fn tls_through_haproxy_every_byte_and_a_wrong_authority_is_refused() {
+    if !privileged("tls_through_haproxy_every_byte_and_a_wrong_authority_is_refused") {
+        return;
+    }
+    const CONNS: u64 = 2000;
+    const SIZES: [usize; 3] = [300, 4096, 60 * 1024];
+    let dir = scratch("tls-proxy");
+    let ns = Netns::setup("wsbtt", 1).unwrap();
+    let _server = start_server(&ns, &["--stack", "kernel"], &dir.join("server.log"));
+    let tls = dir.join("tls");
+    let _proxy = testbed::bench::tls_proxy::start_in(&ns, &tls, CONNS, SERVER).unwrap();
+    let load = |ca: &std::path::Path, conns: u64, json: &std::path::Path| {
+        let mut cmd = ns.command(&ns.cli, &load_bin());
+        cmd.args(["--server", testbed::bench::tls_proxy::LISTEN, "--tls-ca"])
+            .arg(ca)
+            .args(["--conns", &conns.to_string(), "--rate", "0", "--hold", "120s"])
+            .args(["--expect-broadcasts", "3", "--progress", "off", "--json"])
+            .arg(json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        testkit::ChildGuard::spawn("ws-load", cmd).unwrap()
+    };
+    // haproxy takes a moment to listen; a client refused meanwhile would count as failed.
+    testkit::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        testkit::in_ns(&ns.cli, || {
+            std::net::TcpStream::connect(testbed::bench::tls_proxy::LISTEN).ok()
+        })
+    })
+    .expect("haproxy listens");
+
+    let json = dir.join("load.json");
+    let running = load(&tls.join("ca.pem"), CONNS, &json);
+    wait_conns(&ns, CONNS, Duration::from_secs(60));
+    for len in SIZES {
+        let b = admin_post(&ns, "/broadcast", testbed::load::pattern::text(len).as_bytes());
+        assert_eq!(b["queued"], CONNS, "{len} B: {b}");
+    }
+    let summary = finish_load(running, &json, Duration::from_secs(150));
+    let c = &summary["counters"];
+    assert_eq!(summary["established"], CONNS, "{summary}");
+    assert_eq!(c["broadcasts"], 3 * CONNS, "{summary}");
+    assert_eq!(c["corrupt"], 0, "{summary}");
+    let per_conn: u64 = SIZES
+        .iter()
+        .map(|&s| (s - testbed::load::pattern::PREFIX.len()) as u64)
+        .sum();
+    assert_eq!(c["checked_bytes"], CONNS * per_conn, "every byte checked: {summary}");
+
+    // The server's own certificate is no authority: every handshake fails, as a TLS error.
+    let json = dir.join("wrong-ca.json");
+    let summary = finish_load(load(&tls.join("server.pem"), 20, &json), &json, Duration::from_secs(60));
+    assert_eq!(summary["established"], 0, "{summary}");
+    assert_eq!(
+        summary["counters"]["failed"],
+        serde_json::json!({"tls_error_in_handshake": 20}),
+        "{summary}"
+    );
+}

@@ -27,7 +27,7 @@ fn help_lists_every_exit_status() {
 
 #[test]
 fn usage_errors_exit_2_with_a_reason() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--bogus"], "unexpected argument"),
         (&["--conns", "lots"], "invalid value"),
         (&["--conns", "0"], "--conns must be between"),
@@ -42,6 +42,23 @@ fn usage_errors_exit_2_with_a_reason() {
         (
             &["--stack", "xdp", "--iface", "lo", "--server-mac", "zz:zz"],
             "not a MAC address",
+        ),
+        (&["--tls-ca", "/nonexistent/ca.pem"], "--tls-ca /nonexistent/ca.pem"),
+        // A file that holds no certificate.
+        (
+            &["--tls-ca", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")],
+            "no PEM certificate",
+        ),
+        (
+            &[
+                "--stack",
+                "xdp",
+                "--iface",
+                "lo",
+                "--tls-ca",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ],
+            "kernel stack only",
         ),
     ];
     for (args, reason) in cases {

@@ -18,6 +18,7 @@ pub mod peers;
 mod render;
 pub mod server;
 mod steps;
+pub mod tls_proxy;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -453,7 +454,11 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
     let xdp = server == Server::Xdp;
     let held = m.held;
     let client_sockets = cfg.client == Stack::Kernel;
-    let memory = measure::bytes_per_conn(&MemInput::from_snapshots(held, &m.before, &m.after, client_sockets));
+    let mut input = MemInput::from_snapshots(held, &m.before, &m.after, client_sockets);
+    if server == Server::KernelTls {
+        input.server_sockets_per_conn = 3;
+    }
+    let memory = measure::bytes_per_conn(&input);
     let kernel_bytes = (memory.kernel_slab_bytes_per_conn + memory.kernel_sockbuf_bytes_per_conn) * held as f64;
     let all_in_total = (m.after.server_mem.rss as f64 + kernel_bytes) / held.max(1) as f64;
     let all_in_pss = (m.after.server_mem.pss as f64 + kernel_bytes) / held.max(1) as f64;

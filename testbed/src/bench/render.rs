@@ -73,12 +73,29 @@ pub fn render(r: &BenchReport) -> String {
     for &n in &r.conns {
         let cols: Vec<&StackResult> = r.results.iter().filter(|c| c.conns_target == n).collect();
         table(&mut out, r, n, &cols);
+        tls_proxy_cost(&mut out, &cols);
     }
     breakdowns(&mut out, r);
     for s in &r.skipped {
         let _ = writeln!(out, "\nskipped: {s}");
     }
     out
+}
+
+/// With `kernel` and `kernel-tls` in one table: what the TLS proxy adds per connection.
+fn tls_proxy_cost(out: &mut String, cols: &[&StackResult]) {
+    let of = |name: &str| cols.iter().find(|c| c.stack == name);
+    let (Some(plain), Some(tls)) = (of("kernel"), of("kernel-tls")) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nTLS proxy (haproxy, TLS 1.3, ECDSA P-256) per connection: {} B all-in = kernel-tls {} - kernel {} (resident in processes: {} B of it)",
+        thousands(tls.all_in_total_bytes_per_conn - plain.all_in_total_bytes_per_conn),
+        thousands(tls.all_in_total_bytes_per_conn),
+        thousands(plain.all_in_total_bytes_per_conn),
+        thousands(tls.memory.user_bytes_per_conn - plain.memory.user_bytes_per_conn),
+    );
 }
 
 /// One N's table.

@@ -12,6 +12,9 @@ pub enum Server {
     Kernel,
     /// ws-server on the userspace stack behind XDP: no file descriptor per connection.
     Xdp,
+    /// ws-server on Linux TCP behind haproxy terminating TLS (needs --client kernel, which
+    /// speaks TLS): less the `kernel` row, what a TLS proxy costs per connection.
+    KernelTls,
     /// Go + gorilla/websocket, a goroutine per connection (testbed/peers/gorilla).
     Gorilla,
     /// Node.js + the ws package, cluster workers (testbed/peers/node-ws).
@@ -26,6 +29,7 @@ impl Server {
         match self {
             Server::Kernel => "kernel",
             Server::Xdp => "xdp",
+            Server::KernelTls => "kernel-tls",
             Server::Gorilla => "gorilla",
             Server::NodeWs => "node-ws",
             Server::TokioTungstenite => "tokio-tungstenite",
@@ -35,7 +39,7 @@ impl Server {
     /// The stack ws-server runs on, for ours; `None` for a peer.
     pub fn ours(self) -> Option<Stack> {
         match self {
-            Server::Kernel => Some(Stack::Kernel),
+            Server::Kernel | Server::KernelTls => Some(Stack::Kernel),
             Server::Xdp => Some(Stack::Xdp),
             Server::Gorilla | Server::NodeWs | Server::TokioTungstenite => None,
         }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ws_server::admin::{BroadcastResult, ConnsReport, Report};
 
-use super::peers;
 use super::{client_name, BenchConfig, BroadcastRun, Server, Stack};
+use super::{peers, tls_proxy};
 use crate::load::pattern;
 use crate::measure::process_tree;
 use testkit::http::http_in_netns;
@@ -195,7 +195,7 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, server: Server) -> 
         Stack::Xdp => cfg.conns + 1024,
         Stack::Kernel => cfg.conns,
     };
-    cmd.args(["--stack", name, "--listen", SERVER, "--admin", ADMIN])
+    cmd.args(["--stack", client_name(stack), "--listen", SERVER, "--admin", ADMIN])
         .args(["--max-conns", &capacity.to_string()])
         // Stopped at once when measured (a drain would outlast the stop's grace at large N).
         .args(["--push-interval", "0", "--idle-timeout", "0", "--drain-rate", "0"])
@@ -218,8 +218,12 @@ pub(super) fn start_server(cfg: &BenchConfig, netns: &Netns, server: Server) -> 
     if cfg.data_rounds.is_some() {
         cmd.arg("--echo");
     }
+    let mut procs = vec![ChildGuard::spawn("ws-server", cmd)?];
+    if server == Server::KernelTls {
+        procs.extend(tls_proxy::start(cfg, netns, SERVER)?);
+    }
     Ok(Running {
-        procs: vec![ChildGuard::spawn("ws-server", cmd)?],
+        procs,
         admins: vec![ADMIN.parse()?],
         ours: true,
     })
@@ -232,7 +236,13 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, server: Server) -> an
     let json = cfg.out_dir.join(format!("{name}-load.json"));
     let _ = std::fs::remove_file(&json);
     let mut cmd = netns.command(&netns.cli, &sibling_binary("ws-load")?);
-    cmd.args(["--stack", client_name(cfg.client), "--server", SERVER])
+    let target = if server == Server::KernelTls {
+        cmd.arg("--tls-ca").arg(tls_proxy::ca_file(cfg));
+        tls_proxy::LISTEN
+    } else {
+        SERVER
+    };
+    cmd.args(["--stack", client_name(cfg.client), "--server", target])
         .args(["--conns", &cfg.conns.to_string(), "--rate", &cfg.rate.to_string()])
         .args([
             "--hold",

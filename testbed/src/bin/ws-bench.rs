@@ -137,6 +137,11 @@ fn run() -> anyhow::Result<()> {
             ws_server::admin::MAX_BODY
         )));
     }
+    if args.stacks.contains(&Server::KernelTls) && args.client != Stack::Kernel {
+        return Err(usage(
+            "--stacks kernel-tls needs --client kernel: the kernel-stack load generator is the one that speaks TLS",
+        ));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
 use testbed::load::parent::{self, LoadConfig, ProgressMode, Summary, CONNS_PER_PROC};
 use testbed::load::sources::{self, CONNS_PER_SOURCE};
+use testbed::load::tls::TlsPlan;
 use testbed::load::{kernel_child, xdp_child, ChildPlan, XdpClient, CHILD_PLAN_ENV};
 use ws_server::cli::{parse_duration, parse_size, Stack};
 
@@ -86,6 +87,14 @@ struct Args {
     /// Host header (default: the server address).
     #[arg(long)]
     host: Option<String>,
+    /// WebSocket over TLS (wss): trust server certificates issued by this CA (a PEM file), and
+    /// nothing else. Kernel stack only. For a TLS-terminating proxy in front of a server.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the name the server's certificate must carry (a DNS name or an IP address;
+    /// default: --server's address).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// Stop holding once every open connection received this many broadcasts.
     #[arg(long, default_value_t = 0)]
     expect_broadcasts: u64,
@@ -223,7 +232,30 @@ fn config(args: &Args) -> anyhow::Result<LoadConfig> {
         None => sources::local_addresses_in(Ipv4Addr::new(198, 19, 0, 0), 16),
     };
     let procs = procs(args, &sources, xdp.is_some())?;
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(_) if xdp.is_some() => {
+            return Err(usage(
+                "--tls-ca: TLS runs on the kernel stack only (leave out --stack xdp)",
+            ))
+        }
+        Some(path) => {
+            let plan = TlsPlan {
+                ca_pem: std::fs::read_to_string(path)
+                    .map_err(|e| usage(format!("--tls-ca {}: {e}", path.display())))?,
+                server_name: args
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| args.server.ip().to_string()),
+            };
+            // Checked here, so a bad file is a usage error and not a failure in every child.
+            testbed::load::tls::client_config(&plan)
+                .map_err(|e| usage(format!("--tls-ca {}: {e:#}", path.display())))?;
+            Some(plan)
+        }
+    };
     Ok(LoadConfig {
+        tls,
         server: args.server,
         host: args.host.clone().unwrap_or_else(|| args.server.to_string()),
         path: args.path.clone(),

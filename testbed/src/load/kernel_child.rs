@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::schedule::{Conns, Round, Schedule, Step, Timing};
 use super::session::{self, ended, eof, fail, set_state, Fate, Peer, Proto, Shared, State};
+use super::tls::Transport;
 use super::{emit, ChildLine, ChildPlan};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,7 +31,8 @@ const TIMING: Timing = Timing {
 };
 
 struct Conn {
-    stream: TcpStream,
+    /// The socket, or a TLS session over it (`--tls-ca`).
+    stream: Transport,
     p: Proto,
     /// Bytes received and not yet consumed (a partial frame or response).
     inp: Vec<u8>,
@@ -57,6 +59,11 @@ struct Client {
     free: Vec<usize>,
     sh: Shared,
     scratch: Vec<u8>,
+    /// `--tls-ca`: the client configuration every connection's session starts from.
+    tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl Conns for Client {
@@ -114,7 +121,9 @@ pub fn run(plan: ChildPlan) -> anyhow::Result<()> {
 
 impl Client {
     fn new(plan: ChildPlan) -> anyhow::Result<Client> {
+        let tls = plan.tls.as_ref().map(super::tls::client_config).transpose()?;
         Ok(Client {
+            tls,
             poll: Poll::new()?,
             slab: Vec::new(),
             free: Vec::new(),
@@ -130,6 +139,10 @@ impl Client {
             Ok(stream) => stream,
             Err(cause) => return fail(&mut self.sh.c, cause),
         };
+        let stream = match Transport::new(stream, self.tls.as_ref()) {
+            Ok(stream) => stream,
+            Err(_) => return fail(&mut self.sh.c, "tls_setup"),
+        };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slab.push(None);
             self.slab.len() - 1
@@ -142,7 +155,11 @@ impl Client {
             writable: true,
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut conn.stream, Token(slot), interest) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(conn.stream.socket(), Token(slot), interest)
+        {
             fail(&mut self.sh.c, &format!("register: {e}"));
             self.free.push(slot);
             return;
@@ -155,7 +172,7 @@ impl Client {
     /// Take a connection out of the slab (its socket closes when it is dropped).
     fn remove(&mut self, slot: usize) -> Option<Conn> {
         let mut conn = self.slab.get_mut(slot)?.take()?;
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.poll.registry().deregister(conn.stream.socket());
         self.free.push(slot);
         Some(conn)
     }
@@ -173,9 +190,12 @@ impl Client {
                 continue;
             };
             let _ = session::periodic_frame(conn, &mut self.sh, is_ping);
-            if !conn.out.is_empty() && !conn.writable {
+            if (!conn.out.is_empty() || conn.stream.wants_write()) && !conn.writable {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                let _ = self.poll.registry().reregister(&mut conn.stream, Token(slot), interest);
+                let _ = self
+                    .poll
+                    .registry()
+                    .reregister(conn.stream.socket(), Token(slot), interest);
                 conn.writable = true;
             }
         }
@@ -219,8 +239,9 @@ impl Client {
         if fate == Fate::Keep && (event.is_readable() || event.is_read_closed() || event.is_error()) {
             fate = readable(conn, &mut self.sh, &mut self.scratch);
         }
-        // Writable events only while they are wanted: connecting, or output waiting.
-        let want = !conn.out.is_empty() || conn.p.state == State::Connecting;
+        // Writable events only while they are wanted: connecting, or output (or TLS records)
+        // waiting.
+        let want = !conn.out.is_empty() || conn.p.state == State::Connecting || conn.stream.wants_write();
         if fate == Fate::Keep && conn.writable != want {
             let interest = if want {
                 Interest::READABLE | Interest::WRITABLE
@@ -230,7 +251,7 @@ impl Client {
             if self
                 .poll
                 .registry()
-                .reregister(&mut conn.stream, Token(slot), interest)
+                .reregister(conn.stream.socket(), Token(slot), interest)
                 .is_ok()
             {
                 conn.writable = want;
@@ -332,7 +353,7 @@ fn send(conn: &mut Conn, bytes: &[u8]) -> Fate {
 
 fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
     if conn.p.state == State::Connecting {
-        match conn.stream.take_error() {
+        match conn.stream.socket().take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => {
                 fail(&mut sh.c, errno_cause(e));
@@ -340,7 +361,7 @@ fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
                 return Fate::Drop;
             }
         }
-        if conn.stream.peer_addr().is_err() {
+        if conn.stream.socket().peer_addr().is_err() {
             return Fate::Keep; // not connected yet (spurious wakeup)
         }
         return session::connected(conn, sh);
@@ -356,6 +377,9 @@ fn writable(conn: &mut Conn, sh: &mut Shared) -> Fate {
         }
     }
     conn.out.drain(..written);
+    if conn.stream.flush_records().is_err() {
+        return Fate::Drop;
+    }
     Fate::Keep
 }
 
@@ -388,6 +412,9 @@ fn readable(conn: &mut Conn, sh: &mut Shared, scratch: &mut [u8]) -> Fate {
             Err(e) => {
                 let cause = if e.raw_os_error() == Some(libc::ECONNRESET) {
                     "reset"
+                } else if e.kind() == io::ErrorKind::InvalidData {
+                    // Only the TLS session says this: a certificate refused, a bad record.
+                    "tls_error"
                 } else {
                     "error"
                 };
@@ -420,7 +447,7 @@ mod tests {
         // The peer must outlive the test, or the kernel resets the connection.
         std::mem::forget(listener);
         Conn {
-            stream: TcpStream::from_std(stream),
+            stream: Transport::Plain(TcpStream::from_std(stream)),
             p: Proto {
                 n,
                 state,

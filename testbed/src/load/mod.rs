@@ -14,6 +14,7 @@ pub mod pattern;
 pub mod schedule;
 pub mod session;
 pub mod sources;
+pub mod tls;
 pub mod xdp_child;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,9 @@ pub struct ChildPlan {
     /// Run on the userspace stack over AF_XDP (one process for every connection).
     #[serde(default)]
     pub xdp: Option<XdpClient>,
+    /// WebSocket over TLS (kernel stack only).
+    #[serde(default)]
+    pub tls: Option<tls::TlsPlan>,
 }
 
 /// The userspace-stack client's settings (`ws-load --stack xdp`).

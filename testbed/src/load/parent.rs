@@ -50,6 +50,8 @@ pub struct LoadConfig {
     pub poll: bool,
     pub expect_broadcasts: u64,
     pub progress: ProgressMode,
+    /// WebSocket over TLS (`--tls-ca`), kernel stack only.
+    pub tls: Option<super::tls::TlsPlan>,
     /// Userspace-stack client (`--stack xdp`): one process holds every connection.
     pub xdp: Option<super::XdpClient>,
 }
@@ -134,6 +136,7 @@ pub fn plan(cfg: &LoadConfig) -> Vec<ChildPlan> {
                 poll: cfg.poll,
                 expect_broadcasts: cfg.expect_broadcasts,
                 xdp: cfg.xdp.clone(),
+                tls: cfg.tls.clone(),
             };
             first += count;
             p
@@ -515,6 +518,7 @@ mod tests {
             expect_broadcasts: 0,
             progress: ProgressMode::Off,
             xdp: None,
+            tls: None,
         }
     }
 

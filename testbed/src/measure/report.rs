@@ -40,6 +40,14 @@ pub struct MemInput {
     pub same_netns: bool,
     /// Bytes per page for sockstat `mem`.
     pub page_size: u64,
+    /// TCP sockets the server side holds per connection: 1, or 3 behind a proxy in its
+    /// namespace (the client's, the proxy's own toward the server, the server's).
+    #[serde(default = "one_socket")]
+    pub server_sockets_per_conn: u32,
+}
+
+fn one_socket() -> u32 {
+    1
 }
 
 /// One attributed (or, in `system_breakdown`, unattributed) component.
@@ -110,8 +118,8 @@ fn server_share(input: &MemInput, warnings: &mut Vec<String>) -> (f64, i64, Opti
         _ => None,
     };
     if input.n > 0 && !input.same_netns {
-        // The server namespace should gain about one TCP socket per connection.
-        let ratio = ds as f64 / input.n as f64;
+        // The server namespace should gain its sockets per connection (one, unless proxied).
+        let ratio = ds as f64 / (input.n as f64 * f64::from(input.server_sockets_per_conn.max(1)));
         if !(0.9..=1.1).contains(&ratio) {
             warnings.push(format!(
                 "server netns Δ TCP inuse = {ds} but n = {}: are the sockstat namespaces right?",
@@ -441,6 +449,7 @@ pub(crate) mod tests {
             client_kernel_sockets: true,
             same_netns: false,
             page_size: 4096,
+            server_sockets_per_conn: 1,
         }
     }
 
@@ -533,6 +542,22 @@ pub(crate) mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("same") || w.contains("one network namespace")));
+    }
+
+    #[test]
+    fn a_proxy_in_the_server_namespace_is_expected_to_add_sockets() {
+        // Three server-side sockets per connection (a TLS proxy's two and the server's), one on
+        // the client side: the server's share is 3/4, and that is no namespace mix-up...
+        let mut i = input();
+        i.sockstat_server_after = sockstat(3001, 233 + 500);
+        i.server_sockets_per_conn = 3;
+        let r = bytes_per_conn(&i);
+        assert_eq!(r.server_share, 0.75);
+        assert!(!r.warnings.iter().any(|w| w.contains("namespaces")), "{:?}", r.warnings);
+        // ...which it would be for a server said to hold one per connection.
+        i.server_sockets_per_conn = 1;
+        let r = bytes_per_conn(&i);
+        assert!(r.warnings.iter().any(|w| w.contains("namespaces")), "{:?}", r.warnings);
     }
 
     #[test]

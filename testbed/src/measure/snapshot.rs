@@ -110,6 +110,7 @@ impl MemInput {
             client_kernel_sockets,
             same_netns,
             page_size: after.page_size,
+            server_sockets_per_conn: 1,
         }
     }
 }
