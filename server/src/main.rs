@@ -580,6 +580,15 @@ fn run_xdp(args: Args) -> anyhow::Result<()> {
     if !host::process::memlock_unlimited() {
         wanted.push(caps::IPC_LOCK);
     }
+    if args.xdp_mode == xdp_prog::Mode::External {
+        // A program another loader attached is opened by its id (and its maps by theirs).
+        wanted.push(caps::SYS_ADMIN);
+        if args.xdp_pin.is_some() {
+            return Err(usage(
+                "--xdp-pin adopts a program testbed/attach.sh pinned; --xdp-mode external one another loader attached: give one of them",
+            ));
+        }
+    }
     let missing = caps::missing(caps::effective(), &wanted);
     if !missing.is_empty() && CHECK_ONLY.get().is_none() {
         let names: Vec<&str> = missing.iter().map(|c| c.name).collect();

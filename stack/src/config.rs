@@ -68,9 +68,14 @@ pub struct StackConfig {
     /// Slots one remote address may hold at once (passive connections, handshakes included);
     /// past it a SYN (or a cookie's ACK) is refused with RST. `None`: no limit.
     pub max_per_source: Option<u32>,
-    /// Back the socket slab and the buffer arena with transparent huge pages (fewer TLB misses
-    /// at a million connections; slots are handed out from the start, so little is wasted).
+    /// Back the socket slab and the connection tables with transparent huge pages (fewer TLB
+    /// misses at a million connections; slots are handed out from the start, so little is
+    /// wasted). The buffer arena too when `release_idle_buffers` is off (its pages are released
+    /// one by one otherwise).
     pub huge_pages: bool,
+    /// Give the pages of buffers that stayed empty this long back to the kernel
+    /// (`stack/residency.rs`): an idle connection then costs no buffer memory. `None`: keep them.
+    pub release_idle_buffers: Option<Duration>,
 }
 
 impl Default for StackConfig {
@@ -100,6 +105,7 @@ impl Default for StackConfig {
             max_per_source: None,
             tail_probe: Some(Duration::from_millis(200)),
             huge_pages: true,
+            release_idle_buffers: Some(Duration::from_secs(1)),
         }
     }
 }

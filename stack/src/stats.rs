@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub struct StackStats {
     /// Frames received from the link.
     pub rx_frames: u64,
+    /// Buffer pages given back to the kernel after every buffer on them stayed empty
+    /// (`StackConfig::release_idle_buffers`).
+    pub buffer_pages_released: u64,
     /// Segments handed to a connection's socket.
     pub rx_segments: u64,
     pub rx_not_ipv4: u64,
@@ -132,6 +135,15 @@ impl MemoryReport {
             + self.free_list_bytes
             + self.wheel_bytes
             + self.queue_bytes
+    }
+}
+
+/// The system's page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
     }
 }
 

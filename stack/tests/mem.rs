@@ -681,3 +681,68 @@ fn a_peer_that_stops_reading_is_seen_to_close_its_window_and_to_open_it_again() 
     assert_eq!(got, sent, "everything written arrived");
     assert!(!p.server.peer_window_closed(s), "the window is open again");
 }
+
+/// Buffers hold bytes for moments: once every buffer on a page has stayed empty for a second the
+/// page goes back to the kernel, and the connections carry their bytes again afterwards (a
+/// released page reads back as zeros; no byte of a live buffer is lost). Switched off, the
+/// pages stay.
+#[test]
+fn idle_connections_give_their_buffer_pages_back_and_carry_bytes_again() {
+    // A read takes the contiguous part of the ring: two reads across its wrap.
+    fn read_200(stack: &mut stack::Stack<stack::mem_link::MemLink>, id: stack::ConnId, buf: &mut [u8; 256]) -> usize {
+        let first = stack.read(id, buf);
+        first + stack.read(id, &mut buf[first..200])
+    }
+    for release in [true, false] {
+        let n = 8_000;
+        let mut server = server_config(n);
+        if !release {
+            server.release_idle_buffers = None;
+        }
+        let mut p = Pair::new(server, client_config(n, 1));
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(p.connect());
+            if ids.len() % 2000 == 0 {
+                p.settle(100);
+            }
+        }
+        p.settle(1000);
+        let server_ids: Vec<_> = p.server.conns().collect();
+        assert_eq!(server_ids.len(), n);
+        let round = |p: &mut Pair, seed: u8| {
+            for &c in &ids {
+                assert_eq!(p.client.write(c, &pattern(200, seed)), 200, "seed {seed}");
+            }
+            p.settle(100_000);
+            for &s in &server_ids {
+                let mut buf = [0u8; 256];
+                assert_eq!(read_200(&mut p.server, s, &mut buf), 200, "seed {seed}");
+                assert_eq!(&buf[..200], &pattern(200, seed)[..], "seed {seed}");
+                assert_eq!(p.server.write(s, &buf[..200]), 200);
+            }
+            p.settle(100_000);
+            for &c in &ids {
+                let mut buf = [0u8; 256];
+                assert_eq!(read_200(&mut p.client, c, &mut buf), 200, "seed {seed}");
+                assert_eq!(&buf[..200], &pattern(200, seed)[..], "seed {seed}");
+            }
+        };
+        round(&mut p, 1);
+        let busy = p.server.resident_memory().arena_bytes;
+        // Every buffer was written: all of them resident.
+        assert!(busy >= n * 512, "{busy}");
+        p.advance(Duration::from_millis(1500));
+        let idle = p.server.resident_memory().arena_bytes;
+        if release {
+            assert!(idle < busy / 50, "released: {idle} of {busy} bytes still resident");
+            assert!(p.server.stats().buffer_pages_released as usize >= busy / 4096 - 2);
+        } else {
+            assert_eq!(idle, busy, "kept");
+            assert_eq!(p.server.stats().buffer_pages_released, 0);
+        }
+        // Bytes again, through pages that were given back.
+        round(&mut p, 2);
+        round(&mut p, 3);
+    }
+}

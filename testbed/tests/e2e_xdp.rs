@@ -472,6 +472,14 @@ fn a_program_xdp_loader_attached_is_used_and_left_to_it() {
         );
     }
 
+    // Without --xdp-mode external the server does not take over the loader's program.
+    let mut cmd = ns.command(&ns.srv, &server_bin());
+    cmd.args(strs(&xdp_server_args(&ns)))
+        .args(["--admin", "127.0.0.1:9002"]);
+    let (ok, out) = output_of(cmd);
+    assert!(!ok && out.contains("--xdp-mode external"), "{out}");
+    assert!(loader(&["status", dev]).1.contains("wsb_steer"), "still the loader's");
+
     let mut args = xdp_server_args(&ns);
     args.extend(["--xdp-mode".to_string(), "external".to_string()]);
     let mut server = start_server(&ns, &strs(&args), &dir.join("server.log"));

@@ -2,7 +2,8 @@
 //! attach the program (or adopt the one `testbed/attach.sh` pinned), add its endpoints, and on
 //! exit take back exactly what it set up, since another stack may share the program. Its own
 //! attachment is a BPF link (the kernel drops it when the process dies, even by SIGKILL); a
-//! program of ours some other process left attached over netlink is replaced, so a start works.
+//! program of ours attached without a pin is not touched (another loader's, or a crashed
+//! `xdp-steer attach`'s: the error says how to go on).
 //! With `--xdp-mode external` the program an operator's loader attached (`xdp-loader`, maybe
 //! beside other programs under libxdp's dispatcher) is used and left as it was found.
 
@@ -48,7 +49,8 @@ impl Attachment {
     /// Steer `what` on `iface` to AF_XDP sockets on `queues` queues. [`Mode::External`]: use the
     /// program another loader attached (xdp-loader, alone or under libxdp's dispatcher). `pin`:
     /// adopt the program pinned there; otherwise one pinned under [`PIN_ROOT`] is adopted if it
-    /// is the one attached, a left-over of ours is replaced, and else we attach our own.
+    /// is the one attached, and else we attach our own (an interface running any other program,
+    /// an unpinned one of ours included, is refused).
     pub fn prepare(
         iface: &str,
         mode: Mode,
@@ -74,10 +76,9 @@ impl Attachment {
                 finished: false,
             },
             None => {
-                if let Some(id) = crate::detach_left_over(iface)? {
-                    log::warn!("{iface}: replaced steering program {id} left attached by an earlier run");
-                }
-                // A BPF link: the kernel detaches it when this process ends, even by SIGKILL.
+                // A BPF link: the kernel detaches it when this process ends, even by SIGKILL. An
+                // unpinned program of ours already there is refused, not replaced: xdp-loader
+                // may own it (`--xdp-mode external`), and ours never outlive their process.
                 let steering = Steering::attach_link(iface, mode)?;
                 Attachment {
                     steering,

@@ -182,12 +182,19 @@ pub fn external_program(iface: &str) -> Result<(u32, Attached)> {
         return Ok((id, mode));
     }
     if name == DISPATCHER_NAME {
-        return dispatcher_component(id)
+        return dispatcher_component(id)?
             .map(|c| (c, mode))
             .ok_or_else(|| SteerError::NotAmongComponents {
                 iface: iface.to_string(),
                 id,
             });
+    }
+    if name.is_empty() {
+        // Its name could not be read: opening a program by id takes CAP_SYS_ADMIN.
+        return Err(SteerError::Io {
+            what: format!("opening program {id} attached to {iface} by id (needs CAP_SYS_ADMIN)"),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        });
     }
     Err(SteerError::AttachedBySomeoneElse {
         iface: iface.to_string(),
@@ -197,19 +204,34 @@ pub fn external_program(iface: &str) -> Result<(u32, Attached)> {
 }
 
 /// Our program among the components of dispatcher `dispatcher`: libxdp attaches each component
-/// as an extension (freplace) program through a BPF link whose target is the dispatcher.
-fn dispatcher_component(dispatcher: u32) -> Option<u32> {
+/// as an extension (freplace) program through a BPF link whose target is the dispatcher. The
+/// first one found by link id, if several copies run.
+fn dispatcher_component(dispatcher: u32) -> Result<Option<u32>> {
     let mut id = 0u32;
     loop {
         let mut next = 0u32;
         // SAFETY: writes the next link id into `next`.
-        if unsafe { libbpf_sys::bpf_link_get_next_id(id, &mut next) } != 0 {
-            return None;
+        let rc = unsafe { libbpf_sys::bpf_link_get_next_id(id, &mut next) };
+        if rc != 0 {
+            // libbpf returns -errno; ENOENT: no link after `id`.
+            if -rc == libc::ENOENT {
+                return Ok(None);
+            }
+            return Err(SteerError::Io {
+                what: "listing BPF links (needs CAP_SYS_ADMIN)".into(),
+                source: std::io::Error::from_raw_os_error(-rc),
+            });
         }
         id = next;
         // SAFETY: returns a new fd for the link id (or an error).
         let fd = unsafe { libbpf_sys::bpf_link_get_fd_by_id(id) };
         if fd < 0 {
+            if -fd == libc::EPERM {
+                return Err(SteerError::Io {
+                    what: format!("opening BPF link {id} (needs CAP_SYS_ADMIN)"),
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                });
+            }
             continue;
         }
         // SAFETY: a fresh fd that we own from here.
@@ -226,7 +248,7 @@ fn dispatcher_component(dispatcher: u32) -> Option<u32> {
         // SAFETY: a tracing link's info fills the `tracing` member of the union.
         let target = unsafe { info.__bindgen_anon_1.tracing.target_obj_id };
         if target == dispatcher && is_ours(info.prog_id) {
-            return Some(info.prog_id);
+            return Ok(Some(info.prog_id));
         }
     }
 }

@@ -5,7 +5,7 @@
 //! - [`Steering`] (`steering.rs`): loads it (printing the verifier log if the kernel refuses it),
 //!   attaches it, registers sockets, sets the endpoints and reads the counters.
 //! - [`Attachment`] (`attachment.rs`): what a server or a load generator does with it: adopt a
-//!   pinned program, replace a left-over of ours, add and later remove only its own endpoints.
+//!   pinned program or one another loader attached, add and later remove only its own endpoints.
 //! - [`maps`]: the maps' layouts, shared with the C side.
 //!
 //! The `xdp-steer` CLI and `testbed/attach.sh` are built on it.

@@ -78,7 +78,7 @@ pub enum SteerError {
     NoSuchInterface(String),
     #[error("{iface} runs another XDP program (id {id}, '{name}'), not ours: not touching it; detach it first")]
     AttachedBySomeoneElse { iface: String, id: u32, name: String },
-    #[error("{iface} already runs our steering program (id {id}); detach it first (xdp-steer detach {iface})")]
+    #[error("{iface} already runs our steering program (id {id}), with no pin of ours: if xdp-loader loaded it, start with --xdp-mode external; if a crashed `xdp-steer attach` left it, remove it (xdp-steer detach {iface})")]
     AlreadyAttached { iface: String, id: u32 },
     #[error("the kernel's verifier rejected the XDP program:\n{log}")]
     Verifier { log: String },

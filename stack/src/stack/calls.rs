@@ -60,6 +60,7 @@ impl Net {
         if n > 0 {
             // The window opened: let the peer know at the next flush.
             self.mark_dirty(s);
+            self.note_buffers(s, self.now);
         }
         if peer_done && self.slots[s].flags & (flag::CLOSED_SENT | flag::ESTABLISHED) == flag::ESTABLISHED {
             self.report_closed(s, CloseReason::PeerClosed);
@@ -77,6 +78,7 @@ impl Net {
         }
         if n > 0 {
             self.mark_dirty(s);
+            self.note_buffers(s, self.now);
         }
         n
     }

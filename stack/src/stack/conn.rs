@@ -81,6 +81,7 @@ impl Net {
             self.slots[s].flags |= flag::ISN_SET;
         }
         self.settle(s, rx_before);
+        self.note_buffers(s, now);
         let in_use = self.slots[s].flags & flag::IN_USE != 0;
         if !in_use {
             return;
@@ -249,6 +250,8 @@ impl Net {
                 user: self.free_head,
                 ..SLOT_EMPTY
             };
+            // Whatever its buffers still hold is dead (the next connection's reset clears it).
+            self.note_buffers(s, self.now);
             self.free_head = s as u32;
             self.free_count += 1;
             self.stats.retired += 1;

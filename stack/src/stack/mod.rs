@@ -23,6 +23,7 @@ mod cookie;
 mod egress;
 mod ingress;
 mod one_slot;
+mod residency;
 mod segment;
 pub(crate) mod sequence;
 mod slot;
@@ -170,6 +171,8 @@ struct Net {
     arena_bytes: usize,
     /// Where the arena starts (for `resident_memory`).
     arena_base: usize,
+    /// Which buffers hold bytes, and the release of pages whose buffers all stayed empty.
+    residency: residency::Residency,
     /// The time of the last poll or flush (for deadlines set by calls).
     now: Instant,
     stats: StackStats,
@@ -196,9 +199,13 @@ impl<L: Link> Stack<L> {
         let mut arena = Arena::new(n, config.rx_buf, config.tx_buf);
         let arena_bytes = arena.bytes();
         let arena_base = arena.base();
-        if config.huge_pages {
+        if config.huge_pages && config.release_idle_buffers.is_none() {
             crate::stats::advise_huge_pages(arena.base() as *const u8, arena_bytes);
         }
+        let release_after = config
+            .release_idle_buffers
+            .map(|d| u32::try_from(d.total_millis()).unwrap_or(u32::MAX));
+        let residency = residency::Residency::new(&arena, release_after);
         let (sockets, handle) = one_slot::socket_slab(&mut arena, &config)
             .ok_or_else(|| StackError::Config("max_conns must be at least 1".into()))?;
         Ok(Stack {
@@ -239,6 +246,7 @@ impl<L: Link> Stack<L> {
                 next_source: (0, config.source_ports.0),
                 arena_bytes,
                 arena_base,
+                residency,
                 now,
                 stats: StackStats::default(),
                 config,
@@ -271,6 +279,7 @@ impl<L: Link> Stack<L> {
         let Stack { link, net } = self;
         net.drain_dirty(now, link.sender());
         link.flush();
+        net.stats.buffer_pages_released += net.residency.release_due(tick_of(now)) as u64;
     }
 
     /// Events produced by calls (a read reaching the peer's FIN), without polling the link.
@@ -460,6 +469,7 @@ impl<L: Link> Stack<L> {
             free_list_bytes: 0,
             wheel_bytes: n.wheel.heap_bytes(),
             queue_bytes: n.dirty.capacity() * 4
+                + n.residency.bytes()
                 + n.time_waits.bytes()
                 + n.due.capacity() * std::mem::size_of::<Entry>()
                 + n.events.capacity() * std::mem::size_of::<Event>(),
@@ -527,6 +537,17 @@ fn interface<S: crate::link::Sender>(
 }
 
 impl Net {
+    /// Note how many bytes slot `s`'s buffers hold now (`residency.rs`); a free slot's are dead.
+    fn note_buffers(&mut self, s: usize, now: Instant) {
+        let (rx, tx) = if self.slots[s].flags & flag::IN_USE == 0 {
+            (0, 0)
+        } else {
+            let sock = sock_mut(&mut self.sockets[s], self.handle);
+            (sock.recv_queue(), sock.send_queue())
+        };
+        self.residency.note(s, rx, tx, tick_of(now));
+    }
+
     fn owned(&self, id: ConnId) -> Option<usize> {
         let s = id.0 as usize;
         let slot = self.slots.get(s)?;

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use testkit::{ChildGuard, Netns};
@@ -19,8 +20,11 @@ use super::BenchConfig;
 /// Where the proxy listens (the server's address, another port).
 pub const LISTEN: &str = "198.18.0.1:8443";
 
-/// Connections per proxy process: two files each, under the 20,000 limit with room to spare.
-const CONNS_PER_PROCESS: u64 = 9_000;
+/// Connections a proxy process accepts at most: two files each, under the 20,000 limit.
+const MAX_CONNS_PER_PROCESS: u64 = 9_000;
+/// Connections per process on average: `SO_REUSEPORT` spreads them by hash, not evenly, so each
+/// process keeps a fifth of its capacity as headroom.
+const CONNS_PER_PROCESS: u64 = 7_500;
 
 /// The run's certificate authority (what the load generator trusts), under `<out>/tls/`.
 pub fn ca_file(cfg: &BenchConfig) -> PathBuf {
@@ -56,6 +60,18 @@ pub fn start_in(netns: &Netns, dir: &Path, conns: u64, backend: &str) -> anyhow:
             .stderr(log.try_clone()?);
         procs.push(ChildGuard::spawn("haproxy", cmd)?);
     }
+    // Listening before the load starts (a connect refused meanwhile would count as a failure),
+    // and every process still running (a bad configuration ends one at once).
+    let listen: std::net::SocketAddr = LISTEN.parse()?;
+    let up = testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        testkit::in_ns(&netns.srv, move || std::net::TcpStream::connect(listen).ok())
+    });
+    if up.is_none() || procs.iter_mut().any(|p| !p.running()) {
+        bail!(
+            "haproxy did not come up on {LISTEN}; see {}",
+            dir.join("haproxy.log").display()
+        );
+    }
     Ok(procs)
 }
 
@@ -64,7 +80,7 @@ pub fn start_in(netns: &Netns, dir: &Path, conns: u64, backend: &str) -> anyhow:
 fn config(pem: &Path, backend: &str, index: u64) -> String {
     format!(
         "global\n\
-         \x20   maxconn {CONNS_PER_PROCESS}\n\
+         \x20   maxconn {MAX_CONNS_PER_PROCESS}\n\
          \x20   nbthread 1\n\
          \x20   ssl-default-bind-options ssl-min-ver TLSv1.3\n\
          defaults\n\

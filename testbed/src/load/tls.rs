@@ -87,23 +87,25 @@ impl Transport {
     pub fn flush_records(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(_) => Ok(()),
-            Transport::Tls(t) => t.flush_records(),
+            Transport::Tls(t) => t.flush_records().map(|_| ()),
         }
     }
 }
 
 impl TlsStream {
-    fn flush_records(&mut self) -> io::Result<()> {
+    /// Records out until none is left (`Ok(false)`) or the socket would block (`Ok(true)`: its
+    /// writability is then worth waiting for).
+    fn flush_records(&mut self) -> io::Result<bool> {
         while self.session.wants_write() {
             match self.session.write_tls(&mut self.sock) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -142,12 +144,19 @@ impl Write for Transport {
             Transport::Plain(s) => return s.write(buf),
             Transport::Tls(t) => t,
         };
-        let n = t.session.writer().write(buf)?;
-        t.flush_records()?;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+        // A full session (rustls keeps at most 64 KiB of plaintext) takes nothing until its
+        // records have gone; WouldBlock only once the socket itself refuses, so that a writable
+        // event is sure to come.
+        loop {
+            let n = t.session.writer().write(buf)?;
+            let blocked = t.flush_records()?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            if blocked {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
         }
-        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
