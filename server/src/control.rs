@@ -252,6 +252,9 @@ pub struct Outbox {
     pub msgs: Vec<FromWorker>,
     /// Claims carry the device id (a cluster node: `WorkerConfig::cluster`).
     pub ids: bool,
+    /// The lines of one `send`, written at once (one system call for a loop's claims, not one
+    /// per connection); kept for the next.
+    pub buf: Vec<u8>,
 }
 
 impl Outbox {
@@ -271,8 +274,19 @@ impl Outbox {
     /// Write them out, then `reply`.
     pub fn send(&mut self, out: &mut std::os::unix::net::UnixStream, reply: Option<FromWorker>) -> anyhow::Result<()> {
         use anyhow::Context;
+        use std::io::Write;
+        if self.msgs.is_empty() && reply.is_none() {
+            return Ok(());
+        }
+        self.buf.clear();
         for msg in self.msgs.drain(..).chain(reply) {
-            send_line(out, &msg).context("writing to the supervisor")?;
+            serde_json::to_writer(&mut self.buf, &msg).context("encoding a message to the supervisor")?;
+            self.buf.push(b'\n');
+        }
+        out.write_all(&self.buf).context("writing to the supervisor")?;
+        // A burst's worth is kept; a rare huge one is not held on to.
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
         }
         Ok(())
     }

@@ -52,7 +52,9 @@ pub fn explain_bind_error(what: &str, addr: SocketAddr, e: &io::Error) -> anyhow
 
 /// What the supervisor's loop waits for.
 enum Event {
-    FromWorker(WorkerRef, crate::control::FromWorker),
+    /// What one read of a worker's control socket held, in order (a loop's claims come in one
+    /// write: one wake-up of this loop for them all).
+    FromWorker(WorkerRef, Vec<crate::control::FromWorker>),
     /// The worker's control channel closed and its process exited (not yet reaped).
     WorkerGone(WorkerRef),
     /// An admin request, its body already read and routed on the admin thread.
@@ -369,7 +371,11 @@ impl Supervisor {
                 .map_or(WATCH_EVERY, |at| at.saturating_duration_since(now))
                 .min(next_watch.saturating_duration_since(now));
             match self.events.recv_timeout(wait) {
-                Ok(Event::FromWorker(who, msg)) => self.worker_message(who, msg),
+                Ok(Event::FromWorker(who, msgs)) => {
+                    for msg in msgs {
+                        self.worker_message(who, msg);
+                    }
+                }
                 Ok(Event::Admin(request, routed)) => self.admin(request, routed),
                 Ok(Event::Cluster(event)) => self.cluster_event(event),
                 Ok(Event::WorkerGone(who)) => self.worker_gone(who)?,

@@ -262,16 +262,29 @@ pub(super) fn spawn_worker(
 /// A worker's messages become events; after its last one, wait for the process to exit (not
 /// reaping it) and say it is gone.
 fn read_worker(from_worker: UnixStream, who: WorkerRef, pid: u32, events: &mpsc::Sender<Event>) {
-    for line in BufReader::new(from_worker).lines() {
-        let Ok(line) = line else { break };
-        match serde_json::from_str(&line) {
-            Ok(msg) => {
-                if events.send(Event::FromWorker(who, msg)).is_err() {
-                    return;
-                }
-            }
+    let mut reader = BufReader::with_capacity(64 << 10, from_worker);
+    let mut line = String::new();
+    let mut batch = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        match serde_json::from_str(line.trim_end()) {
+            Ok(msg) => batch.push(msg),
             Err(e) => log::error!("worker {}: unreadable control message: {e}", who.index),
         }
+        // Everything this read brought, as one event.
+        if reader.buffer().is_empty()
+            && !batch.is_empty()
+            && events.send(Event::FromWorker(who, std::mem::take(&mut batch))).is_err()
+        {
+            return;
+        }
+    }
+    if !batch.is_empty() {
+        let _ = events.send(Event::FromWorker(who, batch));
     }
     wait_exited(pid);
     let _ = events.send(Event::WorkerGone(who));
@@ -317,13 +330,17 @@ impl Supervisor {
         while !self.slots.iter().all(Slot::is_running) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(Event::FromWorker(w, FromWorker::Failed { error })) => {
-                    bail!("worker {} failed to start: {error}", w.index)
+                Ok(Event::FromWorker(w, msgs)) => {
+                    for msg in msgs {
+                        if let FromWorker::Failed { error } = msg {
+                            bail!("worker {} failed to start: {error}", w.index)
+                        }
+                        self.worker_message(w, msg);
+                    }
                 }
                 Ok(Event::WorkerGone(w)) => {
                     bail!("worker {} exited during start-up (see its log above)", w.index)
                 }
-                Ok(Event::FromWorker(w, msg)) => self.worker_message(w, msg),
                 // Broadcasts from the other nodes reach starting workers too (their logs begin
                 // where the cluster's numbering stood), and claims are not lost.
                 Ok(Event::Cluster(event)) => self.cluster_event(event),

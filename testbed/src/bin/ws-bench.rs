@@ -118,10 +118,13 @@ fn main() {
     }
 }
 
+/// The most connections a run takes: the userspace stack's limit (ws-server --max-conns).
+const MAX_CONNS: u64 = 16_000_000;
+
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.conns.iter().any(|&n| n == 0 || n > 2_000_000) {
-        return Err(usage("--conns must be between 1 and 2,000,000"));
+    if args.conns.iter().any(|&n| n == 0 || n > MAX_CONNS) {
+        return Err(usage("--conns must be between 1 and 16,000,000"));
     }
     if !args.rate.is_finite() || args.rate <= 0.0 {
         return Err(usage("--rate must be positive"));
