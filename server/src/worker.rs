@@ -157,6 +157,7 @@ fn start<D: Driver>(
         }
     };
     driver.io().outbox().ids = cfg.cluster;
+    driver.io().outbox().quiet = !cfg.claims;
     // Everything is built before the worker says it is ready.
     let core = ServerCore::new(core_config(&cfg), driver.id_space(), 0);
     send_line(

@@ -141,6 +141,7 @@ impl WorkerPlan {
                 write_timeout_ms: cfg.write_timeout.as_millis() as u64,
                 first_seq,
                 cluster: false,
+                claims: true,
                 restarted: false,
                 #[cfg(feature = "xdp")]
                 xdp: None,
@@ -201,6 +202,9 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         }
         None => (None, first_seq),
     };
+    // The directory is for routing pushes and settling a device held twice: with one worker
+    // on one node there is neither, and a push asks that worker.
+    plan.base.claims = cfg.workers > 1 || cluster.is_some();
     let exe = std::env::current_exe().context("finding our own executable to start workers")?;
     let mut slots = Vec::new();
     for index in 0..cfg.workers {

@@ -57,6 +57,8 @@ pub struct BenchConfig {
     pub out_dir: PathBuf,
     pub workers: Option<usize>,
     pub load_procs: Option<usize>,
+    /// The xdp load generator's receive buffer per connection (`ws-load --rx-buf`).
+    pub load_rx_buf: Option<usize>,
     /// Data rounds (`--data-rounds 100B/100ms`): every connection sends a frame of this many
     /// bytes this often, the server echoes it; measured for `data_seconds` once all are held.
     pub data_rounds: Option<(usize, Duration)>,

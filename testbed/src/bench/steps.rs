@@ -265,6 +265,9 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, server: Server) -> an
     match cfg.client {
         Stack::Xdp => {
             cmd.args(["--iface", &netns.client_dev()]);
+            if let Some(rx) = cfg.load_rx_buf {
+                cmd.args(["--rx-buf", &rx.to_string()]);
+            }
         }
         Stack::Kernel => {
             if let Some(p) = cfg.load_procs {

@@ -77,6 +77,11 @@ struct Args {
     /// Load generator processes (default: ws-load decides from N).
     #[arg(long)]
     load_procs: Option<usize>,
+    /// --client xdp: the load generator's receive buffer per connection (ws-load --rx-buf;
+    /// default 512). Smaller holds less while a broadcast is being read, for runs of millions;
+    /// a larger message is read in pieces.
+    #[arg(long, value_parser = parse_size)]
+    load_rx_buf: Option<usize>,
     /// Run the N connections on this many ws-server nodes that are one service on NATS (each node
     /// in its own namespace, nats-server with JetStream in another: netns-scripts/cluster.sh), after
     /// the same N on one node: delivery latency across the cluster next to one node's, broker
@@ -163,6 +168,7 @@ fn run() -> anyhow::Result<()> {
         out_dir: args.out.clone(),
         workers: args.workers,
         load_procs: args.load_procs,
+        load_rx_buf: args.load_rx_buf,
         device_tokens: !args.anonymous,
     };
     if args.nodes > 1 {
