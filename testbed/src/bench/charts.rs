@@ -29,13 +29,18 @@ pub fn write(report: &BenchReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     ];
     let mut files = Vec::new();
     for (name, svg) in charts {
-        let svg_path = dir.join(format!("{name}.svg"));
-        std::fs::write(&svg_path, &svg).with_context(|| format!("writing {}", svg_path.display()))?;
-        let png_path = dir.join(format!("{name}.png"));
-        png(&svg, &png_path)?;
-        files.extend([svg_path, png_path]);
+        files.extend(save(dir, name, &svg)?);
     }
     Ok(files)
+}
+
+/// `<dir>/<name>.svg` and the same rendered as `<name>.png`; returns both paths.
+pub fn save(dir: &Path, name: &str, svg: &str) -> anyhow::Result<[PathBuf; 2]> {
+    let svg_path = dir.join(format!("{name}.svg"));
+    std::fs::write(&svg_path, svg).with_context(|| format!("writing {}", svg_path.display()))?;
+    let png_path = dir.join(format!("{name}.png"));
+    png(svg, &png_path)?;
+    Ok([svg_path, png_path])
 }
 
 /// plotters measures text with ab_glyph, from a font we give it once.
@@ -85,15 +90,8 @@ fn caption(report: &BenchReport, what: &str) -> String {
     format!("{what} ({} load generator, {})", report.client, report.generated_utc)
 }
 
-/// A chart's x range over N, padded on a log scale.
-fn conns_range(report: &BenchReport) -> std::ops::Range<f64> {
-    let lo = report.results.iter().map(|r| r.conns_target).min().unwrap_or(1) as f64;
-    let hi = report.results.iter().map(|r| r.conns_target).max().unwrap_or(1) as f64;
-    (lo / 2.0).max(1.0)..hi * 2.0
-}
-
-/// A server's name, its points and its colour.
-type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+/// A line's name, its points and its colour.
+pub type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
 /// One line per server over N, with its points marked.
 fn per_n_chart(
@@ -110,7 +108,22 @@ fn per_n_chart(
             (name, points, color(name))
         })
         .collect();
-    let values: Vec<f64> = report.results.iter().map(&value).filter(|v| *v > 0.0).collect();
+    over_n(&caption(report, title), y_desc, log_y, &series)
+}
+
+/// Lines over N (a log scale), points marked: the chart as SVG.
+pub fn over_n(caption: &str, y_desc: &str, log_y: bool, series: &[Series]) -> anyhow::Result<String> {
+    register_font()?;
+    let values: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p, _)| p.iter().map(|(_, y)| *y))
+        .filter(|v| *v > 0.0)
+        .collect();
+    let xs: Vec<f64> = series.iter().flat_map(|(_, p, _)| p.iter().map(|(x, _)| *x)).collect();
+    // Padded on the log scale.
+    let x_lo = xs.iter().copied().fold(f64::MAX, f64::min).min(1e12);
+    let x_hi = xs.iter().copied().fold(1.0, f64::max);
+    let x_range = (x_lo / 2.0).max(1.0)..x_hi * 2.0;
     let y_hi = values.iter().copied().fold(1.0, f64::max) * 1.5;
     let y_lo = values.iter().copied().fold(f64::MAX, f64::min).min(y_hi) / 1.5;
     let mut svg = String::new();
@@ -119,7 +132,7 @@ fn per_n_chart(
         root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
         let mut builder = ChartBuilder::on(&root);
         builder
-            .caption(caption(report, title), ("sans-serif", 20))
+            .caption(caption, ("sans-serif", 20))
             .margin(18)
             .x_label_area_size(50)
             .y_label_area_size(80);
@@ -134,7 +147,7 @@ fn per_n_chart(
                     .y_label_formatter(&|y| thousands(*y))
                     .draw()
                     .map_err(|e| anyhow!("{e:?}"))?;
-                for (name, points, c) in &series {
+                for (name, points, c) in series {
                     let c = *c;
                     chart
                         .draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))
@@ -158,7 +171,7 @@ fn per_n_chart(
                     .map_err(|e| anyhow!("{e:?}"))?;
             }};
         }
-        let x = conns_range(report).log_scale();
+        let x = x_range.log_scale();
         if log_y {
             lines!(builder
                 .build_cartesian_2d(x, (y_lo..y_hi).log_scale())

@@ -12,7 +12,7 @@
 //! - `render.rs`: the table; `charts.rs`: the charts (SVG and PNG).
 //! - `cluster.rs`: `--nodes K`, the same N on K nodes on NATS next to one node.
 
-mod charts;
+pub mod charts;
 pub mod cluster;
 pub mod peers;
 mod render;
@@ -147,6 +147,9 @@ pub struct StackResult {
     pub all_in_pss_bytes_per_conn: f64,
     /// xdp only: the server's resident memory by structure, bytes per connection.
     pub xdp_breakdown: Option<Vec<(String, f64)>>,
+    /// The xdp load generator's: its stack's structures at their largest, its UMEM, and the
+    /// rest of its largest RSS, bytes per connection (it shares the machine).
+    pub load_breakdown: Option<Vec<(String, f64)>>,
     /// The load generator's raw latency histograms, so that anyone can redraw them.
     pub histograms: RawHistograms,
     /// The data rounds' figures, when they ran.
@@ -513,6 +516,10 @@ fn sum_up(cfg: &BenchConfig, server: Server, started: Instant, m: Measured) -> S
         all_in_total_bytes_per_conn: all_in_total,
         all_in_pss_bytes_per_conn: all_in_pss,
         xdp_breakdown,
+        load_breakdown: summary
+            .xdp_client
+            .as_ref()
+            .map(|x| render::load_breakdown(x, summary.max_proc_rss_bytes, summary.established)),
         histograms: summary.histograms.clone(),
         data_rounds: cfg.data_rounds.map(|(payload, interval)| DataRounds {
             payload_bytes: payload,

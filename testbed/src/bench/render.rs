@@ -50,6 +50,30 @@ pub(super) fn xdp_breakdown(stats: &Report, rss: u64, held: u64) -> Vec<(String,
     rows
 }
 
+/// Where the xdp load generator's bytes go, per connection: its stack's structures at their
+/// largest, the UMEM, and the rest of its largest RSS (code, the latency histograms, the
+/// connections' protocol state).
+pub(super) fn load_breakdown(x: &crate::load::XdpClientCounters, max_rss: u64, held: u64) -> Vec<(String, f64)> {
+    let per = |v: u64| v as f64 / held.max(1) as f64;
+    let m = &x.memory_peak;
+    let parts = [
+        ("smoltcp sockets", m.socket_bytes as u64),
+        ("rx + tx buffers (arena)", m.arena_bytes as u64),
+        ("4-tuple table", m.table_bytes as u64),
+        ("slots (tuple, flags, user)", m.slot_bytes as u64),
+        ("stack timer wheel and queues", (m.wheel_bytes + m.queue_bytes) as u64),
+        ("AF_XDP UMEM", x.umem_bytes),
+    ];
+    let sum: u64 = parts.iter().map(|(_, v)| v).sum();
+    let mut rows: Vec<(String, f64)> = parts.iter().map(|(n, v)| (n.to_string(), per(*v))).collect();
+    rows.push((
+        "rest of its largest RSS (protocol state, histograms, code)".into(),
+        per(max_rss.saturating_sub(sum)),
+    ));
+    rows.push(("largest RSS".into(), per(max_rss)));
+    rows
+}
+
 pub(super) fn thousands(v: f64) -> String {
     let n = v.round() as i64;
     let digits = n.unsigned_abs().to_string();
@@ -262,6 +286,15 @@ fn breakdowns(out: &mut String, r: &BenchReport) {
                 let _ = writeln!(out, "    {name:<62}{v:>10.1}");
             }
         }
+        if let Some(rows) = &c.load_breakdown {
+            let _ = writeln!(
+                out,
+                "  where the xdp load generator's bytes go (per connection, its stack at its largest):"
+            );
+            for (name, v) in rows {
+                let _ = writeln!(out, "    {name:<62}{v:>10.1}");
+            }
+        }
         for n in &c.notes {
             let _ = writeln!(out, "  note: {n}");
         }
@@ -271,6 +304,28 @@ fn breakdowns(out: &mut String, r: &BenchReport) {
 #[cfg(test)]
 mod tests {
     use super::thousands;
+
+    #[test]
+    fn the_load_generators_rows_add_up_to_its_largest_rss() {
+        let x = crate::load::XdpClientCounters {
+            link: Default::default(),
+            stack: Default::default(),
+            memory_peak: stack::MemoryReport {
+                socket_bytes: 384_000,
+                arena_bytes: 10_000,
+                table_bytes: 8_000,
+                slot_bytes: 40_000,
+                ..Default::default()
+            },
+            umem_bytes: 100_000,
+        };
+        let rows = super::load_breakdown(&x, 1_000_000, 1000);
+        let get = |n: &str| rows.iter().find(|(k, _)| k.starts_with(n)).unwrap().1;
+        assert_eq!(get("smoltcp sockets"), 384.0);
+        assert_eq!(get("rest of its largest RSS"), 458.0);
+        let parts: f64 = rows[..rows.len() - 1].iter().map(|(_, v)| v).sum();
+        assert_eq!(parts, get("largest RSS"));
+    }
 
     #[test]
     fn thousands_separators() {

@@ -50,6 +50,11 @@ enum Mode {
         /// Write the results here as JSON.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Write two charts into this directory: nanoseconds per packet and bytes per
+        /// connection against N (`stack-ns-per-packet`, `stack-bytes-per-connection`, SVG and
+        /// PNG).
+        #[arg(long)]
+        charts: Option<std::path::PathBuf>,
     },
     /// As root, over a veth: our stack behind XDP, the Linux stack as client. Handshakes/s.
     Veth {
@@ -85,6 +90,7 @@ fn run() -> Result<()> {
             tx_buf,
             sample,
             json,
+            charts,
         } => {
             if conns.is_empty() || conns.contains(&0) {
                 return Err(usage("--conns needs positive counts"));
@@ -138,6 +144,11 @@ fn run() -> Result<()> {
                 println!("  {:<32} {:>8.1} B/conn", "total", r.total() as f64 / n);
             }
             write_json(json.as_deref(), &rows)?;
+            if let Some(dir) = charts {
+                for path in mem_charts(&rows, &dir)? {
+                    println!("chart: {}", path.display());
+                }
+            }
         }
         Mode::Veth { conns, wave, json } => {
             let result = veth::run(conns, wave)?;
@@ -150,6 +161,30 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The per-packet cost and the bytes per connection against N, each its own chart.
+fn mem_charts(rows: &[MemRow], dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    use testbed::bench::charts::{over_n, save};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let red = plotters::style::RGBColor(0xd6, 0x27, 0x28);
+    let line = |f: fn(&MemRow) -> f64| rows.iter().map(|r| (r.conns as f64, f(r))).collect::<Vec<_>>();
+    let mut files = Vec::new();
+    let svg = over_n(
+        "Userspace stack: server time per packet (in memory, one core)",
+        "nanoseconds per packet",
+        false,
+        &[("ns/packet", line(|r| r.server_ns_per_packet), red)],
+    )?;
+    files.extend(save(dir, "stack-ns-per-packet", &svg)?);
+    let svg = over_n(
+        "Userspace stack: resident bytes per connection (server stack, idle)",
+        "bytes per connection",
+        true,
+        &[("bytes/conn", line(|r| r.bytes_per_conn), red)],
+    )?;
+    files.extend(save(dir, "stack-bytes-per-connection", &svg)?);
+    Ok(files)
 }
 
 fn write_json<T: Serialize>(path: Option<&std::path::Path>, value: &T) -> Result<()> {

@@ -148,6 +148,12 @@ pub struct ChildFinal {
 pub struct XdpClientCounters {
     pub link: stack::LinkCounters,
     pub stack: stack::StackStats,
+    /// The stack's resident memory by structure when it was largest (read at every progress
+    /// line), and the AF_XDP UMEM: where the load generator's bytes go.
+    #[serde(default)]
+    pub memory_peak: stack::MemoryReport,
+    #[serde(default)]
+    pub umem_bytes: u64,
 }
 
 /// One line a child writes on stdout.
