@@ -129,6 +129,18 @@ pub fn parse(frame: &[u8]) -> Result<Segment, NotTcp> {
     })
 }
 
+/// Bytes of TCP payload in an IPv4 packet (starting at its IP header); 0 for anything too short
+/// or inconsistent to say (smoltcp refuses those). Never panics on any input.
+pub fn ipv4_tcp_payload_len(ip: &[u8]) -> usize {
+    if ip.len() < 20 {
+        return 0;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let Some(&offset) = ip.get(ihl + 12) else { return 0 };
+    total.saturating_sub(ihl + usize::from(offset >> 4) * 4)
+}
+
 /// A MAC address as `02:00:00:00:00:01`, for logs.
 pub fn mac_string(m: [u8; 6]) -> String {
     format!(
@@ -254,6 +266,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         for len in 0..good.len() {
             let _ = parse(&good[..len]);
+            let _ = ipv4_tcp_payload_len(&good[ETH_HEADER.min(len)..len]);
         }
         for _ in 0..20_000 {
             let mut f = good.clone();
@@ -262,6 +275,18 @@ mod tests {
                 f[i] = rng.u8(..);
             }
             let _ = parse(&f);
+            let _ = ipv4_tcp_payload_len(&f[ETH_HEADER..]);
         }
+    }
+
+    #[test]
+    fn payload_length_agrees_with_the_parser() {
+        let mut f = frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, TCP_ACK);
+        assert_eq!(ipv4_tcp_payload_len(&f[ETH_HEADER..]), 0);
+        f.extend_from_slice(b"hello");
+        let total = u16::from_be_bytes([f[ETH_HEADER + 2], f[ETH_HEADER + 3]]) + 5;
+        f[ETH_HEADER + 2..ETH_HEADER + 4].copy_from_slice(&total.to_be_bytes());
+        assert_eq!(parse(&f).unwrap().payload_len, 5);
+        assert_eq!(ipv4_tcp_payload_len(&f[ETH_HEADER..]), 5);
     }
 }

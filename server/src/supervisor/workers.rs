@@ -275,8 +275,9 @@ fn read_worker(from_worker: UnixStream, who: WorkerRef, pid: u32, events: &mpsc:
             Ok(msg) => batch.push(msg),
             Err(e) => log::error!("worker {}: unreadable control message: {e}", who.index),
         }
-        // Everything this read brought, as one event.
-        if reader.buffer().is_empty()
+        // Everything this read brought, as one event (at most a thousand messages: under a
+        // backlog reads rarely end on a line, and nothing should wait for the backlog's end).
+        if (reader.buffer().is_empty() || batch.len() >= 1024)
             && !batch.is_empty()
             && events.send(Event::FromWorker(who, std::mem::take(&mut batch))).is_err()
         {

@@ -80,6 +80,14 @@ impl Net {
         if new_isn.is_some() && port.new_isn.is_none() {
             self.slots[s].flags |= flag::ISN_SET;
         }
+        // A segment whose payload did not all become readable (out of order, or a duplicate):
+        // smoltcp may keep its bytes in the ring past the readable ones (`residency.rs`).
+        if let Some(payload) = frame.map(crate::wire::ipv4_tcp_payload_len).filter(|&p| p > 0) {
+            let rx_after = sock_mut(&mut self.sockets[s], self.handle).recv_queue();
+            if rx_after.saturating_sub(rx_before) < payload {
+                self.residency.hold_rx(s);
+            }
+        }
         self.settle(s, rx_before);
         self.note_buffers(s, now);
         let in_use = self.slots[s].flags & flag::IN_USE != 0;

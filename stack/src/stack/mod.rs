@@ -199,8 +199,15 @@ impl<L: Link> Stack<L> {
         let mut arena = Arena::new(n, config.rx_buf, config.tx_buf);
         let arena_bytes = arena.bytes();
         let arena_base = arena.base();
-        if config.huge_pages && config.release_idle_buffers.is_none() {
-            crate::stats::advise_huge_pages(arena.base() as *const u8, arena_bytes);
+        if config.release_idle_buffers.is_none() {
+            if config.huge_pages {
+                crate::stats::advise_huge_pages(arena.base() as *const u8, arena_bytes);
+            }
+        } else {
+            // Pages are released one by one: a huge page (THP set to "always") would keep its
+            // 2 MiB for one busy buffer, and khugepaged would gather released pages back.
+            // SAFETY: advice on our own mapping, whole.
+            unsafe { libc::madvise(arena.base() as *mut libc::c_void, arena_bytes, libc::MADV_NOHUGEPAGE) };
         }
         let release_after = config
             .release_idle_buffers
@@ -539,12 +546,12 @@ fn interface<S: crate::link::Sender>(
 impl Net {
     /// Note how many bytes slot `s`'s buffers hold now (`residency.rs`); a free slot's are dead.
     fn note_buffers(&mut self, s: usize, now: Instant) {
-        let (rx, tx) = if self.slots[s].flags & flag::IN_USE == 0 {
-            (0, 0)
-        } else {
-            let sock = sock_mut(&mut self.sockets[s], self.handle);
-            (sock.recv_queue(), sock.send_queue())
-        };
+        if self.slots[s].flags & flag::IN_USE == 0 {
+            self.residency.forget(s, tick_of(now));
+            return;
+        }
+        let sock = sock_mut(&mut self.sockets[s], self.handle);
+        let (rx, tx) = (sock.recv_queue(), sock.send_queue());
         self.residency.note(s, rx, tx, tick_of(now));
     }
 

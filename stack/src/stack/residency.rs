@@ -29,6 +29,8 @@ struct Region {
     busy: Vec<u64>,
     /// Per page: non-empty buffers on it, and the `QUEUED` bit.
     counts: Vec<u16>,
+    /// Per page: the tick its count last fell to zero (a page is released after that long).
+    idle_since: Vec<u32>,
 }
 
 /// What is released: (region 0 receive / 1 send, page index) with the tick it fell idle.
@@ -40,6 +42,10 @@ struct Idle {
 
 pub(super) struct Residency {
     regions: [Region; 2],
+    /// Per slot: its receive buffer counts as holding bytes whatever its queue says, until the
+    /// slot is freed: a segment arrived out of order, and smoltcp keeps such bytes in the ring
+    /// past the readable ones, where `recv_queue` does not show them (one bit each).
+    rx_held: Vec<u64>,
     page: usize,
     queue: VecDeque<Idle>,
     /// Idle this many ticks (ms) before a page is released; `None`: never released.
@@ -54,6 +60,7 @@ impl Region {
             size,
             busy: vec![0; slots.div_ceil(64)],
             counts: vec![0; pages],
+            idle_since: vec![0; pages],
         }
     }
 
@@ -73,15 +80,29 @@ impl Residency {
                 Region::new(arena.rx_base(), arena.rx, slots, page),
                 Region::new(arena.tx_base(), arena.tx, slots, page),
             ],
+            rx_held: vec![0; slots.div_ceil(64)],
             page,
             queue: VecDeque::new(),
             release_after,
         }
     }
 
+    /// Slot `s`'s receive ring may hold bytes beyond its queue (an out-of-order segment): its
+    /// page stays until the slot is freed.
+    pub(super) fn hold_rx(&mut self, s: usize) {
+        self.rx_held[s / 64] |= 1 << (s % 64);
+    }
+
+    /// Slot `s` is free: whatever its buffers held is dead (the next connection's reset clears it).
+    pub(super) fn forget(&mut self, s: usize, tick: u32) {
+        self.rx_held[s / 64] &= !(1 << (s % 64));
+        self.note(s, 0, 0, tick);
+    }
+
     /// Slot `s` now holds `rx` bytes to read and `tx` bytes to send (or to be acknowledged).
     pub(super) fn note(&mut self, s: usize, rx: usize, tx: usize, tick: u32) {
-        for (region, holds) in [(0u8, rx > 0), (1u8, tx > 0)] {
+        let held = self.rx_held[s / 64] & (1 << (s % 64)) != 0;
+        for (region, holds) in [(0u8, rx > 0 || held), (1u8, tx > 0)] {
             let r = &mut self.regions[usize::from(region)];
             let (word, bit) = (s / 64, 1u64 << (s % 64));
             if (r.busy[word] & bit != 0) == holds {
@@ -95,12 +116,17 @@ impl Residency {
                 } else {
                     *c -= 1;
                     if *c == 0 && self.release_after.is_some() {
+                        r.idle_since[p] = tick;
+                        // Queued once; a page idle again while queued is judged by its latest
+                        // `idle_since` when its turn comes.
                         *c = QUEUED;
                         self.queue.push_back(Idle {
                             region,
                             page: p as u32,
                             since: tick,
                         });
+                    } else if *c == QUEUED {
+                        r.idle_since[p] = tick;
                     }
                 }
             }
@@ -119,10 +145,17 @@ impl Residency {
             }
             let Idle { region, page, .. } = self.queue.pop_front().expect("front exists");
             let (r, p) = (usize::from(region), page as usize);
-            let c = &mut self.regions[r].counts[p];
-            *c &= !QUEUED;
-            if *c != 0 {
+            let rg = &mut self.regions[r];
+            rg.counts[p] &= !QUEUED;
+            if rg.counts[p] != 0 {
                 continue; // busy again: queued anew when it falls idle
+            }
+            let since = rg.idle_since[p];
+            if tick.wrapping_sub(since) < after {
+                // Busy and idle again meanwhile: its own second starts from then.
+                rg.counts[p] = QUEUED;
+                self.queue.push_back(Idle { region, page, since });
+                continue;
             }
             run = match run {
                 Some((rg, first, last)) if rg == region && last + 1 == p => Some((rg, first, p)),
@@ -155,6 +188,14 @@ impl Residency {
         if rc == 0 {
             last - first + 1
         } else {
+            // Not expected (whole pages of our own mapping); the pages just stay resident.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!(
+                    "releasing idle buffer pages failed ({}); they stay resident",
+                    std::io::Error::last_os_error()
+                );
+            }
             0
         }
     }
@@ -243,6 +284,31 @@ mod tests {
         }
         assert_eq!(r.release_due(1), 4);
         assert_eq!(resident(tx.0, tx.1), 0);
+    }
+
+    #[test]
+    fn a_page_busy_again_meanwhile_waits_its_own_second() {
+        let arena = Arena::new(64, 256, 256);
+        let mut r = Residency::new(&arena, Some(1000));
+        r.note(0, 1, 0, 0);
+        r.note(0, 0, 0, 10); // idle from 10
+        r.note(0, 1, 0, 900);
+        r.note(0, 0, 0, 950); // idle again from 950
+        assert_eq!(r.release_due(1100), 0, "idle only 150 ms");
+        assert_eq!(r.queued(), 1);
+        assert_eq!(r.release_due(1950), 1);
+    }
+
+    #[test]
+    fn a_held_receive_buffer_keeps_its_page_until_the_slot_is_freed() {
+        let arena = Arena::new(64, 256, 256);
+        let mut r = Residency::new(&arena, Some(0));
+        r.note(3, 1, 0, 0);
+        r.hold_rx(3);
+        r.note(3, 0, 0, 1);
+        assert_eq!(r.release_due(10), 0, "out-of-order bytes may sit past the queue");
+        r.forget(3, 11);
+        assert_eq!(r.release_due(12), 1);
     }
 
     #[test]

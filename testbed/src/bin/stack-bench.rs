@@ -345,9 +345,26 @@ impl Bench {
 
     /// Per-packet cost on a fixed random sample of `sample` connections: the same work at every
     /// N, so a cost that grows with N shows. Returns (server packets, server ns per packet).
+    /// Let `d` of virtual time pass with nothing to do (buffer pages of idle connections are
+    /// released after a second: `StackConfig::release_idle_buffers`).
+    fn idle(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
     fn per_packet_cost(&mut self, ids: &[ConnId], sample: usize) -> (u64, f64) {
         let mut rng = fastrand::Rng::with_seed(42);
         let picks: Vec<ConnId> = (0..sample).map(|_| ids[rng.usize(..ids.len())]).collect();
+        // One untimed round first: the sample's buffer pages back in (as for any connection
+        // that is busy), so every N pays the same.
+        for id in &picks {
+            self.client.write(*id, b"0123456789abcdef");
+        }
+        self.settle();
+        self.drain(&picks);
+        self.settle();
         let before = (self.server.link_counters(), self.server_time);
         for _ in 0..5 {
             for id in &picks {
@@ -380,6 +397,8 @@ fn mem_run(n: usize, rx_buf: usize, tx_buf: usize, sample: usize) -> Result<MemR
     let handshakes = bench.connect(n)?;
     bench.exchange(&handshakes.ids);
     let (packets, ns_per_packet) = bench.per_packet_cost(&handshakes.ids, sample);
+    // Idle connections, as the chart says: their buffer pages given back.
+    bench.idle(Duration::from_millis(1500));
     let resident = bench.server.resident_memory();
     let rss1 = host::process::own_rss_bytes() as usize;
     Ok(MemRow {

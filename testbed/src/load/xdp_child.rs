@@ -356,8 +356,6 @@ impl Client<'_> {
         }
     }
 
-    /// Reset whatever did not finish closing in the grace time, so the server is not left
-    /// holding it, and make the final line.
     /// Keep the stack's resident memory if it is the largest seen (mincore over its structures:
     /// a few milliseconds at ten million connections, every progress line).
     fn note_memory(&mut self) {
@@ -367,6 +365,8 @@ impl Client<'_> {
         }
     }
 
+    /// Reset whatever did not finish closing in the grace time, so the server is not left
+    /// holding it, and make the final line.
     fn finish(mut self) -> ChildFinal {
         self.note_memory();
         for (slot, conn) in self.conns.iter_mut().enumerate() {
