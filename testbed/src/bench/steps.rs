@@ -286,6 +286,9 @@ pub(super) fn start_load(cfg: &BenchConfig, netns: &Netns, server: Server) -> an
 
 /// Wait until the server holds every connection (or the load generator gave up); returns how
 /// many it holds.
+/// The held count stays put this long: the rest of the connections are not coming.
+const STALLED: Duration = Duration::from_secs(20);
+
 pub(super) fn wait_held(
     cfg: &BenchConfig,
     stop: &AtomicBool,
@@ -296,10 +299,17 @@ pub(super) fn wait_held(
     let connect_budget = Duration::from_secs_f64(60.0 + 3.0 * cfg.conns as f64 / cfg.rate.max(1000.0));
     let deadline = Instant::now() + connect_budget;
     let mut held = 0;
+    // A count that stops short and stays (connections that failed: the load generator reports
+    // them) is measured as it is, without waiting out the whole budget.
+    let mut moved_at = Instant::now();
     while Instant::now() < deadline {
         check_stop(stop)?;
-        held = admin.conns().unwrap_or(held);
-        if held >= cfg.conns || !load.running() {
+        let now_held = admin.conns().unwrap_or(held);
+        if now_held != held {
+            moved_at = Instant::now();
+        }
+        held = now_held;
+        if held >= cfg.conns || !load.running() || (held > 0 && moved_at.elapsed() >= STALLED) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
