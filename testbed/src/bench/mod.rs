@@ -59,6 +59,8 @@ pub struct BenchConfig {
     pub load_procs: Option<usize>,
     /// The xdp load generator's receive buffer per connection (`ws-load --rx-buf`).
     pub load_rx_buf: Option<usize>,
+    /// Measure the raw link first (`xdp-flood`) when xdp is among the servers.
+    pub link_rate: bool,
     /// Data rounds (`--data-rounds 100B/100ms`): every connection sends a frame of this many
     /// bytes this often, the server echoes it; measured for `data_seconds` once all are held.
     pub data_rounds: Option<(usize, Duration)>,
@@ -208,6 +210,10 @@ pub struct BenchReport {
     pub results: Vec<StackResult>,
     /// Servers not run (or not finished) at an N, and why.
     pub skipped: Vec<String>,
+    /// What the raw path carries here, measured first in the same run when xdp is in it:
+    /// `xdp-flood` frames of a push's size, one way, received per second (veth, copy-mode
+    /// AF_XDP, the steering program). A broadcast's pushes per second are compared with it.
+    pub link_frames_per_s: Option<f64>,
 }
 
 pub fn machine() -> Machine {
@@ -240,7 +246,17 @@ pub fn run(cfg: &BenchConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<BenchRep
         device_tokens: cfg.device_tokens,
         results: vec![],
         skipped: vec![],
+        link_frames_per_s: None,
     };
+    if cfg.stacks.contains(&Server::Xdp) && cfg.link_rate {
+        match link_rate(cfg) {
+            Ok(pps) => report.link_frames_per_s = Some(pps),
+            Err(e) => {
+                eprintln!("[link] the raw link rate was not measured: {e:#}");
+                report.skipped.push(format!("the raw link rate: {e:#}"));
+            }
+        }
+    }
     for &n in &cfg.sweep {
         // Each N of a sweep keeps its logs in a directory of its own.
         let at = BenchConfig {
@@ -297,6 +313,39 @@ pub fn run_cluster(cfg: &BenchConfig, stop: &Arc<AtomicBool>, nodes: usize) -> a
         }
     };
     cluster::run(&cfg, stop, nodes, single)
+}
+
+/// A push's frame on the wire: Ethernet, IPv4 and TCP headers (54), the WebSocket header (2 or
+/// 4) and the body (the server's time is about 110 bytes).
+fn push_frame_bytes(cfg: &BenchConfig) -> usize {
+    let body = if cfg.message_size == 0 { 110 } else { cfg.message_size };
+    (54 + 4 + body).clamp(60, 1514)
+}
+
+/// `xdp-flood` in namespaces of its own, frames of a push's size: what the raw path carries.
+fn link_rate(cfg: &BenchConfig) -> anyhow::Result<f64> {
+    let json = cfg.out_dir.join("link-rate.json");
+    std::fs::create_dir_all(&cfg.out_dir)?;
+    let size = push_frame_bytes(cfg);
+    eprintln!("[link] the raw path first: xdp-flood, 3,000,000 frames of {size} B, one way");
+    let out = std::process::Command::new(testkit::sibling_binary("xdp-flood")?)
+        .args(["--packets", "3000000", "--size", &size.to_string(), "--seconds", "60"])
+        .args(["--prefix", &format!("{}f", &cfg.prefix[..cfg.prefix.len().min(7)])])
+        .arg("--json")
+        .arg(&json)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .output()
+        .context("running xdp-flood")?;
+    if !out.status.success() {
+        bail!("xdp-flood failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let pps = v["receive_pps"]
+        .as_f64()
+        .context("no receive_pps in xdp-flood's report")?;
+    eprintln!("[link] {pps:.0} frames/s received");
+    Ok(pps)
 }
 
 /// What the load generator takes beside the server: the xdp one about 1.2 KB per connection

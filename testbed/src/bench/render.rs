@@ -167,6 +167,19 @@ fn table(out: &mut String, r: &BenchReport, n: u64, cols: &[&StackResult]) {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).map_or("-".into(), |m| format!("{m:.1}"))
     });
+    if let Some(link) = r.link_frames_per_s {
+        row("  xdp: pushes/s to the link vs the raw path", &|c| {
+            let mut v: Vec<f64> = c.broadcasts.iter().filter_map(|b| b.handed_to_link_ms).collect();
+            v.sort_by(f64::total_cmp);
+            match v.get(v.len() / 2) {
+                Some(&ms) if ms > 0.0 => {
+                    let pps = c.held as f64 / (ms / 1000.0);
+                    format!("{} = {:.0}% of {}", thousands(pps), 100.0 * pps / link, thousands(link))
+                }
+                _ => "-".into(),
+            }
+        });
+    }
     row("deliveries / expected", &|c| {
         format!(
             "{} / {}",

@@ -82,6 +82,11 @@ struct Args {
     /// a larger message is read in pieces.
     #[arg(long, value_parser = parse_size)]
     load_rx_buf: Option<usize>,
+    /// Do not measure the raw link first (by default, with xdp among the servers, `xdp-flood`
+    /// sends 3,000,000 frames of a push's size one way, ~10 s, and the report compares each
+    /// broadcast's pushes per second with it).
+    #[arg(long)]
+    no_link_rate: bool,
     /// Run the N connections on this many ws-server nodes that are one service on NATS (each node
     /// in its own namespace, nats-server with JetStream in another: netns-scripts/cluster.sh), after
     /// the same N on one node: delivery latency across the cluster next to one node's, broker
@@ -169,6 +174,7 @@ fn run() -> anyhow::Result<()> {
         workers: args.workers,
         load_procs: args.load_procs,
         load_rx_buf: args.load_rx_buf,
+        link_rate: !args.no_link_rate,
         device_tokens: !args.anonymous,
     };
     if args.nodes > 1 {

@@ -193,7 +193,11 @@ fn drive(plan: &ChildPlan, server: SocketAddrV4, stack: &mut Stack<XdpLink>, sto
             Step::BeginClose(_) => c.begin_close(),
             Step::Progress => {
                 c.sh.c.done_connecting = sched.done_connecting();
-                c.note_memory();
+                // Not during the ramp: a reading over ten million slots is not free, and the
+                // largest moment is a broadcast being read, after it.
+                if c.sh.c.done_connecting {
+                    c.note_memory();
+                }
                 emit(&mut stdout, &ChildLine::Progress(Box::new(c.sh.c.clone())))?;
             }
             Step::Finish => break,
