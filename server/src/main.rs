@@ -176,9 +176,10 @@ struct Args {
     /// attaching our own (one pinned under /run/wsb/bpffs and attached to --iface is found anyway).
     #[arg(long)]
     xdp_pin: Option<std::path::PathBuf>,
-    /// --stack xdp: receive buffer per connection. Longer request heads and frames borrow a
-    /// spill buffer; smaller is less memory per connection.
-    #[arg(long, default_value = "256", value_parser = parse_size)]
+    /// --stack xdp: receive buffer per connection, resident only while it holds bytes (an idle
+    /// connection's buffer pages go back to the kernel). 512 takes a request head with a device
+    /// token (~340 B) in one segment; longer heads and frames borrow a spill buffer.
+    #[arg(long, default_value = "512", value_parser = parse_size)]
     rx_buf: usize,
     /// --stack xdp: send buffer per connection. Messages of any size go through it in pieces, from
     /// the message log, as the client's ACKs make room; larger means fewer round trips per
