@@ -40,8 +40,11 @@ fn mem_mode_writes_rows_whose_breakdown_adds_up() {
         .sum::<u64>();
         let per_conn = row["bytes_per_conn"].as_f64().unwrap();
         assert!((parts as f64 / n as f64 - per_conn).abs() < 1.0);
-        // Every connection carried an exchange: its socket and both buffers are resident.
-        assert!(per_conn >= 360.0 + 512.0, "{per_conn}");
+        // Every connection carried an exchange, then idled: its socket is resident, its buffer
+        // pages have gone back to the kernel.
+        assert!(per_conn >= 360.0, "{per_conn}");
+        let arena = r["arena_bytes"].as_u64().unwrap();
+        assert!(arena < n * 16, "buffers still resident after idling: {arena} B for {n}");
         assert!(row["sample_packets"].as_u64().unwrap() > 0);
     }
     let _ = std::fs::remove_dir_all(dir);
