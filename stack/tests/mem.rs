@@ -395,15 +395,7 @@ fn bad_configuration_is_refused_with_a_reason() {
 fn a_hundred_thousand_connections_each_carry_their_own_bytes() {
     let n = 100_000;
     let mut p = Pair::new(server_config(n), client_config(n, 2));
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push(p.connect());
-        // Keep the wire short: a few thousand handshakes in flight at a time.
-        if ids.len() % 2000 == 0 {
-            p.settle(100);
-        }
-    }
-    p.settle(1000);
+    let ids = p.connect_many(n);
     assert_eq!(p.server.stats().accepted, n as u64);
     assert_eq!(p.client.stats().connected, n as u64);
     assert_eq!(p.server.in_use(), n);
@@ -700,14 +692,7 @@ fn idle_connections_give_their_buffer_pages_back_and_carry_bytes_again() {
             server.release_idle_buffers = None;
         }
         let mut p = Pair::new(server, client_config(n, 1));
-        let mut ids = Vec::with_capacity(n);
-        for _ in 0..n {
-            ids.push(p.connect());
-            if ids.len() % 2000 == 0 {
-                p.settle(100);
-            }
-        }
-        p.settle(1000);
+        let ids = p.connect_many(n);
         let server_ids: Vec<_> = p.server.conns().collect();
         assert_eq!(server_ids.len(), n);
         let round = |p: &mut Pair, seed: u8| {

@@ -98,6 +98,20 @@ impl Pair {
         self.client.connect(SocketAddrV4::new(SERVER, PORT)).expect("connect")
     }
 
+    /// Open `n` connections, keeping the wire short (a few thousand handshakes in flight at a
+    /// time), and let them settle.
+    pub fn connect_many(&mut self, n: usize) -> Vec<ConnId> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(self.connect());
+            if ids.len() % 2000 == 0 {
+                self.settle(100);
+            }
+        }
+        self.settle(1000);
+        ids
+    }
+
     /// Connect and return (client id, server id).
     pub fn establish(&mut self) -> (ConnId, ConnId) {
         let c = self.connect();
