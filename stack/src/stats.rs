@@ -152,8 +152,7 @@ pub fn resident_bytes(ptr: *const u8, len: usize) -> usize {
     if len == 0 {
         return 0;
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let page = page_size();
     let start = ptr as usize & !(page - 1);
     let end = (ptr as usize + len).div_ceil(page) * page;
     let pages = (end - start) / page;

@@ -135,11 +135,7 @@ pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attac
         libbpf_sys::XDP_ATTACHED_SKB => Some(Attached::Generic),
         _ => None,
     };
-    // SAFETY: returns a new fd for the program id (or an error).
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(opts.prog_id) };
-    let name = if fd >= 0 {
-        // SAFETY: a fresh fd that we own from here.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = if let Ok(fd) = prog_by_id(opts.prog_id) {
         let name = prog_info(fd.as_fd()).map(|(_, n)| n).unwrap_or_default();
         let maps = map_names(fd.as_fd());
         if name == PROGRAM_NAME && !OUR_MAPS.iter().all(|m| maps.iter().any(|n| n == m)) {
@@ -153,15 +149,23 @@ pub fn attached_program(iface: &str) -> Result<Option<(u32, String, Option<Attac
     Ok(Some((opts.prog_id, name, mode)))
 }
 
-/// Whether program `id` is ours: its name and our maps (the check `attached_program` makes).
-fn is_ours(id: u32) -> bool {
-    // SAFETY: returns a new fd for the program id (or an error).
+/// A descriptor of loaded program `id` (opening a program by id takes CAP_SYS_ADMIN).
+pub(crate) fn prog_by_id(id: u32) -> Result<OwnedFd> {
+    // SAFETY: returns a new fd for the program id, or a negative error.
     let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
     if fd < 0 {
-        return false;
+        return Err(SteerError::Io {
+            what: format!("opening program {id} by id (needs CAP_SYS_ADMIN)"),
+            source: std::io::Error::from_raw_os_error(-fd),
+        });
     }
     // SAFETY: a fresh fd that we own from here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether program `id` is ours: its name and our maps (the check `attached_program` makes).
+fn is_ours(id: u32) -> bool {
+    let Ok(fd) = prog_by_id(id) else { return false };
     let maps = map_names(fd.as_fd());
     prog_info(fd.as_fd()).is_ok_and(|(_, name)| name == PROGRAM_NAME)
         && OUR_MAPS.iter().all(|m| maps.iter().any(|n| n == m))
@@ -267,16 +271,7 @@ pub fn detach_left_over(iface: &str) -> Result<Option<u32>> {
             name,
         });
     }
-    // SAFETY: returns a new fd for the program id, or a negative error.
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
-    if fd < 0 {
-        return Err(SteerError::Io {
-            what: format!("opening program {id}"),
-            source: std::io::Error::from_raw_os_error(-fd),
-        });
-    }
-    // SAFETY: a fresh fd we own from here.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let fd = prog_by_id(id)?;
     let flags = mode.unwrap_or(Attached::Native).flags();
     Xdp::new(fd.as_fd())
         .detach(ifindex(iface)? as i32, flags)

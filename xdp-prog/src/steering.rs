@@ -330,18 +330,7 @@ impl Steering {
     /// the handle leaves it attached: its loader owns the attachment.
     pub fn open_external(iface: &str) -> Result<Steering> {
         let (prog_id, mode) = crate::interface::external_program(iface)?;
-        let by_id = |what: &str, fd: i32| {
-            if fd < 0 {
-                return Err(SteerError::Io {
-                    what: format!("opening {what} of program {prog_id} by id (needs CAP_SYS_ADMIN)"),
-                    source: std::io::Error::from_raw_os_error(-fd),
-                });
-            }
-            // SAFETY: a fresh fd that we own from here.
-            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-        };
-        // SAFETY: returns a new fd for the program id, or a negative error.
-        let prog = by_id("the program", unsafe { libbpf_sys::bpf_prog_get_fd_by_id(prog_id) })?;
+        let prog = crate::interface::prog_by_id(prog_id)?;
         let mut maps = std::collections::HashMap::new();
         for id in crate::interface::map_ids(prog.as_fd()) {
             let map = MapHandle::from_map_id(id).map_err(bpf(&format!(

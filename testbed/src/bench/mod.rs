@@ -330,7 +330,10 @@ fn link_rate(cfg: &BenchConfig) -> anyhow::Result<f64> {
     eprintln!("[link] the raw path first: xdp-flood, 3,000,000 frames of {size} B, one way");
     let out = std::process::Command::new(testkit::sibling_binary("xdp-flood")?)
         .args(["--packets", "3000000", "--size", &size.to_string(), "--seconds", "60"])
-        .args(["--prefix", &format!("{}f", &cfg.prefix[..cfg.prefix.len().min(7)])])
+        .args([
+            "--prefix",
+            &format!("{}f", cfg.prefix.chars().take(7).collect::<String>()),
+        ])
         .arg("--json")
         .arg(&json)
         .stdin(std::process::Stdio::null())

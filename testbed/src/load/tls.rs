@@ -145,18 +145,19 @@ impl Write for Transport {
             Transport::Tls(t) => t,
         };
         // A full session (rustls keeps at most 64 KiB of plaintext) takes nothing until its
-        // records have gone; WouldBlock only once the socket itself refuses, so that a writable
-        // event is sure to come.
-        loop {
-            let n = t.session.writer().write(buf)?;
-            let blocked = t.flush_records()?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            if blocked {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
+        // records have gone: once they have (the socket took them all, so no writable event
+        // would come), it is offered the bytes again. Still nothing (plaintext held until the
+        // handshake ends): WouldBlock, and the handshake's reads move it on.
+        let mut n = t.session.writer().write(buf)?;
+        let blocked = t.flush_records()?;
+        if n == 0 && !buf.is_empty() && !blocked {
+            n = t.session.writer().write(buf)?;
+            t.flush_records()?;
         }
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
